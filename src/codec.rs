@@ -1,0 +1,205 @@
+//! Serialization of keys, namespaces and values.
+//!
+//! All bytes the crate stores or hashes go through one [`Codec`]. A codec has a [`CodecId`]
+//! recorded in every format the crate writes, so that a reader knows which codec produced the
+//! bytes and a second codec can be added without ambiguity.
+//!
+//! # Contract
+//! Encodings must be **deterministic** (the same value always yields the same bytes: key groups
+//! and the canonical savepoint depend on it) and **self-delimiting** (no encoding of a type is a
+//! proper prefix of another encoding of the same type). The second property is what lets the
+//! RocksDB layout concatenate key, namespace and user key without length prefixes while keeping
+//! every (key, namespace) a contiguous key range, and lets [`Codec::decode_prefix`] split them.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Identifies the codec that wrote a file. Stored as one byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CodecId(pub u8);
+
+impl CodecId {
+    /// bincode 2.x, `standard()` configuration (little-endian, variable-length integers).
+    pub const BINCODE_STANDARD: CodecId = CodecId(1);
+
+    /// A human-readable name of the codec, or `None` for an unknown id.
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            CodecId::BINCODE_STANDARD => Some("bincode2-standard"),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CodecId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => write!(f, "{name} ({})", self.0),
+            None => write!(f, "unknown codec {}", self.0),
+        }
+    }
+}
+
+/// A codec failure, with the codec's own message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodecError(pub String);
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+/// Serializes and deserializes serde types. See the module docs for the contract.
+pub trait Codec: Send + Sync + 'static {
+    /// The id recorded in the formats this codec writes.
+    const ID: CodecId;
+
+    /// Appends the encoding of `value` to `out`.
+    ///
+    /// # Errors
+    /// When the value cannot be serialized (e.g. a serde impl that fails).
+    fn encode_into<T: Serialize + ?Sized>(&self, value: &T, out: &mut Vec<u8>)
+    -> Result<(), CodecError>;
+
+    /// Decodes one value from the front of `bytes`; returns it and the number of bytes read.
+    ///
+    /// # Errors
+    /// When the bytes are not a valid encoding of `T`. Never panics on any input.
+    fn decode_prefix<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<(T, usize), CodecError>;
+
+    /// Calls `f` with the encoding of `value`, avoiding a heap allocation where the codec can.
+    ///
+    /// # Errors
+    /// As [`Codec::encode_into`].
+    fn with_encoded<T: Serialize + ?Sized, R>(
+        &self,
+        value: &T,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, CodecError> {
+        let mut buf = Vec::new();
+        self.encode_into(value, &mut buf)?;
+        Ok(f(&buf))
+    }
+
+    /// The encoding of `value` as a new vector.
+    ///
+    /// # Errors
+    /// As [`Codec::encode_into`].
+    fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::new();
+        self.encode_into(value, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes exactly one value spanning all of `bytes`.
+    ///
+    /// # Errors
+    /// When the bytes are not a valid encoding of `T`, or bytes are left over.
+    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        let (value, read) = self.decode_prefix(bytes)?;
+        if read != bytes.len() {
+            return Err(CodecError(format!(
+                "{} trailing bytes after the value",
+                bytes.len() - read
+            )));
+        }
+        Ok(value)
+    }
+}
+
+/// The default codec: bincode 2.x with its `standard()` configuration.
+///
+/// Its wire format is frozen and specified by bincode. Decoding is bounded: a corrupt length
+/// prefix cannot make it allocate more than [`BincodeCodec::DECODE_LIMIT`] bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BincodeCodec;
+
+impl BincodeCodec {
+    /// The most bytes one decode may claim for its containers.
+    pub const DECODE_LIMIT: usize = 1 << 30;
+}
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ BincodeCodec::DECODE_LIMIT }>()
+}
+
+impl Codec for BincodeCodec {
+    const ID: CodecId = CodecId::BINCODE_STANDARD;
+
+    fn encode_into<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        bincode::serde::encode_into_std_write(value, out, bincode_config())
+            .map(|_| ())
+            .map_err(|e| CodecError(e.to_string()))
+    }
+
+    fn decode_prefix<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<(T, usize), CodecError> {
+        bincode::serde::decode_from_slice(bytes, bincode_config())
+            .map_err(|e| CodecError(e.to_string()))
+    }
+
+    fn with_encoded<T: Serialize + ?Sized, R>(
+        &self,
+        value: &T,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, CodecError> {
+        // Keys are hashed on every state access; most fit in a small stack buffer.
+        let mut buf = [0u8; 64];
+        match bincode::serde::encode_into_slice(value, &mut buf, bincode_config()) {
+            Ok(n) => Ok(f(&buf[..n])),
+            Err(bincode::error::EncodeError::UnexpectedEnd) => {
+                let mut out = Vec::new();
+                self.encode_into(value, &mut out)?;
+                Ok(f(&out))
+            }
+            Err(e) => Err(CodecError(e.to_string())),
+        }
+    }
+}
+
+/// The codec the backends use.
+pub type DefaultCodec = BincodeCodec;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bincode_round_trips_and_rejects_trailing_bytes() {
+        let c = BincodeCodec;
+        let bytes = c.encode(&("alice".to_string(), 7u64)).unwrap();
+        let back: (String, u64) = c.decode(&bytes).unwrap();
+        assert_eq!(back, ("alice".to_string(), 7));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(c.decode::<(String, u64)>(&longer).is_err());
+    }
+
+    #[test]
+    fn stack_and_heap_encodings_agree() {
+        let c = BincodeCodec;
+        let long = "x".repeat(200);
+        for v in ["short".to_string(), long] {
+            let direct = c.encode(&v).unwrap();
+            let via = c.with_encoded(&v, |b| b.to_vec()).unwrap();
+            assert_eq!(direct, via);
+        }
+    }
+
+    #[test]
+    fn corrupt_length_prefix_does_not_allocate_unbounded() {
+        let c = BincodeCodec;
+        // A u64 varint length of 2^62 followed by nothing.
+        let bytes = [253u8, 0, 0, 0, 0, 0, 0, 0, 0x40];
+        assert!(c.decode::<Vec<u64>>(&bytes).is_err());
+        assert!(c.decode::<String>(&bytes).is_err());
+    }
+}

@@ -1,0 +1,67 @@
+//! # statebackend
+//!
+//! Keyed state for stream processing engines: what Apache Flink calls a *state backend*.
+//!
+//! An engine registers named states (value, list, map, reducing, aggregating) on a backend and
+//! reads and writes them per `(key, namespace)`. Every key hashes to one of `max_parallelism`
+//! key groups; a backend instance owns a contiguous [`KeyGroupRange`], which is what makes
+//! rescaling possible. Two backends implement the one [`KeyedStateBackend`] trait:
+//! [`HeapBackend`] (typed values in memory) and, with the default `rocksdb` feature,
+//! `RocksDbBackend` (serialized rows in an embedded RocksDB). [`AnyBackend`] chooses one at
+//! runtime.
+//!
+//! ```
+//! use statebackend::{
+//!     AnyBackend, BackendConfig, KeyGroupRange, KeyedStateBackend, MapStateDescriptor,
+//!     ValueStateDescriptor,
+//! };
+//!
+//! // Instance 0 of 2 owns the first half of 128 key groups.
+//! let range = KeyGroupRange::for_operator(128, 2, 0)?;
+//! let mut backend = AnyBackend::open(&BackendConfig::heap(128, range))?;
+//!
+//! let clicks = backend.value_state(&ValueStateDescriptor::<String, (), u64>::new("clicks"))?;
+//! let pages = backend.map_state(&MapStateDescriptor::<String, u32, String, u64>::new("pages"))?;
+//!
+//! // Only keys of owned key groups are accepted.
+//! let user = (0..).map(|i| format!("user-{i}"))
+//!     .find(|u| range.contains(backend.key_group_of(u).unwrap()))
+//!     .unwrap();
+//! clicks.put(&mut backend, &user, &(), 1)?;
+//! pages.put(&mut backend, &user, &7, "/home".into(), 3)?; // namespace 7: a window id
+//! assert_eq!(clicks.get(&backend, &user, &())?, Some(1));
+//! assert_eq!(pages.get(&backend, &user, &7, &"/home".to_string())?, Some(3));
+//! # Ok::<(), statebackend::Error>(())
+//! ```
+//!
+//! The module tree follows the architecture: [`state`] (the API), [`key_group`], [`codec`],
+//! [`heap`], `rocks` (RocksDB), and the backend trait in [`backend`]. `docs/architecture.md`
+//! gives the map.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod codec;
+pub mod error;
+pub mod heap;
+pub mod key_group;
+#[cfg(feature = "rocksdb")]
+pub mod rocks;
+pub mod state;
+
+mod any_backend;
+
+pub use any_backend::{AnyBackend, BackendConfig};
+pub use backend::{BackendKind, KeyedStateBackend};
+pub use codec::{BincodeCodec, Codec, CodecId};
+pub use error::{Error, Result};
+pub use heap::HeapBackend;
+pub use key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange};
+#[cfg(feature = "rocksdb")]
+pub use rocks::{RocksDbBackend, RocksDbOptions};
+pub use state::{
+    AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState,
+    ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
+    StateId, StateInfo, StateKind, ValueState, ValueStateDescriptor,
+};

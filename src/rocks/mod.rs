@@ -1,0 +1,538 @@
+//! The RocksDB backend: state as serialized rows in an embedded RocksDB.
+//!
+//! One RocksDB instance per backend instance, one column family per state, rows laid out as
+//! [`layout`] describes. The write-ahead log is off: durability comes from checkpoints, as in
+//! Flink. This is the only module that names RocksDB types.
+
+mod layout;
+mod merge;
+mod options;
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    ColumnFamily, DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions,
+};
+
+use crate::backend::{BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered};
+use crate::codec::{Codec, DefaultCodec};
+use crate::error::{Error, Result};
+use crate::heap::check_range;
+use crate::key_group::{KeyGroupAssigner, KeyGroupRange};
+use crate::state::rows::{decode_list, encode_list_element};
+use crate::state::{StateId, StateInfo, StateKey, StateKind, StateValue, StoredState};
+
+pub use options::{CompactionStyle, RocksDbOptions};
+
+/// Key prefix, in the default column family, of the registered-state records.
+const STATE_RECORD_PREFIX: &[u8] = b"statebackend/state/";
+
+/// Where the backend keeps its files: a temporary directory removed on drop, or the engine's.
+enum WorkingDir {
+    Temporary(tempfile::TempDir),
+    Explicit(PathBuf),
+}
+
+impl WorkingDir {
+    fn path(&self) -> &Path {
+        match self {
+            WorkingDir::Temporary(t) => t.path(),
+            WorkingDir::Explicit(p) => p,
+        }
+    }
+}
+
+struct RocksState {
+    info: StateInfo,
+    cf_name: String,
+}
+
+/// Keyed state in an embedded RocksDB.
+///
+/// # Examples
+/// ```
+/// use statebackend::{KeyGroupRange, KeyedStateBackend, ValueStateDescriptor};
+/// use statebackend::rocks::{RocksDbBackend, RocksDbOptions};
+/// let mut backend = RocksDbBackend::open(128, KeyGroupRange::all(128)?, None, RocksDbOptions::default())?;
+/// let totals = backend.value_state(&ValueStateDescriptor::<u64, (), i64>::new("totals"))?;
+/// totals.put(&mut backend, &1, &(), -5)?;
+/// assert_eq!(totals.get(&backend, &1, &())?, Some(-5));
+/// # Ok::<(), statebackend::Error>(())
+/// ```
+pub struct RocksDbBackend {
+    // Field order matters: the DB closes before the working directory is removed.
+    db: DB,
+    cache: rocksdb::Cache,
+    write_options: WriteOptions,
+    options: RocksDbOptions,
+    assigner: KeyGroupAssigner,
+    range: KeyGroupRange,
+    states: Vec<RocksState>,
+    dir: WorkingDir,
+}
+
+fn rocks_err(e: rocksdb::Error) -> Error {
+    Error::RocksDb {
+        message: e.into_string(),
+    }
+}
+
+fn cf_name(state: &str) -> String {
+    format!("state/{state}")
+}
+
+impl RocksDbBackend {
+    /// Opens a backend in `working_dir` (created if missing; kept on drop), or in a new
+    /// temporary directory (removed on drop) when `None`. A directory holding a backend's DB is
+    /// reopened with its states.
+    ///
+    /// # Errors
+    /// Invalid parallelism or range; [`Error::DirectoryLocked`] if another live backend holds the
+    /// directory; I/O and RocksDB errors.
+    pub fn open(
+        max_parallelism: u32,
+        range: KeyGroupRange,
+        working_dir: Option<PathBuf>,
+        options: RocksDbOptions,
+    ) -> Result<Self> {
+        let assigner = KeyGroupAssigner::new(max_parallelism)?;
+        check_range(max_parallelism, range)?;
+        let dir = match working_dir {
+            Some(path) => {
+                std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                WorkingDir::Explicit(path)
+            }
+            None => WorkingDir::Temporary(
+                tempfile::Builder::new()
+                    .prefix("statebackend-rocksdb-")
+                    .tempdir()
+                    .map_err(|e| Error::io(std::env::temp_dir(), e))?,
+            ),
+        };
+        let db_path = dir.path().join("db");
+        let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
+        let db_options = options.db_options();
+        let existing_cfs = if db_path.join("CURRENT").exists() {
+            DB::list_cf(&db_options, &db_path).map_err(rocks_err)?
+        } else {
+            Vec::new()
+        };
+        let descriptors: Vec<_> = existing_cfs
+            .iter()
+            .filter(|name| name.as_str() != "default")
+            .map(|name| rocksdb::ColumnFamilyDescriptor::new(name, options.cf_options(&cache)))
+            .collect();
+        let db = DB::open_cf_descriptors(&db_options, &db_path, descriptors).map_err(|e| {
+            let message = e.into_string();
+            if message.contains("lock") {
+                Error::DirectoryLocked {
+                    path: db_path.clone(),
+                    message,
+                }
+            } else {
+                Error::RocksDb { message }
+            }
+        })?;
+        let mut write_options = WriteOptions::default();
+        write_options.disable_wal(true);
+        let mut backend = Self {
+            db,
+            cache,
+            write_options,
+            options,
+            assigner,
+            range,
+            states: Vec::new(),
+            dir,
+        };
+        backend.load_state_records()?;
+        Ok(backend)
+    }
+
+    /// The working directory.
+    pub fn working_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The options the backend was opened with.
+    pub fn options(&self) -> &RocksDbOptions {
+        &self.options
+    }
+
+    /// Reads the registered states recorded in the default column family.
+    fn load_state_records(&mut self) -> Result<()> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_range(rocksdb::PrefixRange(STATE_RECORD_PREFIX));
+        for item in self.db.iterator_opt(IteratorMode::Start, read) {
+            let (_, value) = item.map_err(rocks_err)?;
+            let info: StateInfo = DefaultCodec::default()
+                .decode(&value)
+                .map_err(|e| Error::Decode {
+                    state: "<state registry>".into(),
+                    message: e.0,
+                })?;
+            let cf_name = cf_name(&info.name);
+            if self.db.cf_handle(&cf_name).is_none() {
+                return Err(Error::corrupt(
+                    self.dir.path().display().to_string(),
+                    format!("state '{}' has no column family", info.name),
+                ));
+            }
+            self.states.push(RocksState { info, cf_name });
+        }
+        Ok(())
+    }
+
+    fn state(&self, id: StateId) -> Result<(&RocksState, &ColumnFamily)> {
+        let state = self
+            .states
+            .get(id.0 as usize)
+            .ok_or(Error::UnknownState { id: id.0 })?;
+        let cf = self
+            .db
+            .cf_handle(&state.cf_name)
+            .ok_or(Error::UnknownState { id: id.0 })?;
+        Ok((state, cf))
+    }
+
+    /// Writes `key group ++ key ++ namespace` into `out`, checking the key group is owned.
+    fn row_prefix<K: StateKey, N: StateKey>(&self, state: &str, key: &K, ns: &N, out: &mut Vec<u8>) -> Result<()> {
+        let codec = DefaultCodec::default();
+        let enc = |e: crate::codec::CodecError| Error::Encode {
+            state: state.to_owned(),
+            message: e.0,
+        };
+        out.clear();
+        out.extend_from_slice(&[0; layout::KEY_GROUP_PREFIX_LEN]);
+        codec.encode_into(key, out).map_err(enc)?;
+        let group = self
+            .assigner
+            .key_group_of_bytes(&out[layout::KEY_GROUP_PREFIX_LEN..]);
+        if !self.range.contains(group) {
+            return Err(Error::KeyOutsideRange {
+                key_group: group,
+                range: self.range,
+            });
+        }
+        out[..layout::KEY_GROUP_PREFIX_LEN].copy_from_slice(&layout::key_group_prefix(group));
+        codec.encode_into(ns, out).map_err(enc)
+    }
+
+    fn map_row<K: StateKey, N: StateKey, UK: StateKey>(
+        &self,
+        state: &str,
+        key: &K,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<Vec<u8>> {
+        let mut row = Vec::with_capacity(32);
+        self.row_prefix(state, key, ns, &mut row)?;
+        DefaultCodec::default()
+            .encode_into(user_key, &mut row)
+            .map_err(|e| Error::Encode {
+                state: state.to_owned(),
+                message: e.0,
+            })?;
+        Ok(row)
+    }
+
+    fn get_raw(&self, cf: &ColumnFamily, row: &[u8]) -> Result<Option<rocksdb::DBPinnableSlice<'_>>> {
+        self.db.get_pinned_cf(cf, row).map_err(rocks_err)
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(state: &str, bytes: &[u8]) -> Result<T> {
+        DefaultCodec::default()
+            .decode(bytes)
+            .map_err(|e| Error::Decode {
+                state: state.to_owned(),
+                message: e.0,
+            })
+    }
+
+    /// Read options bounded to the rows starting with `prefix`.
+    fn prefix_read_options(prefix: &[u8]) -> ReadOptions {
+        let mut read = ReadOptions::default();
+        read.set_iterate_range(rocksdb::PrefixRange(prefix.to_vec()));
+        read
+    }
+
+    /// Read options bounded to the key groups this instance owns.
+    fn owned_read_options(&self) -> ReadOptions {
+        let (start, end) = layout::key_group_span(self.range.start(), self.range.end());
+        let mut read = ReadOptions::default();
+        read.set_iterate_lower_bound(start);
+        if self.range.end() < u32::from(u16::MAX) {
+            read.set_iterate_upper_bound(end);
+        }
+        read
+    }
+}
+
+impl KeyedStateBackend for RocksDbBackend {
+    fn backend_kind(&self) -> BackendKind {
+        BackendKind::RocksDb
+    }
+
+    fn assigner(&self) -> KeyGroupAssigner {
+        self.assigner
+    }
+
+    fn key_group_range(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    fn states(&self) -> Vec<StateInfo> {
+        self.states.iter().map(|s| s.info.clone()).collect()
+    }
+
+    fn register<K: StateKey, N: StateKey, S: StoredState>(&mut self, info: StateInfo) -> Result<StateId> {
+        let existing = self.states();
+        if let Some(id) = find_registered(&existing, &info)? {
+            return Ok(id);
+        }
+        let id = StateId(self.states.len() as u32);
+        let cf_name = cf_name(&info.name);
+        if self.db.cf_handle(&cf_name).is_none() {
+            self.db
+                .create_cf(&cf_name, &self.options.cf_options(&self.cache))
+                .map_err(rocks_err)?;
+        }
+        let mut record_key = STATE_RECORD_PREFIX.to_vec();
+        record_key.extend_from_slice(&id.0.to_be_bytes());
+        let record = DefaultCodec::default()
+            .encode(&info)
+            .map_err(|e| Error::Encode {
+                state: info.name.clone(),
+                message: e.0,
+            })?;
+        self.db
+            .put_opt(record_key, record, &self.write_options)
+            .map_err(rocks_err)?;
+        self.states.push(RocksState { info, cf_name });
+        Ok(id)
+    }
+
+    fn get_cell<K: StateKey, N: StateKey, V: StateValue>(&self, id: StateId, key: &K, ns: &N) -> Result<Option<V>> {
+        let (state, cf) = self.state(id)?;
+        let mut row = Vec::with_capacity(32);
+        self.row_prefix(&state.info.name, key, ns, &mut row)?;
+        match self.get_raw(cf, &row)? {
+            Some(bytes) => Ok(Some(Self::decode(&state.info.name, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_cell<K: StateKey, N: StateKey, V: StateValue>(&mut self, id: StateId, key: &K, ns: &N, value: V) -> Result<()> {
+        let (state, cf) = self.state(id)?;
+        let mut row = Vec::with_capacity(32);
+        self.row_prefix(&state.info.name, key, ns, &mut row)?;
+        let bytes = DefaultCodec::default()
+            .encode(&value)
+            .map_err(|e| Error::Encode {
+                state: state.info.name.clone(),
+                message: e.0,
+            })?;
+        self.db
+            .put_cf_opt(cf, row, bytes, &self.write_options)
+            .map_err(rocks_err)
+    }
+
+    fn clear<K: StateKey, N: StateKey>(&mut self, id: StateId, key: &K, ns: &N) -> Result<()> {
+        let (state, cf) = self.state(id)?;
+        let mut row = Vec::with_capacity(32);
+        self.row_prefix(&state.info.name, key, ns, &mut row)?;
+        if state.info.kind != StateKind::Map {
+            return self
+                .db
+                .delete_cf_opt(cf, row, &self.write_options)
+                .map_err(rocks_err);
+        }
+        // All rows of one map in one batch: the map disappears atomically.
+        let mut batch = WriteBatch::default();
+        let rows = self
+            .db
+            .iterator_cf_opt(cf, Self::prefix_read_options(&row), IteratorMode::Start);
+        for item in rows {
+            let (row_key, _) = item.map_err(rocks_err)?;
+            batch.delete_cf(cf, row_key);
+        }
+        self.db
+            .write_opt(batch, &self.write_options)
+            .map_err(rocks_err)
+    }
+
+    fn get_list<K: StateKey, N: StateKey, T: StateValue>(&self, id: StateId, key: &K, ns: &N) -> Result<Vec<T>> {
+        let (state, cf) = self.state(id)?;
+        let mut row = Vec::with_capacity(32);
+        self.row_prefix(&state.info.name, key, ns, &mut row)?;
+        match self.get_raw(cf, &row)? {
+            Some(bytes) => decode_list(&DefaultCodec::default(), &bytes).map_err(|e| Error::Decode {
+                state: state.info.name.clone(),
+                message: e.0,
+            }),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn append_list<K: StateKey, N: StateKey, T: StateValue>(&mut self, id: StateId, key: &K, ns: &N, value: T) -> Result<()> {
+        let (state, cf) = self.state(id)?;
+        let mut row = Vec::with_capacity(32);
+        self.row_prefix(&state.info.name, key, ns, &mut row)?;
+        let mut operand = Vec::with_capacity(16);
+        encode_list_element(&DefaultCodec::default(), &value, &mut operand).map_err(|e| Error::Encode {
+            state: state.info.name.clone(),
+            message: e.0,
+        })?;
+        self.db
+            .merge_cf_opt(cf, row, operand, &self.write_options)
+            .map_err(rocks_err)
+    }
+
+    fn replace_list<K: StateKey, N: StateKey, T: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        values: Vec<T>,
+    ) -> Result<()> {
+        let (state, cf) = self.state(id)?;
+        let mut row = Vec::with_capacity(32);
+        self.row_prefix(&state.info.name, key, ns, &mut row)?;
+        if values.is_empty() {
+            return self
+                .db
+                .delete_cf_opt(cf, row, &self.write_options)
+                .map_err(rocks_err);
+        }
+        let codec = DefaultCodec::default();
+        let mut bytes = Vec::new();
+        for v in &values {
+            encode_list_element(&codec, v, &mut bytes).map_err(|e| Error::Encode {
+                state: state.info.name.clone(),
+                message: e.0,
+            })?;
+        }
+        self.db
+            .put_cf_opt(cf, row, bytes, &self.write_options)
+            .map_err(rocks_err)
+    }
+
+    fn get_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<Option<UV>> {
+        let (state, cf) = self.state(id)?;
+        let row = self.map_row(&state.info.name, key, ns, user_key)?;
+        match self.get_raw(cf, &row)? {
+            Some(bytes) => Ok(Some(Self::decode(&state.info.name, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn contains_map_key<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<bool> {
+        let (state, cf) = self.state(id)?;
+        let row = self.map_row(&state.info.name, key, ns, user_key)?;
+        Ok(self.get_raw(cf, &row)?.is_some())
+    }
+
+    fn put_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        user_key: UK,
+        value: UV,
+    ) -> Result<()> {
+        let (state, cf) = self.state(id)?;
+        let row = self.map_row(&state.info.name, key, ns, &user_key)?;
+        let bytes = DefaultCodec::default()
+            .encode(&value)
+            .map_err(|e| Error::Encode {
+                state: state.info.name.clone(),
+                message: e.0,
+            })?;
+        self.db
+            .put_cf_opt(cf, row, bytes, &self.write_options)
+            .map_err(rocks_err)
+    }
+
+    fn remove_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<()> {
+        let (state, cf) = self.state(id)?;
+        let row = self.map_row(&state.info.name, key, ns, user_key)?;
+        self.db
+            .delete_cf_opt(cf, row, &self.write_options)
+            .map_err(rocks_err)
+    }
+
+    fn map_entries<'a, K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &'a self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<MapEntries<'a, UK, UV>> {
+        let (state, cf) = self.state(id)?;
+        let mut prefix = Vec::with_capacity(32);
+        self.row_prefix(&state.info.name, key, ns, &mut prefix)?;
+        let name = state.info.name.clone();
+        let prefix_len = prefix.len();
+        let rows = self
+            .db
+            .iterator_cf_opt(cf, Self::prefix_read_options(&prefix), IteratorMode::Start);
+        Ok(Box::new(rows.map(move |item| {
+            let (row_key, value) = item.map_err(rocks_err)?;
+            let user_key: UK = Self::decode(&name, &row_key[prefix_len..])?;
+            let value: UV = Self::decode(&name, &value)?;
+            Ok((user_key, value))
+        })))
+    }
+
+    fn keys<'a, K: StateKey, N: StateKey>(&'a self, id: StateId, ns: Option<&N>) -> Result<StateKeys<'a, K, N>> {
+        let (state, cf) = self.state(id)?;
+        let name = state.info.name.clone();
+        let wanted = ns.cloned();
+        let rows = self
+            .db
+            .iterator_cf_opt(cf, self.owned_read_options(), IteratorMode::From(&[], Direction::Forward));
+        // Map states have one row per user key: report each (key, namespace) once.
+        let mut last_prefix: Vec<u8> = Vec::new();
+        Ok(Box::new(rows.filter_map(move |item| {
+            let decoded = (|| {
+                let (row_key, _) = item.map_err(rocks_err)?;
+                let codec = DefaultCodec::default();
+                let body = &row_key[layout::KEY_GROUP_PREFIX_LEN.min(row_key.len())..];
+                let corrupt = |e: crate::codec::CodecError| Error::Decode {
+                    state: name.clone(),
+                    message: e.0,
+                };
+                let (key, used_k): (K, usize) = codec.decode_prefix(body).map_err(corrupt)?;
+                let (namespace, used_n): (N, usize) =
+                    codec.decode_prefix(&body[used_k..]).map_err(corrupt)?;
+                let prefix = &row_key[..layout::KEY_GROUP_PREFIX_LEN + used_k + used_n];
+                if prefix == last_prefix.as_slice() {
+                    return Ok(None);
+                }
+                last_prefix = prefix.to_vec();
+                if wanted.as_ref().is_some_and(|w| *w != namespace) {
+                    return Ok(None);
+                }
+                Ok(Some((key, namespace)))
+            })();
+            decoded.transpose()
+        })))
+    }
+}

@@ -1,0 +1,248 @@
+//! State descriptors: a unique name plus the types, which registration checks.
+
+use std::any::type_name;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// The kind of a state. Stored as one byte in every format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum StateKind {
+    /// One value per (key, namespace).
+    Value = 1,
+    /// An ordered list of values per (key, namespace), appended to cheaply.
+    List = 2,
+    /// A map of user keys to values per (key, namespace).
+    Map = 3,
+    /// One value per (key, namespace), folded with a reduce function on `add`.
+    Reducing = 4,
+    /// One accumulator per (key, namespace), folded with an aggregate function on `add`.
+    Aggregating = 5,
+}
+
+impl StateKind {
+    /// The kind with byte code `code`, if any.
+    pub fn from_code(code: u8) -> Option<StateKind> {
+        Some(match code {
+            1 => StateKind::Value,
+            2 => StateKind::List,
+            3 => StateKind::Map,
+            4 => StateKind::Reducing,
+            5 => StateKind::Aggregating,
+            _ => return None,
+        })
+    }
+
+    /// The byte code of the kind.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// Lower-case name, as printed by tools.
+    pub fn name(self) -> &'static str {
+        match self {
+            StateKind::Value => "value",
+            StateKind::List => "list",
+            StateKind::Map => "map",
+            StateKind::Reducing => "reducing",
+            StateKind::Aggregating => "aggregating",
+        }
+    }
+}
+
+impl fmt::Display for StateKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a backend records about a registered state, and what checkpoints and savepoints store.
+///
+/// Type names are Rust's `std::any::type_name`s: registering the same name with other types is
+/// an error, and restoring a state into other types is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StateInfo {
+    /// Unique name of the state within a backend.
+    pub name: String,
+    /// Its kind.
+    pub kind: StateKind,
+    /// Type name of the keys.
+    pub key_type: String,
+    /// Type name of the namespaces.
+    pub namespace_type: String,
+    /// Type name of the map user keys (empty for other kinds).
+    pub user_key_type: String,
+    /// Type name of the stored values (list elements, map values, accumulators).
+    pub value_type: String,
+}
+
+impl StateInfo {
+    /// Builds the info for a state of the given kind and types.
+    pub fn of<K, N, UK, V>(name: &str, kind: StateKind) -> StateInfo {
+        StateInfo {
+            name: name.to_owned(),
+            kind,
+            key_type: type_name::<K>().to_owned(),
+            namespace_type: type_name::<N>().to_owned(),
+            user_key_type: if kind == StateKind::Map {
+                type_name::<UK>().to_owned()
+            } else {
+                String::new()
+            },
+            value_type: type_name::<V>().to_owned(),
+        }
+    }
+
+    /// The kind and types, as error messages show them.
+    pub fn describe(&self) -> String {
+        if self.kind == StateKind::Map {
+            format!(
+                "map<key={}, namespace={}, user_key={}, value={}>",
+                self.key_type, self.namespace_type, self.user_key_type, self.value_type
+            )
+        } else {
+            format!(
+                "{}<key={}, namespace={}, value={}>",
+                self.kind, self.key_type, self.namespace_type, self.value_type
+            )
+        }
+    }
+}
+
+/// Describes a value state: one `V` per (key `K`, namespace `N`).
+///
+/// # Examples
+/// ```
+/// use statebackend::{HeapBackend, KeyGroupRange, KeyedStateBackend, ValueStateDescriptor};
+/// let mut backend = HeapBackend::new(128, KeyGroupRange::all(128)?)?;
+/// let counts = backend.value_state(&ValueStateDescriptor::<String, (), u64>::new("counts"))?;
+/// counts.put(&mut backend, &"alice".to_string(), &(), 3)?;
+/// assert_eq!(counts.get(&backend, &"alice".to_string(), &())?, Some(3));
+/// # Ok::<(), statebackend::Error>(())
+/// ```
+pub struct ValueStateDescriptor<K, N, V> {
+    pub(crate) name: String,
+    _types: PhantomData<fn() -> (K, N, V)>,
+}
+
+impl<K, N, V> ValueStateDescriptor<K, N, V> {
+    /// A descriptor for the value state `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            _types: PhantomData,
+        }
+    }
+
+    /// The registration info.
+    pub fn info(&self) -> StateInfo {
+        StateInfo::of::<K, N, (), V>(&self.name, StateKind::Value)
+    }
+}
+
+/// Describes a list state: a `Vec<T>` per (key `K`, namespace `N`).
+pub struct ListStateDescriptor<K, N, T> {
+    pub(crate) name: String,
+    _types: PhantomData<fn() -> (K, N, T)>,
+}
+
+impl<K, N, T> ListStateDescriptor<K, N, T> {
+    /// A descriptor for the list state `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            _types: PhantomData,
+        }
+    }
+
+    /// The registration info.
+    pub fn info(&self) -> StateInfo {
+        StateInfo::of::<K, N, (), T>(&self.name, StateKind::List)
+    }
+}
+
+/// Describes a map state: a map `UK → UV` per (key `K`, namespace `N`).
+pub struct MapStateDescriptor<K, N, UK, UV> {
+    pub(crate) name: String,
+    _types: PhantomData<fn() -> (K, N, UK, UV)>,
+}
+
+impl<K, N, UK, UV> MapStateDescriptor<K, N, UK, UV> {
+    /// A descriptor for the map state `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            _types: PhantomData,
+        }
+    }
+
+    /// The registration info.
+    pub fn info(&self) -> StateInfo {
+        StateInfo::of::<K, N, UK, UV>(&self.name, StateKind::Map)
+    }
+}
+
+/// The function a reducing state folds added values with.
+pub type ReduceFn<V> = Arc<dyn Fn(&V, &V) -> V + Send + Sync>;
+
+/// Describes a reducing state: one `V` per (key, namespace), `add` folds with `reduce`.
+pub struct ReducingStateDescriptor<K, N, V> {
+    pub(crate) name: String,
+    pub(crate) reduce: ReduceFn<V>,
+    _types: PhantomData<fn() -> (K, N)>,
+}
+
+impl<K, N, V> ReducingStateDescriptor<K, N, V> {
+    /// A descriptor for the reducing state `name`; `reduce(current, added)` gives the new value.
+    pub fn new(name: impl Into<String>, reduce: impl Fn(&V, &V) -> V + Send + Sync + 'static) -> Self {
+        Self {
+            name: name.into(),
+            reduce: Arc::new(reduce),
+            _types: PhantomData,
+        }
+    }
+
+    /// The registration info.
+    pub fn info(&self) -> StateInfo {
+        StateInfo::of::<K, N, (), V>(&self.name, StateKind::Reducing)
+    }
+}
+
+/// Folds inputs `IN` into an accumulator `ACC` and reads a result `OUT` from it, as Flink's
+/// `AggregateFunction`.
+pub trait AggregateFunction<IN, ACC, OUT>: Send + Sync {
+    /// A fresh accumulator, used on the first `add` of a (key, namespace).
+    fn create_accumulator(&self) -> ACC;
+    /// Adds `value` to `accumulator` and returns the new accumulator.
+    fn add(&self, value: &IN, accumulator: ACC) -> ACC;
+    /// The result of an accumulator.
+    fn get_result(&self, accumulator: &ACC) -> OUT;
+}
+
+/// Describes an aggregating state: one accumulator `ACC` per (key, namespace).
+pub struct AggregatingStateDescriptor<K, N, IN, ACC, OUT> {
+    pub(crate) name: String,
+    pub(crate) function: Arc<dyn AggregateFunction<IN, ACC, OUT>>,
+    _types: PhantomData<fn() -> (K, N)>,
+}
+
+impl<K, N, IN, ACC, OUT> AggregatingStateDescriptor<K, N, IN, ACC, OUT> {
+    /// A descriptor for the aggregating state `name`.
+    pub fn new(
+        name: impl Into<String>,
+        function: impl AggregateFunction<IN, ACC, OUT> + 'static,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            function: Arc::new(function),
+            _types: PhantomData,
+        }
+    }
+
+    /// The registration info. The stored type is the accumulator.
+    pub fn info(&self) -> StateInfo {
+        StateInfo::of::<K, N, (), ACC>(&self.name, StateKind::Aggregating)
+    }
+}

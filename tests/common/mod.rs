@@ -1,0 +1,36 @@
+//! Shared test support: a deterministic PRNG, the random-operation model, and the conformance
+//! suite every backend runs (`conformance_suite!`).
+#![allow(dead_code)]
+
+pub mod conformance;
+pub mod model;
+
+/// SplitMix64, the workloads' PRNG (see `../shared/WORKLOADS.md`).
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+#[test]
+fn splitmix_matches_reference() {
+    let mut g = SplitMix64::new(42);
+    assert_eq!(g.next_u64(), 13679457532755275413);
+    assert_eq!(g.next_u64(), 2949826092126892291);
+    assert_eq!(g.next_u64(), 5139283748462763858);
+}
