@@ -118,15 +118,29 @@ impl KeyedStateBackend for AnyBackend {
         dispatch!(self, b => b.states())
     }
 
-    fn register<K: StateKey, N: StateKey, S: StoredState>(&mut self, info: StateInfo) -> Result<StateId> {
+    fn register<K: StateKey, N: StateKey, S: StoredState>(
+        &mut self,
+        info: StateInfo,
+    ) -> Result<StateId> {
         dispatch!(self, b => b.register::<K, N, S>(info))
     }
 
-    fn get_cell<K: StateKey, N: StateKey, V: StateValue>(&self, id: StateId, key: &K, ns: &N) -> Result<Option<V>> {
+    fn get_cell<K: StateKey, N: StateKey, V: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<Option<V>> {
         dispatch!(self, b => b.get_cell(id, key, ns))
     }
 
-    fn put_cell<K: StateKey, N: StateKey, V: StateValue>(&mut self, id: StateId, key: &K, ns: &N, value: V) -> Result<()> {
+    fn put_cell<K: StateKey, N: StateKey, V: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        value: V,
+    ) -> Result<()> {
         dispatch!(self, b => b.put_cell(id, key, ns, value))
     }
 
@@ -134,11 +148,22 @@ impl KeyedStateBackend for AnyBackend {
         dispatch!(self, b => b.clear(id, key, ns))
     }
 
-    fn get_list<K: StateKey, N: StateKey, T: StateValue>(&self, id: StateId, key: &K, ns: &N) -> Result<Vec<T>> {
+    fn get_list<K: StateKey, N: StateKey, T: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<Vec<T>> {
         dispatch!(self, b => b.get_list(id, key, ns))
     }
 
-    fn append_list<K: StateKey, N: StateKey, T: StateValue>(&mut self, id: StateId, key: &K, ns: &N, value: T) -> Result<()> {
+    fn append_list<K: StateKey, N: StateKey, T: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        value: T,
+    ) -> Result<()> {
         dispatch!(self, b => b.append_list(id, key, ns, value))
     }
 
@@ -202,7 +227,11 @@ impl KeyedStateBackend for AnyBackend {
         dispatch!(self, b => b.map_entries(id, key, ns))
     }
 
-    fn keys<'a, K: StateKey, N: StateKey>(&'a self, id: StateId, ns: Option<&N>) -> Result<StateKeys<'a, K, N>> {
+    fn keys<'a, K: StateKey, N: StateKey>(
+        &'a self,
+        id: StateId,
+        ns: Option<&N>,
+    ) -> Result<StateKeys<'a, K, N>> {
         dispatch!(self, b => b.keys(id, ns))
     }
 }

@@ -82,19 +82,33 @@ pub trait KeyedStateBackend {
     ///
     /// # Errors
     /// [`Error::StateMismatch`] if the name is registered with another kind or types.
-    fn register<K: StateKey, N: StateKey, S: StoredState>(&mut self, info: StateInfo) -> Result<StateId>;
+    fn register<K: StateKey, N: StateKey, S: StoredState>(
+        &mut self,
+        info: StateInfo,
+    ) -> Result<StateId>;
 
     /// The single value of `(key, ns)` in a value, reducing or aggregating state.
     ///
     /// # Errors
     /// Key outside range, decode errors, backend errors.
-    fn get_cell<K: StateKey, N: StateKey, V: StateValue>(&self, id: StateId, key: &K, ns: &N) -> Result<Option<V>>;
+    fn get_cell<K: StateKey, N: StateKey, V: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<Option<V>>;
 
     /// Sets the single value of `(key, ns)`.
     ///
     /// # Errors
     /// As [`KeyedStateBackend::get_cell`].
-    fn put_cell<K: StateKey, N: StateKey, V: StateValue>(&mut self, id: StateId, key: &K, ns: &N, value: V) -> Result<()>;
+    fn put_cell<K: StateKey, N: StateKey, V: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        value: V,
+    ) -> Result<()>;
 
     /// Removes everything `(key, ns)` holds in state `id`, whatever its kind.
     ///
@@ -106,13 +120,24 @@ pub trait KeyedStateBackend {
     ///
     /// # Errors
     /// As [`KeyedStateBackend::get_cell`].
-    fn get_list<K: StateKey, N: StateKey, T: StateValue>(&self, id: StateId, key: &K, ns: &N) -> Result<Vec<T>>;
+    fn get_list<K: StateKey, N: StateKey, T: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<Vec<T>>;
 
     /// Appends to the list of `(key, ns)`.
     ///
     /// # Errors
     /// As [`KeyedStateBackend::get_cell`].
-    fn append_list<K: StateKey, N: StateKey, T: StateValue>(&mut self, id: StateId, key: &K, ns: &N, value: T) -> Result<()>;
+    fn append_list<K: StateKey, N: StateKey, T: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        value: T,
+    ) -> Result<()>;
 
     /// Replaces the list of `(key, ns)`; an empty list removes it.
     ///
@@ -191,7 +216,11 @@ pub trait KeyedStateBackend {
     ///
     /// # Errors
     /// Decode errors, backend errors.
-    fn keys<'a, K: StateKey, N: StateKey>(&'a self, id: StateId, ns: Option<&N>) -> Result<StateKeys<'a, K, N>>;
+    fn keys<'a, K: StateKey, N: StateKey>(
+        &'a self,
+        id: StateId,
+        ns: Option<&N>,
+    ) -> Result<StateKeys<'a, K, N>>;
 
     /// The key group of `key`.
     ///

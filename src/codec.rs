@@ -63,8 +63,11 @@ pub trait Codec: Send + Sync + 'static {
     ///
     /// # Errors
     /// When the value cannot be serialized (e.g. a serde impl that fails).
-    fn encode_into<T: Serialize + ?Sized>(&self, value: &T, out: &mut Vec<u8>)
-    -> Result<(), CodecError>;
+    fn encode_into<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError>;
 
     /// Decodes one value from the front of `bytes`; returns it and the number of bytes read.
     ///

@@ -17,7 +17,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// `max_parallelism` must be in `1..=32768`.
-    #[error("max parallelism {max_parallelism} is out of bounds (1..={})", crate::key_group::MAX_MAX_PARALLELISM)]
+    #[error(
+        "max parallelism {max_parallelism} is out of bounds (1..={})",
+        crate::key_group::MAX_MAX_PARALLELISM
+    )]
     InvalidMaxParallelism {
         /// The rejected value.
         max_parallelism: u32,

@@ -177,7 +177,9 @@ impl KeyGroupRange {
         key_group: KeyGroup,
     ) -> Result<u32> {
         check_max_parallelism(max_parallelism)?;
-        if parallelism == 0 || parallelism > max_parallelism || u32::from(key_group) >= max_parallelism
+        if parallelism == 0
+            || parallelism > max_parallelism
+            || u32::from(key_group) >= max_parallelism
         {
             return Err(Error::InvalidOperator {
                 max_parallelism,

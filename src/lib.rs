@@ -42,13 +42,17 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod checkpoint;
 pub mod codec;
 pub mod error;
+mod format;
 pub mod heap;
 pub mod key_group;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
+pub mod savepoint;
 pub mod state;
+pub mod storage;
 
 mod any_backend;
 
@@ -64,4 +68,7 @@ pub use state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState,
     ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
     StateId, StateInfo, StateKind, ValueState, ValueStateDescriptor,
+};
+pub use storage::{
+    CheckpointStorage, FaultMode, FaultyStorage, LocalDirStorage, ObjectMeta, StoragePath,
 };

@@ -1,9 +1,7 @@
 //! Key-group assignment: pinned across processes, ranges partition every parallelism.
 
 use proptest::prelude::*;
-use statebackend::{
-    Error, HeapBackend, KeyGroupAssigner, KeyGroupRange, KeyedStateBackend,
-};
+use statebackend::{Error, HeapBackend, KeyGroupAssigner, KeyGroupRange, KeyedStateBackend};
 
 /// Known keys pinned to their key groups (max parallelism 128). These values are part of the
 /// format: a change here means every savepoint and RocksDB directory would move keys.
@@ -18,7 +16,10 @@ fn known_keys_map_to_pinned_key_groups() -> statebackend::Result<()> {
     assert_eq!(b.key_group_of(&42u64)?, PINNED_U64_42);
     // The hash is over the encoding: the same bytes give the same key group.
     let assigner = KeyGroupAssigner::new(128)?;
-    assert_eq!(assigner.key_group_of_bytes(&[5, b'a', b'l', b'i', b'c', b'e']), PINNED_ALICE);
+    assert_eq!(
+        assigner.key_group_of_bytes(&[5, b'a', b'l', b'i', b'c', b'e']),
+        PINNED_ALICE
+    );
     assert_eq!(assigner.key_group_of_bytes(&[0]), PINNED_I64_0);
     Ok(())
 }
@@ -44,9 +45,18 @@ fn max_parallelism_bounds_are_checked() {
     }
     assert!(KeyGroupAssigner::new(1).is_ok());
     assert!(KeyGroupAssigner::new(32768).is_ok());
-    assert!(matches!(KeyGroupRange::for_operator(128, 0, 0), Err(Error::InvalidOperator { .. })));
-    assert!(matches!(KeyGroupRange::for_operator(128, 129, 0), Err(Error::InvalidOperator { .. })));
-    assert!(matches!(KeyGroupRange::for_operator(128, 4, 4), Err(Error::InvalidOperator { .. })));
+    assert!(matches!(
+        KeyGroupRange::for_operator(128, 0, 0),
+        Err(Error::InvalidOperator { .. })
+    ));
+    assert!(matches!(
+        KeyGroupRange::for_operator(128, 129, 0),
+        Err(Error::InvalidOperator { .. })
+    ));
+    assert!(matches!(
+        KeyGroupRange::for_operator(128, 4, 4),
+        Err(Error::InvalidOperator { .. })
+    ));
     assert!(matches!(
         HeapBackend::new(64, KeyGroupRange::all(128).unwrap()),
         Err(Error::InvalidOperator { .. })
@@ -64,7 +74,11 @@ fn check_partition(max_parallelism: u32, parallelism: u32) {
     let mut next = 0;
     for i in 0..parallelism {
         let r = KeyGroupRange::for_operator(max_parallelism, parallelism, i).unwrap();
-        assert_eq!(r.start(), next, "contiguous at operator {i} of {parallelism}");
+        assert_eq!(
+            r.start(),
+            next,
+            "contiguous at operator {i} of {parallelism}"
+        );
         assert!(!r.is_empty(), "operator {i} of {parallelism} owns nothing");
         for g in r.iter() {
             assert_eq!(

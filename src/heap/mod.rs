@@ -5,20 +5,21 @@
 //! Entries are organised per key group ([`table`]), so a snapshot writes key groups
 //! independently and a rescaled restore reads only the key groups an instance owns.
 
+mod raw;
 pub(crate) mod table;
 
 use std::any::type_name;
 use std::sync::Arc;
 
-use crate::backend::{
-    BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered,
-};
+use crate::backend::{BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered};
+use crate::checkpoint::metadata::InstanceId;
 use crate::error::{Error, Result};
 use crate::key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange};
 use crate::state::rows::{FastMap, KeyNs};
 use crate::state::{
     Cell, ListCell, MapCell, StateId, StateInfo, StateKey, StateValue, StoredState,
 };
+use raw::RawTable;
 use table::{AnyTable, FrozenTable, Table};
 
 struct HeapState {
@@ -42,6 +43,7 @@ pub struct HeapBackend {
     assigner: KeyGroupAssigner,
     range: KeyGroupRange,
     states: Vec<HeapState>,
+    instance_id: InstanceId,
 }
 
 impl HeapBackend {
@@ -57,7 +59,13 @@ impl HeapBackend {
             assigner,
             range,
             states: Vec::new(),
+            instance_id: InstanceId::random(),
         })
+    }
+
+    /// This instance's id in checkpoint metadata.
+    pub fn instance_id(&self) -> InstanceId {
+        self.instance_id
     }
 
     /// Number of `(key, namespace)` entries over all states.
@@ -88,7 +96,10 @@ impl HeapBackend {
             .ok_or(Error::UnknownState { id: id.0 })
     }
 
-    fn table<K: StateKey, N: StateKey, S: StoredState>(&self, id: StateId) -> Result<&Table<K, N, S>> {
+    fn table<K: StateKey, N: StateKey, S: StoredState>(
+        &self,
+        id: StateId,
+    ) -> Result<&Table<K, N, S>> {
         let state = self.state(id)?;
         state
             .table
@@ -126,7 +137,13 @@ impl HeapBackend {
     }
 
     /// Folds one row (as [`crate::state::rows`] defines them) of `state` into key group `group`.
-    pub(crate) fn load_row(&mut self, id: StateId, group: KeyGroup, suffix: &[u8], value: &[u8]) -> Result<()> {
+    pub(crate) fn load_row(
+        &mut self,
+        id: StateId,
+        group: KeyGroup,
+        suffix: &[u8],
+        value: &[u8],
+    ) -> Result<()> {
         let index = self.index_of_group(group)?;
         let state = self
             .states
@@ -141,12 +158,22 @@ impl HeapBackend {
             })
     }
 
-    /// The id of the registered state `name`.
-    pub(crate) fn state_id(&self, name: &str) -> Option<StateId> {
-        self.states
-            .iter()
-            .position(|s| s.info.name == name)
-            .map(|i| StateId(i as u32))
+    /// Declares a restored state whose rows follow through [`HeapBackend::load_row`]; the
+    /// rows stay raw until the engine registers the state with its types.
+    ///
+    /// # Errors
+    /// [`Error::StateMismatch`] if `info.name` is already registered differently.
+    pub(crate) fn declare_restored(&mut self, info: StateInfo) -> Result<StateId> {
+        let existing: Vec<StateInfo> = self.states();
+        if let Some(id) = find_registered(&existing, &info)? {
+            return Ok(id);
+        }
+        let id = StateId(self.states.len() as u32);
+        self.states.push(HeapState {
+            info,
+            table: Box::new(RawTable::new(self.range.len() as usize)),
+        });
+        Ok(id)
     }
 }
 
@@ -198,9 +225,29 @@ impl KeyedStateBackend for HeapBackend {
         self.states.iter().map(|s| s.info.clone()).collect()
     }
 
-    fn register<K: StateKey, N: StateKey, S: StoredState>(&mut self, info: StateInfo) -> Result<StateId> {
+    fn register<K: StateKey, N: StateKey, S: StoredState>(
+        &mut self,
+        info: StateInfo,
+    ) -> Result<StateId> {
         let existing: Vec<StateInfo> = self.states();
         if let Some(id) = find_registered(&existing, &info)? {
+            let index = id.0 as usize;
+            if let Some(raw) = self.states[index].table.as_any().downcast_ref::<RawTable>() {
+                // A restored state registered again: decode its rows into a typed table.
+                let raw = raw.clone();
+                let mut table = Table::<K, N, S>::new(self.range.len() as usize);
+                for (group, rows) in raw.groups.iter().enumerate() {
+                    for (suffix, value) in rows.iter() {
+                        table
+                            .load_row(group, suffix, value)
+                            .map_err(|e| Error::Decode {
+                                state: info.name.clone(),
+                                message: e.0,
+                            })?;
+                    }
+                }
+                self.states[index].table = Box::new(table);
+            }
             // Same name and type names; also check the in-memory representation matches.
             self.table::<K, N, S>(id)?;
             return Ok(id);
@@ -213,13 +260,26 @@ impl KeyedStateBackend for HeapBackend {
         Ok(id)
     }
 
-    fn get_cell<K: StateKey, N: StateKey, V: StateValue>(&self, id: StateId, key: &K, ns: &N) -> Result<Option<V>> {
+    fn get_cell<K: StateKey, N: StateKey, V: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<Option<V>> {
         let group = self.group_index(key)?;
         let table = self.table::<K, N, Cell<V>>(id)?;
-        Ok(table.groups[group].get(&KeyNs(key, ns)).map(|c| c.0.clone()))
+        Ok(table.groups[group]
+            .get(&KeyNs(key, ns))
+            .map(|c| c.0.clone()))
     }
 
-    fn put_cell<K: StateKey, N: StateKey, V: StateValue>(&mut self, id: StateId, key: &K, ns: &N, value: V) -> Result<()> {
+    fn put_cell<K: StateKey, N: StateKey, V: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        value: V,
+    ) -> Result<()> {
         let group = self.group_index(key)?;
         let map = Arc::make_mut(&mut self.table_mut::<K, N, Cell<V>>(id)?.groups[group]);
         match map.get_mut(&KeyNs(key, ns)) {
@@ -241,7 +301,12 @@ impl KeyedStateBackend for HeapBackend {
         Ok(())
     }
 
-    fn get_list<K: StateKey, N: StateKey, T: StateValue>(&self, id: StateId, key: &K, ns: &N) -> Result<Vec<T>> {
+    fn get_list<K: StateKey, N: StateKey, T: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<Vec<T>> {
         let group = self.group_index(key)?;
         let table = self.table::<K, N, ListCell<T>>(id)?;
         Ok(table.groups[group]
@@ -250,7 +315,13 @@ impl KeyedStateBackend for HeapBackend {
             .unwrap_or_default())
     }
 
-    fn append_list<K: StateKey, N: StateKey, T: StateValue>(&mut self, id: StateId, key: &K, ns: &N, value: T) -> Result<()> {
+    fn append_list<K: StateKey, N: StateKey, T: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        value: T,
+    ) -> Result<()> {
         let group = self.group_index(key)?;
         let map = Arc::make_mut(&mut self.table_mut::<K, N, ListCell<T>>(id)?.groups[group]);
         match map.get_mut(&KeyNs(key, ns)) {
@@ -371,12 +442,16 @@ impl KeyedStateBackend for HeapBackend {
         }
     }
 
-    fn keys<'a, K: StateKey, N: StateKey>(&'a self, id: StateId, ns: Option<&N>) -> Result<StateKeys<'a, K, N>> {
+    fn keys<'a, K: StateKey, N: StateKey>(
+        &'a self,
+        id: StateId,
+        ns: Option<&N>,
+    ) -> Result<StateKeys<'a, K, N>> {
         let state = self.state(id)?;
         let wanted = ns.cloned();
         let info = &state.info;
-        Ok(Box::new(state.table.keys_erased().filter_map(move |(k, n)| {
-            match (k.downcast_ref::<K>(), n.downcast_ref::<N>()) {
+        Ok(Box::new(state.table.keys_erased().filter_map(
+            move |(k, n)| match (k.downcast_ref::<K>(), n.downcast_ref::<N>()) {
                 (Some(k), Some(n)) => {
                     if wanted.as_ref().is_some_and(|w| w != n) {
                         None
@@ -385,8 +460,7 @@ impl KeyedStateBackend for HeapBackend {
                     }
                 }
                 _ => Some(Err(type_mismatch::<K, N, ()>(info))),
-            }
-        })))
+            },
+        )))
     }
 }
-

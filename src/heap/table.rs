@@ -53,8 +53,6 @@ pub(crate) trait AnyTable: Send + Sync {
 pub(crate) trait FrozenTable: Send + Sync {
     /// Emits the rows of group `group`, unsorted.
     fn rows(&self, group: usize, state: &str, sink: &mut RowSink<'_>) -> Result<()>;
-    /// Number of rows in group `group`.
-    fn row_count(&self, group: usize) -> usize;
 }
 
 impl<K: StateKey, N: StateKey, S: StoredState> AnyTable for Table<K, N, S> {
@@ -75,7 +73,9 @@ impl<K: StateKey, N: StateKey, S: StoredState> AnyTable for Table<K, N, S> {
             // Do not copy a frozen group just to find nothing to remove.
             return false;
         }
-        Arc::make_mut(&mut self.groups[group]).remove(&lookup).is_some()
+        Arc::make_mut(&mut self.groups[group])
+            .remove(&lookup)
+            .is_some()
     }
 
     fn keys_erased(&self) -> Box<dyn Iterator<Item = (&dyn Any, &dyn Any)> + '_> {
@@ -132,9 +132,5 @@ impl<K: StateKey, N: StateKey, S: StoredState> FrozenTable for Table<K, N, S> {
             })?;
         }
         Ok(())
-    }
-
-    fn row_count(&self, group: usize) -> usize {
-        self.groups[group].values().map(|s| s.row_count()).sum()
     }
 }

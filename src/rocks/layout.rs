@@ -63,7 +63,10 @@ mod tests {
         let mut prefixes: Vec<_> = groups.iter().map(|g| key_group_prefix(*g)).collect();
         groups.sort();
         prefixes.sort();
-        let back: Vec<u16> = prefixes.iter().map(|p| key_group_of_row(p).unwrap()).collect();
+        let back: Vec<u16> = prefixes
+            .iter()
+            .map(|p| key_group_of_row(p).unwrap())
+            .collect();
         assert_eq!(back, groups);
     }
 }

@@ -7,12 +7,11 @@
 mod layout;
 mod merge;
 mod options;
+mod snapshot;
 
 use std::path::{Path, PathBuf};
 
-use rocksdb::{
-    ColumnFamily, DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions,
-};
+use rocksdb::{ColumnFamily, DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
 use crate::backend::{BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered};
 use crate::codec::{Codec, DefaultCodec};
@@ -23,6 +22,10 @@ use crate::state::rows::{decode_list, encode_list_element};
 use crate::state::{StateId, StateInfo, StateKey, StateKind, StateValue, StoredState};
 
 pub use options::{CompactionStyle, RocksDbOptions};
+pub use snapshot::RocksDbSnapshot;
+
+use crate::checkpoint::metadata::InstanceId;
+use snapshot::IncrementalState;
 
 /// Key prefix, in the default column family, of the registered-state records.
 const STATE_RECORD_PREFIX: &[u8] = b"statebackend/state/";
@@ -34,6 +37,22 @@ enum WorkingDir {
 }
 
 impl WorkingDir {
+    /// The engine's directory (created if missing), or a new temporary one.
+    fn create(working_dir: Option<PathBuf>) -> Result<Self> {
+        Ok(match working_dir {
+            Some(path) => {
+                std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                WorkingDir::Explicit(path)
+            }
+            None => WorkingDir::Temporary(
+                tempfile::Builder::new()
+                    .prefix("statebackend-rocksdb-")
+                    .tempdir()
+                    .map_err(|e| Error::io(std::env::temp_dir(), e))?,
+            ),
+        })
+    }
+
     fn path(&self) -> &Path {
         match self {
             WorkingDir::Temporary(t) => t.path(),
@@ -68,6 +87,8 @@ pub struct RocksDbBackend {
     assigner: KeyGroupAssigner,
     range: KeyGroupRange,
     states: Vec<RocksState>,
+    instance_id: InstanceId,
+    incremental: IncrementalState,
     dir: WorkingDir,
 }
 
@@ -95,20 +116,19 @@ impl RocksDbBackend {
         working_dir: Option<PathBuf>,
         options: RocksDbOptions,
     ) -> Result<Self> {
+        let dir = WorkingDir::create(working_dir)?;
+        Self::open_in(max_parallelism, range, dir, options)
+    }
+
+    /// Opens (or creates) the DB in `dir/db`.
+    fn open_in(
+        max_parallelism: u32,
+        range: KeyGroupRange,
+        dir: WorkingDir,
+        options: RocksDbOptions,
+    ) -> Result<Self> {
         let assigner = KeyGroupAssigner::new(max_parallelism)?;
         check_range(max_parallelism, range)?;
-        let dir = match working_dir {
-            Some(path) => {
-                std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-                WorkingDir::Explicit(path)
-            }
-            None => WorkingDir::Temporary(
-                tempfile::Builder::new()
-                    .prefix("statebackend-rocksdb-")
-                    .tempdir()
-                    .map_err(|e| Error::io(std::env::temp_dir(), e))?,
-            ),
-        };
         let db_path = dir.path().join("db");
         let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
         let db_options = options.db_options();
@@ -143,6 +163,8 @@ impl RocksDbBackend {
             assigner,
             range,
             states: Vec::new(),
+            instance_id: InstanceId::random(),
+            incremental: IncrementalState::default(),
             dir,
         };
         backend.load_state_records()?;
@@ -165,12 +187,13 @@ impl RocksDbBackend {
         read.set_iterate_range(rocksdb::PrefixRange(STATE_RECORD_PREFIX));
         for item in self.db.iterator_opt(IteratorMode::Start, read) {
             let (_, value) = item.map_err(rocks_err)?;
-            let info: StateInfo = DefaultCodec::default()
-                .decode(&value)
-                .map_err(|e| Error::Decode {
-                    state: "<state registry>".into(),
-                    message: e.0,
-                })?;
+            let info: StateInfo =
+                DefaultCodec::default()
+                    .decode(&value)
+                    .map_err(|e| Error::Decode {
+                        state: "<state registry>".into(),
+                        message: e.0,
+                    })?;
             let cf_name = cf_name(&info.name);
             if self.db.cf_handle(&cf_name).is_none() {
                 return Err(Error::corrupt(
@@ -196,7 +219,13 @@ impl RocksDbBackend {
     }
 
     /// Writes `key group ++ key ++ namespace` into `out`, checking the key group is owned.
-    fn row_prefix<K: StateKey, N: StateKey>(&self, state: &str, key: &K, ns: &N, out: &mut Vec<u8>) -> Result<()> {
+    fn row_prefix<K: StateKey, N: StateKey>(
+        &self,
+        state: &str,
+        key: &K,
+        ns: &N,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let codec = DefaultCodec::default();
         let enc = |e: crate::codec::CodecError| Error::Encode {
             state: state.to_owned(),
@@ -236,7 +265,11 @@ impl RocksDbBackend {
         Ok(row)
     }
 
-    fn get_raw(&self, cf: &ColumnFamily, row: &[u8]) -> Result<Option<rocksdb::DBPinnableSlice<'_>>> {
+    fn get_raw(
+        &self,
+        cf: &ColumnFamily,
+        row: &[u8],
+    ) -> Result<Option<rocksdb::DBPinnableSlice<'_>>> {
         self.db.get_pinned_cf(cf, row).map_err(rocks_err)
     }
 
@@ -285,7 +318,10 @@ impl KeyedStateBackend for RocksDbBackend {
         self.states.iter().map(|s| s.info.clone()).collect()
     }
 
-    fn register<K: StateKey, N: StateKey, S: StoredState>(&mut self, info: StateInfo) -> Result<StateId> {
+    fn register<K: StateKey, N: StateKey, S: StoredState>(
+        &mut self,
+        info: StateInfo,
+    ) -> Result<StateId> {
         let existing = self.states();
         if let Some(id) = find_registered(&existing, &info)? {
             return Ok(id);
@@ -312,7 +348,12 @@ impl KeyedStateBackend for RocksDbBackend {
         Ok(id)
     }
 
-    fn get_cell<K: StateKey, N: StateKey, V: StateValue>(&self, id: StateId, key: &K, ns: &N) -> Result<Option<V>> {
+    fn get_cell<K: StateKey, N: StateKey, V: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<Option<V>> {
         let (state, cf) = self.state(id)?;
         let mut row = Vec::with_capacity(32);
         self.row_prefix(&state.info.name, key, ns, &mut row)?;
@@ -322,7 +363,13 @@ impl KeyedStateBackend for RocksDbBackend {
         }
     }
 
-    fn put_cell<K: StateKey, N: StateKey, V: StateValue>(&mut self, id: StateId, key: &K, ns: &N, value: V) -> Result<()> {
+    fn put_cell<K: StateKey, N: StateKey, V: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        value: V,
+    ) -> Result<()> {
         let (state, cf) = self.state(id)?;
         let mut row = Vec::with_capacity(32);
         self.row_prefix(&state.info.name, key, ns, &mut row)?;
@@ -349,9 +396,9 @@ impl KeyedStateBackend for RocksDbBackend {
         }
         // All rows of one map in one batch: the map disappears atomically.
         let mut batch = WriteBatch::default();
-        let rows = self
-            .db
-            .iterator_cf_opt(cf, Self::prefix_read_options(&row), IteratorMode::Start);
+        let rows =
+            self.db
+                .iterator_cf_opt(cf, Self::prefix_read_options(&row), IteratorMode::Start);
         for item in rows {
             let (row_key, _) = item.map_err(rocks_err)?;
             batch.delete_cf(cf, row_key);
@@ -361,27 +408,42 @@ impl KeyedStateBackend for RocksDbBackend {
             .map_err(rocks_err)
     }
 
-    fn get_list<K: StateKey, N: StateKey, T: StateValue>(&self, id: StateId, key: &K, ns: &N) -> Result<Vec<T>> {
+    fn get_list<K: StateKey, N: StateKey, T: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<Vec<T>> {
         let (state, cf) = self.state(id)?;
         let mut row = Vec::with_capacity(32);
         self.row_prefix(&state.info.name, key, ns, &mut row)?;
         match self.get_raw(cf, &row)? {
-            Some(bytes) => decode_list(&DefaultCodec::default(), &bytes).map_err(|e| Error::Decode {
-                state: state.info.name.clone(),
-                message: e.0,
-            }),
+            Some(bytes) => {
+                decode_list(&DefaultCodec::default(), &bytes).map_err(|e| Error::Decode {
+                    state: state.info.name.clone(),
+                    message: e.0,
+                })
+            }
             None => Ok(Vec::new()),
         }
     }
 
-    fn append_list<K: StateKey, N: StateKey, T: StateValue>(&mut self, id: StateId, key: &K, ns: &N, value: T) -> Result<()> {
+    fn append_list<K: StateKey, N: StateKey, T: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        value: T,
+    ) -> Result<()> {
         let (state, cf) = self.state(id)?;
         let mut row = Vec::with_capacity(32);
         self.row_prefix(&state.info.name, key, ns, &mut row)?;
         let mut operand = Vec::with_capacity(16);
-        encode_list_element(&DefaultCodec::default(), &value, &mut operand).map_err(|e| Error::Encode {
-            state: state.info.name.clone(),
-            message: e.0,
+        encode_list_element(&DefaultCodec::default(), &value, &mut operand).map_err(|e| {
+            Error::Encode {
+                state: state.info.name.clone(),
+                message: e.0,
+            }
         })?;
         self.db
             .merge_cf_opt(cf, row, operand, &self.write_options)
@@ -490,9 +552,9 @@ impl KeyedStateBackend for RocksDbBackend {
         self.row_prefix(&state.info.name, key, ns, &mut prefix)?;
         let name = state.info.name.clone();
         let prefix_len = prefix.len();
-        let rows = self
-            .db
-            .iterator_cf_opt(cf, Self::prefix_read_options(&prefix), IteratorMode::Start);
+        let rows =
+            self.db
+                .iterator_cf_opt(cf, Self::prefix_read_options(&prefix), IteratorMode::Start);
         Ok(Box::new(rows.map(move |item| {
             let (row_key, value) = item.map_err(rocks_err)?;
             let user_key: UK = Self::decode(&name, &row_key[prefix_len..])?;
@@ -501,13 +563,19 @@ impl KeyedStateBackend for RocksDbBackend {
         })))
     }
 
-    fn keys<'a, K: StateKey, N: StateKey>(&'a self, id: StateId, ns: Option<&N>) -> Result<StateKeys<'a, K, N>> {
+    fn keys<'a, K: StateKey, N: StateKey>(
+        &'a self,
+        id: StateId,
+        ns: Option<&N>,
+    ) -> Result<StateKeys<'a, K, N>> {
         let (state, cf) = self.state(id)?;
         let name = state.info.name.clone();
         let wanted = ns.cloned();
-        let rows = self
-            .db
-            .iterator_cf_opt(cf, self.owned_read_options(), IteratorMode::From(&[], Direction::Forward));
+        let rows = self.db.iterator_cf_opt(
+            cf,
+            self.owned_read_options(),
+            IteratorMode::From(&[], Direction::Forward),
+        );
         // Map states have one row per user key: report each (key, namespace) once.
         let mut last_prefix: Vec<u8> = Vec::new();
         Ok(Box::new(rows.filter_map(move |item| {

@@ -196,7 +196,10 @@ pub struct ReducingStateDescriptor<K, N, V> {
 
 impl<K, N, V> ReducingStateDescriptor<K, N, V> {
     /// A descriptor for the reducing state `name`; `reduce(current, added)` gives the new value.
-    pub fn new(name: impl Into<String>, reduce: impl Fn(&V, &V) -> V + Send + Sync + 'static) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        reduce: impl Fn(&V, &V) -> V + Send + Sync + 'static,
+    ) -> Self {
         Self {
             name: name.into(),
             reduce: Arc::new(reduce),

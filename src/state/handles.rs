@@ -62,7 +62,13 @@ impl<K: StateKey, N: StateKey, V: StateValue> ValueState<K, N, V> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
-    pub fn put<B: KeyedStateBackend>(&self, backend: &mut B, key: &K, ns: &N, value: V) -> Result<()> {
+    pub fn put<B: KeyedStateBackend>(
+        &self,
+        backend: &mut B,
+        key: &K,
+        ns: &N,
+        value: V,
+    ) -> Result<()> {
         backend.put_cell(self.id, key, ns, value)
     }
 
@@ -108,7 +114,13 @@ impl<K: StateKey, N: StateKey, T: StateValue> ListState<K, N, T> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
-    pub fn append<B: KeyedStateBackend>(&self, backend: &mut B, key: &K, ns: &N, value: T) -> Result<()> {
+    pub fn append<B: KeyedStateBackend>(
+        &self,
+        backend: &mut B,
+        key: &K,
+        ns: &N,
+        value: T,
+    ) -> Result<()> {
         backend.append_list(self.id, key, ns, value)
     }
 
@@ -160,7 +172,13 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> MapState<K, N, UK, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
-    pub fn get<B: KeyedStateBackend>(&self, backend: &B, key: &K, ns: &N, user_key: &UK) -> Result<Option<UV>> {
+    pub fn get<B: KeyedStateBackend>(
+        &self,
+        backend: &B,
+        key: &K,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<Option<UV>> {
         backend.get_map_value::<K, N, UK, UV>(self.id, key, ns, user_key)
     }
 
@@ -183,7 +201,13 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> MapState<K, N, UK, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
-    pub fn remove<B: KeyedStateBackend>(&self, backend: &mut B, key: &K, ns: &N, user_key: &UK) -> Result<()> {
+    pub fn remove<B: KeyedStateBackend>(
+        &self,
+        backend: &mut B,
+        key: &K,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<()> {
         backend.remove_map_value::<K, N, UK, UV>(self.id, key, ns, user_key)
     }
 
@@ -191,7 +215,13 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> MapState<K, N, UK, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
-    pub fn contains<B: KeyedStateBackend>(&self, backend: &B, key: &K, ns: &N, user_key: &UK) -> Result<bool> {
+    pub fn contains<B: KeyedStateBackend>(
+        &self,
+        backend: &B,
+        key: &K,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<bool> {
         backend.contains_map_key::<K, N, UK, UV>(self.id, key, ns, user_key)
     }
 
@@ -290,7 +320,13 @@ impl<K: StateKey, N: StateKey, V: StateValue> ReducingState<K, N, V> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
-    pub fn add<B: KeyedStateBackend>(&self, backend: &mut B, key: &K, ns: &N, value: V) -> Result<()> {
+    pub fn add<B: KeyedStateBackend>(
+        &self,
+        backend: &mut B,
+        key: &K,
+        ns: &N,
+        value: V,
+    ) -> Result<()> {
         let next = match backend.get_cell::<K, N, V>(self.id, key, ns)? {
             Some(current) => (self.reduce)(&current, &value),
             None => value,
@@ -344,7 +380,13 @@ impl<K: StateKey, N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<K, N, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
-    pub fn add<B: KeyedStateBackend>(&self, backend: &mut B, key: &K, ns: &N, value: &IN) -> Result<()> {
+    pub fn add<B: KeyedStateBackend>(
+        &self,
+        backend: &mut B,
+        key: &K,
+        ns: &N,
+        value: &IN,
+    ) -> Result<()> {
         let acc = match backend.get_cell::<K, N, ACC>(self.id, key, ns)? {
             Some(acc) => acc,
             None => self.function.create_accumulator(),

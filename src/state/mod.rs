@@ -24,7 +24,10 @@ use serde::de::DeserializeOwned;
 /// What a key, namespace or map user key must be: serializable (for the RocksDB backend,
 /// snapshots and key-group hashing), hashable (for the heap backend's maps) and shareable
 /// across the snapshot thread.
-pub trait StateKey: Serialize + DeserializeOwned + Hash + Eq + Clone + Send + Sync + 'static {}
+pub trait StateKey:
+    Serialize + DeserializeOwned + Hash + Eq + Clone + Send + Sync + 'static
+{
+}
 impl<T: Serialize + DeserializeOwned + Hash + Eq + Clone + Send + Sync + 'static> StateKey for T {}
 
 /// What a stored value must be: serializable, cloneable (the heap backend copies a key group on

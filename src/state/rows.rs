@@ -255,7 +255,10 @@ mod tests {
         let mut a = Vec::new();
         encode_list_element(&c, &"hello".to_string(), &mut a).unwrap();
         for cut in 1..a.len() {
-            assert!(decode_list::<_, String>(&c, &a[..cut]).is_err(), "cut {cut}");
+            assert!(
+                decode_list::<_, String>(&c, &a[..cut]).is_err(),
+                "cut {cut}"
+            );
         }
     }
 }

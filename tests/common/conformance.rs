@@ -34,7 +34,9 @@ pub fn value_state_put_get_clear<B: KeyedStateBackend>(mut b: B) -> Result<()> {
 }
 
 pub fn namespaces_are_independent<B: KeyedStateBackend>(mut b: B) -> Result<()> {
-    let s = b.value_state(&ValueStateDescriptor::<String, (u64, u64), String>::new("window-sums"))?;
+    let s = b.value_state(&ValueStateDescriptor::<String, (u64, u64), String>::new(
+        "window-sums",
+    ))?;
     let k = owned_key(&b, 0);
     let (w1, w2) = ((0u64, 60u64), (60u64, 120u64));
     s.put(&mut b, &k, &w1, "first".into())?;
@@ -44,7 +46,9 @@ pub fn namespaces_are_independent<B: KeyedStateBackend>(mut b: B) -> Result<()> 
     s.clear(&mut b, &k, &w1)?;
     assert_eq!(s.get(&b, &k, &w1)?, None);
     assert_eq!(s.get(&b, &k, &w2)?.as_deref(), Some("second"));
-    let in_w2: Vec<_> = b.keys::<String, (u64, u64)>(s.id(), Some(&w2))?.collect::<Result<_>>()?;
+    let in_w2: Vec<_> = b
+        .keys::<String, (u64, u64)>(s.id(), Some(&w2))?
+        .collect::<Result<_>>()?;
     assert_eq!(in_w2, vec![(k.clone(), w2)]);
     assert_eq!(b.keys::<String, (u64, u64)>(s.id(), Some(&w1))?.count(), 0);
     Ok(())
@@ -102,7 +106,10 @@ pub fn map_state_operations<B: KeyedStateBackend>(mut b: B) -> Result<()> {
 }
 
 pub fn reducing_state_folds<B: KeyedStateBackend>(mut b: B) -> Result<()> {
-    let s = b.reducing_state(&ReducingStateDescriptor::<String, (), i64>::new("max", |a, b| *a.max(b)))?;
+    let s = b.reducing_state(&ReducingStateDescriptor::<String, (), i64>::new(
+        "max",
+        |a, b| *a.max(b),
+    ))?;
     let k = owned_key(&b, 0);
     assert_eq!(s.get(&b, &k, &())?, None);
     for v in [5, -3, 12, 7] {
@@ -116,9 +123,13 @@ pub fn reducing_state_folds<B: KeyedStateBackend>(mut b: B) -> Result<()> {
 }
 
 pub fn aggregating_state_folds<B: KeyedStateBackend>(mut b: B) -> Result<()> {
-    let s = b.aggregating_state(&AggregatingStateDescriptor::<String, u8, i64, (i64, u64), i64>::new(
-        "avg", Average,
-    ))?;
+    let s = b.aggregating_state(&AggregatingStateDescriptor::<
+        String,
+        u8,
+        i64,
+        (i64, u64),
+        i64,
+    >::new("avg", Average))?;
     let k = owned_key(&b, 0);
     assert_eq!(s.get(&b, &k, &0)?, None);
     for v in [10, 20, 60] {
@@ -135,7 +146,11 @@ pub fn aggregating_state_folds<B: KeyedStateBackend>(mut b: B) -> Result<()> {
 pub fn registration_checks_kind_and_types<B: KeyedStateBackend>(mut b: B) -> Result<()> {
     let first = b.value_state(&ValueStateDescriptor::<String, (), u64>::new("s"))?;
     let again = b.value_state(&ValueStateDescriptor::<String, (), u64>::new("s"))?;
-    assert_eq!(first.id(), again.id(), "same descriptor gives the same state");
+    assert_eq!(
+        first.id(),
+        again.id(),
+        "same descriptor gives the same state"
+    );
     let other_type = b.value_state(&ValueStateDescriptor::<String, (), i32>::new("s"));
     assert!(matches!(other_type, Err(Error::StateMismatch { ref name, .. }) if name == "s"));
     let other_kind = b.list_state(&ListStateDescriptor::<String, (), u64>::new("s"));
@@ -161,7 +176,10 @@ pub fn key_outside_range_is_an_error<B: KeyedStateBackend>(mut b: B) -> Result<(
         .unwrap();
     let put = s.put(&mut b, &foreign, &(), 1);
     assert!(matches!(put, Err(Error::KeyOutsideRange { range: r, .. }) if r == range));
-    assert!(matches!(s.get(&b, &foreign, &()), Err(Error::KeyOutsideRange { .. })));
+    assert!(matches!(
+        s.get(&b, &foreign, &()),
+        Err(Error::KeyOutsideRange { .. })
+    ));
     let own = owned_key(&b, 0);
     s.put(&mut b, &own, &(), 1)?;
     assert_eq!(s.get(&b, &own, &())?, Some(1));
@@ -169,7 +187,11 @@ pub fn key_outside_range_is_an_error<B: KeyedStateBackend>(mut b: B) -> Result<(
 }
 
 /// Random operations against the `BTreeMap` model, every read compared.
-pub fn model_based_random_operations<B: KeyedStateBackend>(mut b: B, seed: u64, ops: usize) -> Result<()> {
+pub fn model_based_random_operations<B: KeyedStateBackend>(
+    mut b: B,
+    seed: u64,
+    ops: usize,
+) -> Result<()> {
     let handles = Handles::register(&mut b)?;
     let range = b.key_group_range();
     let mut generator = OpGenerator::new(seed, 40, |k| range.contains(b.key_group_of(k).unwrap()));

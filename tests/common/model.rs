@@ -45,9 +45,12 @@ impl Handles {
             value: backend.value_state(&ValueStateDescriptor::new("value"))?,
             list: backend.list_state(&ListStateDescriptor::new("list"))?,
             map: backend.map_state(&MapStateDescriptor::new("map"))?,
-            reducing: backend
-                .reducing_state(&ReducingStateDescriptor::new("reducing", |a: &i64, b: &i64| a.wrapping_add(*b)))?,
-            aggregating: backend.aggregating_state(&AggregatingStateDescriptor::new("aggregating", Average))?,
+            reducing: backend.reducing_state(&ReducingStateDescriptor::new(
+                "reducing",
+                |a: &i64, b: &i64| a.wrapping_add(*b),
+            ))?,
+            aggregating: backend
+                .aggregating_state(&AggregatingStateDescriptor::new("aggregating", Average))?,
         })
     }
 }
@@ -120,11 +123,7 @@ impl OpGenerator {
             7 => Op::ValueClear(key, ns),
             8..=10 => Op::ListGet(key, ns),
             11..=13 => Op::ListAppend(key, ns, word),
-            14 => Op::ListReplace(
-                key,
-                ns,
-                (0..r.below(3)).map(|i| format!("r{i}")).collect(),
-            ),
+            14 => Op::ListReplace(key, ns, (0..r.below(3)).map(|i| format!("r{i}")).collect()),
             15 => Op::ListClear(key, ns),
             16..=18 => Op::MapGet(key, ns, uk),
             19..=22 => Op::MapPut(key, ns, uk, bytes),
@@ -271,7 +270,9 @@ impl Model {
                 self.list.remove(&kn(k, n));
                 O::None
             }
-            Op::MapGet(k, n, uk) => O::Bytes(self.map.get(&kn(k, n)).and_then(|m| m.get(uk)).cloned()),
+            Op::MapGet(k, n, uk) => {
+                O::Bytes(self.map.get(&kn(k, n)).and_then(|m| m.get(uk)).cloned())
+            }
             Op::MapPut(k, n, uk, v) => {
                 self.map.entry(kn(k, n)).or_default().insert(*uk, v.clone());
                 O::None
@@ -285,8 +286,12 @@ impl Model {
                 }
                 O::None
             }
-            Op::MapContains(k, n, uk) => O::Bool(self.map.get(&kn(k, n)).is_some_and(|m| m.contains_key(uk))),
-            Op::MapEntries(k, n) => O::Entries(self.map.get(&kn(k, n)).cloned().unwrap_or_default()),
+            Op::MapContains(k, n, uk) => {
+                O::Bool(self.map.get(&kn(k, n)).is_some_and(|m| m.contains_key(uk)))
+            }
+            Op::MapEntries(k, n) => {
+                O::Entries(self.map.get(&kn(k, n)).cloned().unwrap_or_default())
+            }
             Op::MapIsEmpty(k, n) => O::Bool(!self.map.contains_key(&kn(k, n))),
             Op::MapClear(k, n) => {
                 self.map.remove(&kn(k, n));
@@ -303,7 +308,11 @@ impl Model {
                 self.aggregating.insert(kn(k, n), Average.add(v, acc));
                 O::None
             }
-            Op::AggregatingGet(k, n) => O::Int(self.aggregating.get(&kn(k, n)).map(|a| Average.get_result(a))),
+            Op::AggregatingGet(k, n) => O::Int(
+                self.aggregating
+                    .get(&kn(k, n))
+                    .map(|a| Average.get_result(a)),
+            ),
             Op::Keys(state, ns) => {
                 let keys: Vec<(Key, Ns)> = match *state {
                     "value" => self.value.keys().cloned().collect(),
@@ -311,7 +320,11 @@ impl Model {
                     "map" => self.map.keys().cloned().collect(),
                     _ => self.aggregating.keys().cloned().collect(),
                 };
-                O::Keys(keys.into_iter().filter(|(_, n)| ns.is_none_or(|w| w == *n)).collect())
+                O::Keys(
+                    keys.into_iter()
+                        .filter(|(_, n)| ns.is_none_or(|w| w == *n))
+                        .collect(),
+                )
             }
         }
     }

@@ -1,0 +1,67 @@
+//! Names of things in a checkpoint root (see `docs/checkpoint-layout.md`):
+//!
+//! ```text
+//! <root>/chk-<id, 10+ digits>/_metadata              written last: the checkpoint exists
+//! <root>/chk-<id>/<instance id>/<file>               files private to the checkpoint
+//! <root>/shared/<instance id>/<file>.sst             immutable files several checkpoints share
+//! ```
+
+use crate::checkpoint::metadata::{InstanceId, METADATA_FILE};
+use crate::error::Result;
+use crate::storage::StoragePath;
+
+/// Prefix of checkpoint directory names.
+pub const CHECKPOINT_DIR_PREFIX: &str = "chk-";
+/// The shared area.
+pub const SHARED_DIR: &str = "shared";
+
+/// The directory name of checkpoint `id`.
+pub fn checkpoint_dir_name(id: u64) -> String {
+    format!("{CHECKPOINT_DIR_PREFIX}{id:010}")
+}
+
+/// The checkpoint id a top-level directory name stands for, if it is a checkpoint directory.
+pub fn parse_checkpoint_dir(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(CHECKPOINT_DIR_PREFIX)?;
+    if digits.len() < 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// `chk-<id>/_metadata`.
+pub fn metadata_path(id: u64) -> Result<StoragePath> {
+    StoragePath::parse(&format!("{}/{METADATA_FILE}", checkpoint_dir_name(id)))
+}
+
+/// `chk-<id>/<instance>/<name>`: a file private to one checkpoint.
+pub fn private_path(id: u64, instance: InstanceId, name: &str) -> Result<StoragePath> {
+    StoragePath::parse(&format!(
+        "{}/{}/{name}",
+        checkpoint_dir_name(id),
+        instance.hex()
+    ))
+}
+
+/// `shared/<instance>/<name>`: a file shared by checkpoints of one instance lineage.
+pub fn shared_path(instance: InstanceId, name: &str) -> Result<StoragePath> {
+    StoragePath::parse(&format!("{SHARED_DIR}/{}/{name}", instance.hex()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_dirs_round_trip() {
+        assert_eq!(checkpoint_dir_name(42), "chk-0000000042");
+        assert_eq!(parse_checkpoint_dir("chk-0000000042"), Some(42));
+        assert_eq!(
+            parse_checkpoint_dir(&checkpoint_dir_name(u64::MAX)),
+            Some(u64::MAX)
+        );
+        assert_eq!(parse_checkpoint_dir("chk-42"), None);
+        assert_eq!(parse_checkpoint_dir("shared"), None);
+        assert_eq!(parse_checkpoint_dir("chk-00000000x2"), None);
+    }
+}

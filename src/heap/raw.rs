@@ -1,0 +1,66 @@
+//! Restored rows of a state that the engine has not registered again yet.
+//!
+//! The heap backend holds typed values, and the types are known only when the engine registers
+//! the state. Until then a restored state stays as its rows (still per key group, so it is
+//! included in snapshots unchanged); registration decodes them into a typed table.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use super::table::{AnyTable, FrozenTable, RowSink};
+use crate::codec::CodecError;
+use crate::error::Result;
+
+/// Rows `(row key suffix, value)` per owned key group.
+#[derive(Clone, Default)]
+pub(crate) struct RawTable {
+    pub(crate) groups: Vec<Arc<Vec<(Vec<u8>, Vec<u8>)>>>,
+}
+
+impl RawTable {
+    pub(crate) fn new(group_count: usize) -> Self {
+        Self {
+            groups: (0..group_count).map(|_| Arc::new(Vec::new())).collect(),
+        }
+    }
+}
+
+impl AnyTable for RawTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn remove_erased(&mut self, _group: usize, _key: &dyn Any, _ns: &dyn Any) -> bool {
+        false
+    }
+
+    fn keys_erased(&self) -> Box<dyn Iterator<Item = (&dyn Any, &dyn Any)> + '_> {
+        Box::new(std::iter::empty())
+    }
+
+    fn freeze(&self) -> Box<dyn FrozenTable> {
+        Box::new(self.clone())
+    }
+
+    fn load_row(&mut self, group: usize, suffix: &[u8], value: &[u8]) -> Result<(), CodecError> {
+        Arc::make_mut(&mut self.groups[group]).push((suffix.to_vec(), value.to_vec()));
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.groups.iter().map(|g| g.len()).sum()
+    }
+}
+
+impl FrozenTable for RawTable {
+    fn rows(&self, group: usize, _state: &str, sink: &mut RowSink<'_>) -> Result<()> {
+        for (key, value) in self.groups[group].iter() {
+            sink(key, value)?;
+        }
+        Ok(())
+    }
+}

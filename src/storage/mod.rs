@@ -1,0 +1,229 @@
+//! Checkpoint storage: where checkpoints and savepoints write their files.
+//!
+//! [`CheckpointStorage`] is deliberately small and byte-oriented — whole-object `put`/`get`,
+//! streaming file upload/download, `list`, `delete` — because it is the seam where an object
+//! store (S3, GCS, …) plugs in later, and object stores offer little more. Nothing here knows
+//! about RocksDB or the checkpoint format.
+//!
+//! Names are [`StoragePath`]s: validated relative paths that cannot escape the storage root.
+//!
+//! Implementations:
+//! - [`LocalDirStorage`]: a directory on a local (or mounted) filesystem, with atomic,
+//!   durable writes (temp file, `fsync`, rename, `fsync` of the directory).
+//! - [`FaultyStorage`]: a wrapper that injects failures and simulated crashes, for
+//!   crash-consistency tests.
+//!
+//! # Temporary files
+//!
+//! Atomic writes go through a temporary sibling named `<name>.tmp-<16 lowercase hex>` (see
+//! [`temporary_path`]). A crash can leave one behind; it is a valid [`StoragePath`], so
+//! [`CheckpointStorage::list`] reports it and garbage collection can recognise it with
+//! [`is_temporary`] and delete it. Callers must not give their own files names of that shape.
+
+mod faulty;
+mod local;
+mod path;
+
+pub use faulty::{FaultMode, FaultyStorage};
+pub use local::LocalDirStorage;
+pub use path::StoragePath;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// A stored file and its size, as returned by [`CheckpointStorage::list`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectMeta {
+    /// Where the file is.
+    pub path: StoragePath,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A place to store checkpoint and savepoint files: a flat namespace of immutable-ish byte
+/// objects addressed by [`StoragePath`].
+///
+/// The trait is object-safe (`Box<dyn CheckpointStorage>`, `Arc<dyn CheckpointStorage>`) and
+/// implementations are shared between threads. Only files are objects: a "directory" is just a
+/// common path prefix, and asking for one as a file behaves as if nothing were there.
+///
+/// Concurrent writers of the same path are allowed; the last completed write wins and readers
+/// always see one complete version.
+pub trait CheckpointStorage: Send + Sync {
+    /// Stores `data` at `path`, replacing any previous file.
+    ///
+    /// Atomic: once this returns `Ok`, readers see exactly `data` and the write is durable. If
+    /// the process crashes or the call fails, `path` holds either its previous content (or
+    /// nothing) or the complete `data` — never a prefix. A crash may leave a temporary sibling
+    /// (see [`is_temporary`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when writing fails; [`Error::InvalidPath`] when the implementation refuses
+    /// the path (for example because of a symlink, or because `path` is too long to have a
+    /// temporary sibling, see [`temporary_path`]).
+    fn put(&self, path: &StoragePath, data: &[u8]) -> Result<()>;
+
+    /// Uploads the local file `local` to `path`, with the same atomicity as
+    /// [`put`](Self::put), streaming instead of reading the file into memory. Returns the number
+    /// of bytes written.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when `local` cannot be read (the error names `local`) or the upload fails;
+    /// [`Error::InvalidPath`] as for [`put`](Self::put).
+    fn put_file(&self, path: &StoragePath, local: &Path) -> Result<u64>;
+
+    /// Reads the whole file at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MissingFile`] when there is no file at `path`; [`Error::Io`] when reading
+    /// fails; [`Error::InvalidPath`] when the implementation refuses the path.
+    fn get(&self, path: &StoragePath) -> Result<Vec<u8>>;
+
+    /// Downloads the file at `path` into the local file `local`, streaming. Returns the number
+    /// of bytes written. An existing `local` is replaced; on failure `local` is left as it was
+    /// (no partial download appears under that name). Durability of `local` (`fsync`) is the
+    /// caller's business.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MissingFile`] when there is no file at `path`; [`Error::Io`] when reading or
+    /// writing `local` fails; [`Error::InvalidPath`] when the implementation refuses the path.
+    fn get_to_file(&self, path: &StoragePath, local: &Path) -> Result<u64>;
+
+    /// All files at or below `prefix` (every file when `None`), recursively, sorted by path.
+    ///
+    /// `prefix` matches whole components: `chk-1` covers `chk-1` and `chk-1/x`, not `chk-10`.
+    /// Temporary leftovers are included so that garbage collection can find them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the listing fails.
+    fn list(&self, prefix: Option<&StoragePath>) -> Result<Vec<ObjectMeta>>;
+
+    /// Deletes the file at `path`. Idempotent: deleting a missing file succeeds.
+    ///
+    /// Deletion need not be durable: after a crash a deleted file may reappear, so deleting
+    /// callers (garbage collection) must be idempotent too.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the file exists but cannot be removed; [`Error::InvalidPath`] when the
+    /// implementation refuses the path.
+    fn delete(&self, path: &StoragePath) -> Result<()>;
+
+    /// Whether a file exists at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when that cannot be determined; [`Error::InvalidPath`] when the
+    /// implementation refuses the path.
+    fn exists(&self, path: &StoragePath) -> Result<bool>;
+
+    /// The size of the file at `path`, or `None` if there is none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when that cannot be determined; [`Error::InvalidPath`] when the
+    /// implementation refuses the path.
+    fn size(&self, path: &StoragePath) -> Result<Option<u64>>;
+}
+
+/// Forwards [`CheckpointStorage`] through a pointer type, so that `&S`, `Box<dyn …>` and
+/// `Arc<dyn …>` can be used (and wrapped in [`FaultyStorage`]) wherever a storage is expected.
+macro_rules! forward_storage {
+    ($($ptr:ty),*) => {$(
+        impl<T: CheckpointStorage + ?Sized> CheckpointStorage for $ptr {
+            fn put(&self, path: &StoragePath, data: &[u8]) -> Result<()> {
+                (**self).put(path, data)
+            }
+            fn put_file(&self, path: &StoragePath, local: &Path) -> Result<u64> {
+                (**self).put_file(path, local)
+            }
+            fn get(&self, path: &StoragePath) -> Result<Vec<u8>> {
+                (**self).get(path)
+            }
+            fn get_to_file(&self, path: &StoragePath, local: &Path) -> Result<u64> {
+                (**self).get_to_file(path, local)
+            }
+            fn list(&self, prefix: Option<&StoragePath>) -> Result<Vec<ObjectMeta>> {
+                (**self).list(prefix)
+            }
+            fn delete(&self, path: &StoragePath) -> Result<()> {
+                (**self).delete(path)
+            }
+            fn exists(&self, path: &StoragePath) -> Result<bool> {
+                (**self).exists(path)
+            }
+            fn size(&self, path: &StoragePath) -> Result<Option<u64>> {
+                (**self).size(path)
+            }
+        }
+    )*};
+}
+
+forward_storage!(&T, Box<T>, Arc<T>);
+
+/// The marker between a file name and the random suffix of its temporary sibling.
+const TEMP_MARKER: &str = ".tmp-";
+
+/// Number of hex digits in a temporary suffix.
+const TEMP_SUFFIX_DIGITS: usize = 16;
+
+/// Whether `path` names a temporary file of an atomic write: its last component has the shape
+/// `<something>.tmp-<16 lowercase hex digits>`.
+///
+/// Such files are leftovers of interrupted writes (or writes in progress) and are never part of
+/// a completed checkpoint.
+pub fn is_temporary(path: &StoragePath) -> bool {
+    match path.file_name().rsplit_once(TEMP_MARKER) {
+        Some((base, suffix)) => {
+            !base.is_empty()
+                && suffix.len() == TEMP_SUFFIX_DIGITS
+                && suffix
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        }
+        None => false,
+    }
+}
+
+/// The temporary sibling used to write `path` atomically: `<name>.tmp-<nonce as 16 hex>` in the
+/// same directory.
+///
+/// If `<name>` is too long for the suffix to fit the component or path limits, it is shortened
+/// (the result is still recognised by [`is_temporary`]; which file it belonged to no longer
+/// matters once it is a leftover).
+///
+/// # Errors
+///
+/// [`Error::InvalidPath`] when even a one-byte name plus suffix would not fit, that is when
+/// `path`'s directory part is within 22 bytes of [`StoragePath::MAX_LEN`].
+pub fn temporary_path(path: &StoragePath, nonce: u64) -> Result<StoragePath> {
+    let suffix = format!("{TEMP_MARKER}{nonce:016x}");
+    let parent = path.parent();
+    let dir_len = parent.as_ref().map_or(0, |p| p.as_str().len() + 1);
+    let name = path.file_name();
+    let budget = (StoragePath::MAX_COMPONENT_LEN - suffix.len())
+        .min(StoragePath::MAX_LEN.saturating_sub(dir_len + suffix.len()))
+        .min(name.len());
+    // `name` is ASCII (a `StoragePath` invariant), so any byte index is a char boundary.
+    let base = match name.get(..budget) {
+        Some(base) if !base.is_empty() => base,
+        _ => {
+            return Err(Error::InvalidPath {
+                path: path.to_string(),
+                reason: "too long to have a temporary sibling",
+            });
+        }
+    };
+    let temp_name = format!("{base}{suffix}");
+    match parent {
+        Some(parent) => parent.join(&temp_name),
+        None => StoragePath::parse(&temp_name),
+    }
+}
