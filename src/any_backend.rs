@@ -56,6 +56,9 @@ impl BackendConfig {
 }
 
 /// One of the backends, chosen at runtime. Implements [`KeyedStateBackend`] by delegation.
+// A backend is created once per operator instance and never moved on a hot path; boxing the
+// larger variant would add an indirection to every state access instead.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyBackend {
     /// The heap backend.
     Heap(HeapBackend),

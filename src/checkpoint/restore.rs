@@ -97,7 +97,11 @@ fn restore_heap(
         let mut reader = DataFileReader::open(&local, entry.path.as_str())?;
         load_data_file(&mut backend, &mut reader)?;
     }
-    if backend.states() != instance.states {
+    let mut restored = backend.states();
+    let mut expected = instance.states.clone();
+    restored.sort_by(|a, b| a.name.cmp(&b.name));
+    expected.sort_by(|a, b| a.name.cmp(&b.name));
+    if restored != expected {
         return Err(Error::corrupt(
             instance.instance_id.hex(),
             "the snapshot's states differ from the metadata's",

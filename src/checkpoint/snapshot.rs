@@ -6,8 +6,6 @@
 //! thread while the engine keeps using the backend, and returns the instance's metadata for
 //! [`crate::checkpoint::CheckpointCoordinator::complete`].
 
-use std::path::Path;
-
 use crate::any_backend::AnyBackend;
 use crate::backend::{BackendKind, KeyedStateBackend};
 use crate::checkpoint::layout::private_path;
@@ -15,7 +13,7 @@ use crate::checkpoint::metadata::{FileEntry, InstanceId, InstanceMetadata};
 use crate::codec::{Codec, DefaultCodec};
 use crate::error::{Error, Result};
 use crate::heap::{HeapBackend, HeapFrozen};
-use crate::savepoint::data_file::{DataFileHeader, DataFileSummary, DataFileWriter};
+use crate::savepoint::view::{HeapView, write_data_file};
 use crate::storage::CheckpointStorage;
 
 #[cfg(feature = "rocksdb")]
@@ -79,7 +77,10 @@ impl HeapSnapshot {
             .tempdir()
             .map_err(|e| Error::io(std::env::temp_dir(), e))?;
         let local = dir.path().join(HEAP_SNAPSHOT_FILE);
-        let summary = write_heap_data_file(&self.frozen, self.max_parallelism, &local)?;
+        let summary = write_data_file(
+            &mut HeapView::new(self.frozen.clone(), self.max_parallelism),
+            &local,
+        )?;
         let path = private_path(self.checkpoint_id, self.instance_id, HEAP_SNAPSHOT_FILE)?;
         storage.put_file(&path, &local)?;
         let instance = InstanceMetadata {
@@ -109,41 +110,6 @@ impl HeapSnapshot {
         };
         Ok((instance, stats))
     }
-}
-
-/// Writes a frozen heap state as a canonical data file at `path`: per key group, per state
-/// (by name), rows sorted by row key. Sorting needs one (key group, state) in memory at a time.
-pub(crate) fn write_heap_data_file(
-    frozen: &HeapFrozen,
-    max_parallelism: u32,
-    path: &Path,
-) -> Result<DataFileSummary> {
-    let mut order: Vec<usize> = (0..frozen.states.len()).collect();
-    order.sort_by(|a, b| frozen.states[*a].0.name.cmp(&frozen.states[*b].0.name));
-    let header = DataFileHeader {
-        codec: DefaultCodec::ID,
-        max_parallelism,
-        key_groups: frozen.range,
-        states: order.iter().map(|i| frozen.states[*i].0.clone()).collect(),
-    };
-    let mut writer = DataFileWriter::create(path, &header)?;
-    let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    for (group_index, key_group) in frozen.range.iter().enumerate() {
-        for (file_index, state_index) in order.iter().enumerate() {
-            let (info, table) = &frozen.states[*state_index];
-            rows.clear();
-            table.rows(group_index, &info.name, &mut |key, value| {
-                rows.push((key.to_vec(), value.to_vec()));
-                Ok(())
-            })?;
-            rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            for (key, value) in &rows {
-                writer.add_row(key_group, file_index as u32, key, value)?;
-            }
-        }
-    }
-    let (_, summary) = writer.finish()?;
-    Ok(summary)
 }
 
 /// The synchronous part's result for either backend; [`PendingSnapshot::upload`] finishes it.

@@ -185,6 +185,47 @@ pub(crate) fn check_trailing_crc<'a>(data: &'a [u8], file: &str) -> Result<&'a [
     Ok(body)
 }
 
+/// Size and crc32 of a local file, read in a streaming fashion.
+pub(crate) fn file_size_and_crc32(path: &std::path::Path) -> Result<(u64, u32)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hasher.finalize()))
+}
+
+/// Checks a fetched file against its metadata entry.
+pub(crate) fn verify_local_file(
+    local: &std::path::Path,
+    entry: &crate::checkpoint::metadata::FileEntry,
+) -> Result<()> {
+    let (size, crc) = file_size_and_crc32(local)?;
+    if size != entry.size {
+        return Err(Error::SizeMismatch {
+            file: entry.path.to_string(),
+            expected: entry.size,
+            actual: size,
+        });
+    }
+    if crc != entry.crc32 {
+        return Err(Error::ChecksumMismatch {
+            file: entry.path.to_string(),
+            expected: entry.crc32,
+            actual: crc,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,45 +267,4 @@ mod tests {
             Err(Error::ChecksumMismatch { .. })
         ));
     }
-}
-
-/// Size and crc32 of a local file, read in a streaming fashion.
-pub(crate) fn file_size_and_crc32(path: &std::path::Path) -> Result<(u64, u32)> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((size, hasher.finalize()))
-}
-
-/// Checks a fetched file against its metadata entry.
-pub(crate) fn verify_local_file(
-    local: &std::path::Path,
-    entry: &crate::checkpoint::metadata::FileEntry,
-) -> Result<()> {
-    let (size, crc) = file_size_and_crc32(local)?;
-    if size != entry.size {
-        return Err(Error::SizeMismatch {
-            file: entry.path.to_string(),
-            expected: entry.size,
-            actual: size,
-        });
-    }
-    if crc != entry.crc32 {
-        return Err(Error::ChecksumMismatch {
-            file: entry.path.to_string(),
-            expected: entry.crc32,
-            actual: crc,
-        });
-    }
-    Ok(())
 }

@@ -19,24 +19,6 @@ pub(crate) fn key_group_prefix(group: KeyGroup) -> [u8; KEY_GROUP_PREFIX_LEN] {
     group.to_be_bytes()
 }
 
-/// The key group of a row key, or `None` if it is too short to hold one.
-pub(crate) fn key_group_of_row(row_key: &[u8]) -> Option<KeyGroup> {
-    Some(u16::from_be_bytes([*row_key.first()?, *row_key.get(1)?]))
-}
-
-/// The smallest byte string greater than every string starting with `prefix`, or `None` if
-/// there is none (the prefix is all `0xff`).
-pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 /// The row-key range `[start, end)` holding key groups `[first, end_group)`.
 pub(crate) fn key_group_span(first: u32, end_group: u32) -> (Vec<u8>, Vec<u8>) {
     // end_group <= 32768, so it always fits the two-byte prefix.
@@ -51,22 +33,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn successor_skips_trailing_ff() {
-        assert_eq!(prefix_successor(&[1, 2]), Some(vec![1, 3]));
-        assert_eq!(prefix_successor(&[1, 0xff]), Some(vec![2]));
-        assert_eq!(prefix_successor(&[0xff, 0xff]), None);
-    }
-
-    #[test]
     fn key_groups_sort_numerically() {
         let mut groups: Vec<u16> = vec![300, 2, 255, 256, 0, 32767];
         let mut prefixes: Vec<_> = groups.iter().map(|g| key_group_prefix(*g)).collect();
         groups.sort();
         prefixes.sort();
-        let back: Vec<u16> = prefixes
-            .iter()
-            .map(|p| key_group_of_row(p).unwrap())
-            .collect();
+        let back: Vec<u16> = prefixes.iter().map(|p| u16::from_be_bytes(*p)).collect();
         assert_eq!(back, groups);
     }
 }

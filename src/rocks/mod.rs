@@ -4,6 +4,7 @@
 //! [`layout`] describes. The write-ahead log is off: durability comes from checkpoints, as in
 //! Flink. This is the only module that names RocksDB types.
 
+mod export;
 mod layout;
 mod merge;
 mod options;

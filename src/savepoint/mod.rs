@@ -1,5 +1,305 @@
 //! Savepoints: the user's portable backups in one canonical format.
 //!
-//! [`data_file`] is the canonical data file (also the heap backend's checkpoint format).
+//! A savepoint is a directory (any [`CheckpointStorage`] root): one canonical data file per
+//! backend instance ([`data_file`]) and a `_metadata` (the checkpoint metadata format, kind
+//! savepoint) written last. It is self-contained: it references no checkpoint's `shared/`
+//! files, and no garbage collection ever deletes it.
+//!
+//! Either backend writes it ([`AnyBackend::savepoint`], then [`PendingSavepoint::write`] on
+//! any thread, then [`complete_savepoint`]); either backend restores it, at any parallelism
+//! ([`restore_savepoint`]): each instance reads only the key groups it owns.
 
 pub mod data_file;
+pub(crate) mod view;
+
+use std::path::PathBuf;
+
+use crate::any_backend::{AnyBackend, BackendConfig};
+use crate::backend::{BackendKind, KeyedStateBackend};
+use crate::checkpoint::coordinator::now_ms;
+use crate::checkpoint::metadata::{
+    FileEntry, InstanceId, InstanceMetadata, METADATA_FILE, SnapshotKind, SnapshotMetadata,
+    validate_local_name,
+};
+use crate::checkpoint::restore::{RestoreMode, restore_instance};
+use crate::codec::{Codec, DefaultCodec};
+use crate::error::{Error, Result};
+use crate::format::verify_local_file;
+use crate::heap::HeapBackend;
+use crate::storage::{CheckpointStorage, StoragePath};
+use data_file::DataFileReader;
+use view::{HeapView, RowView, write_data_file};
+
+/// The synchronous part of a savepoint: a consistent view of one instance.
+pub struct PendingSavepoint {
+    view: Box<dyn RowView>,
+    instance_id: InstanceId,
+    backend: BackendKind,
+}
+
+impl AnyBackend {
+    /// The synchronous part of a savepoint: freezes the heap maps, or makes a native RocksDB
+    /// checkpoint and opens it read-only. The backend can be used again right away.
+    ///
+    /// # Errors
+    /// RocksDB and I/O errors.
+    pub fn savepoint(&mut self) -> Result<PendingSavepoint> {
+        let backend = self.backend_kind();
+        let (view, instance_id): (Box<dyn RowView>, InstanceId) = match self {
+            AnyBackend::Heap(b) => (
+                Box::new(HeapView::new(b.freeze(), b.assigner().max_parallelism())),
+                b.instance_id(),
+            ),
+            #[cfg(feature = "rocksdb")]
+            AnyBackend::RocksDb(b) => (Box::new(b.view()?), b.instance_id()),
+        };
+        Ok(PendingSavepoint {
+            view,
+            instance_id,
+            backend,
+        })
+    }
+}
+
+impl PendingSavepoint {
+    /// Writes the instance's canonical data file into the savepoint directory `storage` and
+    /// returns the instance's metadata. Streams: memory stays bounded by one (key group, state).
+    ///
+    /// # Errors
+    /// Encoding, I/O and storage errors.
+    pub fn write(mut self, storage: &dyn CheckpointStorage) -> Result<InstanceMetadata> {
+        let name = format!("{}.sbdf", self.instance_id.hex());
+        let dir = tempfile::Builder::new()
+            .prefix("statebackend-savepoint-")
+            .tempdir()
+            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let local = dir.path().join(&name);
+        let summary = write_data_file(self.view.as_mut(), &local)?;
+        let path = StoragePath::parse(&name)?;
+        storage.put_file(&path, &local)?;
+        Ok(InstanceMetadata {
+            instance_id: self.instance_id,
+            backend: self.backend,
+            codec: DefaultCodec::ID,
+            max_parallelism: self.view.max_parallelism(),
+            key_groups: self.view.key_groups(),
+            states: self.view.states().to_vec(),
+            files: vec![FileEntry {
+                path,
+                local_name: name,
+                size: summary.size,
+                crc32: summary.crc32,
+                shared: false,
+            }],
+        })
+    }
+}
+
+/// Writes the savepoint's `_metadata` (atomically, last): from now on the savepoint exists.
+///
+/// # Errors
+/// [`Error::Incompatible`] if the instances' key groups overlap or their max parallelism
+/// differs; storage errors.
+pub fn complete_savepoint(
+    storage: &dyn CheckpointStorage,
+    mut instances: Vec<InstanceMetadata>,
+) -> Result<SnapshotMetadata> {
+    instances.sort_by_key(|i| i.key_groups.start());
+    for pair in instances.windows(2) {
+        if pair[0].key_groups.end() > pair[1].key_groups.start()
+            || pair[0].max_parallelism != pair[1].max_parallelism
+        {
+            return Err(Error::Incompatible {
+                reason: "savepoint instances must own disjoint key groups of one job".into(),
+            });
+        }
+    }
+    let meta = SnapshotMetadata {
+        kind: SnapshotKind::Savepoint,
+        id: 0,
+        created_ms: now_ms(),
+        instances,
+    };
+    storage.put(&StoragePath::parse(METADATA_FILE)?, &meta.encode())?;
+    Ok(meta)
+}
+
+/// Reads and validates a savepoint's `_metadata`.
+///
+/// # Errors
+/// [`Error::MissingFile`] if there is none; format errors; [`Error::Incompatible`] if it is not
+/// a self-contained savepoint.
+pub fn read_savepoint(storage: &dyn CheckpointStorage) -> Result<SnapshotMetadata> {
+    let path = StoragePath::parse(METADATA_FILE)?;
+    let meta = SnapshotMetadata::decode(&storage.get(&path)?, path.as_str())?;
+    if meta.kind != SnapshotKind::Savepoint {
+        return Err(Error::Incompatible {
+            reason: format!("{} describes a {}, not a savepoint", path, meta.kind),
+        });
+    }
+    if let Some(f) = meta
+        .files()
+        .find(|f| f.shared || f.path.components().count() != 1)
+    {
+        return Err(Error::InvalidPath {
+            path: f.path.to_string(),
+            reason: "savepoint files must be plain files of the savepoint directory",
+        });
+    }
+    Ok(meta)
+}
+
+/// Restores the key groups `config` owns from a savepoint into the backend `config` asks for,
+/// whatever backend and parallelism wrote it. Only the instances whose key groups overlap
+/// are read, and from them only the needed key groups (the data files' index gives offsets).
+/// Every data file is verified (size, crc32) before use. States stay as restored until the
+/// engine registers them; registering with another kind or types is [`Error::StateMismatch`].
+///
+/// # Errors
+/// [`Error::Incompatible`] for another max parallelism; file errors naming the file.
+pub fn restore_savepoint(
+    storage: &dyn CheckpointStorage,
+    meta: &SnapshotMetadata,
+    config: &BackendConfig,
+) -> Result<AnyBackend> {
+    let range = config.key_groups;
+    let sources: Vec<&InstanceMetadata> = meta
+        .instances
+        .iter()
+        .filter(|i| !i.key_groups.intersect(&range).is_empty())
+        .collect();
+    if let Some(i) = meta
+        .instances
+        .iter()
+        .find(|i| i.max_parallelism != config.max_parallelism)
+    {
+        return Err(Error::Incompatible {
+            reason: format!(
+                "savepoint written for max parallelism {}, restoring with {}",
+                i.max_parallelism, config.max_parallelism
+            ),
+        });
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("statebackend-restore-")
+        .tempdir()
+        .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let mut readers = Vec::new();
+    for instance in &sources {
+        for entry in &instance.files {
+            validate_local_name(&entry.local_name)?;
+            let local: PathBuf = dir.path().join(&entry.local_name);
+            storage.get_to_file(&entry.path, &local)?;
+            verify_local_file(&local, entry)?;
+            readers.push(DataFileReader::open(&local, entry.path.as_str())?);
+        }
+    }
+    match config.kind {
+        BackendKind::Heap => {
+            let mut backend = HeapBackend::new(config.max_parallelism, range)?;
+            for reader in &mut readers {
+                crate::checkpoint::restore::load_data_file(&mut backend, reader)?;
+            }
+            Ok(AnyBackend::Heap(backend))
+        }
+        #[cfg(feature = "rocksdb")]
+        BackendKind::RocksDb => {
+            let mut backend = crate::rocks::RocksDbBackend::open(
+                config.max_parallelism,
+                range,
+                config.working_dir.clone(),
+                config.rocksdb.clone(),
+            )?;
+            ingest_data_files(&mut backend, &mut readers)?;
+            Ok(AnyBackend::RocksDb(backend))
+        }
+        #[cfg(not(feature = "rocksdb"))]
+        BackendKind::RocksDb => Err(Error::Incompatible {
+            reason: "this build has no RocksDB backend (feature `rocksdb` is off)".into(),
+        }),
+    }
+}
+
+/// Streams the owned key groups of every data file into RocksDB as sorted SST files.
+#[cfg(feature = "rocksdb")]
+pub(crate) fn ingest_data_files(
+    backend: &mut crate::rocks::RocksDbBackend,
+    readers: &mut [DataFileReader<std::fs::File>],
+) -> Result<u64> {
+    // The union of the states, sorted by name; each file's state indices map into it.
+    let mut states: Vec<crate::state::StateInfo> = Vec::new();
+    for reader in readers.iter() {
+        for info in &reader.header().states {
+            match states.iter().find(|s| s.name == info.name) {
+                Some(existing) if existing != info => {
+                    return Err(Error::StateMismatch {
+                        name: info.name.clone(),
+                        registered: existing.describe(),
+                        requested: info.describe(),
+                    });
+                }
+                Some(_) => {}
+                None => states.push(info.clone()),
+            }
+        }
+    }
+    states.sort_by(|a, b| a.name.cmp(&b.name));
+    // Files cover disjoint key groups: reading them in key-group order keeps every state's
+    // rows ascending, as SST files need.
+    readers.sort_by_key(|r| r.header().key_groups.start());
+    let range = backend.key_group_range();
+    let maps: Vec<Vec<usize>> = readers
+        .iter()
+        .map(|r| {
+            r.header()
+                .states
+                .iter()
+                .map(|info| states.iter().position(|s| s.name == info.name).unwrap_or(0))
+                .collect()
+        })
+        .collect();
+    backend.ingest_sorted(&states, &mut |emit| {
+        for (reader, map) in readers.iter_mut().zip(&maps) {
+            let groups: Vec<_> = reader
+                .index()
+                .iter()
+                .map(|e| e.key_group)
+                .filter(|g| range.contains(*g))
+                .collect();
+            for group in groups {
+                reader.read_key_group(group, &mut |state, key, value| {
+                    emit(group, map[state as usize], key, value)
+                })?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Converts a checkpoint (either backend's) into a savepoint in `target`, offline: each
+/// instance is restored into a temporary backend of its own kind and written canonically.
+///
+/// # Errors
+/// Restore errors (naming bad files), write errors.
+pub fn convert_checkpoint(
+    checkpoint_storage: &dyn CheckpointStorage,
+    checkpoint: &SnapshotMetadata,
+    target: &dyn CheckpointStorage,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<SnapshotMetadata> {
+    let mut instances = Vec::new();
+    let total = checkpoint.instances.len();
+    for (i, instance) in checkpoint.instances.iter().enumerate() {
+        let mut config = BackendConfig::heap(instance.max_parallelism, instance.key_groups);
+        config.kind = instance.backend;
+        let mut backend = restore_instance(
+            checkpoint_storage,
+            checkpoint,
+            &config,
+            RestoreMode::NoClaim,
+        )?;
+        instances.push(backend.savepoint()?.write(target)?);
+        progress(i + 1, total);
+    }
+    complete_savepoint(target, instances)
+}

@@ -2,6 +2,7 @@
 //! suite every backend runs (`conformance_suite!`).
 #![allow(dead_code)]
 
+pub mod checkpointing;
 pub mod conformance;
 pub mod model;
 

@@ -329,6 +329,24 @@ impl Model {
         }
     }
 
+    /// Keeps only the entries whose key satisfies `keep`.
+    pub fn retain_keys(&mut self, keep: impl Fn(&Key) -> bool) {
+        self.value.retain(|(k, _), _| keep(k));
+        self.list.retain(|(k, _), _| keep(k));
+        self.map.retain(|(k, _), _| keep(k));
+        self.reducing.retain(|(k, _), _| keep(k));
+        self.aggregating.retain(|(k, _), _| keep(k));
+    }
+
+    /// Adds every entry of `other` (whose keys are disjoint from this model's).
+    pub fn absorb(&mut self, other: Model) {
+        self.value.extend(other.value);
+        self.list.extend(other.list);
+        self.map.extend(other.map);
+        self.reducing.extend(other.reducing);
+        self.aggregating.extend(other.aggregating);
+    }
+
     /// Every read that covers the whole model: the keys of each state and every stored entry.
     pub fn full_read_ops(&self) -> Vec<Op> {
         let mut ops = vec![

@@ -1,0 +1,227 @@
+//! Canonical export and bulk import of the RocksDB backend's rows (savepoints, rescaling).
+//!
+//! Export works from a native checkpoint opened read-only, so the live DB keeps serving while
+//! a savepoint streams out with bounded memory. Import builds sorted SST files with
+//! `SstFileWriter` and ingests them: no memtable, no write amplification of millions of puts.
+
+use std::path::PathBuf;
+
+use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, ReadOptions, SstFileWriter};
+
+use super::{RocksDbBackend, RocksState, STATE_RECORD_PREFIX, cf_name, layout, rocks_err};
+use crate::backend::{KeyedStateBackend, find_registered};
+use crate::codec::{Codec, DefaultCodec};
+use crate::error::{Error, Result};
+use crate::key_group::{KeyGroup, KeyGroupRange};
+use crate::savepoint::view::{RowSink, RowView};
+use crate::state::{StateId, StateInfo};
+
+/// SST files written by an import are closed at this size.
+const IMPORT_FILE_BYTES: u64 = 256 << 20;
+
+/// A read-only native checkpoint of the backend, readable as canonical rows.
+pub(crate) struct RocksView {
+    // Field order: the DB closes before its directory is removed.
+    db: DB,
+    states: Vec<(StateInfo, String)>,
+    infos: Vec<StateInfo>,
+    max_parallelism: u32,
+    range: KeyGroupRange,
+    _dir: DirCleanup,
+}
+
+/// Removes a directory when dropped (after the fields declared before it).
+struct DirCleanup(PathBuf);
+
+impl Drop for DirCleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl RocksDbBackend {
+    /// The synchronous part of a savepoint: a native checkpoint opened read-only.
+    pub(crate) fn view(&mut self) -> Result<RocksView> {
+        let staging_root = self.dir.path().join("staging");
+        std::fs::create_dir_all(&staging_root).map_err(|e| Error::io(&staging_root, e))?;
+        let dir = tempfile::Builder::new()
+            .prefix("view-")
+            .tempdir_in(&staging_root)
+            .map_err(|e| Error::io(&staging_root, e))?
+            .keep();
+        std::fs::remove_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(&dir))
+            .map_err(rocks_err)?;
+        let descriptors: Vec<_> = self
+            .states
+            .iter()
+            .map(|s| ColumnFamilyDescriptor::new(&s.cf_name, self.options.cf_options(&self.cache)))
+            .collect();
+        let db =
+            DB::open_cf_descriptors_read_only(&self.options.db_options(), &dir, descriptors, false)
+                .map_err(rocks_err)?;
+        let mut states: Vec<(StateInfo, String)> = self
+            .states
+            .iter()
+            .map(|s| (s.info.clone(), s.cf_name.clone()))
+            .collect();
+        states.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        let infos = states.iter().map(|s| s.0.clone()).collect();
+        Ok(RocksView {
+            db,
+            states,
+            infos,
+            max_parallelism: self.assigner.max_parallelism(),
+            range: self.range,
+            _dir: DirCleanup(dir),
+        })
+    }
+
+    /// Creates the column family and record of a restored state (types are checked when the
+    /// engine registers it).
+    pub(crate) fn declare_restored(&mut self, info: &StateInfo) -> Result<StateId> {
+        let existing = self.states();
+        if let Some(id) = find_registered(&existing, info)? {
+            return Ok(id);
+        }
+        let id = StateId(self.states.len() as u32);
+        let cf_name = cf_name(&info.name);
+        if self.db.cf_handle(&cf_name).is_none() {
+            self.db
+                .create_cf(&cf_name, &self.options.cf_options(&self.cache))
+                .map_err(rocks_err)?;
+        }
+        let mut record_key = STATE_RECORD_PREFIX.to_vec();
+        record_key.extend_from_slice(&id.0.to_be_bytes());
+        let record = DefaultCodec::default()
+            .encode(info)
+            .map_err(|e| Error::Encode {
+                state: info.name.clone(),
+                message: e.0,
+            })?;
+        self.db
+            .put_opt(record_key, record, &self.write_options)
+            .map_err(rocks_err)?;
+        self.states.push(RocksState {
+            info: info.clone(),
+            cf_name,
+        });
+        Ok(id)
+    }
+
+    /// Bulk-loads rows into states `states` (declared here if new). `produce` must emit rows
+    /// per state in ascending (key group, row key) order; it receives
+    /// `(key group, index into states, row key suffix, value)`. Rows outside the owned key
+    /// groups are an error.
+    pub(crate) fn ingest_sorted(
+        &mut self,
+        states: &[StateInfo],
+        produce: &mut dyn FnMut(
+            &mut dyn FnMut(KeyGroup, usize, &[u8], &[u8]) -> Result<()>,
+        ) -> Result<()>,
+    ) -> Result<u64> {
+        let ids = states
+            .iter()
+            .map(|s| self.declare_restored(s))
+            .collect::<Result<Vec<_>>>()?;
+        let import_dir = tempfile::Builder::new()
+            .prefix("import-")
+            .tempdir_in(self.dir.path())
+            .map_err(|e| Error::io(self.dir.path(), e))?;
+        let options: Vec<_> = states
+            .iter()
+            .map(|_| self.options.cf_options(&self.cache))
+            .collect();
+        let mut writers: Vec<Option<SstFileWriter<'_>>> = states.iter().map(|_| None).collect();
+        let mut files: Vec<Vec<PathBuf>> = vec![Vec::new(); states.len()];
+        let mut counter = 0usize;
+        let mut rows = 0u64;
+        let range = self.range;
+        let mut key = Vec::new();
+        produce(&mut |key_group, state, suffix, value| {
+            if !range.contains(key_group) || state >= states.len() {
+                return Err(Error::Incompatible {
+                    reason: format!("row of key group {key_group} is not owned by range {range}"),
+                });
+            }
+            if writers[state].is_none() {
+                let writer = SstFileWriter::create(&options[state]);
+                let path = import_dir.path().join(format!("{counter:06}.sst"));
+                counter += 1;
+                writer.open(&path).map_err(rocks_err)?;
+                files[state].push(path);
+                writers[state] = Some(writer);
+            }
+            let writer = writers[state].as_mut().ok_or_else(|| Error::Incompatible {
+                reason: "SST writer missing".into(),
+            })?;
+            key.clear();
+            key.extend_from_slice(&layout::key_group_prefix(key_group));
+            key.extend_from_slice(suffix);
+            writer.put(&key, value).map_err(|e| Error::Incompatible {
+                reason: format!(
+                    "rows of state '{}' out of order: {}",
+                    states[state].name,
+                    e.into_string()
+                ),
+            })?;
+            rows += 1;
+            if writer.file_size() >= IMPORT_FILE_BYTES {
+                if let Some(mut w) = writers[state].take() {
+                    w.finish().map_err(rocks_err)?;
+                }
+            }
+            Ok(())
+        })?;
+        for writer in writers.iter_mut() {
+            if let Some(mut w) = writer.take() {
+                w.finish().map_err(rocks_err)?;
+            }
+        }
+        drop(writers);
+        for (state, paths) in files.into_iter().enumerate() {
+            if paths.is_empty() {
+                continue;
+            }
+            let (_, cf) = self.state(ids[state])?;
+            self.db
+                .ingest_external_file_cf(cf, paths)
+                .map_err(rocks_err)?;
+        }
+        Ok(rows)
+    }
+}
+
+impl RowView for RocksView {
+    fn max_parallelism(&self) -> u32 {
+        self.max_parallelism
+    }
+
+    fn key_groups(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    fn states(&self) -> &[StateInfo] {
+        &self.infos
+    }
+
+    fn rows(&mut self, key_group: KeyGroup, state: usize, sink: &mut RowSink<'_>) -> Result<()> {
+        let cf_name = &self.states[state].1;
+        let cf = self
+            .db
+            .cf_handle(cf_name)
+            .ok_or_else(|| Error::corrupt(cf_name.clone(), "missing column family"))?;
+        let (start, end) = layout::key_group_span(u32::from(key_group), u32::from(key_group) + 1);
+        let mut read = ReadOptions::default();
+        read.set_iterate_lower_bound(start);
+        read.set_iterate_upper_bound(end);
+        // A bulk scan should not evict the live working set from the block cache.
+        read.fill_cache(false);
+        for item in self.db.iterator_cf_opt(cf, read, IteratorMode::Start) {
+            let (key, value) = item.map_err(rocks_err)?;
+            sink(&key[layout::KEY_GROUP_PREFIX_LEN..], &value)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,83 @@
+//! Helpers for checkpoint scenarios: open backends of either kind, take a checkpoint with the
+//! upload on another thread, compare a backend with a model.
+
+use std::sync::Arc;
+
+use statebackend::checkpoint::{CheckpointCoordinator, SnapshotMetadata, UploadStats};
+use statebackend::storage::CheckpointStorage;
+use statebackend::{AnyBackend, BackendConfig, BackendKind, KeyGroupRange, Result};
+
+use super::model::{Handles, Model, Observation, OpGenerator, apply};
+
+/// The backend kinds this build has.
+pub fn kinds() -> Vec<BackendKind> {
+    let mut kinds = vec![BackendKind::Heap];
+    if cfg!(feature = "rocksdb") {
+        kinds.push(BackendKind::RocksDb);
+    }
+    kinds
+}
+
+/// A configuration of `kind` for the whole key-group space of 128.
+pub fn config(kind: BackendKind, range: KeyGroupRange) -> BackendConfig {
+    let mut c = BackendConfig::heap(128, range);
+    c.kind = kind;
+    c
+}
+
+/// Applies `n` generated operations to the backend and the model.
+pub fn run_ops(
+    b: &mut AnyBackend,
+    h: &Handles,
+    model: &mut Model,
+    g: &mut OpGenerator,
+    n: usize,
+) -> Result<()> {
+    for _ in 0..n {
+        let op = g.next_op();
+        let expected = model.apply(&op);
+        let actual = apply(b, h, &op)?;
+        assert_eq!(actual, expected, "{op:?}");
+    }
+    Ok(())
+}
+
+/// Asserts that the backend holds exactly what the model holds.
+pub fn assert_matches_model(b: &mut AnyBackend, h: &Handles, model: &Model) -> Result<()> {
+    let mut model = model.clone();
+    for op in model.full_read_ops() {
+        let expected = model.apply(&op);
+        assert_ne!(expected, Observation::None);
+        assert_eq!(apply(b, h, &op)?, expected, "{op:?}");
+    }
+    Ok(())
+}
+
+/// Takes checkpoint `id`: synchronous part here, upload on another thread while `during`
+/// keeps using the backend, then completion and notification.
+pub fn checkpoint(
+    b: &mut AnyBackend,
+    coordinator: &mut CheckpointCoordinator,
+    id: u64,
+    during: impl FnOnce(&mut AnyBackend) -> Result<()>,
+) -> Result<(SnapshotMetadata, UploadStats)> {
+    coordinator.begin(id)?;
+    let pending = b.snapshot(id)?;
+    let storage: Arc<dyn CheckpointStorage> = Arc::clone(coordinator.storage());
+    let uploaded = std::thread::scope(|scope| {
+        let upload = scope.spawn(move || pending.upload(storage.as_ref()));
+        let during_result = during(b);
+        let uploaded = upload.join().expect("upload thread panicked");
+        during_result.and(uploaded)
+    });
+    let (instance, stats) = match uploaded {
+        Ok(done) => done,
+        Err(e) => {
+            coordinator.abort(id)?;
+            return Err(e);
+        }
+    };
+    let meta = coordinator.complete(id, vec![instance])?.clone();
+    b.notify_checkpoint_complete(&meta.instances[0]);
+    Ok((meta, stats))
+}

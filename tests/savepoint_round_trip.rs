@@ -1,0 +1,149 @@
+//! Savepoints: round trips across every backend pair, byte-identical canonical files, and
+//! rescaled restores.
+mod common;
+
+use std::sync::Arc;
+
+use common::checkpointing::{assert_matches_model, config, kinds, run_ops};
+use common::model::{Handles, Model, OpGenerator};
+use statebackend::savepoint::{complete_savepoint, read_savepoint, restore_savepoint};
+use statebackend::storage::{CheckpointStorage, LocalDirStorage};
+use statebackend::{
+    AnyBackend, BackendKind, Error, KeyGroupAssigner, KeyGroupRange, KeyedStateBackend, Result,
+    ValueStateDescriptor,
+};
+
+fn key_group(key: &String) -> u16 {
+    let bytes = statebackend::Codec::encode(&statebackend::BincodeCodec, key).unwrap();
+    KeyGroupAssigner::new(128)
+        .unwrap()
+        .key_group_of_bytes(&bytes)
+}
+
+/// P source instances of `kind` with random state; returns their backends and the union model.
+fn sources(kind: BackendKind, parallelism: u32, seed: u64) -> Result<(Vec<AnyBackend>, Model)> {
+    let mut backends = Vec::new();
+    let mut union = Model::default();
+    for i in 0..parallelism {
+        let range = KeyGroupRange::for_operator(128, parallelism, i)?;
+        let mut b = AnyBackend::open(&config(kind, range))?;
+        let h = Handles::register(&mut b)?;
+        let mut model = Model::default();
+        let mut g = OpGenerator::new(seed + u64::from(i), 40, |k| range.contains(key_group(k)));
+        run_ops(&mut b, &h, &mut model, &mut g, 1_500)?;
+        union.absorb(model);
+        backends.push(b);
+    }
+    Ok((backends, union))
+}
+
+fn savepoint_of(
+    backends: &mut [AnyBackend],
+    dir: &std::path::Path,
+) -> Result<Arc<dyn CheckpointStorage>> {
+    let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(dir)?);
+    let mut instances = Vec::new();
+    for b in backends.iter_mut() {
+        let pending = b.savepoint()?;
+        instances.push(pending.write(storage.as_ref())?);
+    }
+    complete_savepoint(storage.as_ref(), instances)?;
+    Ok(storage)
+}
+
+#[test]
+fn every_backend_pair_round_trips() -> Result<()> {
+    for from in kinds() {
+        for to in kinds() {
+            let tmp = tempfile::tempdir().unwrap();
+            let (mut backends, model) = sources(from, 1, 31)?;
+            let storage = savepoint_of(&mut backends, tmp.path())?;
+            let meta = read_savepoint(storage.as_ref())?;
+            let mut restored = restore_savepoint(
+                storage.as_ref(),
+                &meta,
+                &config(to, KeyGroupRange::all(128)?),
+            )?;
+            assert_eq!(restored.backend_kind(), to);
+            let h = Handles::register(&mut restored)?;
+            assert_matches_model(&mut restored, &h, &model)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn both_backends_write_byte_identical_data_files() -> Result<()> {
+    if kinds().len() < 2 {
+        return Ok(());
+    }
+    for seed in [1, 2, 3] {
+        let mut files = Vec::new();
+        for kind in kinds() {
+            let tmp = tempfile::tempdir().unwrap();
+            let (mut backends, _) = sources(kind, 1, seed)?;
+            let storage = savepoint_of(&mut backends, tmp.path())?;
+            let meta = read_savepoint(storage.as_ref())?;
+            files.push(storage.get(&meta.instances[0].files[0].path)?);
+        }
+        assert!(files[0].len() > 1_000);
+        assert!(
+            files[0] == files[1],
+            "seed {seed}: heap and RocksDB data files differ"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn rescaled_restores_hold_exactly_their_key_groups() -> Result<()> {
+    for (p, q) in [(1u32, 4u32), (4, 1), (3, 2)] {
+        for (n, from) in kinds().into_iter().enumerate() {
+            let to = kinds()[(n + 1) % kinds().len()];
+            let tmp = tempfile::tempdir().unwrap();
+            let (mut backends, union) = sources(from, p, 40 + u64::from(p))?;
+            let storage = savepoint_of(&mut backends, tmp.path())?;
+            let meta = read_savepoint(storage.as_ref())?;
+            assert_eq!(meta.instances.len(), p as usize);
+            let mut seen = Model::default();
+            for i in 0..q {
+                let range = KeyGroupRange::for_operator(128, q, i)?;
+                let mut restored = restore_savepoint(storage.as_ref(), &meta, &config(to, range))?;
+                let h = Handles::register(&mut restored)?;
+                let mut own = union.clone();
+                own.retain_keys(|k| range.contains(key_group(k)));
+                assert_matches_model(&mut restored, &h, &own)?;
+                seen.absorb(own);
+            }
+            assert_eq!(
+                seen, union,
+                "{p}->{q}: the restored instances together hold everything"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn restoring_into_other_types_is_a_clear_error() -> Result<()> {
+    for kind in kinds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut backends, _) = sources(kind, 1, 9)?;
+        let storage = savepoint_of(&mut backends, tmp.path())?;
+        let meta = read_savepoint(storage.as_ref())?;
+        for to in kinds() {
+            let mut restored = restore_savepoint(
+                storage.as_ref(),
+                &meta,
+                &config(to, KeyGroupRange::all(128)?),
+            )?;
+            // "value" holds i64 values keyed by String; ask for u8 values.
+            let wrong = restored.value_state(&ValueStateDescriptor::<String, u8, u8>::new("value"));
+            assert!(
+                matches!(wrong, Err(Error::StateMismatch { .. })),
+                "{kind}->{to}"
+            );
+        }
+    }
+    Ok(())
+}
