@@ -75,3 +75,8 @@ pub use state::{
 pub use storage::{
     CheckpointStorage, FaultMode, FaultyStorage, LocalDirStorage, ObjectMeta, StoragePath,
 };
+
+/// The README's example runs as a doc test, so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
