@@ -128,7 +128,10 @@ impl CheckpointCoordinator {
         &self.unreadable
     }
 
-    /// A fresh checkpoint id, larger than every id seen in this root.
+    /// A fresh checkpoint id, larger than every id seen in this root. After a restart the
+    /// coordinator knows only the ids still in storage (an aborted checkpoint whose files were
+    /// collected leaves no trace), so an engine whose backends outlive the coordinator keeps
+    /// its own counter: backends refuse ids that do not grow.
     pub fn next_checkpoint_id(&self) -> u64 {
         self.highest_id + 1
     }

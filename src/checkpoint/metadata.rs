@@ -231,7 +231,7 @@ impl SnapshotMetadata {
         };
         let id = r.u64("checkpoint id")?;
         let created_ms = r.u64("creation time")?;
-        let n = r.count(42, "instances")?;
+        let n = r.count(38, "instances")?;
         let mut instances = Vec::with_capacity(n);
         for _ in 0..n {
             instances.push(read_instance(&mut r)?);
@@ -253,6 +253,9 @@ fn read_instance(r: &mut ByteReader<'_>) -> Result<InstanceMetadata> {
     let backend = BackendKind::from_code(backend_code)
         .ok_or_else(|| r.corrupt(format!("unknown backend kind {backend_code}")))?;
     let codec = CodecId(r.u8("codec id")?);
+    if codec.name().is_none() {
+        return Err(r.corrupt(format!("{codec} is not known to this build")));
+    }
     let max_parallelism = r.u32("max parallelism")?;
     let start = r.u32("key group start")?;
     let end = r.u32("key group end")?;
@@ -266,12 +269,12 @@ fn read_instance(r: &mut ByteReader<'_>) -> Result<InstanceMetadata> {
         )));
     }
     let key_groups = KeyGroupRange::new(start, end)?;
-    let n_states = r.count(26, "states")?;
+    let n_states = r.count(22, "states")?;
     let mut states = Vec::with_capacity(n_states);
     for _ in 0..n_states {
         states.push(read_state_info(r)?);
     }
-    let n_files = r.count(25, "files")?;
+    let n_files = r.count(23, "files")?;
     let mut files = Vec::with_capacity(n_files);
     for _ in 0..n_files {
         let path = StoragePath::parse(&r.str(1024, "file path")?)?;

@@ -145,7 +145,8 @@ impl RocksDbBackend {
             .collect();
         let db = DB::open_cf_descriptors(&db_options, &db_path, descriptors).map_err(|e| {
             let message = e.into_string();
-            if message.contains("lock") {
+            // RocksDB reports a held LOCK file as "While lock file: <dir>/LOCK: ...".
+            if message.contains("lock file") || message.contains("/LOCK") {
                 Error::DirectoryLocked {
                     path: db_path.clone(),
                     message,
@@ -295,9 +296,7 @@ impl RocksDbBackend {
         let (start, end) = layout::key_group_span(self.range.start(), self.range.end());
         let mut read = ReadOptions::default();
         read.set_iterate_lower_bound(start);
-        if self.range.end() < u32::from(u16::MAX) {
-            read.set_iterate_upper_bound(end);
-        }
+        read.set_iterate_upper_bound(end);
         read
     }
 }

@@ -104,7 +104,7 @@ impl RocksDbBackend {
     }
 
     /// Restores a backend from an instance's checkpoint files. `fetch(entry, local_path)` puts
-    /// each file into the new DB directory (copy or hard link); every file's size and crc32 are
+    /// each file into the new DB directory (a copy); every file's size and crc32 are
     /// verified before the DB is opened. With `claim`, the restored shared files become the
     /// base of the next incremental checkpoint; without, the next checkpoint uploads everything.
     ///
@@ -125,6 +125,22 @@ impl RocksDbBackend {
             });
         }
         std::fs::create_dir_all(&db_path).map_err(|e| Error::io(&db_path, e))?;
+        let restored = Self::restore_into(metadata, dir, &db_path, options, claim, fetch);
+        if restored.is_err() {
+            // A failed restore leaves no half-written DB behind: a retry starts clean.
+            let _ = std::fs::remove_dir_all(&db_path);
+        }
+        restored
+    }
+
+    fn restore_into(
+        metadata: &InstanceMetadata,
+        dir: super::WorkingDir,
+        db_path: &Path,
+        options: super::RocksDbOptions,
+        claim: bool,
+        fetch: &mut dyn FnMut(&FileEntry, &Path) -> Result<()>,
+    ) -> Result<Self> {
         for entry in &metadata.files {
             crate::checkpoint::metadata::validate_local_name(&entry.local_name)?;
             let local = db_path.join(&entry.local_name);

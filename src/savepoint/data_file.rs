@@ -24,8 +24,9 @@ pub const BLOCK_TARGET_BYTES: usize = 1 << 20;
 /// Readers refuse blocks larger than this (a row is at most two 4 GiB fields, but no writer
 /// of this crate produces a block near this size unless a single value is that large).
 const MAX_BLOCK_BYTES: usize = 1 << 30;
-/// Fixed footer size: index offset u64, row count u64, version u16, reserved u16, magic.
-const FOOTER_BYTES: usize = 24;
+/// Fixed footer size: index offset u64, row count u64, version u16, reserved u16, crc32 of
+/// those 20 bytes, magic.
+const FOOTER_BYTES: usize = 28;
 const MAX_NAME_BYTES: usize = 1 << 16;
 const MAX_STATES: usize = 1 << 16;
 const MAX_HEADER_BYTES: u64 = 1 << 24;
@@ -228,6 +229,7 @@ impl<W: Write> DataFileWriter<W> {
             .u64(self.rows)
             .u16(DATA_FILE_VERSION)
             .u16(0)
+            .crc_of_all()
             .raw(&DATA_FILE_MAGIC);
         self.write(&footer.into_inner())?;
         self.out.flush().map_err(|e| Error::io("<data file>", e))?;
@@ -318,13 +320,20 @@ impl<R: Read + Seek> DataFileReader<R> {
             .seek(SeekFrom::End(-(FOOTER_BYTES as i64)))
             .map_err(io)?;
         input.read_exact(&mut footer).map_err(io)?;
-        let mut f = ByteReader::new(&footer, name);
+        let version = u16::from_le_bytes([footer[16], footer[17]]);
+        check_magic_version(name, &footer[24..28], version)?;
+        let footer_name = format!("{name} (footer)");
+        let fields = check_trailing_crc(&footer[..24], &footer_name)?;
+        let mut f = ByteReader::new(fields, name);
         let index_offset = f.u64("index offset")?;
         let rows = f.u64("row count")?;
-        let version = f.u16("version")?;
-        f.u16("reserved")?;
-        let magic = f.take(4, "magic")?;
-        check_magic_version(name, magic, version)?;
+        f.u16("version")?;
+        if f.u16("reserved")? != 0 {
+            return Err(Error::corrupt(
+                footer_name,
+                "reserved footer field is not zero",
+            ));
+        }
         let index_end = len - FOOTER_BYTES as u64;
         if index_offset > index_end {
             return Err(Error::corrupt(
@@ -539,7 +548,7 @@ fn parse_header(data: &[u8], name: &str) -> Result<DataFileHeader> {
         )));
     }
     let key_groups = KeyGroupRange::new(start, end)?;
-    let n = r.count(26, "states")?;
+    let n = r.count(22, "states")?;
     if n > MAX_STATES {
         return Err(r.corrupt(format!("{n} states")));
     }

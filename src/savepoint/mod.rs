@@ -102,6 +102,15 @@ impl PendingSavepoint {
 /// differs; storage errors.
 pub fn complete_savepoint(
     storage: &dyn CheckpointStorage,
+    instances: Vec<InstanceMetadata>,
+) -> Result<SnapshotMetadata> {
+    write_savepoint_metadata(storage, 0, instances)
+}
+
+/// Writes `_metadata` for savepoint `id` (the source checkpoint's id, or 0).
+fn write_savepoint_metadata(
+    storage: &dyn CheckpointStorage,
+    id: u64,
     mut instances: Vec<InstanceMetadata>,
 ) -> Result<SnapshotMetadata> {
     instances.sort_by_key(|i| i.key_groups.start());
@@ -116,7 +125,7 @@ pub fn complete_savepoint(
     }
     let meta = SnapshotMetadata {
         kind: SnapshotKind::Savepoint,
-        id: 0,
+        id,
         created_ms: now_ms(),
         instances,
     };
@@ -204,6 +213,13 @@ pub fn restore_savepoint(
         }
         #[cfg(feature = "rocksdb")]
         BackendKind::RocksDb => {
+            if let Some(dir) = &config.working_dir {
+                if dir.join("db").join("CURRENT").exists() {
+                    return Err(Error::Incompatible {
+                        reason: format!("restore target {} already holds a DB", dir.display()),
+                    });
+                }
+            }
             let mut backend = crate::rocks::RocksDbBackend::open(
                 config.max_parallelism,
                 range,
@@ -301,5 +317,5 @@ pub fn convert_checkpoint(
         instances.push(backend.savepoint()?.write(target)?);
         progress(i + 1, total);
     }
-    complete_savepoint(target, instances)
+    write_savepoint_metadata(target, checkpoint.id, instances)
 }
