@@ -46,6 +46,8 @@
 
 pub mod backend;
 pub mod checkpoint;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod codec;
 pub mod error;
 mod format;

@@ -23,10 +23,13 @@ pub fn checkpoint_dir_name(id: u64) -> String {
 /// The checkpoint id a top-level directory name stands for, if it is a checkpoint directory.
 pub fn parse_checkpoint_dir(name: &str) -> Option<u64> {
     let digits = name.strip_prefix(CHECKPOINT_DIR_PREFIX)?;
-    if digits.len() < 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    // Only the canonical spelling names a checkpoint: `chk-00000000001` is not checkpoint 1,
+    // so garbage collection never treats a look-alike directory as one of ours.
+    let id: u64 = digits.parse().ok()?;
+    (checkpoint_dir_name(id) == name).then_some(id)
 }
 
 /// `chk-<id>/_metadata`.
@@ -63,5 +66,6 @@ mod tests {
         assert_eq!(parse_checkpoint_dir("chk-42"), None);
         assert_eq!(parse_checkpoint_dir("shared"), None);
         assert_eq!(parse_checkpoint_dir("chk-00000000x2"), None);
+        assert_eq!(parse_checkpoint_dir("chk-00000000042"), None);
     }
 }

@@ -35,16 +35,25 @@ pub fn restore_instance(
     config: &BackendConfig,
     mode: RestoreMode,
 ) -> Result<AnyBackend> {
-    let instance = meta
+    if let Some(i) = meta
         .instances
         .iter()
-        .find(|i| i.key_groups == config.key_groups && i.max_parallelism == config.max_parallelism)
-        .ok_or_else(|| Error::Incompatible {
+        .find(|i| i.max_parallelism != config.max_parallelism)
+    {
+        return Err(Error::Incompatible {
             reason: format!(
-                "{} {} has no instance owning key groups {} of {}",
-                meta.kind, meta.id, config.key_groups, config.max_parallelism
+                "{} {} was written for max parallelism {}, restoring with {}",
+                meta.kind, meta.id, i.max_parallelism, config.max_parallelism
             ),
-        })?;
+        });
+    }
+    let Some(instance) = meta
+        .instances
+        .iter()
+        .find(|i| i.key_groups == config.key_groups)
+    else {
+        return restore_rescaled(storage, meta, config);
+    };
     if instance.backend != config.kind {
         return Err(Error::Incompatible {
             reason: format!(
@@ -79,24 +88,120 @@ pub fn restore_instance(
     }
 }
 
+/// Restores key groups that no single instance of `meta` owned exactly (the job's
+/// parallelism changed). Heap checkpoints: the owned key groups of every overlapping data file.
+/// RocksDB checkpoints: the overlapping instance with the most key groups is restored as the
+/// base, the key groups it does not own are dropped with range deletes, and the rows of the
+/// others' owned key groups are ingested as sorted SST files.
+fn restore_rescaled(
+    storage: &dyn CheckpointStorage,
+    meta: &SnapshotMetadata,
+    config: &BackendConfig,
+) -> Result<AnyBackend> {
+    let range = config.key_groups;
+    #[cfg_attr(not(feature = "rocksdb"), allow(unused_mut))]
+    let mut overlapping: Vec<&InstanceMetadata> = meta
+        .instances
+        .iter()
+        .filter(|i| !i.key_groups.intersect(&range).is_empty())
+        .collect();
+    let covered: u32 = overlapping
+        .iter()
+        .map(|i| i.key_groups.intersect(&range).len())
+        .sum();
+    if covered != range.len() {
+        return Err(Error::Incompatible {
+            reason: format!(
+                "{} {} covers {covered} of the {} key groups of {range}",
+                meta.kind,
+                meta.id,
+                range.len()
+            ),
+        });
+    }
+    if overlapping.iter().any(|i| i.backend != config.kind) {
+        return Err(Error::Incompatible {
+            reason: format!(
+                "restore a checkpoint into the {} backend through a savepoint",
+                config.kind
+            ),
+        });
+    }
+    match config.kind {
+        BackendKind::Heap => {
+            let mut backend = HeapBackend::new(config.max_parallelism, range)?;
+            for instance in overlapping {
+                load_heap_files(storage, instance, &mut backend)?;
+            }
+            Ok(AnyBackend::Heap(backend))
+        }
+        #[cfg(feature = "rocksdb")]
+        BackendKind::RocksDb => {
+            use crate::rocks::RocksDbBackend;
+            overlapping.sort_by_key(|i| std::cmp::Reverse(i.key_groups.intersect(&range).len()));
+            let base = overlapping.remove(0);
+            let mut fetch = |entry: &crate::checkpoint::FileEntry, local: &std::path::Path| {
+                storage.get_to_file(&entry.path, local).map(|_| ())
+            };
+            let mut backend = RocksDbBackend::restore_files(
+                base,
+                config.working_dir.clone(),
+                config.rocksdb.clone(),
+                false,
+                &mut fetch,
+            )?;
+            backend.retain_key_groups(range)?;
+            overlapping.sort_by_key(|i| i.key_groups.start());
+            let others = overlapping
+                .iter()
+                .map(|i| {
+                    RocksDbBackend::restore_files(
+                        i,
+                        None,
+                        config.rocksdb.clone(),
+                        false,
+                        &mut fetch,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut states: Vec<crate::state::StateInfo> = Vec::new();
+            for other in &others {
+                for info in other.states() {
+                    if !states.iter().any(|s| s.name == info.name) {
+                        states.push(info);
+                    }
+                }
+            }
+            backend.ingest_sorted(&states, &mut |emit| {
+                for other in &others {
+                    for group in other.key_group_range().intersect(&range).iter() {
+                        for (index, info) in states.iter().enumerate() {
+                            if other.states().iter().any(|s| s.name == info.name) {
+                                other.for_each_row(&info.name, group, &mut |key, value| {
+                                    emit(group, index, key, value)
+                                })?;
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+            Ok(AnyBackend::RocksDb(backend))
+        }
+        #[cfg(not(feature = "rocksdb"))]
+        BackendKind::RocksDb => Err(Error::Incompatible {
+            reason: "this build has no RocksDB backend (feature `rocksdb` is off)".into(),
+        }),
+    }
+}
+
 /// Restores a heap instance from its full-snapshot data file.
 fn restore_heap(
     storage: &dyn CheckpointStorage,
     instance: &InstanceMetadata,
 ) -> Result<HeapBackend> {
     let mut backend = HeapBackend::new(instance.max_parallelism, instance.key_groups)?;
-    let dir = tempfile::Builder::new()
-        .prefix("statebackend-restore-")
-        .tempdir()
-        .map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    for entry in &instance.files {
-        crate::checkpoint::metadata::validate_local_name(&entry.local_name)?;
-        let local: PathBuf = dir.path().join(&entry.local_name);
-        storage.get_to_file(&entry.path, &local)?;
-        crate::checkpoint::verify_local_file(&local, entry)?;
-        let mut reader = DataFileReader::open(&local, entry.path.as_str())?;
-        load_data_file(&mut backend, &mut reader)?;
-    }
+    load_heap_files(storage, instance, &mut backend)?;
     let mut restored = backend.states();
     let mut expected = instance.states.clone();
     restored.sort_by(|a, b| a.name.cmp(&b.name));
@@ -108,6 +213,27 @@ fn restore_heap(
         ));
     }
     Ok(backend)
+}
+
+/// Loads the owned key groups of an instance's verified data files into `backend`.
+fn load_heap_files(
+    storage: &dyn CheckpointStorage,
+    instance: &InstanceMetadata,
+    backend: &mut HeapBackend,
+) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("statebackend-restore-")
+        .tempdir()
+        .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    for entry in &instance.files {
+        crate::checkpoint::metadata::validate_local_name(&entry.local_name)?;
+        let local: PathBuf = dir.path().join(&entry.local_name);
+        storage.get_to_file(&entry.path, &local)?;
+        crate::checkpoint::verify_local_file(&local, entry)?;
+        let mut reader = DataFileReader::open(&local, entry.path.as_str())?;
+        load_data_file(backend, &mut reader)?;
+    }
+    Ok(())
 }
 
 /// Loads the rows of every key group `backend` owns from a data file. Restored states stay

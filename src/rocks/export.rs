@@ -193,6 +193,53 @@ impl RocksDbBackend {
     }
 }
 
+impl RocksDbBackend {
+    /// Calls `sink(row key suffix, value)` for the rows of state `state` in `key_group`, in
+    /// ascending order (rows of a backend restored for reading, during a rescale).
+    pub(crate) fn for_each_row(
+        &self,
+        state: &str,
+        key_group: KeyGroup,
+        sink: &mut RowSink<'_>,
+    ) -> Result<()> {
+        let cf = self
+            .db
+            .cf_handle(&cf_name(state))
+            .ok_or_else(|| Error::corrupt(state.to_owned(), "missing column family"))?;
+        let (start, end) = layout::key_group_span(u32::from(key_group), u32::from(key_group) + 1);
+        let mut read = ReadOptions::default();
+        read.set_iterate_lower_bound(start);
+        read.set_iterate_upper_bound(end);
+        read.fill_cache(false);
+        for item in self.db.iterator_cf_opt(cf, read, IteratorMode::Start) {
+            let (key, value) = item.map_err(rocks_err)?;
+            sink(&key[layout::KEY_GROUP_PREFIX_LEN..], &value)?;
+        }
+        Ok(())
+    }
+
+    /// Narrows the backend to `keep`: the rows of every other key group are dropped with range
+    /// deletes (constant work per state, whatever the data size). For an instance restored from
+    /// a checkpoint of a wider range.
+    pub(crate) fn retain_key_groups(&mut self, keep: KeyGroupRange) -> Result<()> {
+        for state in &self.states {
+            let cf = self
+                .db
+                .cf_handle(&state.cf_name)
+                .ok_or_else(|| Error::corrupt(state.cf_name.clone(), "missing column family"))?;
+            if keep.start() > 0 {
+                let (from, to) = layout::key_group_span(0, keep.start());
+                self.db.delete_range_cf(cf, from, to).map_err(rocks_err)?;
+            }
+            // Key groups are at most 32767, so [end, 0xffff) covers everything above `keep`.
+            let (from, to) = layout::key_group_span(keep.end(), 0xffff);
+            self.db.delete_range_cf(cf, from, to).map_err(rocks_err)?;
+        }
+        self.range = keep;
+        Ok(())
+    }
+}
+
 impl RowView for RocksView {
     fn max_parallelism(&self) -> u32 {
         self.max_parallelism

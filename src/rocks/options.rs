@@ -54,6 +54,17 @@ impl Default for RocksDbOptions {
 }
 
 impl RocksDbOptions {
+    /// The RocksDB options this struct stands for, for a plain DB with only the default column
+    /// family (what the benchmarks' raw-RocksDB baseline opens, so that the comparison uses
+    /// the same settings). The merge operator is included.
+    pub fn rocksdb_options(&self) -> Options {
+        let cache = Cache::new_lru_cache(self.block_cache_bytes);
+        let mut opts = self.cf_options(&cache);
+        opts.create_if_missing(true);
+        opts.set_max_background_jobs(self.background_jobs);
+        opts
+    }
+
     /// DB-wide options.
     pub(crate) fn db_options(&self) -> Options {
         let mut opts = Options::default();

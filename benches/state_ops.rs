@@ -1,0 +1,397 @@
+//! W1–W4 on each backend, each beside its limit: a raw `HashMap` (std SipHash and a fast
+//! hasher) for the heap backend, the raw `rocksdb` crate with the same options for the RocksDB
+//! backend, and raw `rocksdb` with its plain defaults to show what our options buy.
+//!
+//! `cargo bench --bench state_ops` runs the specified sizes and asserts WORKLOADS.md's check
+//! values; `STATEBACKEND_BENCH_SCALE=0.01` runs a quick subset of the sizes. Criterion then
+//! measures the per-operation latency of a value update on a populated state.
+
+mod support;
+
+use std::collections::HashMap;
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion};
+use statebackend::{
+    HeapBackend, KeyGroupRange, KeyedStateBackend, ListState, ListStateDescriptor, MapState,
+    MapStateDescriptor, ValueState, ValueStateDescriptor,
+};
+use support::{ListStore, MapStore, Phase, ValueStore, report, w1_w2, w3, w4};
+
+struct OurValue<B> {
+    b: B,
+    s: ValueState<i64, (), i64>,
+}
+impl<B: KeyedStateBackend> ValueStore for OurValue<B> {
+    fn get(&mut self, k: i64) -> Option<i64> {
+        self.s.get(&self.b, &k, &()).unwrap()
+    }
+    fn put(&mut self, k: i64, v: i64) {
+        self.s.put(&mut self.b, &k, &(), v).unwrap()
+    }
+}
+
+struct OurList<B> {
+    b: B,
+    s: ListState<i64, (), i64>,
+}
+impl<B: KeyedStateBackend> ListStore for OurList<B> {
+    fn append(&mut self, k: i64, v: i64) {
+        self.s.append(&mut self.b, &k, &(), v).unwrap()
+    }
+    fn for_each(&mut self, k: i64, f: &mut dyn FnMut(i64)) {
+        for v in self.s.get(&self.b, &k, &()).unwrap() {
+            f(v)
+        }
+    }
+}
+
+struct OurMap<B> {
+    b: B,
+    s: MapState<i64, (), i64, i64>,
+}
+impl<B: KeyedStateBackend> MapStore for OurMap<B> {
+    fn put(&mut self, k: i64, uk: i64, v: i64) {
+        self.s.put(&mut self.b, &k, &(), uk, v).unwrap()
+    }
+    fn get(&mut self, k: i64, uk: i64) -> Option<i64> {
+        self.s.get(&self.b, &k, &(), &uk).unwrap()
+    }
+    fn for_each(&mut self, k: i64, f: &mut dyn FnMut(i64, i64)) {
+        for e in self.s.entries(&self.b, &k, &()).unwrap() {
+            let (uk, v) = e.unwrap();
+            f(uk, v)
+        }
+    }
+}
+
+fn heap() -> HeapBackend {
+    HeapBackend::new(128, KeyGroupRange::all(128).unwrap()).unwrap()
+}
+
+fn our_value<B: KeyedStateBackend>(mut b: B) -> OurValue<B> {
+    let s = b.value_state(&ValueStateDescriptor::new("v")).unwrap();
+    OurValue { b, s }
+}
+fn our_list<B: KeyedStateBackend>(mut b: B) -> OurList<B> {
+    let s = b.list_state(&ListStateDescriptor::new("l")).unwrap();
+    OurList { b, s }
+}
+fn our_map<B: KeyedStateBackend>(mut b: B) -> OurMap<B> {
+    let s = b.map_state(&MapStateDescriptor::new("m")).unwrap();
+    OurMap { b, s }
+}
+
+/// Raw hash maps: the heap backend's limit.
+struct RawMap<M>(M);
+impl<S: std::hash::BuildHasher> ValueStore for RawMap<HashMap<i64, i64, S>> {
+    fn get(&mut self, k: i64) -> Option<i64> {
+        self.0.get(&k).copied()
+    }
+    fn put(&mut self, k: i64, v: i64) {
+        self.0.insert(k, v);
+    }
+}
+impl ValueStore for RawMap<hashbrown::HashMap<i64, i64>> {
+    fn get(&mut self, k: i64) -> Option<i64> {
+        self.0.get(&k).copied()
+    }
+    fn put(&mut self, k: i64, v: i64) {
+        self.0.insert(k, v);
+    }
+}
+impl ListStore for RawMap<hashbrown::HashMap<i64, Vec<i64>>> {
+    fn append(&mut self, k: i64, v: i64) {
+        self.0.entry(k).or_default().push(v)
+    }
+    fn for_each(&mut self, k: i64, f: &mut dyn FnMut(i64)) {
+        for v in self.0.get(&k).into_iter().flatten() {
+            f(*v)
+        }
+    }
+}
+impl MapStore for RawMap<hashbrown::HashMap<i64, hashbrown::HashMap<i64, i64>>> {
+    fn put(&mut self, k: i64, uk: i64, v: i64) {
+        self.0.entry(k).or_default().insert(uk, v);
+    }
+    fn get(&mut self, k: i64, uk: i64) -> Option<i64> {
+        self.0.get(&k).and_then(|m| m.get(&uk)).copied()
+    }
+    fn for_each(&mut self, k: i64, f: &mut dyn FnMut(i64, i64)) {
+        for (uk, v) in self.0.get(&k).into_iter().flatten() {
+            f(*uk, *v)
+        }
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+mod raw_rocks {
+    //! The raw `rocksdb` crate doing the same gets, puts, merges and scans.
+    use super::*;
+    use rocksdb::{DB, IteratorMode, Options, ReadOptions, WriteOptions};
+
+    pub struct Raw {
+        pub db: DB,
+        write: WriteOptions,
+        _dir: tempfile::TempDir,
+    }
+
+    fn concat(_: &[u8], existing: Option<&[u8]>, ops: &rocksdb::MergeOperands) -> Option<Vec<u8>> {
+        let mut out = existing.map(<[u8]>::to_vec).unwrap_or_default();
+        for op in ops.iter() {
+            out.extend_from_slice(op);
+        }
+        Some(out)
+    }
+
+    /// `ours`: the RocksDB backend's options (WAL off too); otherwise RocksDB's defaults
+    /// (plus the merge operator W3 needs, and the WAL on, as a default DB has it).
+    pub fn open(ours: bool) -> Raw {
+        let dir = tempfile::tempdir().unwrap();
+        let (opts, write) = if ours {
+            let mut w = WriteOptions::default();
+            w.disable_wal(true);
+            (statebackend::RocksDbOptions::default().rocksdb_options(), w)
+        } else {
+            let mut o = Options::default();
+            o.create_if_missing(true);
+            o.set_merge_operator_associative("concat", concat);
+            (o, WriteOptions::default())
+        };
+        Raw {
+            db: DB::open(&opts, dir.path()).unwrap(),
+            write,
+            _dir: dir,
+        }
+    }
+
+    fn key(k: i64) -> [u8; 8] {
+        k.to_be_bytes()
+    }
+    fn key2(k: i64, uk: i64) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&k.to_be_bytes());
+        out[8..].copy_from_slice(&uk.to_be_bytes());
+        out
+    }
+    fn int(b: &[u8]) -> i64 {
+        i64::from_le_bytes(b.try_into().unwrap())
+    }
+
+    impl ValueStore for Raw {
+        fn get(&mut self, k: i64) -> Option<i64> {
+            self.db.get_pinned(key(k)).unwrap().map(|v| int(&v))
+        }
+        fn put(&mut self, k: i64, v: i64) {
+            self.db
+                .put_opt(key(k), v.to_le_bytes(), &self.write)
+                .unwrap()
+        }
+    }
+    impl ListStore for Raw {
+        fn append(&mut self, k: i64, v: i64) {
+            self.db
+                .merge_opt(key(k), v.to_le_bytes(), &self.write)
+                .unwrap()
+        }
+        fn for_each(&mut self, k: i64, f: &mut dyn FnMut(i64)) {
+            if let Some(bytes) = self.db.get_pinned(key(k)).unwrap() {
+                for chunk in bytes.chunks_exact(8) {
+                    f(int(chunk))
+                }
+            }
+        }
+    }
+    impl MapStore for Raw {
+        fn put(&mut self, k: i64, uk: i64, v: i64) {
+            self.db
+                .put_opt(key2(k, uk), v.to_le_bytes(), &self.write)
+                .unwrap()
+        }
+        fn get(&mut self, k: i64, uk: i64) -> Option<i64> {
+            self.db.get_pinned(key2(k, uk)).unwrap().map(|v| int(&v))
+        }
+        fn for_each(&mut self, k: i64, f: &mut dyn FnMut(i64, i64)) {
+            let mut read = ReadOptions::default();
+            read.set_iterate_range(rocksdb::PrefixRange(key(k).to_vec()));
+            for item in self.db.iterator_opt(IteratorMode::Start, read) {
+                let (kk, v) = item.unwrap();
+                f(i64::from_be_bytes(kk[8..16].try_into().unwrap()), int(&v))
+            }
+        }
+    }
+}
+
+fn value_rows(
+    bench: &str,
+    subject: &str,
+    store: &mut dyn ValueStore,
+    base: Option<&(Phase, Phase)>,
+) -> (Phase, Phase) {
+    let (w1, w2, _) = w1_w2(store);
+    report(bench, subject, &w1, base.map(|b| &b.0));
+    report(bench, subject, &w2, base.map(|b| &b.1));
+    (w1, w2)
+}
+
+fn workloads() {
+    println!("\n== W1/W2 value state (ratio = ns/op against the row's limit)");
+    let fast = value_rows(
+        "W1-W2",
+        "HashMap (fast hash) [limit]",
+        &mut RawMap(hashbrown::HashMap::new()),
+        None,
+    );
+    value_rows(
+        "W1-W2",
+        "HashMap (SipHash)",
+        &mut RawMap(HashMap::new()),
+        Some(&fast),
+    );
+    value_rows("W1-W2", "heap backend", &mut our_value(heap()), Some(&fast));
+    #[cfg(feature = "rocksdb")]
+    {
+        let raw = value_rows(
+            "W1-W2",
+            "raw rocksdb, our options [limit]",
+            &mut raw_rocks::open(true),
+            None,
+        );
+        let ours = value_rows(
+            "W1-W2",
+            "rocksdb backend",
+            &mut our_value(rocks()),
+            Some(&raw),
+        );
+        let plain = value_rows(
+            "W1-W2",
+            "raw rocksdb, default options",
+            &mut raw_rocks::open(false),
+            Some(&raw),
+        );
+        print_default_ratio("W1", &ours.0, &plain.0);
+        print_default_ratio("W2", &ours.1, &plain.1);
+    }
+
+    println!("\n== W3 list state");
+    let (la, lg, _) = w3(&mut RawMap(hashbrown::HashMap::<i64, Vec<i64>>::new()));
+    report("W3", "HashMap<Vec> [limit]", &la, None);
+    report("W3", "HashMap<Vec> [limit]", &lg, None);
+    let (a, g, _) = w3(&mut our_list(heap()));
+    report("W3", "heap backend", &a, Some(&la));
+    report("W3", "heap backend", &g, Some(&lg));
+    #[cfg(feature = "rocksdb")]
+    {
+        let (ra, rg, _) = w3(&mut raw_rocks::open(true));
+        report("W3", "raw rocksdb, our options [limit]", &ra, None);
+        report("W3", "raw rocksdb, our options [limit]", &rg, None);
+        let (a, g, _) = w3(&mut our_list(rocks()));
+        report("W3", "rocksdb backend", &a, Some(&ra));
+        report("W3", "rocksdb backend", &g, Some(&rg));
+        let (pa, pg, _) = w3(&mut raw_rocks::open(false));
+        report("W3", "raw rocksdb, default options", &pa, Some(&ra));
+        report("W3", "raw rocksdb, default options", &pg, Some(&rg));
+        print_default_ratio("W3 append", &a, &pa);
+        print_default_ratio("W3 get", &g, &pg);
+    }
+
+    println!("\n== W4 map state");
+    let (limit, _) = w4(&mut RawMap(hashbrown::HashMap::<
+        i64,
+        hashbrown::HashMap<i64, i64>,
+    >::new()));
+    for p in &limit {
+        report("W4", "HashMap<HashMap> [limit]", p, None);
+    }
+    let (ours, _) = w4(&mut our_map(heap()));
+    for (p, l) in ours.iter().zip(&limit) {
+        report("W4", "heap backend", p, Some(l));
+    }
+    #[cfg(feature = "rocksdb")]
+    {
+        let (raw, _) = w4(&mut raw_rocks::open(true));
+        for p in &raw {
+            report("W4", "raw rocksdb, our options [limit]", p, None);
+        }
+        let (ours, _) = w4(&mut our_map(rocks()));
+        for (p, l) in ours.iter().zip(&raw) {
+            report("W4", "rocksdb backend", p, Some(l));
+        }
+        let (plain, _) = w4(&mut raw_rocks::open(false));
+        for (p, l) in plain.iter().zip(&raw) {
+            report("W4", "raw rocksdb, default options", p, Some(l));
+        }
+        for (o, p) in ours.iter().zip(&plain) {
+            print_default_ratio(o.name, o, p);
+        }
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+fn rocks() -> statebackend::RocksDbBackend {
+    statebackend::RocksDbBackend::open(
+        128,
+        KeyGroupRange::all(128).unwrap(),
+        None,
+        Default::default(),
+    )
+    .unwrap()
+}
+
+#[cfg(feature = "rocksdb")]
+fn print_default_ratio(what: &str, ours: &Phase, plain: &Phase) {
+    println!(
+        "{what}: rocksdb backend with our defaults is {:.2}x the speed of raw rocksdb with plain defaults",
+        plain.ns_per_op() / ours.ns_per_op()
+    );
+}
+
+/// Per-operation latency of a value update on a populated state, with criterion's statistics.
+fn micro(c: &mut Criterion) {
+    let keys = support::scaled(1_000_000);
+    let mut group = c.benchmark_group("value_update");
+    group.sample_size(20);
+    let populate = |store: &mut dyn ValueStore| {
+        for k in 0..keys as i64 {
+            store.put(k, k);
+        }
+    };
+    let mut fast = RawMap(hashbrown::HashMap::new());
+    populate(&mut fast);
+    let mut heap_store = our_value(heap());
+    populate(&mut heap_store);
+    let mut subjects: Vec<(&str, Box<dyn ValueStore>)> = vec![
+        ("hashmap_fast", Box::new(fast)),
+        ("heap", Box::new(heap_store)),
+    ];
+    #[cfg(feature = "rocksdb")]
+    {
+        let mut raw = raw_rocks::open(true);
+        populate(&mut raw);
+        let mut ours = our_value(rocks());
+        populate(&mut ours);
+        subjects.push(("rocksdb_raw", Box::new(raw)));
+        subjects.push(("rocksdb", Box::new(ours)));
+    }
+    for (name, store) in subjects.iter_mut() {
+        let mut g = support::SplitMix64::new(7);
+        group.bench_function(*name, |b| {
+            b.iter_batched(
+                || g.below(keys) as i64,
+                |k| {
+                    let c = store.get(k);
+                    store.put(k, black_box(c.map_or(1, |c| c + 1)));
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+fn main() {
+    workloads();
+    let mut c = Criterion::default().configure_from_args();
+    micro(&mut c);
+    c.final_summary();
+}

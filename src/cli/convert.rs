@@ -1,0 +1,145 @@
+//! `statectl convert CHECKPOINT --to SAVEPOINT_DIR`: offline conversion of a checkpoint into a
+//! savepoint with [`convert_checkpoint`].
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::checkpoint::SnapshotKind;
+use crate::checkpoint::layout::CHECKPOINT_DIR_PREFIX;
+use crate::cli::progress::count_bar;
+use crate::cli::snapshot::load;
+use crate::cli::{CliError, CliResult, human_bytes, plural};
+use crate::error::Error;
+use crate::savepoint::convert_checkpoint;
+use crate::storage::{CheckpointStorage, LocalDirStorage};
+
+/// What `convert` wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConvertReport {
+    /// The converted checkpoint's id.
+    pub checkpoint_id: u64,
+    /// The checkpoint directory.
+    pub checkpoint: String,
+    /// The new savepoint directory.
+    pub savepoint: String,
+    /// Backend instances converted.
+    pub instances: usize,
+    /// Files of the savepoint (`_metadata` not included).
+    pub files: usize,
+    /// Their total size.
+    pub total_bytes: u64,
+}
+
+/// Converts the checkpoint in `checkpoint` (a `chk-*` directory, whose parent is the
+/// checkpoint root) into a new savepoint in `target`, which must not exist or be empty. On
+/// failure the files written so far are removed again.
+///
+/// # Errors
+/// [`CliError::Failed`] if `checkpoint` is a savepoint, or `target` is not empty or lies in
+/// the `chk-*`/`shared` area of the checkpoint root; the
+/// library's restore and write errors (e.g. [`Error::Incompatible`] for a RocksDB checkpoint
+/// in a build without the `rocksdb` feature).
+pub fn convert(checkpoint: &Path, target: &Path) -> CliResult<ConvertReport> {
+    let snapshot = load(checkpoint)?;
+    if snapshot.meta.kind != SnapshotKind::Checkpoint {
+        return Err(CliError::Failed(format!(
+            "{} is already a savepoint",
+            checkpoint.display()
+        )));
+    }
+    if in_managed_area(snapshot.storage.root(), target) {
+        return Err(CliError::Failed(format!(
+            "{} lies in the chk-*/shared area of the checkpoint root, where garbage collection \
+             would delete the savepoint: choose another directory",
+            target.display()
+        )));
+    }
+    let existed = match std::fs::read_dir(target) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(CliError::Failed(format!(
+                    "{} is not empty: convert writes a new savepoint into an empty or new directory",
+                    target.display()
+                )));
+            }
+            true
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => {
+            return Err(Error::Io {
+                path: target.to_owned(),
+                source: e,
+            }
+            .into());
+        }
+    };
+    let storage = LocalDirStorage::new(target)?;
+    let bar = count_bar(snapshot.meta.instances.len() as u64, "instances");
+    bar.set_message("converting");
+    let result = convert_checkpoint(&snapshot.storage, &snapshot.meta, &storage, |done, _| {
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    let meta = match result {
+        Ok(meta) => meta,
+        Err(e) => {
+            // Nothing but this conversion wrote into the directory: leave it as it was.
+            if let Ok(objects) = storage.list(None) {
+                for o in objects {
+                    let _ = storage.delete(&o.path);
+                }
+            }
+            if !existed {
+                let _ = std::fs::remove_dir(target);
+            }
+            return Err(e.into());
+        }
+    };
+    Ok(ConvertReport {
+        checkpoint_id: snapshot.meta.id,
+        checkpoint: checkpoint.display().to_string(),
+        savepoint: target.display().to_string(),
+        instances: meta.instances.len(),
+        files: meta.files().count(),
+        total_bytes: meta.total_bytes(),
+    })
+}
+
+/// Whether `target` lies in an area of `root` that garbage collection manages (a `chk-*`
+/// directory or `shared/`), where a savepoint would be deleted.
+fn in_managed_area(root: &Path, target: &Path) -> bool {
+    let (Ok(root), Ok(target)) = (std::path::absolute(root), std::path::absolute(target)) else {
+        return false;
+    };
+    target
+        .strip_prefix(&root)
+        .ok()
+        .and_then(|rest| rest.components().next())
+        .and_then(|c| c.as_os_str().to_str())
+        .is_some_and(|top| {
+            top == crate::checkpoint::layout::SHARED_DIR || top.starts_with(CHECKPOINT_DIR_PREFIX)
+        })
+}
+
+impl ConvertReport {
+    /// Writes the report for people.
+    ///
+    /// # Errors
+    /// Write errors.
+    pub fn write_human(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(
+            out,
+            "converted checkpoint {} ({}) into savepoint {}: {} instance{}, {} file{}, {}",
+            self.checkpoint_id,
+            self.checkpoint,
+            self.savepoint,
+            self.instances,
+            plural(self.instances as u64),
+            self.files,
+            plural(self.files as u64),
+            human_bytes(self.total_bytes)
+        )
+    }
+}

@@ -1,0 +1,286 @@
+//! `statectl inspect PATH`: what one checkpoint or savepoint holds.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::checkpoint::InstanceMetadata;
+use crate::cli::snapshot::{LoadedSnapshot, is_data_file, load};
+use crate::cli::{CliResult, format_time_ms, human_bytes};
+use crate::error::Result;
+use crate::savepoint::data_file::DataFileReader;
+use crate::state::StateKind;
+
+/// A key-group range `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct KeyGroups {
+    /// First key group (inclusive).
+    pub start: u32,
+    /// End (exclusive).
+    pub end: u32,
+}
+
+/// One registered state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StateReport {
+    /// The state name.
+    pub name: String,
+    /// `value`, `list`, `map`, `reducing` or `aggregating`.
+    pub kind: &'static str,
+    /// Type name of the keys.
+    pub key_type: String,
+    /// Type name of the namespaces.
+    pub namespace_type: String,
+    /// Type name of the map user keys (map states only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_key_type: Option<String>,
+    /// Type name of the values (list elements, map values, accumulators).
+    pub value_type: String,
+    /// Rows of the state in the instance's data files (one per (key, namespace), one per map
+    /// entry for map states); `None` (unknown) for RocksDB checkpoints or unreadable files.
+    pub entries: Option<u64>,
+}
+
+/// One referenced file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileReport {
+    /// Storage path (relative to the checkpoint root, or to the savepoint directory).
+    pub path: String,
+    /// Name in the backend's working directory.
+    pub local_name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// crc32 of the whole file.
+    pub crc32: u32,
+    /// Whether the file is in the shared area.
+    pub shared: bool,
+}
+
+/// One backend instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceReport {
+    /// The instance id (hex).
+    pub instance_id: String,
+    /// `heap` or `rocksdb`.
+    pub backend: String,
+    /// The codec of keys and values.
+    pub codec: String,
+    /// The job's max parallelism.
+    pub max_parallelism: u32,
+    /// The key groups the instance owned.
+    pub key_groups: KeyGroups,
+    /// The registered states, in registration order.
+    pub states: Vec<StateReport>,
+    /// The files it needs.
+    pub files: Vec<FileReport>,
+    /// Their total size.
+    pub total_bytes: u64,
+}
+
+/// What `inspect` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InspectReport {
+    /// The directory holding `_metadata`.
+    pub path: String,
+    /// The `_metadata` format version.
+    pub format_version: u16,
+    /// `checkpoint` or `savepoint`.
+    pub kind: String,
+    /// The checkpoint id (savepoints: as recorded, usually 0).
+    pub id: u64,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Creation time, RFC 3339 UTC.
+    pub created: String,
+    /// The distinct codecs of the instances.
+    pub codecs: Vec<String>,
+    /// Total bytes of every file.
+    pub total_bytes: u64,
+    /// The instances, by key-group start.
+    pub instances: Vec<InstanceReport>,
+    /// Problems met while counting entries (the metadata itself was readable).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Rows per state name in the instance's data files; `Ok(None)` if it has other files
+/// (RocksDB checkpoints).
+fn count_rows(
+    snapshot: &LoadedSnapshot,
+    instance: &InstanceMetadata,
+) -> Result<Option<BTreeMap<String, u64>>> {
+    if instance.files.is_empty() || !instance.files.iter().all(is_data_file) {
+        return Ok(None);
+    }
+    let mut counts = BTreeMap::new();
+    for entry in &instance.files {
+        let (file, _) = snapshot.open_file(entry)?;
+        let mut reader = DataFileReader::new(file, &snapshot.file_name(entry))?;
+        let names: Vec<String> = reader
+            .header()
+            .states
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let mut per_state = vec![0u64; names.len()];
+        let groups: Vec<_> = reader.index().iter().map(|e| e.key_group).collect();
+        for group in groups {
+            reader.read_key_group(group, &mut |state, _, _| {
+                per_state[state as usize] += 1;
+                Ok(())
+            })?;
+        }
+        for (name, n) in names.into_iter().zip(per_state) {
+            *counts.entry(name).or_insert(0) += n;
+        }
+    }
+    Ok(Some(counts))
+}
+
+/// Reads the checkpoint or savepoint in `path` (the directory holding `_metadata`) and, for
+/// data files, counts the rows of every state.
+///
+/// # Errors
+/// I/O and format errors of the `_metadata`. Unreadable data files only leave their counts
+/// unknown, with a warning.
+pub fn inspect(path: &Path) -> CliResult<InspectReport> {
+    let snapshot = load(path)?;
+    let meta = &snapshot.meta;
+    let mut warnings = Vec::new();
+    let mut codecs: Vec<String> = Vec::new();
+    let mut instances = Vec::new();
+    for instance in &meta.instances {
+        let codec = instance.codec.to_string();
+        if !codecs.contains(&codec) {
+            codecs.push(codec.clone());
+        }
+        let counts = count_rows(&snapshot, instance).unwrap_or_else(|e| {
+            warnings.push(format!(
+                "cannot count the entries of instance {}: {e}",
+                instance.instance_id
+            ));
+            None
+        });
+        let states = instance
+            .states
+            .iter()
+            .map(|s| StateReport {
+                name: s.name.clone(),
+                kind: s.kind.name(),
+                key_type: s.key_type.clone(),
+                namespace_type: s.namespace_type.clone(),
+                user_key_type: (s.kind == StateKind::Map).then(|| s.user_key_type.clone()),
+                value_type: s.value_type.clone(),
+                entries: counts
+                    .as_ref()
+                    .map(|c| c.get(&s.name).copied().unwrap_or(0)),
+            })
+            .collect();
+        let files = instance
+            .files
+            .iter()
+            .map(|f| FileReport {
+                path: f.path.to_string(),
+                local_name: f.local_name.clone(),
+                size: f.size,
+                crc32: f.crc32,
+                shared: f.shared,
+            })
+            .collect();
+        instances.push(InstanceReport {
+            instance_id: instance.instance_id.hex(),
+            backend: instance.backend.to_string(),
+            codec,
+            max_parallelism: instance.max_parallelism,
+            key_groups: KeyGroups {
+                start: instance.key_groups.start(),
+                end: instance.key_groups.end(),
+            },
+            states,
+            files,
+            total_bytes: instance.total_bytes(),
+        });
+    }
+    Ok(InspectReport {
+        path: path.display().to_string(),
+        format_version: snapshot.format_version,
+        kind: meta.kind.to_string(),
+        id: meta.id,
+        created_ms: meta.created_ms,
+        created: format_time_ms(meta.created_ms),
+        codecs,
+        total_bytes: meta.total_bytes(),
+        instances,
+        warnings,
+    })
+}
+
+impl InspectReport {
+    /// Writes the report for people (without the warnings, which belong on stderr).
+    ///
+    /// # Errors
+    /// Write errors.
+    pub fn write_human(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "{} {}", self.kind, self.path)?;
+        writeln!(out, "  format version: {}", self.format_version)?;
+        writeln!(out, "  id:             {}", self.id)?;
+        writeln!(
+            out,
+            "  created:        {} ({} ms)",
+            self.created, self.created_ms
+        )?;
+        writeln!(out, "  codec:          {}", self.codecs.join(", "))?;
+        writeln!(
+            out,
+            "  total:          {} ({} bytes) in {} instance{}",
+            human_bytes(self.total_bytes),
+            self.total_bytes,
+            self.instances.len(),
+            crate::cli::plural(self.instances.len() as u64)
+        )?;
+        for (n, i) in self.instances.iter().enumerate() {
+            writeln!(out)?;
+            writeln!(out, "instance {n}: {}", i.instance_id)?;
+            writeln!(out, "  backend:         {}", i.backend)?;
+            writeln!(out, "  codec:           {}", i.codec)?;
+            writeln!(
+                out,
+                "  key groups:      [{}, {}) of max parallelism {}",
+                i.key_groups.start, i.key_groups.end, i.max_parallelism
+            )?;
+            writeln!(out, "  states ({}):", i.states.len())?;
+            for s in &i.states {
+                let entries = s
+                    .entries
+                    .map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+                writeln!(out, "    {} ({}): entries {entries}", s.name, s.kind)?;
+                writeln!(out, "      key:       {}", s.key_type)?;
+                writeln!(out, "      namespace: {}", s.namespace_type)?;
+                if let Some(uk) = &s.user_key_type {
+                    writeln!(out, "      user key:  {uk}")?;
+                }
+                writeln!(out, "      value:     {}", s.value_type)?;
+            }
+            writeln!(
+                out,
+                "  files ({}, {}):",
+                i.files.len(),
+                human_bytes(i.total_bytes)
+            )?;
+            let width = i.files.iter().map(|f| f.path.len()).max().unwrap_or(0);
+            for f in &i.files {
+                writeln!(
+                    out,
+                    "    {:<width$}  {:>12} bytes  crc32 {:08x}  {}",
+                    f.path,
+                    f.size,
+                    f.crc32,
+                    if f.shared { "shared" } else { "private" }
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

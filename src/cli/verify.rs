@@ -1,0 +1,381 @@
+//! `statectl verify PATH`: checks a checkpoint, a savepoint, or everything under a root.
+//!
+//! For every snapshot: its `_metadata` parses (and is the one its directory stands for), every
+//! referenced file exists with its recorded size and crc32 (read streaming), and every
+//! canonical data file (`*.sbdf`) opens and reads back block by block (each block's crc32),
+//! agreeing with the metadata on key groups, states and its own row count.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+use crate::checkpoint::metadata::METADATA_FILE;
+use crate::checkpoint::{FileEntry, InstanceMetadata, SnapshotKind};
+use crate::cli::progress::bytes_bar;
+use crate::cli::snapshot::{LoadedSnapshot, has_metadata, is_data_file, load, scan_root};
+use crate::cli::{CliError, CliResult, human_bytes, plural};
+use crate::error::{Error, Result};
+use crate::savepoint::data_file::DataFileReader;
+
+const READ_BUFFER: usize = 1 << 20;
+
+/// How to verify.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerifyOptions {
+    /// Go on after a failure and report every one (otherwise stop at the first).
+    pub all: bool,
+}
+
+/// The verdict on one checkpoint or savepoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifiedSnapshot {
+    /// `checkpoint` or `savepoint`.
+    pub kind: String,
+    /// Its id (checkpoints: from the directory name when the metadata is unreadable).
+    pub id: u64,
+    /// The directory holding `_metadata`.
+    pub path: String,
+    /// Files it references.
+    pub files: usize,
+    /// Their total size.
+    pub bytes: u64,
+    /// Whether everything checked was fine (`false` also when verification stopped early).
+    pub ok: bool,
+}
+
+/// One problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyFailure {
+    /// The bad file (full path).
+    pub file: String,
+    /// What is wrong, naming the file.
+    pub message: String,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Whether no problem was found.
+    pub ok: bool,
+    /// The snapshots looked at.
+    pub snapshots: Vec<VerifiedSnapshot>,
+    /// Distinct files read.
+    pub files_checked: u64,
+    /// Their bytes.
+    pub bytes_checked: u64,
+    /// Checkpoint directories without `_metadata` (in flight or abandoned), not verified.
+    pub skipped: Vec<String>,
+    /// The problems, in the order found (at most one without `--all`).
+    pub failures: Vec<VerifyFailure>,
+}
+
+struct Target {
+    kind: SnapshotKind,
+    id: u64,
+    dir: PathBuf,
+    loaded: Result<LoadedSnapshot>,
+}
+
+/// Verifies `path`: a checkpoint or savepoint directory (holding `_metadata`), or a root to
+/// verify everything under.
+///
+/// Problems with the data are returned in the report (`ok == false`).
+///
+/// # Errors
+/// [`Error::Io`] if `path` is not a readable directory; [`CliError::Failed`] if a root holds no
+/// checkpoint or savepoint.
+pub fn verify(path: &Path, options: VerifyOptions) -> CliResult<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let targets = if has_metadata(path) {
+        let loaded = load(path);
+        let (kind, id) = match &loaded {
+            Ok(s) => (s.meta.kind, s.meta.id),
+            Err(_) => {
+                let id = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(crate::checkpoint::layout::parse_checkpoint_dir);
+                match id {
+                    Some(id) => (SnapshotKind::Checkpoint, id),
+                    None => (SnapshotKind::Savepoint, 0),
+                }
+            }
+        };
+        vec![Target {
+            kind,
+            id,
+            dir: path.to_owned(),
+            loaded,
+        }]
+    } else {
+        let scan = scan_root(path)?;
+        report.skipped = scan
+            .incomplete
+            .iter()
+            .map(|(_, dir)| dir.display().to_string())
+            .collect();
+        let mut targets: Vec<Target> = scan
+            .checkpoints
+            .into_iter()
+            .map(|c| Target {
+                kind: SnapshotKind::Checkpoint,
+                id: c.id,
+                dir: c.dir,
+                loaded: c.loaded,
+            })
+            .collect();
+        targets.extend(scan.savepoints.into_iter().map(|s| Target {
+            kind: SnapshotKind::Savepoint,
+            id: s.loaded.as_ref().map_or(0, |l| l.meta.id),
+            dir: s.dir,
+            loaded: s.loaded,
+        }));
+        if targets.is_empty() {
+            return Err(CliError::Failed(format!(
+                "no checkpoint or savepoint found in {} (a directory holding {METADATA_FILE}, or a checkpoint root)",
+                path.display()
+            )));
+        }
+        targets
+    };
+
+    // Each distinct file is read once, even when several checkpoints share it.
+    let mut total = 0u64;
+    let mut seen = HashSet::new();
+    for t in &targets {
+        if let Ok(s) = &t.loaded {
+            for f in s.meta.files() {
+                if seen.insert(s.local_path(f)) {
+                    total += f.size;
+                }
+            }
+        }
+    }
+    let bar = bytes_bar(total);
+    bar.set_message("verifying");
+    let mut verdicts: HashMap<(PathBuf, u64, u32), bool> = HashMap::new();
+
+    'targets: for t in &targets {
+        let mut verdict = VerifiedSnapshot {
+            kind: t.kind.to_string(),
+            id: t.id,
+            path: t.dir.display().to_string(),
+            files: 0,
+            bytes: 0,
+            ok: true,
+        };
+        let s = match &t.loaded {
+            Ok(s) => s,
+            Err(e) => {
+                verdict.ok = false;
+                report.snapshots.push(verdict);
+                report.failures.push(VerifyFailure {
+                    file: t.dir.join(METADATA_FILE).display().to_string(),
+                    message: e.to_string(),
+                });
+                if options.all {
+                    continue;
+                }
+                break;
+            }
+        };
+        verdict.files = s.meta.files().count();
+        verdict.bytes = s.meta.total_bytes();
+        report.snapshots.push(verdict);
+        for instance in &s.meta.instances {
+            for entry in &instance.files {
+                let key = (s.local_path(entry), entry.size, entry.crc32);
+                let good = match verdicts.get(&key) {
+                    Some(good) => *good,
+                    None => {
+                        let result = verify_file(s, instance, entry, &bar);
+                        report.files_checked += 1;
+                        report.bytes_checked += entry.size;
+                        if let Err(e) = &result {
+                            report.failures.push(VerifyFailure {
+                                file: s.file_name(entry),
+                                message: e.to_string(),
+                            });
+                        }
+                        verdicts.insert(key, result.is_ok());
+                        result.is_ok()
+                    }
+                };
+                if !good {
+                    if let Some(v) = report.snapshots.last_mut() {
+                        v.ok = false;
+                    }
+                    if !options.all {
+                        break 'targets;
+                    }
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    report.ok = report.failures.is_empty();
+    Ok(report)
+}
+
+/// Checks one file: present, recorded size, recorded crc32 (streaming); data files also
+/// block by block.
+fn verify_file(
+    s: &LoadedSnapshot,
+    instance: &InstanceMetadata,
+    entry: &FileEntry,
+    bar: &ProgressBar,
+) -> Result<()> {
+    let name = s.file_name(entry);
+    let (mut file, size) = s.open_file(entry)?;
+    if size != entry.size {
+        bar.inc(entry.size);
+        return Err(Error::SizeMismatch {
+            file: name,
+            expected: entry.size,
+            actual: size,
+        });
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; READ_BUFFER];
+    let mut read = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::Io {
+                    path: s.local_path(entry),
+                    source: e,
+                });
+            }
+        };
+        hasher.update(&buf[..n]);
+        read += n as u64;
+        bar.inc(n as u64);
+    }
+    if read != entry.size {
+        return Err(Error::SizeMismatch {
+            file: name,
+            expected: entry.size,
+            actual: read,
+        });
+    }
+    let crc = hasher.finalize();
+    if crc != entry.crc32 {
+        return Err(Error::ChecksumMismatch {
+            file: name,
+            expected: entry.crc32,
+            actual: crc,
+        });
+    }
+    if is_data_file(entry) {
+        verify_data_file(s, instance, entry)?;
+    }
+    Ok(())
+}
+
+/// Reads a data file back: header, index, every block (crc32 each), row count.
+fn verify_data_file(
+    s: &LoadedSnapshot,
+    instance: &InstanceMetadata,
+    entry: &FileEntry,
+) -> Result<()> {
+    let name = s.file_name(entry);
+    let mut reader = DataFileReader::open(&s.local_path(entry), &name)?;
+    let header = reader.header().clone();
+    if header.max_parallelism != instance.max_parallelism
+        || header.key_groups != instance.key_groups
+    {
+        return Err(Error::Corrupt {
+            file: name,
+            reason: format!(
+                "holds key groups {} of max parallelism {}, the metadata says {} of {}",
+                header.key_groups,
+                header.max_parallelism,
+                instance.key_groups,
+                instance.max_parallelism
+            ),
+        });
+    }
+    let mut ours = header.states.clone();
+    let mut theirs = instance.states.clone();
+    ours.sort_by(|a, b| a.name.cmp(&b.name));
+    theirs.sort_by(|a, b| a.name.cmp(&b.name));
+    if ours != theirs {
+        return Err(Error::Corrupt {
+            file: name,
+            reason: "its states differ from the metadata's".into(),
+        });
+    }
+    let groups: Vec<_> = reader.index().iter().map(|e| e.key_group).collect();
+    let mut rows = 0u64;
+    for group in groups {
+        reader.read_key_group(group, &mut |_, _, _| {
+            rows += 1;
+            Ok(())
+        })?;
+    }
+    if rows != reader.row_count() {
+        return Err(Error::Corrupt {
+            file: name,
+            reason: format!(
+                "the footer declares {} rows, the blocks hold {rows}",
+                reader.row_count()
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl VerifyReport {
+    /// Writes the verdicts for people (the failures themselves belong on stderr).
+    ///
+    /// # Errors
+    /// Write errors.
+    pub fn write_human(&self, out: &mut dyn Write) -> io::Result<()> {
+        for s in &self.snapshots {
+            let name = if s.kind == "savepoint" && s.id == 0 {
+                s.kind.clone()
+            } else {
+                format!("{} {}", s.kind, s.id)
+            };
+            writeln!(
+                out,
+                "{:<6}  {name}  {}  {} file{}, {}",
+                if s.ok { "ok" } else { "FAILED" },
+                s.path,
+                s.files,
+                plural(s.files as u64),
+                human_bytes(s.bytes)
+            )?;
+        }
+        for dir in &self.skipped {
+            writeln!(
+                out,
+                "skipped {dir}: no {METADATA_FILE} (in flight or abandoned)"
+            )?;
+        }
+        if self.ok {
+            writeln!(
+                out,
+                "all good: {} snapshot{}, {} file{}, {} verified",
+                self.snapshots.len(),
+                plural(self.snapshots.len() as u64),
+                self.files_checked,
+                plural(self.files_checked),
+                human_bytes(self.bytes_checked)
+            )
+        } else {
+            writeln!(
+                out,
+                "verification failed: {} problem{} found",
+                self.failures.len(),
+                plural(self.failures.len() as u64)
+            )
+        }
+    }
+}
