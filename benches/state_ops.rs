@@ -389,7 +389,48 @@ fn micro(c: &mut Criterion) {
     group.finish();
 }
 
+/// Resident set size of this process, from `/proc/self/statm` (Linux), in bytes.
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Memory per million value-state entries (i64 → i64): RSS growth while building, heap backend
+/// beside a raw fast-hash `HashMap`. Run first, before other workloads grow the process.
+fn memory() {
+    let entries = support::scaled(1_000_000);
+    let per_million =
+        |before: u64, after: u64| (after.saturating_sub(before)) as f64 * 1e6 / entries as f64;
+    let Some(start) = rss_bytes() else {
+        println!("memory: /proc/self/statm unavailable, skipped");
+        return;
+    };
+    let mut raw = hashbrown::HashMap::new();
+    for k in 0..entries as i64 {
+        raw.insert(k, k);
+    }
+    let raw_rss = rss_bytes().unwrap_or(start);
+    let mut heap_store = our_value(heap());
+    let before = rss_bytes().unwrap_or(raw_rss);
+    for k in 0..entries as i64 {
+        heap_store.put(k, k);
+    }
+    let after = rss_bytes().unwrap_or(before);
+    println!("\n== memory: RSS growth per 1,000,000 value entries (i64 -> i64)");
+    println!(
+        "HashMap (fast hash)   {:>8.1} MiB",
+        per_million(start, raw_rss) / (1 << 20) as f64
+    );
+    println!(
+        "heap backend          {:>8.1} MiB",
+        per_million(before, after) / (1 << 20) as f64
+    );
+    black_box((&raw, &heap_store.b));
+}
+
 fn main() {
+    memory();
     workloads();
     let mut c = Criterion::default().configure_from_args();
     micro(&mut c);

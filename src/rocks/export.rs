@@ -8,13 +8,11 @@ use std::path::PathBuf;
 
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, ReadOptions, SstFileWriter};
 
-use super::{RocksDbBackend, RocksState, STATE_RECORD_PREFIX, cf_name, layout, rocks_err};
-use crate::backend::{KeyedStateBackend, find_registered};
-use crate::codec::{Codec, DefaultCodec};
+use super::{RocksDbBackend, cf_name, layout, rocks_err};
 use crate::error::{Error, Result};
 use crate::key_group::{KeyGroup, KeyGroupRange};
 use crate::savepoint::view::{RowSink, RowView};
-use crate::state::{StateId, StateInfo};
+use crate::state::StateInfo;
 
 /// SST files written by an import are closed at this size.
 const IMPORT_FILE_BYTES: u64 = 256 << 20;
@@ -78,38 +76,6 @@ impl RocksDbBackend {
         })
     }
 
-    /// Creates the column family and record of a restored state (types are checked when the
-    /// engine registers it).
-    pub(crate) fn declare_restored(&mut self, info: &StateInfo) -> Result<StateId> {
-        let existing = self.states();
-        if let Some(id) = find_registered(&existing, info)? {
-            return Ok(id);
-        }
-        let id = StateId(self.states.len() as u32);
-        let cf_name = cf_name(&info.name);
-        if self.db.cf_handle(&cf_name).is_none() {
-            self.db
-                .create_cf(&cf_name, &self.options.cf_options(&self.cache))
-                .map_err(rocks_err)?;
-        }
-        let mut record_key = STATE_RECORD_PREFIX.to_vec();
-        record_key.extend_from_slice(&id.0.to_be_bytes());
-        let record = DefaultCodec::default()
-            .encode(info)
-            .map_err(|e| Error::Encode {
-                state: info.name.clone(),
-                message: e.0,
-            })?;
-        self.db
-            .put_opt(record_key, record, &self.write_options)
-            .map_err(rocks_err)?;
-        self.states.push(RocksState {
-            info: info.clone(),
-            cf_name,
-        });
-        Ok(id)
-    }
-
     /// Bulk-loads rows into states `states` (declared here if new). `produce` must emit rows
     /// per state in ascending (key group, row key) order; it receives
     /// `(key group, index into states, row key suffix, value)`. Rows outside the owned key
@@ -123,7 +89,7 @@ impl RocksDbBackend {
     ) -> Result<u64> {
         let ids = states
             .iter()
-            .map(|s| self.declare_restored(s))
+            .map(|s| self.ensure_state(s))
             .collect::<Result<Vec<_>>>()?;
         let import_dir = tempfile::Builder::new()
             .prefix("import-")
@@ -202,20 +168,7 @@ impl RocksDbBackend {
         key_group: KeyGroup,
         sink: &mut RowSink<'_>,
     ) -> Result<()> {
-        let cf = self
-            .db
-            .cf_handle(&cf_name(state))
-            .ok_or_else(|| Error::corrupt(state.to_owned(), "missing column family"))?;
-        let (start, end) = layout::key_group_span(u32::from(key_group), u32::from(key_group) + 1);
-        let mut read = ReadOptions::default();
-        read.set_iterate_lower_bound(start);
-        read.set_iterate_upper_bound(end);
-        read.fill_cache(false);
-        for item in self.db.iterator_cf_opt(cf, read, IteratorMode::Start) {
-            let (key, value) = item.map_err(rocks_err)?;
-            sink(&key[layout::KEY_GROUP_PREFIX_LEN..], &value)?;
-        }
-        Ok(())
+        scan_key_group(&self.db, &cf_name(state), key_group, sink)
     }
 
     /// Narrows the backend to `keep`: the rows of every other key group are dropped with range
@@ -254,21 +207,30 @@ impl RowView for RocksView {
     }
 
     fn rows(&mut self, key_group: KeyGroup, state: usize, sink: &mut RowSink<'_>) -> Result<()> {
-        let cf_name = &self.states[state].1;
-        let cf = self
-            .db
-            .cf_handle(cf_name)
-            .ok_or_else(|| Error::corrupt(cf_name.clone(), "missing column family"))?;
-        let (start, end) = layout::key_group_span(u32::from(key_group), u32::from(key_group) + 1);
-        let mut read = ReadOptions::default();
-        read.set_iterate_lower_bound(start);
-        read.set_iterate_upper_bound(end);
-        // A bulk scan should not evict the live working set from the block cache.
-        read.fill_cache(false);
-        for item in self.db.iterator_cf_opt(cf, read, IteratorMode::Start) {
-            let (key, value) = item.map_err(rocks_err)?;
-            sink(&key[layout::KEY_GROUP_PREFIX_LEN..], &value)?;
-        }
-        Ok(())
+        scan_key_group(&self.db, &self.states[state].1, key_group, sink)
     }
+}
+
+/// Calls `sink(row key suffix, value)` for every row of column family `cf_name` in
+/// `key_group`, in ascending order.
+fn scan_key_group(
+    db: &DB,
+    cf_name: &str,
+    key_group: KeyGroup,
+    sink: &mut RowSink<'_>,
+) -> Result<()> {
+    let cf = db
+        .cf_handle(cf_name)
+        .ok_or_else(|| Error::corrupt(cf_name.to_owned(), "missing column family"))?;
+    let (start, end) = layout::key_group_span(u32::from(key_group), u32::from(key_group) + 1);
+    let mut read = ReadOptions::default();
+    read.set_iterate_lower_bound(start);
+    read.set_iterate_upper_bound(end);
+    // A bulk scan should not evict the live working set from the block cache.
+    read.fill_cache(false);
+    for item in db.iterator_cf_opt(cf, read, IteratorMode::Start) {
+        let (key, value) = item.map_err(rocks_err)?;
+        sink(&key[layout::KEY_GROUP_PREFIX_LEN..], &value)?;
+    }
+    Ok(())
 }

@@ -208,6 +208,41 @@ impl RocksDbBackend {
         Ok(())
     }
 
+    /// The id of state `info.name`, creating its column family and its record in the default
+    /// column family if it is new; registration and restore share this.
+    ///
+    /// # Errors
+    /// [`Error::StateMismatch`] if the name is registered with another kind or types.
+    pub(crate) fn ensure_state(&mut self, info: &StateInfo) -> Result<StateId> {
+        let existing = self.states();
+        if let Some(id) = find_registered(&existing, info)? {
+            return Ok(id);
+        }
+        let id = StateId(self.states.len() as u32);
+        let cf_name = cf_name(&info.name);
+        if self.db.cf_handle(&cf_name).is_none() {
+            self.db
+                .create_cf(&cf_name, &self.options.cf_options(&self.cache))
+                .map_err(rocks_err)?;
+        }
+        let mut record_key = STATE_RECORD_PREFIX.to_vec();
+        record_key.extend_from_slice(&id.0.to_be_bytes());
+        let record = DefaultCodec::default()
+            .encode(info)
+            .map_err(|e| Error::Encode {
+                state: info.name.clone(),
+                message: e.0,
+            })?;
+        self.db
+            .put_opt(record_key, record, &self.write_options)
+            .map_err(rocks_err)?;
+        self.states.push(RocksState {
+            info: info.clone(),
+            cf_name,
+        });
+        Ok(id)
+    }
+
     fn state(&self, id: StateId) -> Result<(&RocksState, &ColumnFamily)> {
         let state = self
             .states
@@ -322,30 +357,8 @@ impl KeyedStateBackend for RocksDbBackend {
         &mut self,
         info: StateInfo,
     ) -> Result<StateId> {
-        let existing = self.states();
-        if let Some(id) = find_registered(&existing, &info)? {
-            return Ok(id);
-        }
-        let id = StateId(self.states.len() as u32);
-        let cf_name = cf_name(&info.name);
-        if self.db.cf_handle(&cf_name).is_none() {
-            self.db
-                .create_cf(&cf_name, &self.options.cf_options(&self.cache))
-                .map_err(rocks_err)?;
-        }
-        let mut record_key = STATE_RECORD_PREFIX.to_vec();
-        record_key.extend_from_slice(&id.0.to_be_bytes());
-        let record = DefaultCodec::default()
-            .encode(&info)
-            .map_err(|e| Error::Encode {
-                state: info.name.clone(),
-                message: e.0,
-            })?;
-        self.db
-            .put_opt(record_key, record, &self.write_options)
-            .map_err(rocks_err)?;
-        self.states.push(RocksState { info, cf_name });
-        Ok(id)
+        // Rows are bytes: the in-memory type `S` does not matter here, the type names do.
+        self.ensure_state(&info)
     }
 
     fn get_cell<K: StateKey, N: StateKey, V: StateValue>(
