@@ -22,12 +22,15 @@ pub enum RestoreMode {
     NoClaim,
 }
 
-/// Restores the instance of `meta` that owns exactly `config.key_groups`, into the backend
-/// `config` asks for (which must be the backend that wrote it; other combinations go through
-/// savepoints). Every file is verified (size and crc32) before it is used.
+/// Restores the key groups `config` owns from checkpoint `meta`, into the backend that wrote
+/// it (switching backends goes through savepoints). If one instance owned exactly
+/// `config.key_groups` it is restored as is; otherwise (the parallelism changed) the
+/// overlapping instances are combined, see `docs/checkpoint-layout.md`; a rescaled RocksDB
+/// restore never claims. Every file is verified (size and crc32) before it is used.
 ///
 /// # Errors
-/// [`Error::Incompatible`] if no instance owns exactly that range, or the backends differ;
+/// [`Error::Incompatible`] for another max parallelism, key groups no instance covered, or
+/// another backend;
 /// [`Error::MissingFile`], [`Error::SizeMismatch`], [`Error::ChecksumMismatch`] naming the file.
 pub fn restore_instance(
     storage: &dyn CheckpointStorage,
