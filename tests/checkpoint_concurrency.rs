@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::checkpointing::{assert_matches_model, config, kinds, run_ops};
+use common::checkpointing::{assert_matches_model, config, config_in, kinds, run_ops, scratch};
 use common::model::{Handles, Model, OpGenerator};
 use statebackend::checkpoint::{
     CheckpointCoordinator, InstanceMetadata, RestoreMode, SnapshotMetadata, layout,
@@ -26,9 +26,7 @@ use statebackend::checkpoint::{
 use statebackend::storage::{
     CheckpointStorage, LocalDirStorage, ObjectMeta, StoragePath, is_temporary,
 };
-use statebackend::{
-    AnyBackend, BackendConfig, BackendKind, KeyGroup, KeyGroupRange, KeyedStateBackend, Result,
-};
+use statebackend::{AnyBackend, BackendKind, KeyGroup, KeyGroupRange, KeyedStateBackend, Result};
 
 const MAX_PARALLELISM: u32 = 128;
 
@@ -38,30 +36,6 @@ fn scale() -> usize {
         Ok(v) if !v.is_empty() && v != "0" => 20,
         _ => 1,
     }
-}
-
-/// A scratch directory, in memory (`/dev/shm`) where there is one: these tests check
-/// concurrency, not durability, and thousands of checkpoints would otherwise spend their time
-/// in `fsync`.
-fn scratch() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::Builder::new()
-            .prefix("statebackend-concurrency-")
-            .tempdir_in(shm)
-        {
-            return dir;
-        }
-    }
-    tempfile::tempdir().unwrap()
-}
-
-/// A configuration of `kind` whose RocksDB working directory lies in `dir`.
-fn config_in(kind: BackendKind, range: KeyGroupRange, dir: &Path) -> BackendConfig {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let mut c = config(kind, range);
-    c.working_dir = Some(dir.join(format!("backend-{}", NEXT.fetch_add(1, Ordering::Relaxed))));
-    c
 }
 
 fn key_group(key: &String) -> KeyGroup {

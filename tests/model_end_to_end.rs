@@ -18,11 +18,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use common::SplitMix64;
-use common::checkpointing::{assert_matches_model, config, kinds};
+use common::checkpointing::{assert_matches_model, config_in, kinds, scratch};
 use common::model::{Handles, Key, Model, Ns, Observation, Op, OpGenerator, apply};
 use statebackend::checkpoint::{
     CheckpointCoordinator, InstanceMetadata, PendingSnapshot, RestoreMode, SnapshotMetadata,
@@ -30,9 +29,7 @@ use statebackend::checkpoint::{
 };
 use statebackend::savepoint::{complete_savepoint, read_savepoint, restore_savepoint};
 use statebackend::storage::{CheckpointStorage, FaultMode, FaultyStorage, LocalDirStorage};
-use statebackend::{
-    AnyBackend, BackendConfig, BackendKind, KeyGroup, KeyGroupRange, KeyedStateBackend, Result,
-};
+use statebackend::{AnyBackend, BackendKind, KeyGroup, KeyGroupRange, KeyedStateBackend, Result};
 
 const MAX_PARALLELISM: u32 = 128;
 const KEYS: usize = 60;
@@ -45,29 +42,6 @@ const SEEDS: [u64; 6] = [
     0x5eed_0006,
 ];
 const STEPS_PER_SEED: usize = 45;
-
-/// A scratch directory, in memory (`/dev/shm`) where there is one: the test checks state, not
-/// durability, and would otherwise spend most of its time in `fsync`.
-fn scratch() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::Builder::new()
-            .prefix("statebackend-e2e-")
-            .tempdir_in(shm)
-        {
-            return dir;
-        }
-    }
-    tempfile::tempdir().unwrap()
-}
-
-/// A configuration of `kind` whose RocksDB working directory is a fresh directory in `dir`.
-fn config_in(kind: BackendKind, range: KeyGroupRange, dir: &Path) -> BackendConfig {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let mut c = config(kind, range);
-    c.working_dir = Some(dir.join(format!("backend-{}", NEXT.fetch_add(1, Ordering::Relaxed))));
-    c
-}
 
 fn long_runs() -> bool {
     std::env::var("STATEBACKEND_LONG_TESTS").is_ok_and(|v| !v.is_empty() && v != "0")

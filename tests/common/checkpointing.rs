@@ -1,7 +1,9 @@
 //! Helpers for checkpoint scenarios: open backends of either kind, take a checkpoint with the
 //! upload on another thread, compare a backend with a model.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use statebackend::checkpoint::{CheckpointCoordinator, SnapshotMetadata, UploadStats};
 use statebackend::storage::CheckpointStorage;
@@ -80,4 +82,27 @@ pub fn checkpoint(
     let meta = coordinator.complete(id, vec![instance])?.clone();
     b.notify_checkpoint_complete(&meta.instances[0]);
     Ok((meta, stats))
+}
+
+/// A scratch directory, in memory (`/dev/shm`) where there is one: tests that take thousands
+/// of checkpoints check state, not durability, and would otherwise spend their time in `fsync`.
+pub fn scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::Builder::new()
+            .prefix("statebackend-test-")
+            .tempdir_in(shm)
+        {
+            return dir;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
+/// A configuration of `kind` whose RocksDB working directory is a fresh directory in `dir`.
+pub fn config_in(kind: BackendKind, range: KeyGroupRange, dir: &Path) -> BackendConfig {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut c = config(kind, range);
+    c.working_dir = Some(dir.join(format!("backend-{}", NEXT.fetch_add(1, Ordering::Relaxed))));
+    c
 }
