@@ -154,6 +154,27 @@ impl SnapshotMetadata {
         self.instances.iter().flat_map(|i| i.files.iter())
     }
 
+    /// Checks that every instance was written for `max_parallelism`: key groups are only
+    /// meaningful within one max parallelism, so a restore with another is refused.
+    ///
+    /// # Errors
+    /// [`Error::Incompatible`] naming both values.
+    pub fn check_max_parallelism(&self, max_parallelism: u32) -> Result<()> {
+        match self
+            .instances
+            .iter()
+            .find(|i| i.max_parallelism != max_parallelism)
+        {
+            Some(i) => Err(Error::Incompatible {
+                reason: format!(
+                    "{} {} was written for max parallelism {}, restoring with {max_parallelism}",
+                    self.kind, self.id, i.max_parallelism
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Serializes to the `_metadata` byte format.
     pub fn encode(&self) -> Vec<u8> {
         let mut body = ByteWriter::new();

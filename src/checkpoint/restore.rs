@@ -38,18 +38,7 @@ pub fn restore_instance(
     config: &BackendConfig,
     mode: RestoreMode,
 ) -> Result<AnyBackend> {
-    if let Some(i) = meta
-        .instances
-        .iter()
-        .find(|i| i.max_parallelism != config.max_parallelism)
-    {
-        return Err(Error::Incompatible {
-            reason: format!(
-                "{} {} was written for max parallelism {}, restoring with {}",
-                meta.kind, meta.id, i.max_parallelism, config.max_parallelism
-            ),
-        });
-    }
+    meta.check_max_parallelism(config.max_parallelism)?;
     let Some(instance) = meta
         .instances
         .iter()

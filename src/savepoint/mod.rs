@@ -177,18 +177,7 @@ pub fn restore_savepoint(
         .iter()
         .filter(|i| !i.key_groups.intersect(&range).is_empty())
         .collect();
-    if let Some(i) = meta
-        .instances
-        .iter()
-        .find(|i| i.max_parallelism != config.max_parallelism)
-    {
-        return Err(Error::Incompatible {
-            reason: format!(
-                "savepoint written for max parallelism {}, restoring with {}",
-                i.max_parallelism, config.max_parallelism
-            ),
-        });
-    }
+    meta.check_max_parallelism(config.max_parallelism)?;
     let dir = tempfile::Builder::new()
         .prefix("statebackend-restore-")
         .tempdir()
