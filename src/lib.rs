@@ -51,6 +51,10 @@ pub mod cli;
 pub mod codec;
 pub mod error;
 mod format;
+/// Entry points for the fuzz targets (`fuzz/`) and the test that replays their corpus; not
+/// part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod heap;
 pub mod key_group;
 #[cfg(feature = "rocksdb")]
