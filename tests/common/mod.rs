@@ -4,6 +4,7 @@
 
 pub mod checkpointing;
 pub mod conformance;
+pub mod faults;
 pub mod model;
 
 /// SplitMix64, the workloads' PRNG (see `../shared/WORKLOADS.md`).
