@@ -135,14 +135,9 @@ fn restore_rescaled(
             let mut fetch = |entry: &crate::checkpoint::FileEntry, local: &std::path::Path| {
                 storage.get_to_file(&entry.path, local).map(|_| ())
             };
-            let mut backend = RocksDbBackend::restore_files(
-                base,
-                config.working_dir.clone(),
-                config.rocksdb.clone(),
-                false,
-                &mut fetch,
-            )?;
-            backend.retain_key_groups(range)?;
+            // The other instances come first, into temporary directories: once the base is in
+            // the engine's working directory only local steps remain, so a failed read never
+            // leaves a DB there that the retry would refuse to restore over.
             overlapping.sort_by_key(|i| i.key_groups.start());
             let others = overlapping
                 .iter()
@@ -156,28 +151,22 @@ fn restore_rescaled(
                     )
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let mut states: Vec<crate::state::StateInfo> = Vec::new();
-            for other in &others {
-                for info in other.states() {
-                    if !states.iter().any(|s| s.name == info.name) {
-                        states.push(info);
-                    }
+            let mut backend = RocksDbBackend::restore_files(
+                base,
+                config.working_dir.clone(),
+                config.rocksdb.clone(),
+                false,
+                &mut fetch,
+            )?;
+            let combined = combine_rescaled(&mut backend, &others, range);
+            if let Err(e) = combined {
+                // As a failed single-instance restore does: no DB is left for the retry.
+                drop(backend);
+                if let Some(dir) = &config.working_dir {
+                    let _ = std::fs::remove_dir_all(dir.join("db"));
                 }
+                return Err(e);
             }
-            backend.ingest_sorted(&states, &mut |emit| {
-                for other in &others {
-                    for group in other.key_group_range().intersect(&range).iter() {
-                        for (index, info) in states.iter().enumerate() {
-                            if other.states().iter().any(|s| s.name == info.name) {
-                                other.for_each_row(&info.name, group, &mut |key, value| {
-                                    emit(group, index, key, value)
-                                })?;
-                            }
-                        }
-                    }
-                }
-                Ok(())
-            })?;
             Ok(AnyBackend::RocksDb(backend))
         }
         #[cfg(not(feature = "rocksdb"))]
@@ -185,6 +174,40 @@ fn restore_rescaled(
             reason: "this build has no RocksDB backend (feature `rocksdb` is off)".into(),
         }),
     }
+}
+
+/// Drops the key groups the base does not own and ingests the owned key groups of the other
+/// instances into it.
+#[cfg(feature = "rocksdb")]
+fn combine_rescaled(
+    backend: &mut crate::rocks::RocksDbBackend,
+    others: &[crate::rocks::RocksDbBackend],
+    range: crate::key_group::KeyGroupRange,
+) -> Result<()> {
+    backend.retain_key_groups(range)?;
+    let mut states: Vec<crate::state::StateInfo> = Vec::new();
+    for other in others {
+        for info in other.states() {
+            if !states.iter().any(|s| s.name == info.name) {
+                states.push(info);
+            }
+        }
+    }
+    backend.ingest_sorted(&states, &mut |emit| {
+        for other in others {
+            for group in other.key_group_range().intersect(&range).iter() {
+                for (index, info) in states.iter().enumerate() {
+                    if other.states().iter().any(|s| s.name == info.name) {
+                        other.for_each_row(&info.name, group, &mut |key, value| {
+                            emit(group, index, key, value)
+                        })?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(())
 }
 
 /// Restores a heap instance from its full-snapshot data file.

@@ -124,9 +124,17 @@ impl RocksDbBackend {
                 reason: format!("restore target {} already holds a DB", db_path.display()),
             });
         }
-        std::fs::create_dir_all(&db_path).map_err(|e| Error::io(&db_path, e))?;
-        let restored = Self::restore_into(metadata, dir, &db_path, options, claim, fetch);
+        // Files are fetched into a staging directory and it becomes `db` only once every file
+        // is verified: a crash mid-download leaves just the staging directory, which the retry
+        // clears, instead of a partial `db` that every later restore would refuse.
+        let staging = dir.path().join("db.restoring");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        }
+        std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        let restored = Self::restore_into(metadata, dir, &staging, &db_path, options, claim, fetch);
         if restored.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
             // A failed restore leaves no half-written DB behind: a retry starts clean.
             let _ = std::fs::remove_dir_all(&db_path);
         }
@@ -136,6 +144,7 @@ impl RocksDbBackend {
     fn restore_into(
         metadata: &InstanceMetadata,
         dir: super::WorkingDir,
+        staging: &Path,
         db_path: &Path,
         options: super::RocksDbOptions,
         claim: bool,
@@ -143,10 +152,11 @@ impl RocksDbBackend {
     ) -> Result<Self> {
         for entry in &metadata.files {
             crate::checkpoint::metadata::validate_local_name(&entry.local_name)?;
-            let local = db_path.join(&entry.local_name);
+            let local = staging.join(&entry.local_name);
             fetch(entry, &local)?;
             verify_local_file(&local, entry)?;
         }
+        std::fs::rename(staging, db_path).map_err(|e| Error::io(db_path, e))?;
         let mut backend =
             Self::open_in(metadata.max_parallelism, metadata.key_groups, dir, options)?;
         let restored: Vec<StateInfo> = backend.states();
