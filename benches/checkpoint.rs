@@ -6,7 +6,7 @@
 //!
 //! `STATEBACKEND_BENCH_ROUNDS` (default 5; 20 for the amortized figures),
 //! `STATEBACKEND_BENCH_UPDATE_PERCENT` (default 1), `STATEBACKEND_BENCH_SCALE` (key count),
-//! `STATEBACKEND_BENCH_COMPACTION=1` also compares compaction settings.
+//! `STATEBACKEND_BENCH_COMPACTION=1` also compares compaction settings (`=only`: just those).
 
 mod support;
 
@@ -56,7 +56,11 @@ fn take(
 
 /// Runs W5 on `config`; returns the rounds and the restore time from the last checkpoint.
 fn w5(label: &str, config: &BackendConfig, rounds: u64, percent: u64) -> Vec<Round> {
-    let keys = scaled(1_000_000);
+    // STATEBACKEND_BENCH_W5_KEYS and _W5_UPDATES change the state size and the updates per
+    // round (default 1,000,000 and `percent`% of them), to show how the synchronous pause
+    // depends on state size with the amount changed per round fixed.
+    let keys = env_u64("STATEBACKEND_BENCH_W5_KEYS", scaled(1_000_000));
+    let updates = env_u64("STATEBACKEND_BENCH_W5_UPDATES", keys * percent / 100);
     let tmp = tempfile::tempdir().unwrap();
     let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(tmp.path()).unwrap());
     let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 3).unwrap();
@@ -84,7 +88,6 @@ fn w5(label: &str, config: &BackendConfig, rounds: u64, percent: u64) -> Vec<Rou
     let mut last_round = vec![0u64; keys as usize];
     let mut g = SplitMix64::new(47);
     for r in 1..=rounds {
-        let updates = keys * percent / 100;
         for _ in 0..updates {
             let k = g.below(keys);
             s.put(&mut b, &(k as i64), &(), w5_value(k, r)).unwrap();
@@ -122,7 +125,7 @@ fn w5(label: &str, config: &BackendConfig, rounds: u64, percent: u64) -> Vec<Rou
     let changed: u64 = incremental.iter().map(|r| r.changed_bytes).sum();
     let max_sync = incremental.iter().map(|r| r.sync).max().unwrap_or_default();
     println!(
-        "  amortized over {rounds} rounds of {percent}%: uploaded {uploaded} bytes = {:.2}x the changed bytes ({:.2}% of the full state per round); max sync pause {:.1} ms",
+        "  amortized over {rounds} rounds of {updates} updates: uploaded {uploaded} bytes = {:.2}x the changed bytes ({:.2}% of the full state per round); max sync pause {:.1} ms",
         uploaded as f64 / changed as f64,
         100.0 * uploaded as f64 / rounds as f64 / out[0].state_bytes as f64,
         max_sync.as_secs_f64() * 1e3
@@ -149,7 +152,7 @@ fn w5(label: &str, config: &BackendConfig, rounds: u64, percent: u64) -> Vec<Rou
         latest.id,
         restore_time.as_secs_f64() * 1e3
     );
-    if support::full_scale() && rounds == 5 && percent == 1 {
+    if support::full_scale() && rounds == 5 && keys == 1_000_000 && updates == 10_000 {
         assert_eq!(sum, 12_750_798_814, "W5 check value");
         println!("  check: sum of value bytes = {sum} (matches WORKLOADS.md)");
     }
@@ -162,6 +165,17 @@ fn main() {
     let rounds = env_u64("STATEBACKEND_BENCH_ROUNDS", 5);
     let percent = env_u64("STATEBACKEND_BENCH_UPDATE_PERCENT", 1);
     let all = KeyGroupRange::all(128).unwrap();
+    let compaction = std::env::var("STATEBACKEND_BENCH_COMPACTION").ok();
+    if compaction.as_deref() != Some("only") {
+        default_and_heap(all, rounds, percent);
+    }
+    if compaction.is_some() {
+        compaction_variants(all, rounds, percent);
+    }
+}
+
+/// W5 with the default options on RocksDB, and the heap backend's full snapshots beside it.
+fn default_and_heap(all: KeyGroupRange, rounds: u64, percent: u64) {
     println!("== W5 checkpoints, RocksDB backend (default options)");
     w5(
         "rocksdb",
@@ -173,17 +187,27 @@ fn main() {
     let mut heap = BackendConfig::heap(128, all);
     heap.kind = BackendKind::Heap;
     w5("heap", &heap, rounds.min(3), percent);
-    if std::env::var_os("STATEBACKEND_BENCH_COMPACTION").is_some() {
-        use statebackend::rocks::CompactionStyle;
-        for (style, target_mb) in [
-            (CompactionStyle::Level, 8u64),
-            (CompactionStyle::Level, 64),
-            (CompactionStyle::Universal, 32),
+}
+
+/// W5 under other compaction settings, to choose the default from.
+fn compaction_variants(all: KeyGroupRange, rounds: u64, percent: u64) {
+    use statebackend::rocks::CompactionStyle;
+    {
+        for (style, target_mb, trigger) in [
+            // Leveled with 32 MiB files and trigger 4 was the default before W5 chose universal.
+            (CompactionStyle::Level, 32u64, 4),
+            (CompactionStyle::Level, 8, 4),
+            (CompactionStyle::Level, 64, 4),
+            (CompactionStyle::Level, 32, 16),
+            (CompactionStyle::Universal, 32, 4),
         ] {
             let mut c = BackendConfig::rocksdb(128, all);
             c.rocksdb.compaction_style = style;
             c.rocksdb.target_file_size_bytes = target_mb << 20;
-            println!("\n== W5 with {style:?} compaction, {target_mb} MiB target files");
+            c.rocksdb.level0_compaction_trigger = trigger;
+            println!(
+                "\n== W5 with {style:?} compaction, {target_mb} MiB target files, level-0 trigger {trigger}"
+            );
             w5("rocksdb", &c, rounds, percent);
         }
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::codec::{Codec, DefaultCodec};
 use crate::error::{Error, Result};
-use crate::key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange};
+use crate::key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange, Murmur3Stream};
 use crate::state::{
     AggregatingState, AggregatingStateDescriptor, Cell, ListCell, ListState, ListStateDescriptor,
     MapCell, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor, StateId,
@@ -226,14 +226,16 @@ pub trait KeyedStateBackend {
     ///
     /// # Errors
     /// [`Error::Encode`] if the key cannot be serialized.
+    #[inline]
     fn key_group_of<K: StateKey>(&self, key: &K) -> Result<KeyGroup> {
-        let assigner = self.assigner();
+        let mut hasher = Murmur3Stream::new();
         DefaultCodec::default()
-            .with_encoded(key, |bytes| assigner.key_group_of_bytes(bytes))
+            .hash_encoded(key, &mut hasher)
             .map_err(|e| Error::Encode {
                 state: "<key>".into(),
                 message: e.0,
-            })
+            })?;
+        Ok(self.assigner().key_group_of_hash(hasher.finish()))
     }
 
     /// Registers (or looks up) a value state.

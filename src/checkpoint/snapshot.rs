@@ -54,7 +54,11 @@ pub struct HeapSnapshot {
 pub const HEAP_SNAPSHOT_FILE: &str = "state.sbdf";
 
 impl HeapSnapshot {
-    pub(crate) fn new(backend: &HeapBackend, checkpoint_id: u64, instance_id: InstanceId) -> Self {
+    pub(crate) fn new(
+        backend: &mut HeapBackend,
+        checkpoint_id: u64,
+        instance_id: InstanceId,
+    ) -> Self {
         Self {
             checkpoint_id,
             instance_id,

@@ -74,28 +74,29 @@ impl HeapBackend {
     }
 
     /// Index of `key`'s key group in this instance's tables.
+    #[inline]
     fn group_index<K: StateKey>(&self, key: &K) -> Result<usize> {
         let group = self.key_group_of(key)?;
         self.index_of_group(group)
     }
 
+    #[inline]
     fn index_of_group(&self, group: KeyGroup) -> Result<usize> {
         if self.range.contains(group) {
             Ok((u32::from(group) - self.range.start()) as usize)
         } else {
-            Err(Error::KeyOutsideRange {
-                key_group: group,
-                range: self.range,
-            })
+            Err(key_outside_range(group, self.range))
         }
     }
 
+    #[inline]
     fn state(&self, id: StateId) -> Result<&HeapState> {
         self.states
             .get(id.0 as usize)
-            .ok_or(Error::UnknownState { id: id.0 })
+            .ok_or_else(|| unknown_state(id))
     }
 
+    #[inline]
     fn table<K: StateKey, N: StateKey, S: StoredState>(
         &self,
         id: StateId,
@@ -108,6 +109,7 @@ impl HeapBackend {
             .ok_or_else(|| type_mismatch::<K, N, S>(&state.info))
     }
 
+    #[inline]
     fn table_mut<K: StateKey, N: StateKey, S: StoredState>(
         &mut self,
         id: StateId,
@@ -115,7 +117,7 @@ impl HeapBackend {
         let state = self
             .states
             .get_mut(id.0 as usize)
-            .ok_or(Error::UnknownState { id: id.0 })?;
+            .ok_or_else(|| unknown_state(id))?;
         let info = &state.info;
         match state.table.as_any_mut().downcast_mut() {
             Some(table) => Ok(table),
@@ -125,12 +127,12 @@ impl HeapBackend {
 
     /// Freezes the current state: a consistent view that shares the maps copy-on-write, for
     /// snapshots written while the backend keeps changing.
-    pub(crate) fn freeze(&self) -> HeapFrozen {
+    pub(crate) fn freeze(&mut self) -> HeapFrozen {
         HeapFrozen {
             range: self.range,
             states: self
                 .states
-                .iter()
+                .iter_mut()
                 .map(|s| (s.info.clone(), Arc::from(s.table.freeze())))
                 .collect(),
         }
@@ -148,7 +150,7 @@ impl HeapBackend {
         let state = self
             .states
             .get_mut(id.0 as usize)
-            .ok_or(Error::UnknownState { id: id.0 })?;
+            .ok_or_else(|| unknown_state(id))?;
         state
             .table
             .load_row(index, suffix, value)
@@ -195,6 +197,17 @@ pub(crate) fn check_range(max_parallelism: u32, range: KeyGroupRange) -> Result<
     Ok(())
 }
 
+#[cold]
+fn unknown_state(id: StateId) -> Error {
+    Error::UnknownState { id: id.0 }
+}
+
+#[cold]
+fn key_outside_range(key_group: KeyGroup, range: KeyGroupRange) -> Error {
+    Error::KeyOutsideRange { key_group, range }
+}
+
+#[cold]
 fn type_mismatch<K, N, S>(info: &StateInfo) -> Error {
     Error::StateMismatch {
         name: info.name.clone(),
@@ -260,6 +273,7 @@ impl KeyedStateBackend for HeapBackend {
         Ok(id)
     }
 
+    #[inline]
     fn get_cell<K: StateKey, N: StateKey, V: StateValue>(
         &self,
         id: StateId,
@@ -268,11 +282,10 @@ impl KeyedStateBackend for HeapBackend {
     ) -> Result<Option<V>> {
         let group = self.group_index(key)?;
         let table = self.table::<K, N, Cell<V>>(id)?;
-        Ok(table.groups[group]
-            .get(&KeyNs(key, ns))
-            .map(|c| c.0.clone()))
+        Ok(table.group(group).get(&KeyNs(key, ns)).map(|c| c.0.clone()))
     }
 
+    #[inline]
     fn put_cell<K: StateKey, N: StateKey, V: StateValue>(
         &mut self,
         id: StateId,
@@ -281,7 +294,7 @@ impl KeyedStateBackend for HeapBackend {
         value: V,
     ) -> Result<()> {
         let group = self.group_index(key)?;
-        let map = Arc::make_mut(&mut self.table_mut::<K, N, Cell<V>>(id)?.groups[group]);
+        let map = self.table_mut::<K, N, Cell<V>>(id)?.group_mut(group);
         match map.get_mut(&KeyNs(key, ns)) {
             Some(cell) => cell.0 = value,
             None => {
@@ -291,16 +304,18 @@ impl KeyedStateBackend for HeapBackend {
         Ok(())
     }
 
+    #[inline]
     fn clear<K: StateKey, N: StateKey>(&mut self, id: StateId, key: &K, ns: &N) -> Result<()> {
         let group = self.group_index(key)?;
         let state = self
             .states
             .get_mut(id.0 as usize)
-            .ok_or(Error::UnknownState { id: id.0 })?;
+            .ok_or_else(|| unknown_state(id))?;
         state.table.remove_erased(group, key, ns);
         Ok(())
     }
 
+    #[inline]
     fn get_list<K: StateKey, N: StateKey, T: StateValue>(
         &self,
         id: StateId,
@@ -309,12 +324,14 @@ impl KeyedStateBackend for HeapBackend {
     ) -> Result<Vec<T>> {
         let group = self.group_index(key)?;
         let table = self.table::<K, N, ListCell<T>>(id)?;
-        Ok(table.groups[group]
+        Ok(table
+            .group(group)
             .get(&KeyNs(key, ns))
             .map(|l| l.0.clone())
             .unwrap_or_default())
     }
 
+    #[inline]
     fn append_list<K: StateKey, N: StateKey, T: StateValue>(
         &mut self,
         id: StateId,
@@ -323,7 +340,7 @@ impl KeyedStateBackend for HeapBackend {
         value: T,
     ) -> Result<()> {
         let group = self.group_index(key)?;
-        let map = Arc::make_mut(&mut self.table_mut::<K, N, ListCell<T>>(id)?.groups[group]);
+        let map = self.table_mut::<K, N, ListCell<T>>(id)?.group_mut(group);
         match map.get_mut(&KeyNs(key, ns)) {
             Some(list) => list.0.push(value),
             None => {
@@ -333,6 +350,7 @@ impl KeyedStateBackend for HeapBackend {
         Ok(())
     }
 
+    #[inline]
     fn replace_list<K: StateKey, N: StateKey, T: StateValue>(
         &mut self,
         id: StateId,
@@ -341,7 +359,7 @@ impl KeyedStateBackend for HeapBackend {
         values: Vec<T>,
     ) -> Result<()> {
         let group = self.group_index(key)?;
-        let map = Arc::make_mut(&mut self.table_mut::<K, N, ListCell<T>>(id)?.groups[group]);
+        let map = self.table_mut::<K, N, ListCell<T>>(id)?.group_mut(group);
         if values.is_empty() {
             map.remove(&KeyNs(key, ns));
         } else {
@@ -350,6 +368,7 @@ impl KeyedStateBackend for HeapBackend {
         Ok(())
     }
 
+    #[inline]
     fn get_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &self,
         id: StateId,
@@ -359,11 +378,13 @@ impl KeyedStateBackend for HeapBackend {
     ) -> Result<Option<UV>> {
         let group = self.group_index(key)?;
         let table = self.table::<K, N, MapCell<UK, UV>>(id)?;
-        Ok(table.groups[group]
+        Ok(table
+            .group(group)
             .get(&KeyNs(key, ns))
             .and_then(|m| m.0.get(user_key).cloned()))
     }
 
+    #[inline]
     fn contains_map_key<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &self,
         id: StateId,
@@ -373,11 +394,13 @@ impl KeyedStateBackend for HeapBackend {
     ) -> Result<bool> {
         let group = self.group_index(key)?;
         let table = self.table::<K, N, MapCell<UK, UV>>(id)?;
-        Ok(table.groups[group]
+        Ok(table
+            .group(group)
             .get(&KeyNs(key, ns))
             .is_some_and(|m| m.0.contains_key(user_key)))
     }
 
+    #[inline]
     fn put_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &mut self,
         id: StateId,
@@ -387,7 +410,9 @@ impl KeyedStateBackend for HeapBackend {
         value: UV,
     ) -> Result<()> {
         let group = self.group_index(key)?;
-        let map = Arc::make_mut(&mut self.table_mut::<K, N, MapCell<UK, UV>>(id)?.groups[group]);
+        let map = self
+            .table_mut::<K, N, MapCell<UK, UV>>(id)?
+            .group_mut(group);
         match map.get_mut(&KeyNs(key, ns)) {
             Some(m) => {
                 m.0.insert(user_key, value);
@@ -401,6 +426,7 @@ impl KeyedStateBackend for HeapBackend {
         Ok(())
     }
 
+    #[inline]
     fn remove_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &mut self,
         id: StateId,
@@ -410,11 +436,12 @@ impl KeyedStateBackend for HeapBackend {
     ) -> Result<()> {
         let group = self.group_index(key)?;
         let table = self.table_mut::<K, N, MapCell<UK, UV>>(id)?;
-        let holds = table.groups[group]
+        let holds = table
+            .group(group)
             .get(&KeyNs(key, ns))
             .is_some_and(|m| m.0.contains_key(user_key));
         if holds {
-            let map = Arc::make_mut(&mut table.groups[group]);
+            let map = table.group_mut(group);
             if let Some(m) = map.get_mut(&KeyNs(key, ns)) {
                 m.0.remove(user_key);
                 if m.0.is_empty() {
@@ -434,7 +461,7 @@ impl KeyedStateBackend for HeapBackend {
     ) -> Result<MapEntries<'a, UK, UV>> {
         let group = self.group_index(key)?;
         let table = self.table::<K, N, MapCell<UK, UV>>(id)?;
-        match table.groups[group].get(&KeyNs(key, ns)) {
+        match table.group(group).get(&KeyNs(key, ns)) {
             Some(m) => Ok(Box::new(
                 m.0.iter().map(|(k, v)| Ok((k.clone(), v.clone()))),
             )),

@@ -42,7 +42,7 @@ impl AnyTable for RawTable {
         Box::new(std::iter::empty())
     }
 
-    fn freeze(&self) -> Box<dyn FrozenTable> {
+    fn freeze(&mut self) -> Box<dyn FrozenTable> {
         Box::new(self.clone())
     }
 

@@ -183,6 +183,23 @@ impl RocksDbBackend {
         &self.options
     }
 
+    /// Writes every column family's memtables to SST files and waits for it.
+    ///
+    /// The write-ahead log is off (checkpoints are the durability mechanism), so state written
+    /// since the last checkpoint lives only in memtables; a checkpoint flushes on its own. This
+    /// is for callers that want the state on disk without taking a checkpoint.
+    ///
+    /// # Errors
+    /// [`Error::RocksDb`].
+    pub fn flush(&self) -> Result<()> {
+        let names = std::iter::once(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .chain(self.states.iter().map(|s| s.cf_name.as_str()));
+        let handles: Vec<_> = names.filter_map(|name| self.db.cf_handle(name)).collect();
+        self.db
+            .flush_cfs_opt(&handles, &rocksdb::FlushOptions::default())
+            .map_err(rocks_err)
+    }
+
     /// Reads the registered states recorded in the default column family.
     fn load_state_records(&mut self) -> Result<()> {
         let mut read = ReadOptions::default();

@@ -1,6 +1,8 @@
 //! Tuning of the RocksDB backend: a plain struct with documented defaults.
 
-use rocksdb::{BlockBasedOptions, Cache, DBCompactionStyle, DBCompressionType, Options};
+use rocksdb::{
+    BlockBasedOptions, Cache, DBCompactionStyle, DBCompressionType, DataBlockIndexType, Options,
+};
 
 use super::merge::{LIST_MERGE_OPERATOR, list_append_merge};
 
@@ -18,9 +20,12 @@ pub enum CompactionStyle {
 pub struct RocksDbOptions {
     /// Capacity of the LRU block cache shared by all column families. Default 128 MiB.
     pub block_cache_bytes: usize,
-    /// Size of one memtable (per column family). Default 64 MiB.
+    /// Size of one memtable (per column family). Default 16 MiB: a point lookup searches the
+    /// memtables' skip lists first, and a large one (a 64 MiB memtable holds about a million
+    /// small rows) made that search the bulk of every read.
     pub write_buffer_bytes: usize,
-    /// Memtables per column family before writes stall. Default 4.
+    /// Memtables per column family before writes stall. Default 2 (every memtable is one more
+    /// skip list each read searches).
     pub max_write_buffers: i32,
     /// Bloom filter bits per key; 0 disables filters. Default 10 (about 1% false positives).
     pub bloom_bits_per_key: f64,
@@ -29,8 +34,26 @@ pub struct RocksDbOptions {
     /// Target size of SST files. Smaller files make incremental checkpoints finer-grained.
     /// Default 32 MiB.
     pub target_file_size_bytes: u64,
-    /// Compaction style. Default [`CompactionStyle::Level`].
+    /// Compaction style. Default [`CompactionStyle::Universal`]: an incremental checkpoint
+    /// uploads every SST file written since the last one, and leveled compaction of uniformly
+    /// spread keys rewrites all of level 1 whenever level 0 is compacted (measured in W5:
+    /// 7.07× the changed bytes over 20 checkpoints, against 2.23× for universal).
     pub compaction_style: CompactionStyle,
+    /// Number of level-0 files (sorted runs, under universal compaction) that triggers a
+    /// compaction. Default 8: fewer, larger merges of the small runs that checkpoints flush
+    /// (W5 over 20 checkpoints: 5.68× the changed bytes with 4, 2.23× with 8).
+    pub level0_compaction_trigger: i32,
+    /// Keep index and filter blocks in the block cache (bounded memory, one more cache lookup
+    /// per read) rather than in each open table's own memory. Default false: the lookups
+    /// cost more than the memory saved for state sizes that fit the machine (filters take
+    /// about 1.2 bytes per key at 10 bits per key).
+    pub cache_index_and_filter_blocks: bool,
+    /// A hash index inside each data block, so a point lookup finds its key without a binary
+    /// search of the block. Default true.
+    pub data_block_hash_index: bool,
+    /// A bloom filter over each memtable's keys (this fraction of the write buffer; 0 disables
+    /// it), so a point lookup skips memtables that do not hold its key. Default 0.1.
+    pub memtable_bloom_ratio: f64,
     /// Background flush and compaction threads. Default 2.
     pub background_jobs: i32,
     /// LZ4-compress data blocks. Default true.
@@ -41,12 +64,16 @@ impl Default for RocksDbOptions {
     fn default() -> Self {
         Self {
             block_cache_bytes: 128 << 20,
-            write_buffer_bytes: 64 << 20,
-            max_write_buffers: 4,
+            write_buffer_bytes: 16 << 20,
+            max_write_buffers: 2,
             bloom_bits_per_key: 10.0,
             block_size: 4 << 10,
             target_file_size_bytes: 32 << 20,
-            compaction_style: CompactionStyle::Level,
+            compaction_style: CompactionStyle::Universal,
+            level0_compaction_trigger: 8,
+            cache_index_and_filter_blocks: false,
+            data_block_hash_index: true,
+            memtable_bloom_ratio: 0.1,
             background_jobs: 2,
             compression: true,
         }
@@ -84,12 +111,21 @@ impl RocksDbOptions {
         if self.bloom_bits_per_key > 0.0 {
             table.set_bloom_filter(self.bloom_bits_per_key, false);
         }
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        table.set_cache_index_and_filter_blocks(self.cache_index_and_filter_blocks);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(self.cache_index_and_filter_blocks);
+        if self.data_block_hash_index {
+            table.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
+            table.set_data_block_hash_ratio(0.75);
+        }
         opts.set_block_based_table_factory(&table);
         opts.set_write_buffer_size(self.write_buffer_bytes);
+        if self.memtable_bloom_ratio > 0.0 {
+            opts.set_memtable_prefix_bloom_ratio(self.memtable_bloom_ratio);
+            opts.set_memtable_whole_key_filtering(true);
+        }
         opts.set_max_write_buffer_number(self.max_write_buffers);
         opts.set_target_file_size_base(self.target_file_size_bytes);
+        opts.set_level_zero_file_num_compaction_trigger(self.level0_compaction_trigger);
         opts.set_compaction_style(match self.compaction_style {
             CompactionStyle::Level => DBCompactionStyle::Level,
             CompactionStyle::Universal => DBCompactionStyle::Universal,

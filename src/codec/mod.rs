@@ -16,6 +16,11 @@ use std::fmt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::key_group::Murmur3Stream;
+use key_hash::KeyHasher;
+
+mod key_hash;
+
 /// Identifies the codec that wrote a file. Stored as one byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CodecId(pub u8);
@@ -87,6 +92,20 @@ pub trait Codec: Send + Sync + 'static {
         let mut buf = Vec::new();
         self.encode_into(value, &mut buf)?;
         Ok(f(&buf))
+    }
+
+    /// Feeds the encoding of `value` to `hasher`: the key-group hash of a key without
+    /// materialising its bytes. The default encodes to a buffer first; codecs that can write
+    /// to the hasher directly should.
+    ///
+    /// # Errors
+    /// As [`Codec::encode_into`].
+    fn hash_encoded<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        hasher: &mut Murmur3Stream,
+    ) -> Result<(), CodecError> {
+        self.with_encoded(value, |bytes| hasher.write(bytes))
     }
 
     /// The encoding of `value` as a new vector.
@@ -166,6 +185,21 @@ impl Codec for BincodeCodec {
             Err(e) => Err(CodecError(e.to_string())),
         }
     }
+
+    #[inline]
+    fn hash_encoded<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        hasher: &mut Murmur3Stream,
+    ) -> Result<(), CodecError> {
+        let mut streamed = *hasher;
+        if value.serialize(&mut KeyHasher(&mut streamed)).is_ok() {
+            *hasher = streamed;
+            return Ok(());
+        }
+        // A shape the streaming hasher leaves to bincode (which may also refuse it).
+        self.with_encoded(value, |bytes| hasher.write(bytes))
+    }
 }
 
 /// The codec the backends use.
@@ -174,6 +208,96 @@ pub type DefaultCodec = BincodeCodec;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The streamed key-group hash must equal the hash of the encoded bytes for every shape
+    /// serde can produce, or keys would move between key groups.
+    fn assert_hash_matches<T: Serialize>(value: &T) {
+        let c = BincodeCodec;
+        let bytes = c.encode(value).unwrap();
+        let mut streamed = crate::key_group::Murmur3Stream::new();
+        c.hash_encoded(value, &mut streamed).unwrap();
+        assert_eq!(
+            streamed.finish(),
+            crate::key_group::murmur3_32(&bytes, 0),
+            "{bytes:?}"
+        );
+    }
+
+    #[derive(Serialize)]
+    enum Shape {
+        Unit,
+        Tuple(i8, String),
+        Struct { a: Option<u128>, b: Vec<f64> },
+        Newtype(char),
+    }
+
+    #[derive(Serialize)]
+    struct Wrapper(u16);
+
+    #[derive(Serialize)]
+    struct Marker;
+
+    #[derive(Serialize)]
+    struct Pair(i128, u32);
+
+    /// A value serialized with `serialize_bytes` (what `serde_bytes` does).
+    struct BytesLike<'a>(&'a [u8]);
+    impl Serialize for BytesLike<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+    fn serde_bytes_like(b: &[u8]) -> BytesLike<'_> {
+        BytesLike(b)
+    }
+
+    #[test]
+    fn varint_boundaries_hash_as_encoded() {
+        for v in [
+            0u64,
+            250,
+            251,
+            252,
+            65535,
+            65536,
+            u64::from(u32::MAX),
+            u64::from(u32::MAX) + 1,
+            u64::MAX,
+        ] {
+            assert_hash_matches(&v);
+            assert_hash_matches(&(v as i64));
+            assert_hash_matches(&u128::from(v));
+            assert_hash_matches(&(u128::from(v) << 64));
+            assert_hash_matches(&(-(v as i128)));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn streamed_key_hash_equals_hash_of_encoding(
+            i in proptest::num::i64::ANY,
+            u in proptest::num::u128::ANY,
+            s in ".{0,40}",
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..70),
+            f in proptest::num::f64::ANY,
+            flag in proptest::bool::ANY,
+            c in proptest::char::any(),
+        ) {
+            assert_hash_matches(&i);
+            assert_hash_matches(&(i as i32, u, flag));
+            assert_hash_matches(&s);
+            assert_hash_matches(&(s.clone(), i));
+            assert_hash_matches(&bytes);
+            assert_hash_matches(&Shape::Unit);
+            assert_hash_matches(&Shape::Tuple(i as i8, s.clone()));
+            assert_hash_matches(&Shape::Struct { a: Some(u).filter(|_| flag), b: vec![f; 3] });
+            assert_hash_matches(&Shape::Newtype(c));
+            assert_hash_matches(&(Wrapper(i as u16), Marker, Pair(i128::from(i) * i128::from(i), i as u32)));
+            assert_hash_matches(&(u as i128, i as i16, i as u16, i as u8, f as f32, c, ()));
+            assert_hash_matches(&std::collections::BTreeMap::from([(i, s.clone()), (i ^ 1, String::new())]));
+            assert_hash_matches(&serde_bytes_like(&bytes));
+        }
+    }
 
     #[test]
     fn bincode_round_trips_and_rejects_trailing_bytes() {
