@@ -173,7 +173,7 @@ impl HeapBackend {
         let id = StateId(self.states.len() as u32);
         self.states.push(HeapState {
             info,
-            table: Box::new(RawTable::new(self.range.len() as usize)),
+            table: Box::new(RawTable::new()),
         });
         Ok(id)
     }
@@ -249,7 +249,7 @@ impl KeyedStateBackend for HeapBackend {
                 // A restored state registered again: decode its rows into a typed table.
                 let raw = raw.clone();
                 let mut table = Table::<K, N, S>::new(self.range.len() as usize);
-                for (group, rows) in raw.groups.iter().enumerate() {
+                for (&group, rows) in &raw.groups {
                     for (suffix, value) in rows.iter() {
                         table
                             .load_row(group, suffix, value)

@@ -5,23 +5,29 @@
 //! included in snapshots unchanged); registration decodes them into a typed table.
 
 use std::any::Any;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::table::{AnyTable, FrozenTable, RowSink};
 use crate::codec::CodecError;
 use crate::error::Result;
 
-/// Rows `(row key suffix, value)` per owned key group.
+/// Rows `(row key suffix, value)` of one key group.
+type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Rows per owned key group (index = key group − range start), only for groups that have any.
+///
+/// Sparse on purpose: a data file may declare up to 65,536 states, and allocating every owned
+/// key group of each before a single row arrives let a small hostile file claim hundreds of
+/// megabytes; now memory follows the rows actually read.
 #[derive(Clone, Default)]
 pub(crate) struct RawTable {
-    pub(crate) groups: Vec<Arc<Vec<(Vec<u8>, Vec<u8>)>>>,
+    pub(crate) groups: BTreeMap<usize, Arc<Rows>>,
 }
 
 impl RawTable {
-    pub(crate) fn new(group_count: usize) -> Self {
-        Self {
-            groups: (0..group_count).map(|_| Arc::new(Vec::new())).collect(),
-        }
+    pub(crate) fn new() -> Self {
+        Self::default()
     }
 }
 
@@ -47,18 +53,24 @@ impl AnyTable for RawTable {
     }
 
     fn load_row(&mut self, group: usize, suffix: &[u8], value: &[u8]) -> Result<(), CodecError> {
-        Arc::make_mut(&mut self.groups[group]).push((suffix.to_vec(), value.to_vec()));
+        Arc::make_mut(self.groups.entry(group).or_default())
+            .push((suffix.to_vec(), value.to_vec()));
         Ok(())
     }
 
     fn len(&self) -> usize {
-        self.groups.iter().map(|g| g.len()).sum()
+        self.groups.values().map(|g| g.len()).sum()
     }
 }
 
 impl FrozenTable for RawTable {
     fn rows(&self, group: usize, _state: &str, sink: &mut RowSink<'_>) -> Result<()> {
-        for (key, value) in self.groups[group].iter() {
+        for (key, value) in self
+            .groups
+            .get(&group)
+            .into_iter()
+            .flat_map(|rows| rows.iter())
+        {
             sink(key, value)?;
         }
         Ok(())
