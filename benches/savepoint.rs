@@ -96,16 +96,13 @@ fn main() {
         b.value_state(&ValueStateDescriptor::new("values")).unwrap();
     let path = dir.path().join(meta.instances[0].files[0].path.as_str());
     let mut reader = DataFileReader::open(&path, "savepoint").unwrap();
-    let groups: Vec<u16> = reader.index().iter().map(|e| e.key_group).collect();
     let codec = statebackend::BincodeCodec;
-    for g in groups {
-        reader
-            .read_key_group(g, &mut |_, key, value| {
-                let (k, _): (i64, usize) = codec.decode_prefix(key).unwrap();
-                s.put(&mut b, &k, &(), codec.decode(value).unwrap())
-            })
-            .unwrap();
-    }
+    reader
+        .for_each_row(&mut |_, _, key, value| {
+            let (k, _): (i64, usize) = codec.decode_prefix(key).unwrap();
+            s.put(&mut b, &k, &(), codec.decode(value).unwrap())
+        })
+        .unwrap();
     // Ingest leaves the rows in SST files; puts leave them in memtables (the write-ahead log
     // is off), not yet restorable after a crash. The flush is part of the path.
     if let AnyBackend::RocksDb(r) = &b {

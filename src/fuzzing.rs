@@ -121,14 +121,11 @@ pub fn storage_path(data: &[u8]) -> Result<StoragePath> {
 
 fn read_data_file(data: &[u8]) -> Result<u64> {
     let mut reader = DataFileReader::new(Cursor::new(data), "fuzz.sbdf")?;
-    let groups: Vec<_> = reader.index().iter().map(|e| e.key_group).collect();
     let mut rows = 0u64;
-    for group in groups {
-        reader.read_key_group(group, &mut |_, _, _| {
-            rows += 1;
-            Ok(())
-        })?;
-    }
+    reader.for_each_row(&mut |_, _, _, _| {
+        rows += 1;
+        Ok(())
+    })?;
     let header = reader.header().clone();
     let mut backend = HeapBackend::new(header.max_parallelism, header.key_groups)?;
     load_data_file(&mut backend, &mut reader)?;

@@ -38,14 +38,11 @@ fn savepoint(dir: &Path, parallelism: u32) -> Result<Vec<u8>> {
 /// Every row of a data file, or the first error.
 fn read_all(bytes: Vec<u8>) -> Result<Rows> {
     let mut reader = DataFileReader::new(Cursor::new(bytes), "data")?;
-    let groups: Vec<u16> = reader.index().iter().map(|e| e.key_group).collect();
     let mut rows = Vec::new();
-    for g in groups {
-        reader.read_key_group(g, &mut |s, k, v| {
-            rows.push((g, s, k.to_vec(), v.to_vec()));
-            Ok(())
-        })?;
-    }
+    reader.for_each_row(&mut |g, s, k, v| {
+        rows.push((g, s, k.to_vec(), v.to_vec()));
+        Ok(())
+    })?;
     Ok(rows)
 }
 

@@ -125,13 +125,10 @@ fn count_rows(
             .map(|s| s.name.clone())
             .collect();
         let mut per_state = vec![0u64; names.len()];
-        let groups: Vec<_> = reader.index().iter().map(|e| e.key_group).collect();
-        for group in groups {
-            reader.read_key_group(group, &mut |state, _, _| {
-                per_state[state as usize] += 1;
-                Ok(())
-            })?;
-        }
+        reader.for_each_row(&mut |_, state, _, _| {
+            per_state[state as usize] += 1;
+            Ok(())
+        })?;
         for (name, n) in names.into_iter().zip(per_state) {
             *counts.entry(name).or_insert(0) += n;
         }

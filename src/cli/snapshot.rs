@@ -176,15 +176,7 @@ pub fn load(dir: &Path) -> Result<LoadedSnapshot> {
             LocalDirStorage::new(root)?
         }
         SnapshotKind::Savepoint => {
-            if let Some(f) = meta
-                .files()
-                .find(|f| f.shared || f.path.components().count() != 1)
-            {
-                return Err(Error::InvalidPath {
-                    path: f.path.to_string(),
-                    reason: "savepoint files must be plain files of the savepoint directory",
-                });
-            }
+            crate::savepoint::check_self_contained(&meta)?;
             LocalDirStorage::new(dir)?
         }
     };

@@ -311,14 +311,11 @@ fn verify_data_file(
             reason: "its states differ from the metadata's".into(),
         });
     }
-    let groups: Vec<_> = reader.index().iter().map(|e| e.key_group).collect();
     let mut rows = 0u64;
-    for group in groups {
-        reader.read_key_group(group, &mut |_, _, _| {
-            rows += 1;
-            Ok(())
-        })?;
-    }
+    reader.for_each_row(&mut |_, _, _, _| {
+        rows += 1;
+        Ok(())
+    })?;
     if rows != reader.row_count() {
         return Err(Error::Corrupt {
             file: name,

@@ -434,6 +434,22 @@ impl<R: Read + Seek> DataFileReader<R> {
         self.rows == 0
     }
 
+    /// Calls `f(key_group, state_index, row_key, value)` for every row of the file, key group
+    /// by key group in index order.
+    ///
+    /// # Errors
+    /// As [`DataFileReader::read_key_group`].
+    pub fn for_each_row(
+        &mut self,
+        f: &mut dyn FnMut(KeyGroup, u32, &[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let groups: Vec<KeyGroup> = self.index.iter().map(|e| e.key_group).collect();
+        for group in groups {
+            self.read_key_group(group, &mut |state, key, value| f(group, state, key, value))?;
+        }
+        Ok(())
+    }
+
     /// Calls `f(state_index, row_key, value)` for every row of `key_group`, in file order;
     /// nothing if the key group holds no rows. Seeks straight to the key group.
     ///

@@ -146,16 +146,27 @@ pub fn read_savepoint(storage: &dyn CheckpointStorage) -> Result<SnapshotMetadat
             reason: format!("{} describes a {}, not a savepoint", path, meta.kind),
         });
     }
-    if let Some(f) = meta
+    check_self_contained(&meta)?;
+    Ok(meta)
+}
+
+/// Checks that every file a savepoint's metadata lists is a plain file of the savepoint
+/// directory (no shared files, no subdirectories), so the directory can be moved or copied
+/// on its own.
+///
+/// # Errors
+/// [`Error::InvalidPath`] naming the first file that is not.
+pub(crate) fn check_self_contained(meta: &SnapshotMetadata) -> Result<()> {
+    match meta
         .files()
         .find(|f| f.shared || f.path.components().count() != 1)
     {
-        return Err(Error::InvalidPath {
+        Some(f) => Err(Error::InvalidPath {
             path: f.path.to_string(),
             reason: "savepoint files must be plain files of the savepoint directory",
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(meta)
 }
 
 /// Restores the key groups `config` owns from a savepoint into the backend `config` asks for,
