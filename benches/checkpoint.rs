@@ -7,6 +7,8 @@
 //! `STATEBACKEND_BENCH_ROUNDS` (default 5; 20 for the amortized figures),
 //! `STATEBACKEND_BENCH_UPDATE_PERCENT` (default 1), `STATEBACKEND_BENCH_SCALE` (key count),
 //! `STATEBACKEND_BENCH_COMPACTION=1` also compares compaction settings (`=only`: just those).
+//! `STATEBACKEND_BENCH_MEMTABLE=hash` runs the RocksDB backend with the hash memtable
+//! (`Memtable::HashLinkList`, a bucket per row a 64 MiB memtable of small rows holds).
 
 mod support;
 
@@ -177,12 +179,12 @@ fn main() {
 /// W5 with the default options on RocksDB, and the heap backend's full snapshots beside it.
 fn default_and_heap(all: KeyGroupRange, rounds: u64, percent: u64) {
     println!("== W5 checkpoints, RocksDB backend (default options)");
-    w5(
-        "rocksdb",
-        &BackendConfig::rocksdb(128, all),
-        rounds,
-        percent,
-    );
+    let mut rocksdb = BackendConfig::rocksdb(128, all);
+    if std::env::var("STATEBACKEND_BENCH_MEMTABLE").as_deref() == Ok("hash") {
+        println!("(hash memtable)");
+        rocksdb.rocksdb.memtable = statebackend::rocks::Memtable::HashLinkList { buckets: 1 << 20 };
+    }
+    w5("rocksdb", &rocksdb, rounds, percent);
     println!("\n== W5 checkpoints, heap backend (full snapshots)");
     let mut heap = BackendConfig::heap(128, all);
     heap.kind = BackendKind::Heap;

@@ -1,6 +1,8 @@
 //! W1–W4 on each backend, each beside its limit: a raw `HashMap` (std SipHash and a fast
 //! hasher) for the heap backend, the raw `rocksdb` crate with the same options for the RocksDB
-//! backend, and raw `rocksdb` with its plain defaults to show what our options buy.
+//! backend, and raw `rocksdb` with its plain defaults to show what our options buy. The RocksDB
+//! backend also runs W1–W3 with the optional hash memtable (`Memtable::HashLinkList`; map
+//! states keep the skip list, so W4 would repeat the default row).
 //!
 //! `cargo bench --bench state_ops` runs the specified sizes and asserts WORKLOADS.md's check
 //! values; `STATEBACKEND_BENCH_SCALE=0.01` runs a quick subset of the sizes. Criterion then
@@ -17,6 +19,9 @@ use statebackend::{
     MapStateDescriptor, ValueState, ValueStateDescriptor,
 };
 use support::{ListStore, MapStore, Phase, ValueStore, report, w1_w2, w3, w4};
+
+#[cfg(feature = "rocksdb")]
+use statebackend::{rocks::Memtable, state::StateKind};
 
 struct OurValue<B> {
     b: B,
@@ -144,14 +149,18 @@ mod raw_rocks {
         Some(out)
     }
 
-    /// `ours`: the RocksDB backend's options (WAL off too); otherwise RocksDB's defaults
-    /// (plus the merge operator W3 needs, and the WAL on, as a default DB has it).
-    pub fn open(ours: bool) -> Raw {
+    /// `Some(kind)`: the RocksDB backend's default options for a state of `kind` (WAL off
+    /// too); `None`: RocksDB's defaults (plus the merge operator W3 needs, and the WAL on, as
+    /// a default DB has it).
+    pub fn open(ours: Option<StateKind>) -> Raw {
         let dir = tempfile::tempdir().unwrap();
-        let (opts, write) = if ours {
+        let (opts, write) = if let Some(kind) = ours {
             let mut w = WriteOptions::default();
             w.disable_wal(true);
-            (statebackend::RocksDbOptions::default().rocksdb_options(), w)
+            (
+                statebackend::RocksDbOptions::default().rocksdb_options(kind),
+                w,
+            )
         } else {
             let mut o = Options::default();
             o.create_if_missing(true);
@@ -254,23 +263,31 @@ fn workloads() {
         let raw = value_rows(
             "W1-W2",
             "raw rocksdb, our options [limit]",
-            &mut raw_rocks::open(true),
+            &mut raw_rocks::open(Some(StateKind::Value)),
             None,
         );
         let ours = value_rows(
             "W1-W2",
             "rocksdb backend",
-            &mut our_value(rocks()),
+            &mut our_value(rocks(Memtable::SkipList)),
+            Some(&raw),
+        );
+        let hashed = value_rows(
+            "W1-W2",
+            "rocksdb backend, hash memtable",
+            &mut our_value(rocks(HASH_MEMTABLE)),
             Some(&raw),
         );
         let plain = value_rows(
             "W1-W2",
             "raw rocksdb, default options",
-            &mut raw_rocks::open(false),
+            &mut raw_rocks::open(None),
             Some(&raw),
         );
         print_default_ratio("W1", &ours.0, &plain.0);
         print_default_ratio("W2", &ours.1, &plain.1);
+        print_default_ratio("W1 (hash memtable)", &hashed.0, &plain.0);
+        print_default_ratio("W2 (hash memtable)", &hashed.1, &plain.1);
     }
 
     println!("\n== W3 list state");
@@ -282,17 +299,22 @@ fn workloads() {
     report("W3", "heap backend", &g, Some(&lg));
     #[cfg(feature = "rocksdb")]
     {
-        let (ra, rg, _) = w3(&mut raw_rocks::open(true));
+        let (ra, rg, _) = w3(&mut raw_rocks::open(Some(StateKind::List)));
         report("W3", "raw rocksdb, our options [limit]", &ra, None);
         report("W3", "raw rocksdb, our options [limit]", &rg, None);
-        let (a, g, _) = w3(&mut our_list(rocks()));
+        let (a, g, _) = w3(&mut our_list(rocks(Memtable::SkipList)));
         report("W3", "rocksdb backend", &a, Some(&ra));
         report("W3", "rocksdb backend", &g, Some(&rg));
-        let (pa, pg, _) = w3(&mut raw_rocks::open(false));
+        let (ha, hg, _) = w3(&mut our_list(rocks(HASH_MEMTABLE)));
+        report("W3", "rocksdb backend, hash memtable", &ha, Some(&ra));
+        report("W3", "rocksdb backend, hash memtable", &hg, Some(&rg));
+        let (pa, pg, _) = w3(&mut raw_rocks::open(None));
         report("W3", "raw rocksdb, default options", &pa, Some(&ra));
         report("W3", "raw rocksdb, default options", &pg, Some(&rg));
         print_default_ratio("W3 append", &a, &pa);
         print_default_ratio("W3 get", &g, &pg);
+        print_default_ratio("W3 append (hash memtable)", &ha, &pa);
+        print_default_ratio("W3 get (hash memtable)", &hg, &pg);
     }
 
     println!("\n== W4 map state");
@@ -309,15 +331,15 @@ fn workloads() {
     }
     #[cfg(feature = "rocksdb")]
     {
-        let (raw, _) = w4(&mut raw_rocks::open(true));
+        let (raw, _) = w4(&mut raw_rocks::open(Some(StateKind::Map)));
         for p in &raw {
             report("W4", "raw rocksdb, our options [limit]", p, None);
         }
-        let (ours, _) = w4(&mut our_map(rocks()));
+        let (ours, _) = w4(&mut our_map(rocks(Memtable::SkipList)));
         for (p, l) in ours.iter().zip(&raw) {
             report("W4", "rocksdb backend", p, Some(l));
         }
-        let (plain, _) = w4(&mut raw_rocks::open(false));
+        let (plain, _) = w4(&mut raw_rocks::open(None));
         for (p, l) in plain.iter().zip(&raw) {
             report("W4", "raw rocksdb, default options", p, Some(l));
         }
@@ -327,15 +349,18 @@ fn workloads() {
     }
 }
 
+/// The hash memtable variant: a bucket per row a 64 MiB memtable of small rows can hold.
 #[cfg(feature = "rocksdb")]
-fn rocks() -> statebackend::RocksDbBackend {
-    statebackend::RocksDbBackend::open(
-        128,
-        KeyGroupRange::all(128).unwrap(),
-        None,
-        Default::default(),
-    )
-    .unwrap()
+const HASH_MEMTABLE: Memtable = Memtable::HashLinkList { buckets: 1 << 20 };
+
+#[cfg(feature = "rocksdb")]
+fn rocks(memtable: Memtable) -> statebackend::RocksDbBackend {
+    let options = statebackend::RocksDbOptions {
+        memtable,
+        ..Default::default()
+    };
+    statebackend::RocksDbBackend::open(128, KeyGroupRange::all(128).unwrap(), None, options)
+        .unwrap()
 }
 
 #[cfg(feature = "rocksdb")]
@@ -366,9 +391,9 @@ fn micro(c: &mut Criterion) {
     ];
     #[cfg(feature = "rocksdb")]
     {
-        let mut raw = raw_rocks::open(true);
+        let mut raw = raw_rocks::open(Some(StateKind::Value));
         populate(&mut raw);
-        let mut ours = our_value(rocks());
+        let mut ours = our_value(rocks(Memtable::SkipList));
         populate(&mut ours);
         subjects.push(("rocksdb_raw", Box::new(raw)));
         subjects.push(("rocksdb", Box::new(ours)));

@@ -56,7 +56,12 @@ impl RocksDbBackend {
         let descriptors: Vec<_> = self
             .states
             .iter()
-            .map(|s| ColumnFamilyDescriptor::new(&s.cf_name, self.options.cf_options(&self.cache)))
+            .map(|s| {
+                ColumnFamilyDescriptor::new(
+                    &s.cf_name,
+                    self.options.cf_options(&self.cache, s.info.kind),
+                )
+            })
             .collect();
         let db =
             DB::open_cf_descriptors_read_only(&self.options.db_options(), &dir, descriptors, false)
@@ -99,7 +104,7 @@ impl RocksDbBackend {
             .map_err(|e| Error::io(self.dir.path(), e))?;
         let options: Vec<_> = states
             .iter()
-            .map(|_| self.options.cf_options(&self.cache))
+            .map(|s| self.options.cf_options(&self.cache, s.kind))
             .collect();
         let mut writers: Vec<Option<SstFileWriter<'_>>> = states.iter().map(|_| None).collect();
         let mut files: Vec<Vec<PathBuf>> = vec![Vec::new(); states.len()];
@@ -234,6 +239,7 @@ fn scan_key_group(
     read.set_iterate_upper_bound(end);
     // A bulk scan should not evict the live working set from the block cache.
     read.fill_cache(false);
+    read.set_total_order_seek(true); // see `RocksDbBackend::prefix_read_options`
     for item in db.iterator_cf_opt(cf, read, IteratorMode::Start) {
         let (key, value) = item.map_err(rocks_err)?;
         sink(&key[layout::KEY_GROUP_PREFIX_LEN..], &value)?;

@@ -22,7 +22,7 @@ use crate::key_group::{KeyGroupAssigner, KeyGroupRange};
 use crate::state::rows::{decode_list, encode_list_element};
 use crate::state::{StateId, StateInfo, StateKey, StateKind, StateValue, StoredState};
 
-pub use options::{CompactionStyle, RocksDbOptions};
+pub use options::{CompactionStyle, Memtable, RocksDbOptions};
 pub use snapshot::RocksDbSnapshot;
 
 use crate::checkpoint::metadata::InstanceId;
@@ -103,6 +103,23 @@ fn cf_name(state: &str) -> String {
     format!("state/{state}")
 }
 
+/// The state records in `db`'s default column family, in registration order.
+fn read_state_records(db: &DB) -> Result<Vec<StateInfo>> {
+    let mut read = ReadOptions::default();
+    read.set_iterate_range(rocksdb::PrefixRange(STATE_RECORD_PREFIX));
+    db.iterator_opt(IteratorMode::Start, read)
+        .map(|item| {
+            let (_, value) = item.map_err(rocks_err)?;
+            DefaultCodec::default()
+                .decode(&value)
+                .map_err(|e| Error::Decode {
+                    state: "<state registry>".into(),
+                    message: e.0,
+                })
+        })
+        .collect()
+}
+
 impl RocksDbBackend {
     /// Opens a backend in `working_dir` (created if missing; kept on drop), or in a new
     /// temporary directory (removed on drop) when `None`. A directory holding a backend's DB is
@@ -138,10 +155,27 @@ impl RocksDbBackend {
         } else {
             Vec::new()
         };
+        // A column family's options depend on its state's kind (the memtable), and the kinds
+        // are in the state records, so read them first from the default column family alone.
+        let records = if existing_cfs.is_empty() {
+            Vec::new()
+        } else {
+            let db = DB::open_cf_for_read_only(&db_options, &db_path, ["default"], false)
+                .map_err(rocks_err)?;
+            read_state_records(&db)?
+        };
         let descriptors: Vec<_> = existing_cfs
             .iter()
             .filter(|name| name.as_str() != "default")
-            .map(|name| rocksdb::ColumnFamilyDescriptor::new(name, options.cf_options(&cache)))
+            .map(|name| {
+                // A column family without a record (its state's registration did not reach
+                // disk) gets the options that suit every kind.
+                let kind = records
+                    .iter()
+                    .find(|r| cf_name(&r.name) == *name)
+                    .map_or(StateKind::Map, |r| r.kind);
+                rocksdb::ColumnFamilyDescriptor::new(name, options.cf_options(&cache, kind))
+            })
             .collect();
         let db = DB::open_cf_descriptors(&db_options, &db_path, descriptors).map_err(|e| {
             let message = e.into_string();
@@ -183,6 +217,20 @@ impl RocksDbBackend {
         &self.options
     }
 
+    /// A RocksDB property (`rocksdb.stats`, `rocksdb.num-entries-active-mem-table`, ...) of one
+    /// state's column family, for monitoring: RocksDB's own figures for the state's memtables,
+    /// files and compactions. `None` if the state is not registered or RocksDB does not know the
+    /// property.
+    ///
+    /// # Errors
+    /// [`Error::RocksDb`].
+    pub fn state_property(&self, state: &str, property: &str) -> Result<Option<String>> {
+        let Some(cf) = self.db.cf_handle(&cf_name(state)) else {
+            return Ok(None);
+        };
+        self.db.property_value_cf(cf, property).map_err(rocks_err)
+    }
+
     /// Writes every column family's memtables to SST files and waits for it.
     ///
     /// The write-ahead log is off (checkpoints are the durability mechanism), so state written
@@ -202,17 +250,7 @@ impl RocksDbBackend {
 
     /// Reads the registered states recorded in the default column family.
     fn load_state_records(&mut self) -> Result<()> {
-        let mut read = ReadOptions::default();
-        read.set_iterate_range(rocksdb::PrefixRange(STATE_RECORD_PREFIX));
-        for item in self.db.iterator_opt(IteratorMode::Start, read) {
-            let (_, value) = item.map_err(rocks_err)?;
-            let info: StateInfo =
-                DefaultCodec::default()
-                    .decode(&value)
-                    .map_err(|e| Error::Decode {
-                        state: "<state registry>".into(),
-                        message: e.0,
-                    })?;
+        for info in read_state_records(&self.db)? {
             let cf_name = cf_name(&info.name);
             if self.db.cf_handle(&cf_name).is_none() {
                 return Err(Error::corrupt(
@@ -239,7 +277,7 @@ impl RocksDbBackend {
         let cf_name = cf_name(&info.name);
         if self.db.cf_handle(&cf_name).is_none() {
             self.db
-                .create_cf(&cf_name, &self.options.cf_options(&self.cache))
+                .create_cf(&cf_name, &self.options.cf_options(&self.cache, info.kind))
                 .map_err(rocks_err)?;
         }
         let mut record_key = STATE_RECORD_PREFIX.to_vec();
@@ -340,6 +378,9 @@ impl RocksDbBackend {
     fn prefix_read_options(prefix: &[u8]) -> ReadOptions {
         let mut read = ReadOptions::default();
         read.set_iterate_range(rocksdb::PrefixRange(prefix.to_vec()));
+        // Hash-memtable column families have a prefix extractor; without this, RocksDB would
+        // treat a seek as a lookup of that one "prefix" (the whole seek key) and skip rows.
+        read.set_total_order_seek(true);
         read
     }
 
@@ -349,6 +390,7 @@ impl RocksDbBackend {
         let mut read = ReadOptions::default();
         read.set_iterate_lower_bound(start);
         read.set_iterate_upper_bound(end);
+        read.set_total_order_seek(true); // see `prefix_read_options`
         read
     }
 }
