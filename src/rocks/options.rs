@@ -27,9 +27,9 @@ pub enum Memtable {
     /// For value, list, reducing and aggregating states, a hash table over whole row keys with
     /// a short sorted list per bucket (RocksDB's `HashLinkList`); map states keep the skip
     /// list, because their entries are iterated in key order. A lookup or update costs one
-    /// bucket probe instead of a skip-list search (`state_ops`: value update 2.3× faster).
+    /// bucket probe instead of a skip-list search (`state_ops`: value update 2.6× faster).
     /// The price is paid at every flush, including the one in a checkpoint's synchronous
-    /// part: RocksDB must first sort the memtable (W5: 2.5 s instead of 0.28 s to flush the
+    /// part: RocksDB must first sort the memtable (W5: 2.85 s instead of 0.37 s to flush the
     /// bulk load at the first checkpoint; small incremental rounds unchanged). The bucket
     /// array (`buckets` × 8 bytes) is allocated with each memtable of each such state and
     /// counts towards its write buffer.
