@@ -30,9 +30,9 @@ pub enum Memtable {
     /// bucket probe instead of a skip-list search (`state_ops`: value update 2.6× faster).
     /// The price is paid at every flush, including the one in a checkpoint's synchronous
     /// part: RocksDB must first sort the memtable (W5: 2.85 s instead of 0.37 s to flush the
-    /// bulk load at the first checkpoint; rounds of 10,000 updates 22–58 ms instead of 15–21). The bucket
-    /// array (`buckets` × 8 bytes) is allocated with each memtable of each such state and
-    /// counts towards its write buffer.
+    /// bulk load at the first checkpoint; rounds of 10,000 updates 22–58 ms instead of
+    /// 15–21 ms). The bucket array (`buckets` × 8 bytes) is allocated with each memtable of
+    /// each such state and counts towards its write buffer.
     HashLinkList {
         /// Hash buckets per memtable. About the number of rows a memtable holds keeps the
         /// lists short: a 64 MiB memtable of small rows holds about 1.6 million.
