@@ -76,3 +76,78 @@ fn checkpoints_restore_at_another_parallelism() -> Result<()> {
     }
     Ok(())
 }
+
+/// A process that dies while a rescaled RocksDB restore trims and merges its base instance
+/// leaves `db/` and the `db.restore-incomplete` marker in the working directory (no storage
+/// operation happens in that window, so the crash sweeps cannot reach it; the state is built
+/// here directly). Reopening must refuse that DB, and a restore into the directory must
+/// replace it; a `db/` without the marker is still never overwritten.
+#[cfg(feature = "rocksdb")]
+#[test]
+fn an_interrupted_rescaled_restore_is_refused_on_open_and_replaced_by_a_retry() -> Result<()> {
+    use statebackend::{BackendKind, Error, RocksDbBackend};
+    let tmp = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::new(tmp.path().join("storage"))?);
+    let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 2)?;
+    let mut union = Model::default();
+    let mut backends = Vec::new();
+    for i in 0..2 {
+        let range = KeyGroupRange::for_operator(128, 2, i)?;
+        let mut b = AnyBackend::open(&config(BackendKind::RocksDb, range))?;
+        let h = Handles::register(&mut b)?;
+        let mut model = Model::default();
+        let mut g = OpGenerator::new(80 + u64::from(i), 40, |k| range.contains(key_group(k)));
+        run_ops(&mut b, &h, &mut model, &mut g, 800)?;
+        union.absorb(model);
+        backends.push(b);
+    }
+    coordinator.begin(1)?;
+    let instances = backends
+        .iter_mut()
+        .map(|b| Ok(b.snapshot(1)?.upload(storage.as_ref())?.0))
+        .collect::<Result<Vec<_>>>()?;
+    let meta = coordinator.complete(1, instances)?.clone();
+    drop(backends);
+
+    // The crash state: the base instance alone in db/, and the marker.
+    let work = tmp.path().join("work");
+    let mut base_only = config(BackendKind::RocksDb, meta.instances[0].key_groups);
+    base_only.working_dir = Some(work.clone());
+    drop(restore_instance(
+        storage.as_ref(),
+        &meta,
+        &base_only,
+        RestoreMode::NoClaim,
+    )?);
+    let all = KeyGroupRange::all(128)?;
+    let mut whole = config(BackendKind::RocksDb, all);
+    whole.working_dir = Some(work.clone());
+    // Without the marker, db/ is a complete DB: a restore refuses to overwrite it.
+    assert!(matches!(
+        restore_instance(storage.as_ref(), &meta, &whole, RestoreMode::NoClaim),
+        Err(Error::Incompatible { .. })
+    ));
+    std::fs::write(work.join("db.restore-incomplete"), b"").unwrap();
+
+    let reopened = RocksDbBackend::open(
+        128,
+        meta.instances[0].key_groups,
+        Some(work.clone()),
+        Default::default(),
+    );
+    assert!(
+        matches!(&reopened, Err(Error::Incompatible { reason }) if reason.contains("did not finish")),
+        "{:?}",
+        reopened.err()
+    );
+
+    let mut restored = restore_instance(storage.as_ref(), &meta, &whole, RestoreMode::NoClaim)?;
+    let h = Handles::register(&mut restored)?;
+    assert_matches_model(&mut restored, &h, &union)?;
+    drop(restored);
+    assert!(!work.join("db.restore-incomplete").exists());
+    // Complete now: it reopens.
+    RocksDbBackend::open(128, all, Some(work), Default::default())?;
+    Ok(())
+}

@@ -63,6 +63,7 @@ pub fn restore_instance(
                 config.working_dir.clone(),
                 config.rocksdb.clone(),
                 mode == RestoreMode::Claim,
+                true,
                 &mut |entry, local| {
                     storage.get_to_file(&entry.path, local)?;
                     Ok(())
@@ -147,6 +148,7 @@ fn restore_rescaled(
                         None,
                         config.rocksdb.clone(),
                         false,
+                        true,
                         &mut fetch,
                     )
                 })
@@ -156,14 +158,19 @@ fn restore_rescaled(
                 config.working_dir.clone(),
                 config.rocksdb.clone(),
                 false,
+                false,
                 &mut fetch,
             )?;
-            let combined = combine_rescaled(&mut backend, &others, range);
+            // Until `finish_restore`, the working directory is marked: a crash while the base
+            // is trimmed and merged leaves a `db/` that reopening refuses and a retry replaces.
+            let combined = combine_rescaled(&mut backend, &others, range)
+                .and_then(|()| backend.finish_restore());
             if let Err(e) = combined {
                 // As a failed single-instance restore does: no DB is left for the retry.
                 drop(backend);
                 if let Some(dir) = &config.working_dir {
                     let _ = std::fs::remove_dir_all(dir.join("db"));
+                    let _ = std::fs::remove_file(dir.join(crate::rocks::RESTORE_MARKER));
                 }
                 return Err(e);
             }

@@ -23,6 +23,7 @@ use crate::state::rows::{decode_list, encode_list_element};
 use crate::state::{StateId, StateInfo, StateKey, StateKind, StateValue, StoredState};
 
 pub use options::{CompactionStyle, Memtable, RocksDbOptions};
+pub(crate) use snapshot::RESTORE_MARKER;
 pub use snapshot::RocksDbSnapshot;
 
 use crate::checkpoint::metadata::InstanceId;
@@ -127,7 +128,8 @@ impl RocksDbBackend {
     ///
     /// # Errors
     /// Invalid parallelism or range; [`Error::DirectoryLocked`] if another live backend holds the
-    /// directory; I/O and RocksDB errors.
+    /// directory; [`Error::Incompatible`] if it holds a checkpoint restore that did not finish
+    /// (restore again into it); I/O and RocksDB errors.
     pub fn open(
         max_parallelism: u32,
         range: KeyGroupRange,
@@ -135,6 +137,16 @@ impl RocksDbBackend {
         options: RocksDbOptions,
     ) -> Result<Self> {
         let dir = WorkingDir::create(working_dir)?;
+        let marker = dir.path().join(RESTORE_MARKER);
+        if marker.exists() {
+            return Err(Error::Incompatible {
+                reason: format!(
+                    "{} holds a restore that did not finish ({} is present): restore again into it",
+                    dir.path().display(),
+                    marker.display()
+                ),
+            });
+        }
         Self::open_in(max_parallelism, range, dir, options)
     }
 

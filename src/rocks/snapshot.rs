@@ -43,6 +43,10 @@ pub struct RocksDbSnapshot {
     base: HashMap<String, FileEntry>,
 }
 
+/// A file in the working directory that marks its `db/` as an unfinished restore (see
+/// `RocksDbBackend::restore_files`).
+pub(crate) const RESTORE_MARKER: &str = "db.restore-incomplete";
+
 impl RocksDbBackend {
     /// The synchronous part of checkpoint `checkpoint_id`: flushes and hard-links a native
     /// checkpoint into the working directory's staging area.
@@ -108,6 +112,12 @@ impl RocksDbBackend {
     /// verified before the DB is opened. With `claim`, the restored shared files become the
     /// base of the next incremental checkpoint; without, the next checkpoint uploads everything.
     ///
+    /// `complete`: the restored DB is the whole restored state. A rescaled restore passes
+    /// `false` for its base instance, keeps the working directory marked as an interrupted
+    /// restore (`RESTORE_MARKER`) while it trims and merges, and calls
+    /// [`RocksDbBackend::finish_restore`] at the end. A restore into a directory whose `db/` is
+    /// so marked replaces that `db/`; an unmarked `db/` is refused.
+    ///
     /// # Errors
     /// [`Error::SizeMismatch`] / [`Error::ChecksumMismatch`] naming the file; RocksDB errors.
     pub(crate) fn restore_files(
@@ -115,14 +125,20 @@ impl RocksDbBackend {
         working_dir: Option<PathBuf>,
         options: super::RocksDbOptions,
         claim: bool,
+        complete: bool,
         fetch: &mut dyn FnMut(&FileEntry, &Path) -> Result<()>,
     ) -> Result<Self> {
         let dir = super::WorkingDir::create(working_dir)?;
         let db_path = dir.path().join("db");
+        let marker = dir.path().join(RESTORE_MARKER);
         if db_path.exists() {
-            return Err(Error::Incompatible {
-                reason: format!("restore target {} already holds a DB", db_path.display()),
-            });
+            if !marker.exists() {
+                return Err(Error::Incompatible {
+                    reason: format!("restore target {} already holds a DB", db_path.display()),
+                });
+            }
+            // The leftover of a restore that stopped before its DB was complete.
+            std::fs::remove_dir_all(&db_path).map_err(|e| Error::io(&db_path, e))?;
         }
         // Files are fetched into a staging directory and it becomes `db` only once every file
         // is verified: a crash mid-download leaves just the staging directory, which the retry
@@ -132,13 +148,34 @@ impl RocksDbBackend {
             std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
         }
         std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-        let restored = Self::restore_into(metadata, dir, &staging, &db_path, options, claim, fetch);
+        let restored = Self::restore_into(metadata, dir, &staging, &db_path, options, claim, fetch)
+            .and_then(|backend| {
+                if complete {
+                    backend.finish_restore()?;
+                }
+                Ok(backend)
+            });
         if restored.is_err() {
             let _ = std::fs::remove_dir_all(&staging);
             // A failed restore leaves no half-written DB behind: a retry starts clean.
             let _ = std::fs::remove_dir_all(&db_path);
+            let _ = std::fs::remove_file(&marker);
         }
         restored
+    }
+
+    /// Declares the restored DB complete: removes the working directory's interrupted-restore
+    /// marker, durably, so that the directory can be reopened.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub(crate) fn finish_restore(&self) -> Result<()> {
+        let marker = self.dir.path().join(RESTORE_MARKER);
+        match std::fs::remove_file(&marker) {
+            Ok(()) => crate::storage::sync_dir(self.dir.path()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&marker, e)),
+        }
     }
 
     fn restore_into(
@@ -156,6 +193,14 @@ impl RocksDbBackend {
             fetch(entry, &local)?;
             verify_local_file(&local, entry)?;
         }
+        // The marker is durable before `db/` can exist, and removed only when the caller
+        // declares the DB complete: a crash in between leaves a `db/` that reopening refuses
+        // and the next restore replaces.
+        let marker = dir.path().join(RESTORE_MARKER);
+        std::fs::File::create(&marker)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(&marker, e))?;
+        crate::storage::sync_dir(dir.path())?;
         std::fs::rename(staging, db_path).map_err(|e| Error::io(db_path, e))?;
         let mut backend =
             Self::open_in(metadata.max_parallelism, metadata.key_groups, dir, options)?;

@@ -438,14 +438,14 @@ fn sync_parent_dir(path: &Path) -> Result<()> {
 /// `fsync`s a directory. Only Unix can open directories for syncing; elsewhere this is a no-op
 /// (NTFS journals metadata).
 #[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir, e))
 }
 
 #[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(_dir: &Path) -> Result<()> {
     Ok(())
 }
 

@@ -28,6 +28,8 @@ pub use faulty::{FaultMode, FaultyStorage};
 pub use local::LocalDirStorage;
 pub use path::StoragePath;
 
+pub(crate) use local::sync_dir;
+
 use std::path::Path;
 use std::sync::Arc;
 
