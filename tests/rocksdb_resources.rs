@@ -74,3 +74,35 @@ fn bytes_of_another_type_are_a_decode_error_naming_the_state() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_directory_reopens_only_with_the_parallelism_and_key_groups_it_was_written_for() -> Result<()> {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("work");
+    let descriptor = ValueStateDescriptor::<String, (), u64>::new("v");
+    {
+        let mut b = RocksDbBackend::open(128, all(), Some(dir.clone()), Default::default())?;
+        let v = b.value_state(&descriptor)?;
+        v.put(&mut b, &"k".into(), &(), 7)?;
+    }
+    // Another max parallelism maps keys to other key groups; another range would leave rows
+    // unreachable or foreign: both are refused, and the refusal changes nothing.
+    let half = KeyGroupRange::for_operator(128, 2, 0)?;
+    for (max_parallelism, range) in [(256, KeyGroupRange::all(256)?), (128, half)] {
+        let opened = RocksDbBackend::open(
+            max_parallelism,
+            range,
+            Some(dir.clone()),
+            Default::default(),
+        );
+        assert!(
+            matches!(&opened, Err(Error::Incompatible { reason }) if reason.contains("max parallelism 128")),
+            "{:?}",
+            opened.err()
+        );
+    }
+    let mut b = RocksDbBackend::open(128, all(), Some(dir), Default::default())?;
+    let v = b.value_state(&descriptor)?;
+    assert_eq!(v.get(&b, &"k".into(), &())?, Some(7));
+    Ok(())
+}

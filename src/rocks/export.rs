@@ -200,7 +200,7 @@ impl RocksDbBackend {
             self.db.delete_range_cf(cf, from, to).map_err(rocks_err)?;
         }
         self.range = keep;
-        Ok(())
+        self.write_instance_record()
     }
 }
 

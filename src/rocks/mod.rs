@@ -31,6 +31,11 @@ use snapshot::IncrementalState;
 
 /// Key prefix, in the default column family, of the registered-state records.
 const STATE_RECORD_PREFIX: &[u8] = b"statebackend/state/";
+/// Key of the instance record: the max parallelism and key-group range the rows were written
+/// for (`rocksdb-layout.md` §3).
+const INSTANCE_RECORD_KEY: &[u8] = b"statebackend/instance";
+/// Version byte of the instance record's value.
+const INSTANCE_RECORD_VERSION: u8 = 1;
 
 /// Where the backend keeps its files: a temporary directory removed on drop, or the engine's.
 enum WorkingDir {
@@ -215,8 +220,72 @@ impl RocksDbBackend {
             incremental: IncrementalState::default(),
             dir,
         };
+        backend.check_instance_record()?;
         backend.load_state_records()?;
         Ok(backend)
+    }
+
+    /// Checks that the database was written for this max parallelism and key-group range
+    /// (rows are addressed by key group, so either differing would make state silently
+    /// unreachable), or records them in a database that has no record yet.
+    fn check_instance_record(&self) -> Result<()> {
+        let found = self.db.get(INSTANCE_RECORD_KEY).map_err(rocks_err)?;
+        let Some(bytes) = found else {
+            return self.write_instance_record();
+        };
+        let corrupt = |what: &str| {
+            Error::corrupt(
+                self.dir.path().display().to_string(),
+                format!("instance record: {what}"),
+            )
+        };
+        let (&version, rest) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
+        if version != INSTANCE_RECORD_VERSION {
+            return Err(Error::Incompatible {
+                reason: format!(
+                    "{} was written with instance record version {version}; this build reads {INSTANCE_RECORD_VERSION}",
+                    self.dir.path().display()
+                ),
+            });
+        }
+        if rest.len() != 12 {
+            return Err(corrupt("not 12 bytes after the version"));
+        }
+        let words: Vec<u32> = rest
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let [max_parallelism, start, end] = words[..] else {
+            return Err(corrupt("not 12 bytes after the version"));
+        };
+        if max_parallelism != self.assigner.max_parallelism()
+            || (start, end) != (self.range.start(), self.range.end())
+        {
+            return Err(Error::Incompatible {
+                reason: format!(
+                    "{} holds key groups [{start}, {end}) of max parallelism {max_parallelism}, not {} of {}; restore a checkpoint or savepoint to change either",
+                    self.dir.path().display(),
+                    self.range,
+                    self.assigner.max_parallelism()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes the instance record for the current max parallelism and range.
+    fn write_instance_record(&self) -> Result<()> {
+        let mut value = vec![INSTANCE_RECORD_VERSION];
+        for word in [
+            self.assigner.max_parallelism(),
+            self.range.start(),
+            self.range.end(),
+        ] {
+            value.extend_from_slice(&word.to_le_bytes());
+        }
+        self.db
+            .put_opt(INSTANCE_RECORD_KEY, value, &self.write_options)
+            .map_err(rocks_err)
     }
 
     /// The working directory.
