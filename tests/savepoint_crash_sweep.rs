@@ -142,10 +142,17 @@ fn sweep_point(kind: BackendKind, k: u64, crash: bool) -> Result<bool> {
     };
 
     // The retry, into the same directory, from the same (still running) job: it replaces
-    // every data file the failed attempt left, so only temporaries can remain beside it.
+    // every data file the failed attempt left.
     let meta = write_savepoint(&mut backends, &storage)?;
     assert_restores_exactly(&dir, tmp.path(), &model)?;
     assert!(strays(&dir, &listed(&meta))?.is_empty(), "{what}");
+    // Completing the retry removes the temporary files the crashed attempt left.
+    let temporaries: Vec<_> = storage
+        .list(None)?
+        .into_iter()
+        .filter(|o| is_temporary(&o.path))
+        .collect();
+    assert!(temporaries.is_empty(), "{what}: {temporaries:?}");
     assert!(
         left.is_subset(&listed(&meta)),
         "{what}: {left:?} survived the retry"

@@ -26,7 +26,7 @@ use crate::codec::{Codec, DefaultCodec};
 use crate::error::{Error, Result};
 use crate::format::verify_local_file;
 use crate::heap::HeapBackend;
-use crate::storage::{CheckpointStorage, StoragePath};
+use crate::storage::{CheckpointStorage, StoragePath, is_temporary};
 use data_file::DataFileReader;
 use view::{HeapView, RowView, write_data_file};
 
@@ -96,6 +96,9 @@ impl PendingSavepoint {
 }
 
 /// Writes the savepoint's `_metadata` (atomically, last): from now on the savepoint exists.
+/// Then removes temporary files a crashed earlier attempt left in the directory (every instance
+/// has finished writing when this is called); a failure to remove one is ignored, as such a
+/// file is never read.
 ///
 /// # Errors
 /// [`Error::Incompatible`] if the instances' key groups overlap or their max parallelism
@@ -130,7 +133,22 @@ fn write_savepoint_metadata(
         instances,
     };
     storage.put(&StoragePath::parse(METADATA_FILE)?, &meta.encode())?;
+    remove_temporary_leftovers(storage);
     Ok(meta)
+}
+
+/// Best-effort removal of the temporary files of interrupted writes (`storage::is_temporary`).
+/// Only the directory's own level: a savepoint has no subdirectories, so a temporary file
+/// deeper down is not one of its writes.
+fn remove_temporary_leftovers(storage: &dyn CheckpointStorage) {
+    if let Ok(objects) = storage.list(None) {
+        let leftovers = objects
+            .iter()
+            .filter(|o| o.path.components().count() == 1 && is_temporary(&o.path));
+        for object in leftovers {
+            let _ = storage.delete(&object.path);
+        }
+    }
 }
 
 /// Reads and validates a savepoint's `_metadata`.
