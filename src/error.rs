@@ -194,6 +194,12 @@ pub enum Error {
         /// What does not fit.
         reason: String,
     },
+    /// Backend options that cannot work (for example a hash memtable without buckets).
+    #[error("invalid options: {reason}")]
+    InvalidOptions {
+        /// Which option, and why.
+        reason: String,
+    },
     /// A fault injected by a test storage wrapper.
     #[error("injected fault at operation {op}")]
     InjectedFault {

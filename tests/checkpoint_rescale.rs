@@ -151,3 +151,81 @@ fn an_interrupted_rescaled_restore_is_refused_on_open_and_replaced_by_a_retry() 
     RocksDbBackend::open(128, all, Some(work), Default::default())?;
     Ok(())
 }
+
+/// Child-process half of `a_rescaled_restore_is_on_disk_when_it_returns`: restores the latest
+/// checkpoint of the storage in `root` at parallelism 1 into `root/work`, then exits without
+/// closing the database (no destructor runs, as in a crash).
+#[cfg(feature = "rocksdb")]
+fn crash_right_after_a_rescaled_restore(root: &std::path::Path) -> ! {
+    use statebackend::BackendKind;
+    let storage: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::new(root.join("storage")).unwrap());
+    let coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 2).unwrap();
+    let meta = coordinator.latest().unwrap().clone();
+    let mut whole = config(BackendKind::RocksDb, KeyGroupRange::all(128).unwrap());
+    whole.working_dir = Some(root.join("work"));
+    let restored = restore_instance(storage.as_ref(), &meta, &whole, RestoreMode::NoClaim).unwrap();
+    std::mem::forget(restored);
+    std::process::exit(0)
+}
+
+/// The WAL is off, so what a rescaled restore leaves only in memtables (its new instance
+/// record) would be lost if the process died right after the restore returned. Records are
+/// flushed when written, and the restore flushes before it removes its marker; a child process
+/// that exits without closing the database proves it: the directory then reopens with the new
+/// range and holds the whole state (the test fails with both flushes removed).
+#[cfg(feature = "rocksdb")]
+#[test]
+fn a_rescaled_restore_is_on_disk_when_it_returns() -> Result<()> {
+    use statebackend::{BackendKind, RocksDbBackend};
+    const CHILD: &str = "STATEBACKEND_TEST_RESCALED_RESTORE_CHILD";
+    if let Some(root) = std::env::var_os(CHILD) {
+        crash_right_after_a_rescaled_restore(std::path::Path::new(&root));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::new(tmp.path().join("storage"))?);
+    let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 2)?;
+    let mut union = Model::default();
+    let mut backends = Vec::new();
+    for i in 0..2 {
+        let range = KeyGroupRange::for_operator(128, 2, i)?;
+        let mut b = AnyBackend::open(&config(BackendKind::RocksDb, range))?;
+        let h = Handles::register(&mut b)?;
+        let mut model = Model::default();
+        let mut g = OpGenerator::new(90 + u64::from(i), 40, |k| range.contains(key_group(k)));
+        run_ops(&mut b, &h, &mut model, &mut g, 800)?;
+        union.absorb(model);
+        backends.push(b);
+    }
+    coordinator.begin(1)?;
+    let instances = backends
+        .iter_mut()
+        .map(|b| Ok(b.snapshot(1)?.upload(storage.as_ref())?.0))
+        .collect::<Result<Vec<_>>>()?;
+    coordinator.complete(1, instances)?;
+    drop(backends);
+
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_rescaled_restore_is_on_disk_when_it_returns",
+            "--test-threads=1",
+        ])
+        .env(CHILD, tmp.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "child: {status}");
+
+    let all = KeyGroupRange::all(128)?;
+    let mut reopened = AnyBackend::RocksDb(RocksDbBackend::open(
+        128,
+        all,
+        Some(tmp.path().join("work")),
+        Default::default(),
+    )?);
+    let h = Handles::register(&mut reopened)?;
+    assert_matches_model(&mut reopened, &h, &union)?;
+    Ok(())
+}

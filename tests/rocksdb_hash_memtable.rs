@@ -182,3 +182,18 @@ fn memtable_factory_of(db: &std::path::Path, cf: &str) -> String {
         .expect("memtable_factory line");
     line.trim_start()["memtable_factory=".len()..].to_owned()
 }
+
+#[test]
+fn a_hash_memtable_needs_buckets_that_fit_its_write_buffer() {
+    for buckets in [0, (64 << 20) / 16 + 1] {
+        let options = RocksDbOptions {
+            memtable: Memtable::HashLinkList { buckets },
+            ..Default::default()
+        };
+        let opened = RocksDbBackend::open(128, all(), None, options);
+        assert!(
+            matches!(opened, Err(statebackend::Error::InvalidOptions { .. })),
+            "{buckets} buckets"
+        );
+    }
+}

@@ -106,3 +106,17 @@ fn a_directory_reopens_only_with_the_parallelism_and_key_groups_it_was_written_f
     assert_eq!(v.get(&b, &"k".into(), &())?, Some(7));
     Ok(())
 }
+
+#[test]
+fn a_restore_marker_without_a_database_does_not_block_opening() -> Result<()> {
+    // A crash after a checkpoint restore created its marker but before its DB appeared.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("work");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("db.restore-incomplete"), b"").unwrap();
+    let mut b = RocksDbBackend::open(128, all(), Some(dir.clone()), Default::default())?;
+    let v = b.value_state(&ValueStateDescriptor::<String, (), u64>::new("v"))?;
+    v.put(&mut b, &"k".into(), &(), 1)?;
+    assert!(!dir.join("db.restore-incomplete").exists());
+    Ok(())
+}

@@ -113,6 +113,7 @@ fn cf_name(state: &str) -> String {
 fn read_state_records(db: &DB) -> Result<Vec<StateInfo>> {
     let mut read = ReadOptions::default();
     read.set_iterate_range(rocksdb::PrefixRange(STATE_RECORD_PREFIX));
+    read.set_total_order_seek(true); // as every iterator (`prefix_read_options`)
     db.iterator_opt(IteratorMode::Start, read)
         .map(|item| {
             let (_, value) = item.map_err(rocks_err)?;
@@ -143,7 +144,10 @@ impl RocksDbBackend {
     ) -> Result<Self> {
         let dir = WorkingDir::create(working_dir)?;
         let marker = dir.path().join(RESTORE_MARKER);
-        if marker.exists() {
+        if marker.exists() && !dir.path().join("db").exists() {
+            // A restore stopped before its DB appeared: nothing to protect.
+            std::fs::remove_file(&marker).map_err(|e| Error::io(&marker, e))?;
+        } else if marker.exists() {
             return Err(Error::Incompatible {
                 reason: format!(
                     "{} holds a restore that did not finish ({} is present): restore again into it",
@@ -164,6 +168,7 @@ impl RocksDbBackend {
     ) -> Result<Self> {
         let assigner = KeyGroupAssigner::new(max_parallelism)?;
         check_range(max_parallelism, range)?;
+        options.validate()?;
         let db_path = dir.path().join("db");
         let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
         let db_options = options.db_options();
@@ -174,7 +179,7 @@ impl RocksDbBackend {
         };
         // A column family's options depend on its state's kind (the memtable), and the kinds
         // are in the state records, so read them first from the default column family alone.
-        let records = if existing_cfs.is_empty() {
+        let records = if existing_cfs.is_empty() || options.memtable == Memtable::SkipList {
             Vec::new()
         } else {
             let db = DB::open_cf_for_read_only(&db_options, &db_path, ["default"], false)
@@ -283,8 +288,16 @@ impl RocksDbBackend {
         ] {
             value.extend_from_slice(&word.to_le_bytes());
         }
+        self.put_record(INSTANCE_RECORD_KEY, &value)
+    }
+
+    /// Writes a record of the `default` column family and flushes it: records are written
+    /// rarely and must survive a crash (the WAL is off), or a reopen would miss a state or
+    /// accept another key-group range.
+    fn put_record(&self, key: &[u8], value: &[u8]) -> Result<()> {
         self.db
-            .put_opt(INSTANCE_RECORD_KEY, value, &self.write_options)
+            .put_opt(key, value, &self.write_options)
+            .and_then(|()| self.db.flush())
             .map_err(rocks_err)
     }
 
@@ -369,9 +382,7 @@ impl RocksDbBackend {
                 state: info.name.clone(),
                 message: e.0,
             })?;
-        self.db
-            .put_opt(record_key, record, &self.write_options)
-            .map_err(rocks_err)?;
+        self.put_record(&record_key, &record)?;
         self.states.push(RocksState {
             info: info.clone(),
             cf_name,

@@ -32,7 +32,8 @@ pub enum Memtable {
     /// part: RocksDB must first sort the memtable (W5: 2.85 s instead of 0.37 s to flush the
     /// bulk load at the first checkpoint; rounds of 10,000 updates 22–58 ms instead of
     /// 15–21 ms). The bucket array (`buckets` × 8 bytes) is allocated with each memtable of
-    /// each such state and counts towards its write buffer.
+    /// each such state and counts towards its write buffer. An iterator over such a state
+    /// (`keys`) first copies and sorts its memtable, on every call.
     HashLinkList {
         /// Hash buckets per memtable. About the number of rows a memtable holds keeps the
         /// lists short: a 64 MiB memtable of small rows holds about 1.6 million.
@@ -122,6 +123,26 @@ impl Default for RocksDbOptions {
 }
 
 impl RocksDbOptions {
+    /// Checks the options that RocksDB would not reject itself but cannot work with.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidOptions`] for a hash memtable with no buckets, or with a bucket
+    /// array (8 bytes per bucket) that would fill the write buffer on its own.
+    pub fn validate(&self) -> crate::Result<()> {
+        if let Memtable::HashLinkList { buckets } = self.memtable {
+            let limit = self.write_buffer_bytes / 8 / 2;
+            if buckets == 0 || buckets > limit {
+                return Err(crate::Error::InvalidOptions {
+                    reason: format!(
+                        "Memtable::HashLinkList needs 1..={limit} buckets for a {} byte write buffer (8 bytes per bucket, at most half the buffer), got {buckets}",
+                        self.write_buffer_bytes
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The RocksDB options this struct stands for, for a plain DB whose default column family
     /// holds a state of `kind` (what the benchmarks' raw-RocksDB baseline opens, so that the
     /// comparison uses the same settings). The merge operator is included.

@@ -164,12 +164,14 @@ impl RocksDbBackend {
         restored
     }
 
-    /// Declares the restored DB complete: removes the working directory's interrupted-restore
-    /// marker, durably, so that the directory can be reopened.
+    /// Declares the restored DB complete: flushes it (a rescaled restore's range deletes and
+    /// instance record are in memtables, and the WAL is off), then removes the working
+    /// directory's interrupted-restore marker, durably, so that the directory can be reopened.
     ///
     /// # Errors
-    /// I/O errors.
+    /// RocksDB and I/O errors.
     pub(crate) fn finish_restore(&self) -> Result<()> {
+        self.flush()?;
         let marker = self.dir.path().join(RESTORE_MARKER);
         match std::fs::remove_file(&marker) {
             Ok(()) => crate::storage::sync_dir(self.dir.path()),

@@ -28,6 +28,7 @@ pub use faulty::{FaultMode, FaultyStorage};
 pub use local::LocalDirStorage;
 pub use path::StoragePath;
 
+#[cfg(feature = "rocksdb")]
 pub(crate) use local::sync_dir;
 
 use std::path::Path;
