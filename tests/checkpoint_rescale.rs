@@ -77,18 +77,19 @@ fn checkpoints_restore_at_another_parallelism() -> Result<()> {
     Ok(())
 }
 
-/// A process that dies while a rescaled RocksDB restore trims and merges its base instance
-/// leaves `db/` and the `db.restore-incomplete` marker in the working directory (no storage
-/// operation happens in that window, so the crash sweeps cannot reach it; the state is built
-/// here directly). Reopening must refuse that DB, and a restore into the directory must
-/// replace it; a `db/` without the marker is still never overwritten.
+/// Checkpoint 1 of a job of two RocksDB instances with random state, in `root/storage`; returns
+/// the storage, the checkpoint's metadata and the job's model.
 #[cfg(feature = "rocksdb")]
-#[test]
-fn an_interrupted_rescaled_restore_is_refused_on_open_and_replaced_by_a_retry() -> Result<()> {
-    use statebackend::{BackendKind, Error, RocksDbBackend};
-    let tmp = tempfile::tempdir().unwrap();
-    let storage: Arc<dyn CheckpointStorage> =
-        Arc::new(LocalDirStorage::new(tmp.path().join("storage"))?);
+fn two_instance_checkpoint(
+    root: &std::path::Path,
+    seed: u64,
+) -> Result<(
+    Arc<dyn CheckpointStorage>,
+    statebackend::checkpoint::SnapshotMetadata,
+    Model,
+)> {
+    use statebackend::BackendKind;
+    let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(root.join("storage"))?);
     let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 2)?;
     let mut union = Model::default();
     let mut backends = Vec::new();
@@ -97,7 +98,7 @@ fn an_interrupted_rescaled_restore_is_refused_on_open_and_replaced_by_a_retry() 
         let mut b = AnyBackend::open(&config(BackendKind::RocksDb, range))?;
         let h = Handles::register(&mut b)?;
         let mut model = Model::default();
-        let mut g = OpGenerator::new(80 + u64::from(i), 40, |k| range.contains(key_group(k)));
+        let mut g = OpGenerator::new(seed + u64::from(i), 40, |k| range.contains(key_group(k)));
         run_ops(&mut b, &h, &mut model, &mut g, 800)?;
         union.absorb(model);
         backends.push(b);
@@ -108,7 +109,20 @@ fn an_interrupted_rescaled_restore_is_refused_on_open_and_replaced_by_a_retry() 
         .map(|b| Ok(b.snapshot(1)?.upload(storage.as_ref())?.0))
         .collect::<Result<Vec<_>>>()?;
     let meta = coordinator.complete(1, instances)?.clone();
-    drop(backends);
+    Ok((storage, meta, union))
+}
+
+/// A process that dies while a rescaled RocksDB restore trims and merges its base instance
+/// leaves `db/` and the `db.restore-incomplete` marker in the working directory (no storage
+/// operation happens in that window, so the crash sweeps cannot reach it; the state is built
+/// here directly). Reopening must refuse that DB, and a restore into the directory must
+/// replace it; a `db/` without the marker is still never overwritten.
+#[cfg(feature = "rocksdb")]
+#[test]
+fn an_interrupted_rescaled_restore_is_refused_on_open_and_replaced_by_a_retry() -> Result<()> {
+    use statebackend::{BackendKind, Error, RocksDbBackend};
+    let tmp = tempfile::tempdir().unwrap();
+    let (storage, meta, union) = two_instance_checkpoint(tmp.path(), 80)?;
 
     // The crash state: the base instance alone in db/, and the marker.
     let work = tmp.path().join("work");
@@ -177,34 +191,13 @@ fn crash_right_after_a_rescaled_restore(root: &std::path::Path) -> ! {
 #[cfg(feature = "rocksdb")]
 #[test]
 fn a_rescaled_restore_is_on_disk_when_it_returns() -> Result<()> {
-    use statebackend::{BackendKind, RocksDbBackend};
+    use statebackend::RocksDbBackend;
     const CHILD: &str = "STATEBACKEND_TEST_RESCALED_RESTORE_CHILD";
     if let Some(root) = std::env::var_os(CHILD) {
         crash_right_after_a_rescaled_restore(std::path::Path::new(&root));
     }
     let tmp = tempfile::tempdir().unwrap();
-    let storage: Arc<dyn CheckpointStorage> =
-        Arc::new(LocalDirStorage::new(tmp.path().join("storage"))?);
-    let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 2)?;
-    let mut union = Model::default();
-    let mut backends = Vec::new();
-    for i in 0..2 {
-        let range = KeyGroupRange::for_operator(128, 2, i)?;
-        let mut b = AnyBackend::open(&config(BackendKind::RocksDb, range))?;
-        let h = Handles::register(&mut b)?;
-        let mut model = Model::default();
-        let mut g = OpGenerator::new(90 + u64::from(i), 40, |k| range.contains(key_group(k)));
-        run_ops(&mut b, &h, &mut model, &mut g, 800)?;
-        union.absorb(model);
-        backends.push(b);
-    }
-    coordinator.begin(1)?;
-    let instances = backends
-        .iter_mut()
-        .map(|b| Ok(b.snapshot(1)?.upload(storage.as_ref())?.0))
-        .collect::<Result<Vec<_>>>()?;
-    coordinator.complete(1, instances)?;
-    drop(backends);
+    let (_, _, union) = two_instance_checkpoint(tmp.path(), 90)?;
 
     let status = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
