@@ -5,18 +5,11 @@ mod common;
 
 use std::sync::Arc;
 
-use common::checkpointing::{assert_matches_model, config, kinds, run_ops};
-use common::model::{Handles, Model, OpGenerator};
+use common::checkpointing::{assert_matches_model, config, key_group, kinds, random_job};
+use common::model::{Handles, Model};
 use statebackend::checkpoint::{CheckpointCoordinator, RestoreMode, restore_instance};
 use statebackend::storage::{CheckpointStorage, LocalDirStorage};
-use statebackend::{AnyBackend, KeyGroupAssigner, KeyGroupRange, KeyedStateBackend, Result};
-
-fn key_group(key: &String) -> u16 {
-    let bytes = statebackend::Codec::encode(&statebackend::BincodeCodec, key).unwrap();
-    KeyGroupAssigner::new(128)
-        .unwrap()
-        .key_group_of_bytes(&bytes)
-}
+use statebackend::{KeyGroupRange, KeyedStateBackend, Result};
 
 #[test]
 fn checkpoints_restore_at_another_parallelism() -> Result<()> {
@@ -25,19 +18,7 @@ fn checkpoints_restore_at_another_parallelism() -> Result<()> {
             let tmp = tempfile::tempdir().unwrap();
             let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(tmp.path())?);
             let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 2)?;
-            let mut union = Model::default();
-            let mut backends = Vec::new();
-            for i in 0..p {
-                let range = KeyGroupRange::for_operator(128, p, i)?;
-                let mut b = AnyBackend::open(&config(kind, range))?;
-                let h = Handles::register(&mut b)?;
-                let mut model = Model::default();
-                let mut g =
-                    OpGenerator::new(60 + u64::from(i), 40, |k| range.contains(key_group(k)));
-                run_ops(&mut b, &h, &mut model, &mut g, 1_200)?;
-                union.absorb(model);
-                backends.push(b);
-            }
+            let (mut backends, union) = random_job(kind, p, 60, 1_200)?;
             // Two checkpoints, so the second one is incremental for RocksDB.
             let mut meta = None;
             for id in 1..=2 {
@@ -91,18 +72,7 @@ fn two_instance_checkpoint(
     use statebackend::BackendKind;
     let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(root.join("storage"))?);
     let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 2)?;
-    let mut union = Model::default();
-    let mut backends = Vec::new();
-    for i in 0..2 {
-        let range = KeyGroupRange::for_operator(128, 2, i)?;
-        let mut b = AnyBackend::open(&config(BackendKind::RocksDb, range))?;
-        let h = Handles::register(&mut b)?;
-        let mut model = Model::default();
-        let mut g = OpGenerator::new(seed + u64::from(i), 40, |k| range.contains(key_group(k)));
-        run_ops(&mut b, &h, &mut model, &mut g, 800)?;
-        union.absorb(model);
-        backends.push(b);
-    }
+    let (mut backends, union) = random_job(BackendKind::RocksDb, 2, seed, 800)?;
     coordinator.begin(1)?;
     let instances = backends
         .iter_mut()
@@ -212,7 +182,7 @@ fn a_rescaled_restore_is_on_disk_when_it_returns() -> Result<()> {
     assert!(status.success(), "child: {status}");
 
     let all = KeyGroupRange::all(128)?;
-    let mut reopened = AnyBackend::RocksDb(RocksDbBackend::open(
+    let mut reopened = statebackend::AnyBackend::RocksDb(RocksDbBackend::open(
         128,
         all,
         Some(tmp.path().join("work")),

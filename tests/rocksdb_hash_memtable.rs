@@ -9,7 +9,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::checkpointing::{assert_matches_model, checkpoint, run_ops};
+use common::checkpointing::{assert_matches_model, checkpoint, key_group, run_ops};
 use common::model::{Handles, Model, OpGenerator};
 use statebackend::checkpoint::{CheckpointCoordinator, RestoreMode, restore_instance};
 use statebackend::rocks::Memtable;
@@ -26,13 +26,6 @@ fn hashed(range: KeyGroupRange) -> BackendConfig {
     let mut c = BackendConfig::rocksdb(128, range);
     c.rocksdb.memtable = HASHED;
     c
-}
-
-fn key_group(k: &String) -> u16 {
-    let bytes = statebackend::Codec::encode(&statebackend::BincodeCodec, k).unwrap();
-    statebackend::KeyGroupAssigner::new(128)
-        .unwrap()
-        .key_group_of_bytes(&bytes)
 }
 
 fn all() -> KeyGroupRange {

@@ -4,38 +4,13 @@ mod common;
 
 use std::sync::Arc;
 
-use common::checkpointing::{assert_matches_model, config, kinds, run_ops};
-use common::model::{Handles, Model, OpGenerator};
+use common::checkpointing::{assert_matches_model, config, key_group, kinds, random_job};
+use common::model::{Handles, Model};
 use statebackend::savepoint::{complete_savepoint, read_savepoint, restore_savepoint};
 use statebackend::storage::{CheckpointStorage, LocalDirStorage};
 use statebackend::{
-    AnyBackend, BackendKind, Error, KeyGroupAssigner, KeyGroupRange, KeyedStateBackend, Result,
-    ValueStateDescriptor,
+    AnyBackend, Error, KeyGroupRange, KeyedStateBackend, Result, ValueStateDescriptor,
 };
-
-fn key_group(key: &String) -> u16 {
-    let bytes = statebackend::Codec::encode(&statebackend::BincodeCodec, key).unwrap();
-    KeyGroupAssigner::new(128)
-        .unwrap()
-        .key_group_of_bytes(&bytes)
-}
-
-/// P source instances of `kind` with random state; returns their backends and the union model.
-fn sources(kind: BackendKind, parallelism: u32, seed: u64) -> Result<(Vec<AnyBackend>, Model)> {
-    let mut backends = Vec::new();
-    let mut union = Model::default();
-    for i in 0..parallelism {
-        let range = KeyGroupRange::for_operator(128, parallelism, i)?;
-        let mut b = AnyBackend::open(&config(kind, range))?;
-        let h = Handles::register(&mut b)?;
-        let mut model = Model::default();
-        let mut g = OpGenerator::new(seed + u64::from(i), 40, |k| range.contains(key_group(k)));
-        run_ops(&mut b, &h, &mut model, &mut g, 1_500)?;
-        union.absorb(model);
-        backends.push(b);
-    }
-    Ok((backends, union))
-}
 
 fn savepoint_of(
     backends: &mut [AnyBackend],
@@ -56,7 +31,7 @@ fn every_backend_pair_round_trips() -> Result<()> {
     for from in kinds() {
         for to in kinds() {
             let tmp = tempfile::tempdir().unwrap();
-            let (mut backends, model) = sources(from, 1, 31)?;
+            let (mut backends, model) = random_job(from, 1, 31, 1_500)?;
             let storage = savepoint_of(&mut backends, tmp.path())?;
             let meta = read_savepoint(storage.as_ref())?;
             let mut restored = restore_savepoint(
@@ -81,7 +56,7 @@ fn both_backends_write_byte_identical_data_files() -> Result<()> {
         let mut files = Vec::new();
         for kind in kinds() {
             let tmp = tempfile::tempdir().unwrap();
-            let (mut backends, _) = sources(kind, 1, seed)?;
+            let (mut backends, _) = random_job(kind, 1, seed, 1_500)?;
             let storage = savepoint_of(&mut backends, tmp.path())?;
             let meta = read_savepoint(storage.as_ref())?;
             files.push(storage.get(&meta.instances[0].files[0].path)?);
@@ -101,7 +76,7 @@ fn rescaled_restores_hold_exactly_their_key_groups() -> Result<()> {
         for (n, from) in kinds().into_iter().enumerate() {
             let to = kinds()[(n + 1) % kinds().len()];
             let tmp = tempfile::tempdir().unwrap();
-            let (mut backends, union) = sources(from, p, 40 + u64::from(p))?;
+            let (mut backends, union) = random_job(from, p, 40 + u64::from(p), 1_500)?;
             let storage = savepoint_of(&mut backends, tmp.path())?;
             let meta = read_savepoint(storage.as_ref())?;
             assert_eq!(meta.instances.len(), p as usize);
@@ -128,7 +103,7 @@ fn rescaled_restores_hold_exactly_their_key_groups() -> Result<()> {
 fn restoring_into_other_types_is_a_clear_error() -> Result<()> {
     for kind in kinds() {
         let tmp = tempfile::tempdir().unwrap();
-        let (mut backends, _) = sources(kind, 1, 9)?;
+        let (mut backends, _) = random_job(kind, 1, 9, 1_500)?;
         let storage = savepoint_of(&mut backends, tmp.path())?;
         let meta = read_savepoint(storage.as_ref())?;
         for to in kinds() {

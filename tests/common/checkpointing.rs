@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use statebackend::checkpoint::{CheckpointCoordinator, SnapshotMetadata, UploadStats};
 use statebackend::storage::CheckpointStorage;
-use statebackend::{AnyBackend, BackendConfig, BackendKind, KeyGroupRange, Result};
+use statebackend::{
+    AnyBackend, BackendConfig, BackendKind, KeyGroupAssigner, KeyGroupRange, Result,
+};
 
 use super::model::{Handles, Model, Observation, OpGenerator, apply};
 
@@ -105,4 +107,36 @@ pub fn config_in(kind: BackendKind, range: KeyGroupRange, dir: &Path) -> Backend
     let mut c = config(kind, range);
     c.working_dir = Some(dir.join(format!("backend-{}", NEXT.fetch_add(1, Ordering::Relaxed))));
     c
+}
+
+/// The key group of a model key at max parallelism 128.
+pub fn key_group(key: &String) -> u16 {
+    let bytes = statebackend::Codec::encode(&statebackend::BincodeCodec, key).unwrap();
+    KeyGroupAssigner::new(128)
+        .unwrap()
+        .key_group_of_bytes(&bytes)
+}
+
+/// A job of `parallelism` instances of `kind` over 128 key groups, instance `i` driven by
+/// `ops` random operations (seed `seed + i`) on keys it owns; returns the instances and the
+/// union of their models.
+pub fn random_job(
+    kind: BackendKind,
+    parallelism: u32,
+    seed: u64,
+    ops: usize,
+) -> Result<(Vec<AnyBackend>, Model)> {
+    let mut backends = Vec::new();
+    let mut union = Model::default();
+    for i in 0..parallelism {
+        let range = KeyGroupRange::for_operator(128, parallelism, i)?;
+        let mut b = AnyBackend::open(&config(kind, range))?;
+        let h = Handles::register(&mut b)?;
+        let mut model = Model::default();
+        let mut g = OpGenerator::new(seed + u64::from(i), 40, |k| range.contains(key_group(k)));
+        run_ops(&mut b, &h, &mut model, &mut g, ops)?;
+        union.absorb(model);
+        backends.push(b);
+    }
+    Ok((backends, union))
 }
