@@ -52,7 +52,7 @@ fn take(
     let (instance, stats) = pending.upload(coordinator.storage().as_ref()).unwrap();
     let async_ = t.elapsed();
     let meta = coordinator.complete(id, vec![instance]).unwrap().clone();
-    b.notify_checkpoint_complete(&meta.instances[0]);
+    b.notify_checkpoint_complete(&meta.instances[0]).unwrap();
     (meta.total_bytes(), stats, sync, async_)
 }
 

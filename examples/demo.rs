@@ -258,8 +258,12 @@ fn finish_checkpoint(
         instances.push(meta);
     }
     let meta = coordinator.complete(flight.id, instances)?.clone();
-    for (op, instance) in ops.iter_mut().zip(&meta.instances) {
-        op.backend.notify_checkpoint_complete(instance);
+    for op in ops.iter_mut() {
+        // Each instance gets its own part (`complete` orders parts by key group).
+        let id = op.backend.instance_id();
+        let part = meta.instances.iter().find(|i| i.instance_id == id);
+        let part = part.expect("every instance is in the checkpoint");
+        op.backend.notify_checkpoint_complete(part)?;
     }
     offsets.insert(flight.id, flight.offset);
     println!(

@@ -31,6 +31,12 @@ pub struct BackendConfig {
     /// RocksDB tuning.
     #[cfg(feature = "rocksdb")]
     pub rocksdb: RocksDbOptions,
+    /// Whether a restore (checkpoint or savepoint) into `working_dir` may replace what the
+    /// directory holds: a database, or the leftovers of a backend that did not close cleanly
+    /// or of a restore that did not finish. Without it (the default), such a restore is
+    /// [`Error::UncleanWorkingDirectory`] or [`Error::Incompatible`] naming the directory, and
+    /// nothing is touched. Ignored by the heap backend and by [`AnyBackend::open`].
+    pub replace_existing: bool,
 }
 
 impl BackendConfig {
@@ -43,7 +49,15 @@ impl BackendConfig {
             working_dir: None,
             #[cfg(feature = "rocksdb")]
             rocksdb: RocksDbOptions::default(),
+            replace_existing: false,
         }
+    }
+
+    /// This configuration with [`BackendConfig::replace_existing`] set to `replace`.
+    #[must_use]
+    pub fn with_replace_existing(mut self, replace: bool) -> Self {
+        self.replace_existing = replace;
+        self
     }
 
     /// A RocksDB backend configuration in a temporary working directory, default options.
@@ -72,7 +86,9 @@ impl AnyBackend {
     ///
     /// # Errors
     /// Invalid parallelism or range; [`Error::Incompatible`] for RocksDB in a build without the
-    /// `rocksdb` feature; RocksDB open errors.
+    /// `rocksdb` feature; [`Error::UncleanWorkingDirectory`] for a RocksDB working directory
+    /// whose last backend did not close cleanly (restore into it with
+    /// [`BackendConfig::replace_existing`] instead); RocksDB open errors.
     pub fn open(config: &BackendConfig) -> Result<Self> {
         match config.kind {
             BackendKind::Heap => Ok(AnyBackend::Heap(HeapBackend::new(

@@ -331,9 +331,9 @@ pub trait KeyedStateBackend {
     }
 }
 
-/// Checks a registration against the states registered so far: `Ok(Some(id))` if the same
+/// Checks a registration against the states registered so far: `Ok(Some(index))` if the same
 /// state is already registered, `Ok(None)` if the name is free.
-pub(crate) fn find_registered(existing: &[StateInfo], info: &StateInfo) -> Result<Option<StateId>> {
+pub(crate) fn find_registered(existing: &[StateInfo], info: &StateInfo) -> Result<Option<usize>> {
     if info.name.is_empty() {
         return Err(Error::InvalidStateName {
             name: info.name.clone(),
@@ -348,7 +348,7 @@ pub(crate) fn find_registered(existing: &[StateInfo], info: &StateInfo) -> Resul
     }
     match existing.iter().position(|s| s.name == info.name) {
         None => Ok(None),
-        Some(i) if existing[i] == *info => Ok(Some(StateId(i as u32))),
+        Some(i) if existing[i] == *info => Ok(Some(i)),
         Some(i) => Err(Error::StateMismatch {
             name: info.name.clone(),
             registered: existing[i].describe(),

@@ -200,6 +200,83 @@ pub enum Error {
         /// Which option, and why.
         reason: String,
     },
+    /// The instances given to complete a checkpoint or savepoint do not partition the job's
+    /// key groups `[0, max_parallelism)` under one max parallelism, or the instances of a
+    /// snapshot do not cover the key groups a restore asks for. Completing or restoring
+    /// anyway would lose state silently.
+    #[error("{what}: {reason}")]
+    KeyGroupCoverage {
+        /// The checkpoint, savepoint or restore concerned.
+        what: String,
+        /// Which key groups are missing, doubled or inconsistent.
+        reason: String,
+    },
+    /// A checkpoint root holds a checkpoint whose `_metadata` cannot be understood (damaged,
+    /// truncated, or written by a newer release). Garbage collection cannot know which shared
+    /// files it needs, so it refuses to run until an operator repairs or discards it.
+    #[error(
+        "checkpoint {id} cannot be read ({reason}); its files are kept until it is repaired or discarded"
+    )]
+    UnreadableCheckpoint {
+        /// The checkpoint id.
+        id: u64,
+        /// Why it cannot be read.
+        reason: String,
+    },
+    /// Metadata of one backend instance was given to another (for example
+    /// `notify_checkpoint_complete` with another instance's part of a checkpoint).
+    #[error("metadata of instance {found} was given to instance {expected}")]
+    ForeignInstance {
+        /// The instance that received it.
+        expected: String,
+        /// The instance the metadata describes.
+        found: String,
+    },
+    /// A data file's header records other key groups or another max parallelism than the
+    /// metadata entry that lists it: the file belongs to another instance.
+    #[error(
+        "{file} holds key groups {found} of max parallelism {found_max_parallelism}; its metadata lists {expected} of {expected_max_parallelism}"
+    )]
+    KeyGroupsMismatch {
+        /// The data file (storage path).
+        file: String,
+        /// The key groups the metadata lists.
+        expected: KeyGroupRange,
+        /// The max parallelism the metadata lists.
+        expected_max_parallelism: u32,
+        /// The key groups the file's header records.
+        found: KeyGroupRange,
+        /// The max parallelism the file's header records.
+        found_max_parallelism: u32,
+    },
+    /// A RocksDB working directory that was not closed cleanly. The write-ahead log is off
+    /// (durability comes from checkpoints), so its database may hold state that no checkpoint
+    /// ever had: restore the instance from a checkpoint into it (the restore replaces it).
+    #[error(
+        "working directory {path} was not closed cleanly; restore it from a checkpoint or savepoint, which replaces it"
+    )]
+    UncleanWorkingDirectory {
+        /// The working directory.
+        path: PathBuf,
+    },
+    /// A disk (or quota) is full. Recoverable: once space is freed, the same call can be
+    /// retried on the same backend.
+    #[error("no space left for {path}: {message}")]
+    NoSpace {
+        /// The directory or file being written.
+        path: PathBuf,
+        /// The underlying message.
+        message: String,
+    },
+    /// A state handle used on a backend that did not issue it, or on a backend restored since
+    /// it was issued: register the state again on the backend at hand.
+    #[error(
+        "state handle #{index} was issued by another backend (or before a restore); register the state again"
+    )]
+    ForeignHandle {
+        /// The handle's index ([`crate::StateId::index`]) in the backend that issued it.
+        index: u32,
+    },
     /// A fault injected by a test storage wrapper.
     #[error("injected fault at operation {op}")]
     InjectedFault {
@@ -210,11 +287,42 @@ pub enum Error {
 
 impl Error {
     /// An [`Error::Io`] for `path`.
+    /// A full disk (or quota) is [`Error::NoSpace`], whichever layer hit it: callers react to
+    /// it, and to nothing else, by freeing space and retrying.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        if matches!(
+            source.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ) {
+            return Error::NoSpace {
+                path: path.into(),
+                message: source.to_string(),
+            };
+        }
         Error::Io {
             path: path.into(),
             source,
         }
+    }
+
+    /// Whether the error says that stored data is damaged or missing (a file absent, of
+    /// another size or checksum, structurally invalid, of an unknown format, listed for the
+    /// wrong instance, or a snapshot missing key groups), as opposed to an operation that
+    /// failed and may succeed when retried (I/O, a full disk, a network). Falling back to an
+    /// older checkpoint is right for the first kind only.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            Error::ChecksumMismatch { .. }
+                | Error::SizeMismatch { .. }
+                | Error::UnsupportedFormat { .. }
+                | Error::Corrupt { .. }
+                | Error::MissingFile { .. }
+                | Error::InvalidPath { .. }
+                | Error::KeyGroupCoverage { .. }
+                | Error::KeyGroupsMismatch { .. }
+                | Error::Decode { .. }
+        )
     }
 
     /// An [`Error::Corrupt`] for `file`.

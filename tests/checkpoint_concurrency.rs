@@ -167,7 +167,7 @@ fn writes_during_upload_never_leak_into_the_checkpoint() -> Result<()> {
             total_ops_during += OPS_DURING;
             let (instance, _) = upload.join().expect("upload thread panicked")?;
             let meta = s.coordinator.complete(id, vec![instance])?.clone();
-            s.b.notify_checkpoint_complete(&meta.instances[0]);
+            s.b.notify_checkpoint_complete(&meta.instances[0])?;
             if round % RESTORE_EVERY == 0 {
                 verify_files(s.storage.as_ref(), &meta)?;
                 let mut restored = restore_instance(
@@ -251,7 +251,7 @@ fn worker(
             }
             Command::Complete(instance) => {
                 assert_eq!(instance.key_groups, range);
-                b.notify_checkpoint_complete(&instance);
+                b.notify_checkpoint_complete(&instance)?;
             }
             Command::Stop => break,
         }
@@ -459,7 +459,7 @@ fn gc_never_takes_the_files_of_an_upload_in_flight() -> Result<()> {
         s.coordinator.begin(id)?;
         let (first, _) = s.b.snapshot(id)?.upload(s.storage.as_ref())?;
         let meta = s.coordinator.complete(id, vec![first])?.clone();
-        s.b.notify_checkpoint_complete(&meta.instances[0]);
+        s.b.notify_checkpoint_complete(&meta.instances[0])?;
 
         let (mut collections, mut completed, mut aborted, mut restores) = (0, 0, 0, 0);
         let mut files_deleted_during = 0;
@@ -491,7 +491,7 @@ fn gc_never_takes_the_files_of_an_upload_in_flight() -> Result<()> {
                 aborted += 1;
             } else {
                 let meta_a = s.coordinator.complete(a, vec![instance_a])?.clone();
-                s.b.notify_checkpoint_complete(&meta_a.instances[0]);
+                s.b.notify_checkpoint_complete(&meta_a.instances[0])?;
                 completed += 1;
                 // A restores exactly while B is still uploading.
                 let mut restored = restore_instance(
@@ -543,7 +543,7 @@ fn gc_never_takes_the_files_of_an_upload_in_flight() -> Result<()> {
                 );
             }
             let meta_b = s.coordinator.complete(b_id, vec![instance_b])?.clone();
-            s.b.notify_checkpoint_complete(&meta_b.instances[0]);
+            s.b.notify_checkpoint_complete(&meta_b.instances[0])?;
             completed += 1;
             verify_files(s.storage.as_ref(), &meta_b)?;
             let mut restored = restore_instance(
@@ -659,7 +659,7 @@ fn subsumed_uploads_in_flight_leave_nothing_behind() -> Result<()> {
                     .iter()
                     .find(|i| i.key_groups == range)
                     .unwrap();
-                b.notify_checkpoint_complete(part);
+                b.notify_checkpoint_complete(part)?;
             }
             expected.insert(ids[1], snapshot_models.pop().unwrap());
             completed += 1;

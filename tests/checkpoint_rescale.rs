@@ -29,7 +29,7 @@ fn checkpoints_restore_at_another_parallelism() -> Result<()> {
                 }
                 let m = coordinator.complete(id, instances)?.clone();
                 for (b, instance) in backends.iter_mut().zip(&m.instances) {
-                    b.notify_checkpoint_complete(instance);
+                    b.notify_checkpoint_complete(instance)?;
                 }
                 meta = Some(m);
             }
@@ -85,8 +85,9 @@ fn two_instance_checkpoint(
 /// A process that dies while a rescaled RocksDB restore trims and merges its base instance
 /// leaves `db/` and the `db.restore-incomplete` marker in the working directory (no storage
 /// operation happens in that window, so the crash sweeps cannot reach it; the state is built
-/// here directly). Reopening must refuse that DB, and a restore into the directory must
-/// replace it; a `db/` without the marker is still never overwritten.
+/// here directly). Reopening must refuse that DB, and a restore into the directory must refuse
+/// it too unless the configuration asks to replace it; then it replaces it. A `db/` without the
+/// marker is never overwritten without that request either.
 #[cfg(feature = "rocksdb")]
 #[test]
 fn an_interrupted_rescaled_restore_is_refused_on_open_and_replaced_by_a_retry() -> Result<()> {
@@ -121,11 +122,20 @@ fn an_interrupted_rescaled_restore_is_refused_on_open_and_replaced_by_a_retry() 
         Default::default(),
     );
     assert!(
-        matches!(&reopened, Err(Error::Incompatible { reason }) if reason.contains("did not finish")),
+        matches!(&reopened, Err(Error::UncleanWorkingDirectory { path }) if *path == work),
         "{:?}",
         reopened.err()
     );
+    // A restore replaces the directory only when asked to.
+    let refused = restore_instance(storage.as_ref(), &meta, &whole, RestoreMode::NoClaim);
+    assert!(
+        matches!(&refused, Err(Error::UncleanWorkingDirectory { path }) if *path == work),
+        "{:?}",
+        refused.err()
+    );
+    assert!(work.join("db.restore-incomplete").exists());
 
+    let whole = whole.with_replace_existing(true);
     let mut restored = restore_instance(storage.as_ref(), &meta, &whole, RestoreMode::NoClaim)?;
     let h = Handles::register(&mut restored)?;
     assert_matches_model(&mut restored, &h, &union)?;
@@ -136,9 +146,9 @@ fn an_interrupted_rescaled_restore_is_refused_on_open_and_replaced_by_a_retry() 
     Ok(())
 }
 
-/// Child-process half of `a_rescaled_restore_is_on_disk_when_it_returns`: restores the latest
-/// checkpoint of the storage in `root` at parallelism 1 into `root/work`, then exits without
-/// closing the database (no destructor runs, as in a crash).
+/// Child-process half of `a_crash_after_a_rescaled_restore_needs_a_replacing_restore`:
+/// restores the latest checkpoint of the storage in `root` at parallelism 1 into `root/work`,
+/// then exits without closing the database (no destructor runs, as in a crash).
 #[cfg(feature = "rocksdb")]
 fn crash_right_after_a_rescaled_restore(root: &std::path::Path) -> ! {
     use statebackend::BackendKind;
@@ -153,14 +163,13 @@ fn crash_right_after_a_rescaled_restore(root: &std::path::Path) -> ! {
     std::process::exit(0)
 }
 
-/// The WAL is off, so what a rescaled restore leaves only in memtables (its new instance
-/// record) would be lost if the process died right after the restore returned. Records are
-/// flushed when written, and the restore flushes before it removes its marker; a child process
-/// that exits without closing the database proves it: the directory then reopens with the new
-/// range and holds the whole state (the test fails with both flushes removed).
+/// The WAL is off, so a process that dies with a backend open (here right after a rescaled
+/// restore returned) leaves a directory that may hold state no checkpoint had: reopening it is
+/// refused, even though the restore had finished (its marker is gone), and a restore that asks
+/// to replace it brings back exactly the checkpointed state.
 #[cfg(feature = "rocksdb")]
 #[test]
-fn a_rescaled_restore_is_on_disk_when_it_returns() -> Result<()> {
+fn a_crash_after_a_rescaled_restore_needs_a_replacing_restore() -> Result<()> {
     use statebackend::RocksDbBackend;
     const CHILD: &str = "STATEBACKEND_TEST_RESCALED_RESTORE_CHILD";
     if let Some(root) = std::env::var_os(CHILD) {
@@ -172,7 +181,7 @@ fn a_rescaled_restore_is_on_disk_when_it_returns() -> Result<()> {
     let status = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "a_rescaled_restore_is_on_disk_when_it_returns",
+            "a_crash_after_a_rescaled_restore_needs_a_replacing_restore",
             "--test-threads=1",
         ])
         .env(CHILD, tmp.path())
@@ -182,13 +191,27 @@ fn a_rescaled_restore_is_on_disk_when_it_returns() -> Result<()> {
     assert!(status.success(), "child: {status}");
 
     let all = KeyGroupRange::all(128)?;
-    let mut reopened = statebackend::AnyBackend::RocksDb(RocksDbBackend::open(
-        128,
-        all,
-        Some(tmp.path().join("work")),
-        Default::default(),
-    )?);
-    let h = Handles::register(&mut reopened)?;
-    assert_matches_model(&mut reopened, &h, &union)?;
+    let work = tmp.path().join("work");
+    assert!(
+        !work.join("db.restore-incomplete").exists(),
+        "the restore finished"
+    );
+    let reopened = RocksDbBackend::open(128, all, Some(work.clone()), Default::default());
+    assert!(
+        matches!(&reopened, Err(statebackend::Error::UncleanWorkingDirectory { path }) if *path == work),
+        "{:?}",
+        reopened.err()
+    );
+    let storage: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::new(tmp.path().join("storage"))?);
+    let meta = CheckpointCoordinator::open(Arc::clone(&storage), 2)?
+        .latest()
+        .unwrap()
+        .clone();
+    let mut whole = config(statebackend::BackendKind::RocksDb, all).with_replace_existing(true);
+    whole.working_dir = Some(work);
+    let mut restored = restore_instance(storage.as_ref(), &meta, &whole, RestoreMode::NoClaim)?;
+    let h = Handles::register(&mut restored)?;
+    assert_matches_model(&mut restored, &h, &union)?;
     Ok(())
 }

@@ -61,7 +61,7 @@ fn a_restored_instance_keeps_checkpointing() -> Result<()> {
             let tmp = tempfile::tempdir().unwrap();
             let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(tmp.path())?);
             let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 2)?;
-            let range = KeyGroupRange::for_operator(128, 2, 1)?;
+            let range = KeyGroupRange::all(128)?;
             let mut b = AnyBackend::open(&config(kind, range))?;
             let h = Handles::register(&mut b)?;
             let mut model = Model::default();

@@ -94,7 +94,7 @@ fn run(kind: BackendKind, actions: &[Action]) -> Result<()> {
                 let (older_meta, _) = older.upload(storage.as_ref())?;
                 let (newer_meta, _) = newer.upload(storage.as_ref())?;
                 let meta = coordinator.complete(second, vec![newer_meta])?.clone();
-                b.notify_checkpoint_complete(&meta.instances[0]);
+                b.notify_checkpoint_complete(&meta.instances[0])?;
                 models.insert(second, model.clone());
                 let late = coordinator.complete(first, vec![older_meta]);
                 assert!(

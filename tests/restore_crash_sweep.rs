@@ -56,7 +56,7 @@ fn checkpoints(backends: &mut [AnyBackend], root: &Path) -> Result<SnapshotMetad
         }
         let meta = coordinator.complete(id, instances)?.clone();
         for (b, instance) in backends.iter_mut().zip(&meta.instances) {
-            b.notify_checkpoint_complete(instance);
+            b.notify_checkpoint_complete(instance)?;
         }
         latest = Some(meta);
     }

@@ -135,7 +135,7 @@ fn checkpoint(
     }
     let meta = coordinator.complete(id, parts.clone())?.clone();
     for (inst, part) in job.iter_mut().zip(&parts) {
-        inst.backend.notify_checkpoint_complete(part);
+        inst.backend.notify_checkpoint_complete(part)?;
     }
     Ok(meta)
 }
@@ -876,6 +876,55 @@ mod rocksdb_backend {
                 "shared files are reused"
             );
         }
+        Ok(())
+    }
+
+    /// Issue 13.1: a truncated newest `_metadata` made `gc --dry-run` plan to delete every
+    /// shared file only that checkpoint lists. A root that cannot be fully read is refused,
+    /// by statectl and by the library's coordinator, which keeps all of `shared/`.
+    #[test]
+    fn gc_refuses_a_root_with_an_unreadable_checkpoint_and_keeps_its_files() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("root");
+        let metas = rocksdb_root(&root)?;
+        let newest = root.join("chk-0000000003").join("_metadata");
+        truncate(&newest, 9);
+        let listed: Vec<PathBuf> = metas[2]
+            .files()
+            .map(|f| root.join(f.path.as_str()))
+            .collect();
+        let only_newest: Vec<&PathBuf> = listed
+            .iter()
+            .filter(|f| {
+                metas[..2]
+                    .iter()
+                    .all(|m| m.files().all(|g| root.join(g.path.as_str()) != **f))
+            })
+            .collect();
+        assert!(!only_newest.is_empty(), "checkpoint 3 has files of its own");
+
+        for args in [
+            vec!["gc", p(&root), "--dry-run"],
+            vec!["gc", p(&root), "--retained", "1"],
+        ] {
+            let o = statectl(&args);
+            expect_code(&o, 1);
+            assert!(
+                stderr(&o).contains("checkpoint 3 cannot be read"),
+                "{}",
+                stderr(&o)
+            );
+        }
+        // The job's coordinator opens (it can restore checkpoint 2) but deletes nothing the
+        // unreadable checkpoint may need, even with a retention of 1.
+        let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(&root)?);
+        let coordinator = CheckpointCoordinator::open(storage, 1)?;
+        assert_eq!(coordinator.unreadable().len(), 1);
+        assert_eq!(coordinator.latest().map(|m| m.id), Some(2));
+        for file in &listed {
+            assert!(file.exists(), "{} was deleted", file.display());
+        }
+        expect_code(&statectl(&["verify", p(&root)]), 1);
         Ok(())
     }
 

@@ -70,8 +70,9 @@ enum Command {
     ///
     /// Deletes what the library's garbage collection deletes: the checkpoints beyond the newest
     /// `--retained`, and every file under `chk-*` and `shared/` that no retained checkpoint
-    /// references (unreadable checkpoints are left in place). Never run it on the root of a
-    /// running job: the files of a checkpoint in flight are not referenced yet.
+    /// references. Refuses a root holding a checkpoint whose `_metadata` cannot be understood
+    /// (repair it or remove its directory first). Never run it on the root of a running job:
+    /// the files of a checkpoint in flight are not referenced yet.
     Gc(GcArgs),
 }
 

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <root>/chk-<id, 10+ digits>/_metadata              written last: the checkpoint exists
+//! <root>/chk-<id>/_no-claim                          restored in no-claim mode: never deleted
 //! <root>/chk-<id>/<instance id>/<file>               files private to the checkpoint
 //! <root>/shared/<instance id>/<file>.sst             immutable files several checkpoints share
 //! ```
@@ -9,6 +10,10 @@
 use crate::checkpoint::metadata::{InstanceId, METADATA_FILE};
 use crate::error::Result;
 use crate::storage::StoragePath;
+
+/// Name of the empty file that marks a checkpoint restored in no-claim mode: retention and
+/// garbage collection leave it, and every file it lists, alone.
+pub const NO_CLAIM_MARKER: &str = "_no-claim";
 
 /// Prefix of checkpoint directory names.
 pub const CHECKPOINT_DIR_PREFIX: &str = "chk-";
@@ -35,6 +40,11 @@ pub fn parse_checkpoint_dir(name: &str) -> Option<u64> {
 /// `chk-<id>/_metadata`.
 pub fn metadata_path(id: u64) -> Result<StoragePath> {
     StoragePath::parse(&format!("{}/{METADATA_FILE}", checkpoint_dir_name(id)))
+}
+
+/// `chk-<id>/_no-claim`.
+pub fn no_claim_marker_path(id: u64) -> Result<StoragePath> {
+    StoragePath::parse(&format!("{}/{NO_CLAIM_MARKER}", checkpoint_dir_name(id)))
 }
 
 /// `chk-<id>/<instance>/<name>`: a file private to one checkpoint.

@@ -14,7 +14,7 @@ use crate::format::{ByteReader, ByteWriter, check_trailing_crc};
 use crate::key_group::{KeyGroupRange, MAX_MAX_PARALLELISM};
 use crate::savepoint::data_file::{read_state_info, write_state_info};
 use crate::state::StateInfo;
-use crate::storage::StoragePath;
+use crate::storage::{CheckpointStorage, StoragePath};
 
 /// Magic at the start of a `_metadata` file.
 pub const METADATA_MAGIC: [u8; 4] = *b"SBMD";
@@ -23,7 +23,8 @@ pub const METADATA_VERSION: u16 = 1;
 /// Name of the metadata file in a checkpoint or savepoint directory.
 pub const METADATA_FILE: &str = "_metadata";
 
-const MAX_METADATA_BYTES: usize = 64 << 20;
+/// The largest `_metadata` any reader accepts (64 MiB); readers check the size before reading.
+pub const MAX_METADATA_BYTES: usize = 64 << 20;
 
 /// Whether a `_metadata` describes a checkpoint (owned by the library) or a savepoint (owned
 /// by the user).
@@ -175,6 +176,45 @@ impl SnapshotMetadata {
         }
     }
 
+    /// The instances whose key groups overlap `range`, ordered by key group, after checking
+    /// that together they hold every key group of `range` exactly once. Every restore path
+    /// selects its sources through this check, so a snapshot missing an instance is an error,
+    /// never a restore that returns fewer key groups.
+    ///
+    /// # Errors
+    /// [`Error::KeyGroupCoverage`] naming the first key group that is missing or held twice.
+    pub fn instances_covering(&self, range: KeyGroupRange) -> Result<Vec<&InstanceMetadata>> {
+        let mut sources: Vec<&InstanceMetadata> = self
+            .instances
+            .iter()
+            .filter(|i| !i.key_groups.intersect(&range).is_empty())
+            .collect();
+        sources.sort_by_key(|i| i.key_groups.start());
+        let what = || format!("{} {}", self.kind, self.id);
+        let mut next = range.start();
+        for instance in &sources {
+            let part = instance.key_groups.intersect(&range);
+            if part.start() != next {
+                return Err(Error::KeyGroupCoverage {
+                    what: what(),
+                    reason: if part.start() > next {
+                        format!("no instance holds key group {next} of the requested {range}")
+                    } else {
+                        format!("key group {} is held by two instances", part.start())
+                    },
+                });
+            }
+            next = part.end();
+        }
+        if next != range.end() {
+            return Err(Error::KeyGroupCoverage {
+                what: what(),
+                reason: format!("no instance holds key group {next} of the requested {range}"),
+            });
+        }
+        Ok(sources)
+    }
+
     /// Serializes to the `_metadata` byte format.
     pub fn encode(&self) -> Vec<u8> {
         let mut body = ByteWriter::new();
@@ -265,6 +305,114 @@ impl SnapshotMetadata {
             instances,
         })
     }
+
+    /// Reads and decodes the `_metadata` at `path` of `storage`, holding at most the format's
+    /// bound (64 MiB) in memory: the size is asked first and a larger file is refused without
+    /// reading it, and the read itself stops at the bound (the file may grow in between).
+    ///
+    /// # Errors
+    /// [`Error::MissingFile`] if there is no file; [`Error::Corrupt`] for a file larger than the
+    /// bound; storage errors; the errors of [`SnapshotMetadata::decode`].
+    pub fn read(storage: &dyn CheckpointStorage, path: &StoragePath) -> Result<SnapshotMetadata> {
+        let name = path.as_str();
+        let too_large = |size: String| {
+            Error::corrupt(
+                name,
+                format!("{size} bytes is too large for metadata (at most {MAX_METADATA_BYTES})"),
+            )
+        };
+        match storage.size(path)? {
+            None => {
+                return Err(Error::MissingFile {
+                    file: path.to_string(),
+                });
+            }
+            Some(size) if size > MAX_METADATA_BYTES as u64 => {
+                return Err(too_large(size.to_string()));
+            }
+            Some(_) => {}
+        }
+        let mut sink = BoundedSink {
+            data: Vec::new(),
+            limit: MAX_METADATA_BYTES,
+            exceeded: false,
+        };
+        match storage.read_to(path, &mut sink) {
+            Ok(_) => {}
+            Err(_) if sink.exceeded => return Err(too_large(format!("more than {}", sink.limit))),
+            Err(e) => return Err(e),
+        }
+        Self::decode(&sink.data, name)
+    }
+}
+
+/// A `Write` collecting at most `limit` bytes; writing more fails and sets `exceeded`.
+struct BoundedSink {
+    data: Vec<u8>,
+    limit: usize,
+    exceeded: bool,
+}
+
+impl std::io::Write for BoundedSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > self.limit - self.data.len() {
+            self.exceeded = true;
+            return Err(std::io::Error::other("more bytes than the bound"));
+        }
+        self.data.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Checks that `instances` (sorted by key-group start) partition `[0, max_parallelism)` under
+/// one max parallelism: what completing a checkpoint or savepoint requires, so that every
+/// completed snapshot can restore any key group of the job. `what` names the snapshot in the
+/// error.
+///
+/// # Errors
+/// [`Error::KeyGroupCoverage`] for no instances, mixed max parallelisms, a gap or an overlap.
+pub fn check_partition(instances: &[InstanceMetadata], what: &str) -> Result<()> {
+    let coverage = |reason: String| Error::KeyGroupCoverage {
+        what: what.to_owned(),
+        reason,
+    };
+    let Some(first) = instances.first() else {
+        return Err(coverage("no instances".into()));
+    };
+    let max_parallelism = first.max_parallelism;
+    let mut next = 0;
+    for instance in instances {
+        if instance.max_parallelism != max_parallelism {
+            return Err(coverage(format!(
+                "instances of max parallelism {max_parallelism} and {}",
+                instance.max_parallelism
+            )));
+        }
+        let range = instance.key_groups;
+        if range.start() > next {
+            return Err(coverage(format!(
+                "no instance holds key groups [{next}, {}) of {max_parallelism}",
+                range.start()
+            )));
+        }
+        if range.start() < next {
+            return Err(coverage(format!(
+                "key group {} is held by two instances",
+                range.start()
+            )));
+        }
+        next = range.end();
+    }
+    if next != max_parallelism {
+        return Err(coverage(format!(
+            "no instance holds key groups [{next}, {max_parallelism}) of {max_parallelism}"
+        )));
+    }
+    Ok(())
 }
 
 fn read_instance(r: &mut ByteReader<'_>) -> Result<InstanceMetadata> {

@@ -17,7 +17,9 @@ pub mod snapshot;
 pub use coordinator::{
     CheckpointCoordinator, DEFAULT_RETAINED_CHECKPOINTS, GcReport, verify_files,
 };
-pub use metadata::{FileEntry, InstanceId, InstanceMetadata, SnapshotKind, SnapshotMetadata};
+pub use metadata::{
+    FileEntry, InstanceId, InstanceMetadata, SnapshotKind, SnapshotMetadata, check_partition,
+};
 pub use restore::{RestoreMode, restore_instance};
 pub use snapshot::{HeapSnapshot, PendingSnapshot, UploadStats};
 

@@ -1,13 +1,11 @@
 //! Restoring a backend instance from checkpoint (or savepoint) files.
 
-use std::path::PathBuf;
-
 use crate::any_backend::{AnyBackend, BackendConfig};
 use crate::backend::{BackendKind, KeyedStateBackend};
 use crate::checkpoint::metadata::{InstanceMetadata, SnapshotMetadata};
 use crate::error::{Error, Result};
 use crate::heap::HeapBackend;
-use crate::savepoint::data_file::DataFileReader;
+use crate::savepoint::data_file::{DataFileReader, fetch_data_file};
 use crate::storage::CheckpointStorage;
 
 /// Who owns the restored checkpoint's files afterwards (as Flink's restore modes).
@@ -28,9 +26,14 @@ pub enum RestoreMode {
 /// overlapping instances are combined, see `docs/checkpoint-layout.md`; a rescaled RocksDB
 /// restore never claims. Every file is verified (size and crc32) before it is used.
 ///
+/// The instances overlapping `config.key_groups` must hold each of its key groups exactly
+/// once ([`SnapshotMetadata::instances_covering`]); a heap data file must belong to the
+/// instance that lists it (its header's key groups and max parallelism).
+///
 /// # Errors
-/// [`Error::Incompatible`] for another max parallelism, key groups no instance covered, or
-/// another backend;
+/// [`Error::Incompatible`] for another max parallelism or another backend;
+/// [`Error::KeyGroupCoverage`] for key groups no instance holds or two instances hold;
+/// [`Error::KeyGroupsMismatch`] for a heap data file of another instance;
 /// [`Error::MissingFile`], [`Error::SizeMismatch`], [`Error::ChecksumMismatch`] naming the file.
 pub fn restore_instance(
     storage: &dyn CheckpointStorage,
@@ -39,12 +42,10 @@ pub fn restore_instance(
     mode: RestoreMode,
 ) -> Result<AnyBackend> {
     meta.check_max_parallelism(config.max_parallelism)?;
-    let Some(instance) = meta
-        .instances
-        .iter()
-        .find(|i| i.key_groups == config.key_groups)
-    else {
-        return restore_rescaled(storage, meta, config);
+    let sources = meta.instances_covering(config.key_groups)?;
+    let instance = match sources.as_slice() {
+        [only] if only.key_groups == config.key_groups => *only,
+        _ => return restore_rescaled(storage, sources, config),
     };
     if instance.backend != config.kind {
         return Err(Error::Incompatible {
@@ -60,7 +61,7 @@ pub fn restore_instance(
         BackendKind::RocksDb => {
             let backend = crate::rocks::RocksDbBackend::restore_files(
                 instance,
-                config.working_dir.clone(),
+                config,
                 config.rocksdb.clone(),
                 mode == RestoreMode::Claim,
                 true,
@@ -82,36 +83,19 @@ pub fn restore_instance(
 }
 
 /// Restores key groups that no single instance of `meta` owned exactly (the job's
-/// parallelism changed). Heap checkpoints: the owned key groups of every overlapping data file.
-/// RocksDB checkpoints: the overlapping instance with the most key groups is restored as the
-/// base, the key groups it does not own are dropped with range deletes, and the rows of the
-/// others' owned key groups are ingested as sorted SST files.
+/// parallelism changed), from `sources`: the instances [`SnapshotMetadata::instances_covering`]
+/// selected, which hold every key group of the range exactly once. Heap checkpoints: the owned
+/// key groups of every overlapping data file. RocksDB checkpoints: the overlapping instance with
+/// the most key groups is restored as the base, the key groups it does not own are dropped with
+/// range deletes, and the rows of the others' owned key groups are ingested as sorted SST files.
 fn restore_rescaled(
     storage: &dyn CheckpointStorage,
-    meta: &SnapshotMetadata,
+    sources: Vec<&InstanceMetadata>,
     config: &BackendConfig,
 ) -> Result<AnyBackend> {
     let range = config.key_groups;
     #[cfg_attr(not(feature = "rocksdb"), allow(unused_mut))]
-    let mut overlapping: Vec<&InstanceMetadata> = meta
-        .instances
-        .iter()
-        .filter(|i| !i.key_groups.intersect(&range).is_empty())
-        .collect();
-    let covered: u32 = overlapping
-        .iter()
-        .map(|i| i.key_groups.intersect(&range).len())
-        .sum();
-    if covered != range.len() {
-        return Err(Error::Incompatible {
-            reason: format!(
-                "{} {} covers {covered} of the {} key groups of {range}",
-                meta.kind,
-                meta.id,
-                range.len()
-            ),
-        });
-    }
+    let mut overlapping = sources;
     if overlapping.iter().any(|i| i.backend != config.kind) {
         return Err(Error::Incompatible {
             reason: format!(
@@ -131,6 +115,11 @@ fn restore_rescaled(
         #[cfg(feature = "rocksdb")]
         BackendKind::RocksDb => {
             use crate::rocks::RocksDbBackend;
+            if overlapping.is_empty() {
+                return Err(Error::Incompatible {
+                    reason: format!("no key groups to restore in {range}"),
+                });
+            }
             overlapping.sort_by_key(|i| std::cmp::Reverse(i.key_groups.intersect(&range).len()));
             let base = overlapping.remove(0);
             let mut fetch = |entry: &crate::checkpoint::FileEntry, local: &std::path::Path| {
@@ -155,7 +144,7 @@ fn restore_rescaled(
                 .collect::<Result<Vec<_>>>()?;
             let mut backend = RocksDbBackend::restore_files(
                 base,
-                config.working_dir.clone(),
+                config,
                 config.rocksdb.clone(),
                 false,
                 false,
@@ -166,12 +155,10 @@ fn restore_rescaled(
             let combined = combine_rescaled(&mut backend, &others, range)
                 .and_then(|()| backend.finish_restore());
             if let Err(e) = combined {
-                // As a failed single-instance restore does: no DB is left for the retry.
-                drop(backend);
-                if let Some(dir) = &config.working_dir {
-                    let _ = std::fs::remove_dir_all(dir.join("db"));
-                    let _ = std::fs::remove_file(dir.join(crate::rocks::RESTORE_MARKER));
-                }
+                // As a failed single-instance restore does: no DB and no marker is left for
+                // the retry (closing without the clean-close flush, which could fail and
+                // leave the open marker behind).
+                backend.abandon_restore();
                 return Err(e);
             }
             Ok(AnyBackend::RocksDb(backend))
@@ -237,7 +224,8 @@ fn restore_heap(
     Ok(backend)
 }
 
-/// Loads the owned key groups of an instance's verified data files into `backend`.
+/// Loads the owned key groups of a heap instance's data file (downloaded, verified and checked
+/// against the instance by `fetch_data_file`) into `backend`.
 fn load_heap_files(
     storage: &dyn CheckpointStorage,
     instance: &InstanceMetadata,
@@ -247,15 +235,8 @@ fn load_heap_files(
         .prefix("statebackend-restore-")
         .tempdir()
         .map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    for entry in &instance.files {
-        crate::checkpoint::metadata::validate_local_name(&entry.local_name)?;
-        let local: PathBuf = dir.path().join(&entry.local_name);
-        storage.get_to_file(&entry.path, &local)?;
-        crate::checkpoint::verify_local_file(&local, entry)?;
-        let mut reader = DataFileReader::open(&local, entry.path.as_str())?;
-        load_data_file(backend, &mut reader)?;
-    }
-    Ok(())
+    let mut reader = fetch_data_file(storage, instance, dir.path())?;
+    load_data_file(backend, &mut reader)
 }
 
 /// Loads the rows of every key group `backend` owns from a data file. Restored states stay

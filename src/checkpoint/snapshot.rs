@@ -76,10 +76,7 @@ impl HeapSnapshot {
         self,
         storage: &dyn CheckpointStorage,
     ) -> Result<(InstanceMetadata, UploadStats)> {
-        let dir = tempfile::Builder::new()
-            .prefix("statebackend-heap-snapshot-")
-            .tempdir()
-            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let dir = heap_snapshot_dir()?;
         let local = dir.path().join(HEAP_SNAPSHOT_FILE);
         let summary = write_data_file(
             &mut HeapView::new(self.frozen.clone(), self.max_parallelism),
@@ -113,6 +110,83 @@ impl HeapSnapshot {
             ..UploadStats::default()
         };
         Ok((instance, stats))
+    }
+}
+
+/// Prefix of the temporary directories heap snapshots are written in, in the system's temporary
+/// directory: `statebackend-heap-snapshot-<pid>-<start>-<random>`, where `<pid>` and `<start>`
+/// (the process's start time, field 22 of `/proc/<pid>/stat`) name the process that owns it.
+const HEAP_SNAPSHOT_DIR_PREFIX: &str = "statebackend-heap-snapshot-";
+
+/// A new temporary directory for one heap snapshot's data file, removed when dropped. A process
+/// that dies during an upload leaves its directory behind, so the first call in each process
+/// also removes the directories whose owner process is gone.
+fn heap_snapshot_dir() -> Result<tempfile::TempDir> {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    let owner = process_owner_tag();
+    SWEPT.call_once(|| {
+        if let Some(own) = owner {
+            remove_orphaned_heap_snapshot_dirs(&std::env::temp_dir(), own);
+        }
+    });
+    let prefix = match owner {
+        Some(own) => format!("{HEAP_SNAPSHOT_DIR_PREFIX}{own}-"),
+        None => HEAP_SNAPSHOT_DIR_PREFIX.to_owned(),
+    };
+    tempfile::Builder::new()
+        .prefix(&prefix)
+        .tempdir()
+        .map_err(|e| Error::io(std::env::temp_dir(), e))
+}
+
+/// `<pid>-<start>` of this process, where the platform tells process start times (Linux's
+/// `/proc`); `None` elsewhere, where no directory is ever removed as orphaned.
+fn process_owner_tag() -> Option<&'static str> {
+    static TAG: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let pid = std::process::id();
+        process_start(pid).map(|start| format!("{pid}-{start}"))
+    })
+    .as_deref()
+}
+
+/// The start time of process `pid` (clock ticks after boot, field 22 of `/proc/<pid>/stat`),
+/// if it is alive and visible.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold anything: count after it.
+    let after_name = stat.get(stat.rfind(')')? + 1..)?;
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Removes the heap snapshot directories in `temp` whose owner process (the `<pid>-<start>` in
+/// the name) is gone: no process with that pid, or one started at another time (the pid was
+/// reused). Directories of live processes, this one's (`own`), and names without an owner are
+/// kept; errors are ignored (the next process tries again).
+fn remove_orphaned_heap_snapshot_dirs(temp: &std::path::Path, own: &str) {
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(HEAP_SNAPSHOT_DIR_PREFIX))
+        else {
+            continue;
+        };
+        let mut fields = owner.splitn(3, '-');
+        let (Some(pid), Some(start), Some(_)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
+            continue;
+        };
+        if owner.starts_with(&format!("{own}-")) || process_start(pid) == Some(start) {
+            continue;
+        }
+        let _ = std::fs::remove_dir_all(entry.path());
     }
 }
 
@@ -163,13 +237,49 @@ impl AnyBackend {
         }
     }
 
-    /// Tells the backend that a checkpoint it took completed; `metadata` is its part.
-    /// RocksDB makes its shared files the base of the next incremental checkpoint; the heap
-    /// backend (full snapshots) has nothing to do.
-    pub fn notify_checkpoint_complete(&mut self, metadata: &InstanceMetadata) {
+    /// This instance's lineage id: what identifies its part of a checkpoint's metadata
+    /// ([`InstanceMetadata::instance_id`]).
+    pub fn instance_id(&self) -> InstanceId {
         match self {
-            AnyBackend::Heap(_) => {
-                let _ = metadata;
+            AnyBackend::Heap(b) => b.instance_id(),
+            #[cfg(feature = "rocksdb")]
+            AnyBackend::RocksDb(b) => b.instance_id(),
+        }
+    }
+
+    /// Tells the backend that a checkpoint it took completed; `metadata` is its part (find it
+    /// by instance id: `complete` orders instances by key group, not by caller).
+    /// RocksDB makes its shared files the base of the next incremental checkpoint; the heap
+    /// backend (full snapshots) only checks that the part is its own.
+    ///
+    /// # Errors
+    /// [`Error::ForeignInstance`] if `metadata` is another instance's part (another instance
+    /// id, backend, max parallelism or key-group range); nothing changes then.
+    pub fn notify_checkpoint_complete(&mut self, metadata: &InstanceMetadata) -> Result<()> {
+        match self {
+            AnyBackend::Heap(b) => {
+                let max_parallelism = b.assigner().max_parallelism();
+                let range = b.key_group_range();
+                if metadata.instance_id != b.instance_id()
+                    || metadata.backend != BackendKind::Heap
+                    || metadata.max_parallelism != max_parallelism
+                    || metadata.key_groups != range
+                {
+                    return Err(Error::ForeignInstance {
+                        expected: format!(
+                            "{} (heap, key groups {range} of {max_parallelism})",
+                            b.instance_id().hex()
+                        ),
+                        found: format!(
+                            "{} ({}, key groups {} of {})",
+                            metadata.instance_id.hex(),
+                            metadata.backend,
+                            metadata.key_groups,
+                            metadata.max_parallelism
+                        ),
+                    });
+                }
+                Ok(())
             }
             #[cfg(feature = "rocksdb")]
             AnyBackend::RocksDb(b) => b.notify_checkpoint_complete(metadata),

@@ -1,30 +1,24 @@
 //! `statectl gc ROOT`: deletes the files of a checkpoint root that no retained checkpoint
 //! references.
 //!
-//! The real run opens a [`CheckpointCoordinator`], which drops the checkpoints beyond the newest
-//! `retained` and collects orphans when it opens; what it deleted is the difference of the
-//! root's listings before and after. The dry run computes the same set read-only: the files
-//! under `chk-*` and `shared/` that neither the newest `retained` readable checkpoints
-//! reference nor belong to an unreadable checkpoint's directory (which is left for an operator
-//! to inspect).
+//! Both runs compute the coordinator's plan ([`plan_collection`], the one function that decides
+//! what a checkpoint root may lose): the dry run reports it, the real run executes it. A root
+//! holding a checkpoint whose `_metadata` cannot be understood is refused: which shared files
+//! it needs is unknown, so an operator repairs it or removes its directory first.
 //!
 //! Never run it on the root of a running job: the job's coordinator may have a checkpoint in
 //! flight whose files are not referenced yet.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::checkpoint::layout::{
-    CHECKPOINT_DIR_PREFIX, SHARED_DIR, checkpoint_dir_name, metadata_path, parse_checkpoint_dir,
-};
-use crate::checkpoint::{CheckpointCoordinator, SnapshotKind, SnapshotMetadata};
+use crate::checkpoint::coordinator::{RootState, execute_plan, plan_collection};
 use crate::cli::snapshot::require_dir;
 use crate::cli::{CliResult, human_bytes, plural};
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::storage::{CheckpointStorage, LocalDirStorage, ObjectMeta, StoragePath};
 
 /// How to collect.
@@ -45,15 +39,6 @@ pub struct GcFile {
     pub size: u64,
 }
 
-/// A checkpoint whose `_metadata` cannot be read: left in place.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UnreadableCheckpoint {
-    /// The id of its directory.
-    pub id: u64,
-    /// Why it cannot be read.
-    pub error: String,
-}
-
 /// What `gc` deleted (or would delete).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GcReport {
@@ -67,8 +52,6 @@ pub struct GcReport {
     pub retained_checkpoints: Vec<u64>,
     /// Completed checkpoints dropped (or to drop) because of the retention.
     pub dropped_checkpoints: Vec<u64>,
-    /// Checkpoints left in place because their `_metadata` is unreadable.
-    pub unreadable_checkpoints: Vec<UnreadableCheckpoint>,
     /// The deleted (or deletable) files.
     pub deleted: Vec<GcFile>,
     /// Number of deleted files.
@@ -77,83 +60,14 @@ pub struct GcReport {
     pub bytes: u64,
 }
 
-struct Plan {
-    objects: Vec<ObjectMeta>,
-    completed: BTreeMap<u64, SnapshotMetadata>,
-    unreadable: Vec<UnreadableCheckpoint>,
-    kept: Vec<u64>,
-    dropped: Vec<u64>,
-    deletable: Vec<ObjectMeta>,
-}
-
-/// The coordinator's view of the root, computed read-only.
-fn plan(storage: &LocalDirStorage, retained: usize) -> Result<Plan> {
-    let objects = storage.list(None)?;
-    let ids: BTreeSet<u64> = objects
-        .iter()
-        .filter_map(|o| o.path.components().next().and_then(parse_checkpoint_dir))
-        .collect();
-    let mut completed = BTreeMap::new();
-    let mut unreadable = Vec::new();
-    for id in ids {
-        let path = metadata_path(id)?;
-        if !storage.exists(&path)? {
-            continue;
-        }
-        let name = storage.local_path(&path).display().to_string();
-        match storage
-            .get(&path)
-            .and_then(|bytes| SnapshotMetadata::decode(&bytes, &name))
-        {
-            Ok(meta) if meta.kind == SnapshotKind::Checkpoint && meta.id == id => {
-                completed.insert(id, meta);
-            }
-            Ok(meta) => unreadable.push(UnreadableCheckpoint {
-                id,
-                error: format!("{name} describes {} {}", meta.kind, meta.id),
-            }),
-            Err(e) => unreadable.push(UnreadableCheckpoint {
-                id,
-                error: e.to_string(),
-            }),
-        }
-    }
-    let split = completed.len().saturating_sub(retained);
-    let dropped: Vec<u64> = completed.keys().take(split).copied().collect();
-    let kept: Vec<u64> = completed.keys().skip(split).copied().collect();
-    let mut referenced: HashSet<StoragePath> = HashSet::new();
-    for id in &kept {
-        referenced.insert(metadata_path(*id)?);
-        referenced.extend(completed[id].files().map(|f| f.path.clone()));
-    }
-    let unreadable_dirs: HashSet<String> = unreadable
-        .iter()
-        .map(|u| checkpoint_dir_name(u.id))
-        .collect();
-    let deletable = objects
-        .iter()
-        .filter(|o| {
-            let top = o.path.components().next().unwrap_or_default();
-            let managed = top == SHARED_DIR || top.starts_with(CHECKPOINT_DIR_PREFIX);
-            managed && !unreadable_dirs.contains(top) && !referenced.contains(&o.path)
-        })
-        .cloned()
-        .collect();
-    Ok(Plan {
-        objects,
-        completed,
-        unreadable,
-        kept,
-        dropped,
-        deletable,
-    })
-}
-
-/// Collects the garbage of the checkpoint root `root` (or, dry run, reports it).
+/// Collects the garbage of the checkpoint root `root` (or, dry run, reports it), with the
+/// coordinator's own rules ([`plan_collection`]): the same plan, read-only or executed.
 ///
 /// # Errors
 /// [`Error::Io`] if `root` is not a readable directory; [`Error::Incompatible`] if
-/// `retained` is 0; storage errors.
+/// `retained` is 0; [`Error::UnreadableCheckpoint`] if a checkpoint's `_metadata` cannot be
+/// understood (which shared files it needs is unknown: nothing is deleted until an operator
+/// repairs it or removes its directory); storage errors.
 pub fn gc(root: &Path, options: GcOptions) -> CliResult<GcReport> {
     require_dir(root)?;
     if options.retained == 0 {
@@ -163,33 +77,27 @@ pub fn gc(root: &Path, options: GcOptions) -> CliResult<GcReport> {
         .into());
     }
     let storage = LocalDirStorage::new(root)?;
-    let plan = plan(&storage, options.retained)?;
-    let (deleted, kept, dropped, unreadable) = if options.dry_run {
-        (plan.deletable, plan.kept, plan.dropped, plan.unreadable)
+    let state = RootState::read(&storage)?;
+    state.require_readable()?;
+    let listing = storage.list(None)?;
+    let plan = plan_collection(&state, options.retained, &BTreeSet::new(), Some(&listing));
+    let deleted = if options.dry_run {
+        plan.deletable.clone()
     } else {
-        let coordinator = CheckpointCoordinator::open(Arc::new(storage.clone()), options.retained)?;
-        let after: HashSet<StoragePath> = storage.list(None)?.into_iter().map(|o| o.path).collect();
-        let deleted = plan
-            .objects
-            .into_iter()
-            .filter(|o| !after.contains(&o.path))
-            .collect();
-        let kept: Vec<u64> = coordinator.completed().map(|m| m.id).collect();
-        let dropped = plan
-            .completed
-            .keys()
-            .filter(|id| !kept.contains(id))
-            .copied()
-            .collect();
-        let unreadable = coordinator
-            .unreadable()
+        let (report, error) = execute_plan(&storage, &plan);
+        if let Some(e) = error {
+            return Err(e.into());
+        }
+        let sizes: HashMap<&StoragePath, u64> =
+            plan.deletable.iter().map(|o| (&o.path, o.size)).collect();
+        report
+            .deleted
             .iter()
-            .map(|u| UnreadableCheckpoint {
-                id: u.id,
-                error: u.error.to_string(),
+            .map(|p| ObjectMeta {
+                path: p.clone(),
+                size: sizes.get(p).copied().unwrap_or(0),
             })
-            .collect();
-        (deleted, kept, dropped, unreadable)
+            .collect()
     };
     let deleted: Vec<GcFile> = deleted
         .into_iter()
@@ -202,9 +110,8 @@ pub fn gc(root: &Path, options: GcOptions) -> CliResult<GcReport> {
         root: root.display().to_string(),
         dry_run: options.dry_run,
         retained: options.retained,
-        retained_checkpoints: kept,
-        dropped_checkpoints: dropped,
-        unreadable_checkpoints: unreadable,
+        retained_checkpoints: plan.kept,
+        dropped_checkpoints: plan.dropped,
         files: deleted.len(),
         bytes: deleted.iter().map(|f| f.size).sum(),
         deleted,
@@ -242,13 +149,6 @@ impl GcReport {
                 plural(ids.len() as u64),
                 self.retained,
                 ids.join(", ")
-            )?;
-        }
-        for u in &self.unreadable_checkpoints {
-            writeln!(
-                out,
-                "left in place: checkpoint {} is unreadable: {}",
-                u.id, u.error
             )?;
         }
         writeln!(

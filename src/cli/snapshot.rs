@@ -9,7 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::layout::{CHECKPOINT_DIR_PREFIX, SHARED_DIR, parse_checkpoint_dir};
-use crate::checkpoint::metadata::METADATA_FILE;
+use crate::checkpoint::metadata::{MAX_METADATA_BYTES, METADATA_FILE};
 use crate::checkpoint::{FileEntry, SnapshotKind, SnapshotMetadata};
 use crate::error::{Error, Result};
 use crate::storage::{CheckpointStorage, LocalDirStorage};
@@ -122,13 +122,28 @@ pub fn require_dir(dir: &Path) -> Result<()> {
 pub fn read_metadata(dir: &Path) -> Result<(SnapshotMetadata, u16)> {
     let path = dir.join(METADATA_FILE);
     let name = path.display().to_string();
-    let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+    let io_error = |e: io::Error| match e.kind() {
         io::ErrorKind::NotFound => Error::MissingFile { file: name.clone() },
         _ => Error::Io {
             path: path.clone(),
             source: e,
         },
-    })?;
+    };
+    // The size bound is checked before reading: a huge file must not cost its size in memory.
+    let file = File::open(&path).map_err(io_error)?;
+    let size = file.metadata().map_err(io_error)?.len();
+    if size > MAX_METADATA_BYTES as u64 {
+        return Err(Error::corrupt(
+            &name,
+            format!("{size} bytes is too large for metadata"),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    io::Read::read_to_end(
+        &mut io::Read::take(file, MAX_METADATA_BYTES as u64 + 1),
+        &mut bytes,
+    )
+    .map_err(io_error)?;
     let meta = SnapshotMetadata::decode(&bytes, &name)?;
     // decode accepted the header, so the version field is there.
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);

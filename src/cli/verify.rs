@@ -286,21 +286,8 @@ fn verify_data_file(
 ) -> Result<()> {
     let name = s.file_name(entry);
     let mut reader = DataFileReader::open(&s.local_path(entry), &name)?;
+    reader.check_instance(instance)?;
     let header = reader.header().clone();
-    if header.max_parallelism != instance.max_parallelism
-        || header.key_groups != instance.key_groups
-    {
-        return Err(Error::Corrupt {
-            file: name,
-            reason: format!(
-                "holds key groups {} of max parallelism {}, the metadata says {} of {}",
-                header.key_groups,
-                header.max_parallelism,
-                instance.key_groups,
-                instance.max_parallelism
-            ),
-        });
-    }
     let mut ours = header.states.clone();
     let mut theirs = instance.states.clone();
     ours.sort_by(|a, b| a.name.cmp(&b.name));

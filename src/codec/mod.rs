@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use crate::key_group::Murmur3Stream;
 use key_hash::KeyHasher;
 
+mod decode;
 mod key_hash;
 
 /// Identifies the codec that wrote a file. Stored as one byte.
@@ -136,18 +137,16 @@ pub trait Codec: Send + Sync + 'static {
 
 /// The default codec: bincode 2.x with its `standard()` configuration.
 ///
-/// Its wire format is frozen and specified by bincode. Decoding is bounded: a corrupt length
-/// prefix cannot make it allocate more than [`BincodeCodec::DECODE_LIMIT`] bytes.
+/// Its wire format is frozen and specified by bincode (summarised in `docs/key-groups.md` §1
+/// and in the `decode` module). Values are encoded by bincode and decoded by this crate's own
+/// reader of the same format, which checks every declared length against the bytes present
+/// before it allocates: a corrupt length prefix makes decoding fail, never allocate more than
+/// the input justifies (bincode's decoder would allocate up to its fixed limit first).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BincodeCodec;
 
-impl BincodeCodec {
-    /// The most bytes one decode may claim for its containers.
-    pub const DECODE_LIMIT: usize = 1 << 30;
-}
-
 fn bincode_config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<{ BincodeCodec::DECODE_LIMIT }>()
+    bincode::config::standard()
 }
 
 impl Codec for BincodeCodec {
@@ -164,8 +163,7 @@ impl Codec for BincodeCodec {
     }
 
     fn decode_prefix<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<(T, usize), CodecError> {
-        bincode::serde::decode_from_slice(bytes, bincode_config())
-            .map_err(|e| CodecError(e.to_string()))
+        decode::decode_prefix(bytes)
     }
 
     fn with_encoded<T: Serialize + ?Sized, R>(
@@ -319,6 +317,129 @@ mod tests {
             let via = c.with_encoded(&v, |b| b.to_vec()).unwrap();
             assert_eq!(direct, via);
         }
+    }
+
+    #[derive(Serialize, serde::Deserialize, Debug, PartialEq)]
+    enum Owned {
+        Unit,
+        Tuple(i8, String),
+        Struct { a: Option<u128>, b: Vec<i64> },
+        Newtype(char),
+        Map(std::collections::BTreeMap<u16, Vec<u8>>),
+    }
+
+    /// This crate's decoder against bincode's on the same bytes: the same value and length, or
+    /// both refuse.
+    fn same_as_bincode<T>(bytes: &[u8])
+    where
+        T: DeserializeOwned + PartialEq + fmt::Debug,
+    {
+        let ours = BincodeCodec.decode_prefix::<T>(bytes);
+        // bincode without a limit would try to allocate any length a random prefix declares;
+        // 4 KiB is above anything 48 bytes can hold (its claims count in-memory sizes).
+        let theirs: Result<(T, usize), _> = bincode::serde::decode_from_slice(
+            bytes,
+            bincode::config::standard().with_limit::<4096>(),
+        );
+        match (ours, theirs) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{bytes:?}"),
+            (Err(_), Err(_)) => {}
+            (a, b) => panic!("{bytes:?}: ours {a:?}, bincode {b:?}"),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoder_agrees_with_bincode_on_any_bytes(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..48),
+        ) {
+            same_as_bincode::<u16>(&bytes);
+            same_as_bincode::<u32>(&bytes);
+            same_as_bincode::<u64>(&bytes);
+            same_as_bincode::<u128>(&bytes);
+            same_as_bincode::<(i8, i16, i32)>(&bytes);
+            same_as_bincode::<(i64, i128)>(&bytes);
+            same_as_bincode::<(bool, char, u8)>(&bytes);
+            same_as_bincode::<String>(&bytes);
+            same_as_bincode::<Vec<u8>>(&bytes);
+            same_as_bincode::<Vec<u32>>(&bytes);
+            same_as_bincode::<Option<String>>(&bytes);
+            same_as_bincode::<(String, Vec<String>)>(&bytes);
+            same_as_bincode::<std::collections::BTreeMap<u8, String>>(&bytes);
+            same_as_bincode::<Owned>(&bytes);
+            same_as_bincode::<Vec<Owned>>(&bytes);
+            same_as_bincode::<(f32, f64)>(&bytes.iter().map(|b| b & 0x3f).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn decoder_reads_what_bincode_writes(
+            i in proptest::num::i64::ANY,
+            u in proptest::num::u128::ANY,
+            s in ".{0,40}",
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..70),
+            flag in proptest::bool::ANY,
+            c in proptest::char::any(),
+        ) {
+            let c2 = BincodeCodec;
+            let values = vec![
+                Owned::Unit,
+                Owned::Tuple(i as i8, s.clone()),
+                Owned::Struct { a: Some(u).filter(|_| flag), b: vec![i, i / 3, i.wrapping_neg()] },
+                Owned::Newtype(c),
+                Owned::Map(std::collections::BTreeMap::from([(i as u16, bytes.clone())])),
+            ];
+            let encoded = c2.encode(&values).unwrap();
+            proptest::prop_assert_eq!(c2.decode::<Vec<Owned>>(&encoded).unwrap(), values);
+            let tuple = (i as i16, i as i32, u as i128, u as u64, u as u32, u as u16, s.clone());
+            let encoded = c2.encode(&tuple).unwrap();
+            proptest::prop_assert_eq!(c2.decode::<(i16, i32, i128, u64, u32, u16, String)>(&encoded).unwrap(), tuple);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoder_agrees_with_bincode_on_damaged_encodings(
+            i in proptest::num::i64::ANY,
+            s in ".{0,12}",
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+            at in proptest::num::usize::ANY,
+            xor in 1u8..,
+            cut in proptest::num::usize::ANY,
+        ) {
+            let values = vec![
+                Owned::Tuple(i as i8, s.clone()),
+                Owned::Struct { a: Some(i as u128), b: vec![i, i.wrapping_neg()] },
+                Owned::Map(std::collections::BTreeMap::from([(i as u16, bytes)])),
+                Owned::Newtype(s.chars().next().unwrap_or('x')),
+            ];
+            let mut encoded = BincodeCodec.encode(&values).unwrap();
+            let at = at % encoded.len();
+            encoded[at] ^= xor;
+            same_as_bincode::<Vec<Owned>>(&encoded);
+            same_as_bincode::<Vec<Owned>>(&encoded[..cut % (encoded.len() + 1)]);
+        }
+    }
+
+    #[test]
+    fn declared_lengths_beyond_the_input_are_refused() {
+        let c = BincodeCodec;
+        // Varint u32 discriminant, then 0x3fffffff: a string or byte buffer of about 1 GiB,
+        // in 5 bytes.
+        let huge = [252u8, 0xff, 0xff, 0xff, 0x3f];
+        for err in [
+            c.decode::<String>(&huge).map(drop),
+            c.decode::<Vec<u8>>(&huge).map(drop),
+            c.decode::<Vec<u64>>(&huge).map(drop),
+            c.decode::<std::collections::HashMap<u64, u64>>(&huge)
+                .map(drop),
+        ] {
+            assert!(err.is_err());
+        }
+        let message = c.decode::<String>(&huge).unwrap_err().0;
+        assert!(
+            message.contains("needs 1073741823 bytes, 0 left"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange};
 use crate::state::rows::{FastMap, KeyNs};
 use crate::state::{
     Cell, ListCell, MapCell, StateId, StateInfo, StateKey, StateValue, StoredState,
+    next_backend_identity,
 };
 use raw::RawTable;
 use table::{AnyTable, FrozenTable, Table};
@@ -44,6 +45,8 @@ pub struct HeapBackend {
     range: KeyGroupRange,
     states: Vec<HeapState>,
     instance_id: InstanceId,
+    /// Stamped into every handle this backend issues ([`StateId`]).
+    identity: u64,
 }
 
 impl HeapBackend {
@@ -60,6 +63,7 @@ impl HeapBackend {
             range,
             states: Vec::new(),
             instance_id: InstanceId::random(),
+            identity: next_backend_identity(),
         })
     }
 
@@ -92,7 +96,14 @@ impl HeapBackend {
     #[inline]
     fn state(&self, id: StateId) -> Result<&HeapState> {
         self.states
-            .get(id.0 as usize)
+            .get(id.index_in(self.identity)?)
+            .ok_or_else(|| unknown_state(id))
+    }
+
+    #[inline]
+    fn state_mut(&mut self, id: StateId) -> Result<&mut HeapState> {
+        self.states
+            .get_mut(id.index_in(self.identity)?)
             .ok_or_else(|| unknown_state(id))
     }
 
@@ -114,10 +125,7 @@ impl HeapBackend {
         &mut self,
         id: StateId,
     ) -> Result<&mut Table<K, N, S>> {
-        let state = self
-            .states
-            .get_mut(id.0 as usize)
-            .ok_or_else(|| unknown_state(id))?;
+        let state = self.state_mut(id)?;
         let info = &state.info;
         match state.table.as_any_mut().downcast_mut() {
             Some(table) => Ok(table),
@@ -147,10 +155,7 @@ impl HeapBackend {
         value: &[u8],
     ) -> Result<()> {
         let index = self.index_of_group(group)?;
-        let state = self
-            .states
-            .get_mut(id.0 as usize)
-            .ok_or_else(|| unknown_state(id))?;
+        let state = self.state_mut(id)?;
         state
             .table
             .load_row(index, suffix, value)
@@ -167,10 +172,10 @@ impl HeapBackend {
     /// [`Error::StateMismatch`] if `info.name` is already registered differently.
     pub(crate) fn declare_restored(&mut self, info: StateInfo) -> Result<StateId> {
         let existing: Vec<StateInfo> = self.states();
-        if let Some(id) = find_registered(&existing, &info)? {
-            return Ok(id);
+        if let Some(index) = find_registered(&existing, &info)? {
+            return Ok(StateId::new(self.identity, index));
         }
-        let id = StateId(self.states.len() as u32);
+        let id = StateId::new(self.identity, self.states.len());
         self.states.push(HeapState {
             info,
             table: Box::new(RawTable::new()),
@@ -199,7 +204,7 @@ pub(crate) fn check_range(max_parallelism: u32, range: KeyGroupRange) -> Result<
 
 #[cold]
 fn unknown_state(id: StateId) -> Error {
-    Error::UnknownState { id: id.0 }
+    Error::UnknownState { id: id.index() }
 }
 
 #[cold]
@@ -243,8 +248,8 @@ impl KeyedStateBackend for HeapBackend {
         info: StateInfo,
     ) -> Result<StateId> {
         let existing: Vec<StateInfo> = self.states();
-        if let Some(id) = find_registered(&existing, &info)? {
-            let index = id.0 as usize;
+        if let Some(index) = find_registered(&existing, &info)? {
+            let id = StateId::new(self.identity, index);
             if let Some(raw) = self.states[index].table.as_any().downcast_ref::<RawTable>() {
                 // A restored state registered again: decode its rows into a typed table.
                 let raw = raw.clone();
@@ -265,7 +270,7 @@ impl KeyedStateBackend for HeapBackend {
             self.table::<K, N, S>(id)?;
             return Ok(id);
         }
-        let id = StateId(self.states.len() as u32);
+        let id = StateId::new(self.identity, self.states.len());
         self.states.push(HeapState {
             info,
             table: Box::new(Table::<K, N, S>::new(self.range.len() as usize)),
@@ -307,11 +312,7 @@ impl KeyedStateBackend for HeapBackend {
     #[inline]
     fn clear<K: StateKey, N: StateKey>(&mut self, id: StateId, key: &K, ns: &N) -> Result<()> {
         let group = self.group_index(key)?;
-        let state = self
-            .states
-            .get_mut(id.0 as usize)
-            .ok_or_else(|| unknown_state(id))?;
-        state.table.remove_erased(group, key, ns);
+        self.state_mut(id)?.table.remove_erased(group, key, ns);
         Ok(())
     }
 

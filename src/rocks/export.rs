@@ -10,7 +10,7 @@ use rocksdb::{
     ColumnFamilyDescriptor, DB, IngestExternalFileOptions, IteratorMode, ReadOptions, SstFileWriter,
 };
 
-use super::{RocksDbBackend, cf_name, layout, rocks_err};
+use super::{IMPORT_DIR_PREFIX, RocksDbBackend, STAGING_DIR, cf_name, layout, rocks_err};
 use crate::error::{Error, Result};
 use crate::key_group::{KeyGroup, KeyGroupRange};
 use crate::savepoint::view::{RowSink, RowView};
@@ -27,7 +27,7 @@ pub(crate) struct RocksView {
     infos: Vec<StateInfo>,
     max_parallelism: u32,
     range: KeyGroupRange,
-    _dir: DirCleanup,
+    dir: DirCleanup,
 }
 
 /// Removes a directory when dropped (after the fields declared before it).
@@ -42,7 +42,7 @@ impl Drop for DirCleanup {
 impl RocksDbBackend {
     /// The synchronous part of a savepoint: a native checkpoint opened read-only.
     pub(crate) fn view(&mut self) -> Result<RocksView> {
-        let staging_root = self.dir.path().join("staging");
+        let staging_root = self.dir.path().join(STAGING_DIR);
         std::fs::create_dir_all(&staging_root).map_err(|e| Error::io(&staging_root, e))?;
         let dir = tempfile::Builder::new()
             .prefix("view-")
@@ -52,7 +52,7 @@ impl RocksDbBackend {
         std::fs::remove_dir(&dir).map_err(|e| Error::io(&dir, e))?;
         rocksdb::checkpoint::Checkpoint::new(&self.db)
             .and_then(|c| c.create_checkpoint(&dir))
-            .map_err(rocks_err)?;
+            .map_err(self.rocks())?;
         let descriptors: Vec<_> = self
             .states
             .iter()
@@ -65,7 +65,7 @@ impl RocksDbBackend {
             .collect();
         let db =
             DB::open_cf_descriptors_read_only(&self.options.db_options(), &dir, descriptors, false)
-                .map_err(rocks_err)?;
+                .map_err(rocks_err(&dir))?;
         let mut states: Vec<(StateInfo, String)> = self
             .states
             .iter()
@@ -79,7 +79,7 @@ impl RocksDbBackend {
             infos,
             max_parallelism: self.assigner.max_parallelism(),
             range: self.range,
-            _dir: DirCleanup(dir),
+            dir: DirCleanup(dir),
         })
     }
 
@@ -99,7 +99,7 @@ impl RocksDbBackend {
             .map(|s| self.ensure_state(s))
             .collect::<Result<Vec<_>>>()?;
         let import_dir = tempfile::Builder::new()
-            .prefix("import-")
+            .prefix(IMPORT_DIR_PREFIX)
             .tempdir_in(self.dir.path())
             .map_err(|e| Error::io(self.dir.path(), e))?;
         let options: Vec<_> = states
@@ -111,6 +111,7 @@ impl RocksDbBackend {
         let mut counter = 0usize;
         let mut rows = 0u64;
         let range = self.range;
+        let import_path = import_dir.path();
         let mut key = Vec::new();
         produce(&mut |key_group, state, suffix, value| {
             if !range.contains(key_group) || state >= states.len() {
@@ -122,7 +123,7 @@ impl RocksDbBackend {
                 let writer = SstFileWriter::create(&options[state]);
                 let path = import_dir.path().join(format!("{counter:06}.sst"));
                 counter += 1;
-                writer.open(&path).map_err(rocks_err)?;
+                writer.open(&path).map_err(rocks_err(&path))?;
                 files[state].push(path);
                 writers[state] = Some(writer);
             }
@@ -142,14 +143,14 @@ impl RocksDbBackend {
             rows += 1;
             if writer.file_size() >= IMPORT_FILE_BYTES {
                 if let Some(mut w) = writers[state].take() {
-                    w.finish().map_err(rocks_err)?;
+                    w.finish().map_err(rocks_err(import_path))?;
                 }
             }
             Ok(())
         })?;
         for writer in writers.iter_mut() {
             if let Some(mut w) = writer.take() {
-                w.finish().map_err(rocks_err)?;
+                w.finish().map_err(rocks_err(import_dir.path()))?;
             }
         }
         drop(writers);
@@ -164,7 +165,7 @@ impl RocksDbBackend {
             let (_, cf) = self.state(ids[state])?;
             self.db
                 .ingest_external_file_cf_opts(cf, &ingest, paths)
-                .map_err(rocks_err)?;
+                .map_err(self.rocks())?;
         }
         Ok(rows)
     }
@@ -179,7 +180,7 @@ impl RocksDbBackend {
         key_group: KeyGroup,
         sink: &mut RowSink<'_>,
     ) -> Result<()> {
-        scan_key_group(&self.db, &cf_name(state), key_group, sink)
+        scan_key_group(&self.db, self.dir.path(), &cf_name(state), key_group, sink)
     }
 
     /// Narrows the backend to `keep`: the rows of every other key group are dropped with range
@@ -193,11 +194,15 @@ impl RocksDbBackend {
                 .ok_or_else(|| Error::corrupt(state.cf_name.clone(), "missing column family"))?;
             if keep.start() > 0 {
                 let (from, to) = layout::key_group_span(0, keep.start());
-                self.db.delete_range_cf(cf, from, to).map_err(rocks_err)?;
+                self.db
+                    .delete_range_cf(cf, from, to)
+                    .map_err(self.rocks())?;
             }
             // Key groups are at most 32767, so [end, 0xffff) covers everything above `keep`.
             let (from, to) = layout::key_group_span(keep.end(), 0xffff);
-            self.db.delete_range_cf(cf, from, to).map_err(rocks_err)?;
+            self.db
+                .delete_range_cf(cf, from, to)
+                .map_err(self.rocks())?;
         }
         self.range = keep;
         self.write_instance_record()
@@ -218,14 +223,22 @@ impl RowView for RocksView {
     }
 
     fn rows(&mut self, key_group: KeyGroup, state: usize, sink: &mut RowSink<'_>) -> Result<()> {
-        scan_key_group(&self.db, &self.states[state].1, key_group, sink)
+        scan_key_group(
+            &self.db,
+            &self.dir.0,
+            &self.states[state].1,
+            key_group,
+            sink,
+        )
     }
 }
 
 /// Calls `sink(row key suffix, value)` for every row of column family `cf_name` in
-/// `key_group`, in ascending order.
+/// `key_group`, in ascending order. `dir` (the DB's directory) names the DB in errors; a row
+/// key too short for its key-group prefix is [`Error::Corrupt`].
 fn scan_key_group(
     db: &DB,
+    dir: &std::path::Path,
     cf_name: &str,
     key_group: KeyGroup,
     sink: &mut RowSink<'_>,
@@ -241,8 +254,14 @@ fn scan_key_group(
     read.fill_cache(false);
     read.set_total_order_seek(true); // see `RocksDbBackend::prefix_read_options`
     for item in db.iterator_cf_opt(cf, read, IteratorMode::Start) {
-        let (key, value) = item.map_err(rocks_err)?;
-        sink(&key[layout::KEY_GROUP_PREFIX_LEN..], &value)?;
+        let (key, value) = item.map_err(rocks_err(dir))?;
+        let suffix = key.get(layout::KEY_GROUP_PREFIX_LEN..).ok_or_else(|| {
+            Error::corrupt(
+                dir.display().to_string(),
+                format!("row key of {} bytes in column family {cf_name}", key.len()),
+            )
+        })?;
+        sink(suffix, &value)?;
     }
     Ok(())
 }

@@ -20,7 +20,9 @@ use crate::error::{Error, Result};
 use crate::heap::check_range;
 use crate::key_group::{KeyGroupAssigner, KeyGroupRange};
 use crate::state::rows::{decode_list, encode_list_element};
-use crate::state::{StateId, StateInfo, StateKey, StateKind, StateValue, StoredState};
+use crate::state::{
+    StateId, StateInfo, StateKey, StateKind, StateValue, StoredState, next_backend_identity,
+};
 
 pub use options::{CompactionStyle, Memtable, RocksDbOptions};
 pub(crate) use snapshot::RESTORE_MARKER;
@@ -37,10 +39,41 @@ const INSTANCE_RECORD_KEY: &[u8] = b"statebackend/instance";
 /// Version byte of the instance record's value.
 const INSTANCE_RECORD_VERSION: u8 = 1;
 
+/// A file in an explicit working directory while a backend has it open (`rocksdb-layout.md`
+/// §9): created (and made durable) when the backend opens, removed (durably) when it closes
+/// cleanly. The write-ahead log is off, so a directory a process left without closing holds a
+/// DB in a state no checkpoint had: [`RocksDbBackend::open`] refuses it while the marker is
+/// there.
+pub(crate) const OPEN_MARKER: &str = "db.open";
+/// Directory, in the working directory, of snapshot staging areas and savepoint views.
+const STAGING_DIR: &str = "staging";
+/// Directory a checkpoint restore downloads into before it becomes `db/`.
+const RESTORING_DIR: &str = "db.restoring";
+/// Prefix of the directories bulk imports write their SST files into.
+const IMPORT_DIR_PREFIX: &str = "import-";
+
 /// Where the backend keeps its files: a temporary directory removed on drop, or the engine's.
 enum WorkingDir {
     Temporary(tempfile::TempDir),
-    Explicit(PathBuf),
+    Explicit(ExplicitDir),
+}
+
+/// The engine's working directory, and what the open marker ([`OPEN_MARKER`]) says about it.
+struct ExplicitDir {
+    path: PathBuf,
+    /// This backend wrote the open marker.
+    marked: bool,
+    /// The backend closed cleanly (its memtables are flushed): the marker goes on drop.
+    closed_cleanly: bool,
+}
+
+impl Drop for ExplicitDir {
+    fn drop(&mut self) {
+        // Runs after the DB closed (`dir` is the backend's last field).
+        if self.marked && self.closed_cleanly {
+            let _ = remove_durably(&self.path, OPEN_MARKER);
+        }
+    }
 }
 
 impl WorkingDir {
@@ -49,7 +82,11 @@ impl WorkingDir {
         Ok(match working_dir {
             Some(path) => {
                 std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-                WorkingDir::Explicit(path)
+                WorkingDir::Explicit(ExplicitDir {
+                    path,
+                    marked: false,
+                    closed_cleanly: false,
+                })
             }
             None => WorkingDir::Temporary(
                 tempfile::Builder::new()
@@ -63,8 +100,65 @@ impl WorkingDir {
     fn path(&self) -> &Path {
         match self {
             WorkingDir::Temporary(t) => t.path(),
-            WorkingDir::Explicit(p) => p,
+            WorkingDir::Explicit(e) => &e.path,
         }
+    }
+
+    /// The explicit directory, if this is one.
+    fn explicit(&mut self) -> Option<&mut ExplicitDir> {
+        match self {
+            WorkingDir::Temporary(_) => None,
+            WorkingDir::Explicit(e) => Some(e),
+        }
+    }
+}
+
+/// Removes what a backend that did not close cleanly may have left in working directory `path`
+/// besides its DB: snapshot staging areas and savepoint views (hard links and copies of DB
+/// files), bulk-import directories and a restore's download directory. Only with the DB's lock
+/// held.
+fn remove_leftovers(path: &Path) -> Result<()> {
+    for name in [STAGING_DIR, RESTORING_DIR] {
+        remove_dir_if_present(&path.join(name))?;
+    }
+    for entry in std::fs::read_dir(path).map_err(|e| Error::io(path, e))? {
+        let entry = entry.map_err(|e| Error::io(path, e))?;
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(IMPORT_DIR_PREFIX)
+        {
+            remove_dir_if_present(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes `dir` and everything in it; a missing `dir` is fine.
+fn remove_dir_if_present(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
+/// Creates the empty file `dir/name` and makes it and its directory entry durable.
+fn create_durably(dir: &Path, name: &str) -> Result<()> {
+    let file = dir.join(name);
+    std::fs::File::create(&file)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(&file, e))?;
+    crate::storage::sync_dir(dir)
+}
+
+/// Removes the file `dir/name` (a missing one is fine) and makes the removal durable.
+fn remove_durably(dir: &Path, name: &str) -> Result<()> {
+    let file = dir.join(name);
+    match std::fs::remove_file(&file) {
+        Ok(()) => crate::storage::sync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(&file, e)),
     }
 }
 
@@ -95,13 +189,65 @@ pub struct RocksDbBackend {
     range: KeyGroupRange,
     states: Vec<RocksState>,
     instance_id: InstanceId,
+    /// Stamped into every handle this backend issues ([`StateId`]).
+    identity: u64,
     incremental: IncrementalState,
     dir: WorkingDir,
 }
 
-fn rocks_err(e: rocksdb::Error) -> Error {
-    Error::RocksDb {
-        message: e.into_string(),
+impl Drop for RocksDbBackend {
+    /// A clean close of an explicit working directory: flushes the memtables (the WAL is off),
+    /// then the open marker is removed once the DB has closed. A drop while panicking is not a
+    /// clean close, nor is a failed flush: the marker stays and the directory must be restored.
+    fn drop(&mut self) {
+        let marked = matches!(&self.dir, WorkingDir::Explicit(e) if e.marked);
+        if marked && !std::thread::panicking() && self.flush().is_ok() {
+            if let Some(explicit) = self.dir.explicit() {
+                explicit.closed_cleanly = true;
+            }
+        }
+    }
+}
+
+/// The one mapping of RocksDB's errors: a full disk (RocksDB's `NoSpace` status, "No space
+/// left on device") is [`Error::NoSpace`] for `dir`, a held `LOCK` file is
+/// [`Error::DirectoryLocked`], everything else [`Error::RocksDb`].
+fn rocks_error(dir: &Path, e: rocksdb::Error) -> Error {
+    let message = e.into_string();
+    if message.contains("No space left on device") {
+        Error::NoSpace {
+            path: dir.to_path_buf(),
+            message,
+        }
+    } else if message.contains("lock file") || message.contains("/LOCK") {
+        // RocksDB reports a held LOCK file as "While lock file: <dir>/LOCK: ...".
+        Error::DirectoryLocked {
+            path: dir.to_path_buf(),
+            message,
+        }
+    } else {
+        Error::RocksDb { message }
+    }
+}
+
+/// [`rocks_error`] for `dir`, as a `map_err` argument.
+fn rocks_err(dir: &Path) -> impl Fn(rocksdb::Error) -> Error + '_ {
+    move |e| rocks_error(dir, e)
+}
+
+/// [`Error::Encode`] of state `state`, as a `map_err` argument.
+fn encode_err(state: &str) -> impl Fn(crate::codec::CodecError) -> Error + '_ {
+    move |e| Error::Encode {
+        state: state.to_owned(),
+        message: e.0,
+    }
+}
+
+/// [`Error::Decode`] of state `state`, as a `map_err` argument.
+fn decode_err(state: &str) -> impl Fn(crate::codec::CodecError) -> Error + '_ {
+    move |e| Error::Decode {
+        state: state.to_owned(),
+        message: e.0,
     }
 }
 
@@ -109,33 +255,33 @@ fn cf_name(state: &str) -> String {
     format!("state/{state}")
 }
 
-/// The state records in `db`'s default column family, in registration order.
-fn read_state_records(db: &DB) -> Result<Vec<StateInfo>> {
+/// The state records in `db`'s default column family (in directory `path`), in registration
+/// order.
+fn read_state_records(db: &DB, path: &Path) -> Result<Vec<StateInfo>> {
     let mut read = ReadOptions::default();
     read.set_iterate_range(rocksdb::PrefixRange(STATE_RECORD_PREFIX));
     read.set_total_order_seek(true); // as every iterator (`prefix_read_options`)
     db.iterator_opt(IteratorMode::Start, read)
         .map(|item| {
-            let (_, value) = item.map_err(rocks_err)?;
+            let (_, value) = item.map_err(rocks_err(path))?;
             DefaultCodec::default()
                 .decode(&value)
-                .map_err(|e| Error::Decode {
-                    state: "<state registry>".into(),
-                    message: e.0,
-                })
+                .map_err(decode_err("<state registry>"))
         })
         .collect()
 }
 
 impl RocksDbBackend {
     /// Opens a backend in `working_dir` (created if missing; kept on drop), or in a new
-    /// temporary directory (removed on drop) when `None`. A directory holding a backend's DB is
-    /// reopened with its states.
+    /// temporary directory (removed on drop) when `None`. A directory holding a backend's DB that
+    /// was closed cleanly (dropped, not in a panic) is reopened with its states.
     ///
     /// # Errors
     /// Invalid parallelism or range; [`Error::DirectoryLocked`] if another live backend holds the
-    /// directory; [`Error::Incompatible`] if it holds a checkpoint restore that did not finish
-    /// (restore again into it); I/O and RocksDB errors.
+    /// directory; [`Error::UncleanWorkingDirectory`] if the directory's last backend did not close
+    /// cleanly (its process died, or a restore into it did not finish): the write-ahead log is
+    /// off, so its DB may hold state no checkpoint had; restore the instance into the directory
+    /// with [`crate::BackendConfig::replace_existing`] set instead; I/O and RocksDB errors.
     pub fn open(
         max_parallelism: u32,
         range: KeyGroupRange,
@@ -143,28 +289,29 @@ impl RocksDbBackend {
         options: RocksDbOptions,
     ) -> Result<Self> {
         let dir = WorkingDir::create(working_dir)?;
-        let marker = dir.path().join(RESTORE_MARKER);
-        if marker.exists() && !dir.path().join("db").exists() {
+        if dir.path().join(RESTORE_MARKER).exists() {
+            if dir.path().join("db").exists() {
+                // An unfinished restore (or its removal, cut short): refused before RocksDB
+                // opens anything, whatever is left of `db/` (even without its `CURRENT`).
+                return Err(Error::UncleanWorkingDirectory {
+                    path: dir.path().to_path_buf(),
+                });
+            }
             // A restore stopped before its DB appeared: nothing to protect.
-            std::fs::remove_file(&marker).map_err(|e| Error::io(&marker, e))?;
-        } else if marker.exists() {
-            return Err(Error::Incompatible {
-                reason: format!(
-                    "{} holds a restore that did not finish ({} is present): restore again into it",
-                    dir.path().display(),
-                    marker.display()
-                ),
-            });
+            remove_durably(dir.path(), RESTORE_MARKER)?;
         }
-        Self::open_in(max_parallelism, range, dir, options)
+        Self::open_in(max_parallelism, range, dir, options, true)
     }
 
-    /// Opens (or creates) the DB in `dir/db`.
+    /// Opens (or creates) the DB in `dir/db`. In an explicit directory, once the DB's lock is
+    /// held: with `refuse_unclean`, a DB that existed is refused if a marker says it was not
+    /// closed cleanly; leftovers of an unclean close are removed, and the open marker written.
     fn open_in(
         max_parallelism: u32,
         range: KeyGroupRange,
-        dir: WorkingDir,
+        mut dir: WorkingDir,
         options: RocksDbOptions,
+        refuse_unclean: bool,
     ) -> Result<Self> {
         let assigner = KeyGroupAssigner::new(max_parallelism)?;
         check_range(max_parallelism, range)?;
@@ -172,8 +319,11 @@ impl RocksDbBackend {
         let db_path = dir.path().join("db");
         let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
         let db_options = options.db_options();
-        let existing_cfs = if db_path.join("CURRENT").exists() {
-            DB::list_cf(&db_options, &db_path).map_err(rocks_err)?
+        let existed = db_path.join("CURRENT").exists();
+        // Any `db/` at all: a crash while it was being removed may have taken `CURRENT` first.
+        let had_db = db_path.exists();
+        let existing_cfs = if existed {
+            DB::list_cf(&db_options, &db_path).map_err(rocks_err(&db_path))?
         } else {
             Vec::new()
         };
@@ -183,8 +333,8 @@ impl RocksDbBackend {
             Vec::new()
         } else {
             let db = DB::open_cf_for_read_only(&db_options, &db_path, ["default"], false)
-                .map_err(rocks_err)?;
-            read_state_records(&db)?
+                .map_err(rocks_err(&db_path))?;
+            read_state_records(&db, &db_path)?
         };
         let descriptors: Vec<_> = existing_cfs
             .iter()
@@ -199,18 +349,21 @@ impl RocksDbBackend {
                 rocksdb::ColumnFamilyDescriptor::new(name, options.cf_options(&cache, kind))
             })
             .collect();
-        let db = DB::open_cf_descriptors(&db_options, &db_path, descriptors).map_err(|e| {
-            let message = e.into_string();
-            // RocksDB reports a held LOCK file as "While lock file: <dir>/LOCK: ...".
-            if message.contains("lock file") || message.contains("/LOCK") {
-                Error::DirectoryLocked {
-                    path: db_path.clone(),
-                    message,
-                }
-            } else {
-                Error::RocksDb { message }
+        let db = DB::open_cf_descriptors(&db_options, &db_path, descriptors)
+            .map_err(rocks_err(&db_path))?;
+        // The DB's lock is held from here on: no live backend uses the directory.
+        if let Some(explicit) = dir.explicit() {
+            let path = &explicit.path;
+            let unclean = [OPEN_MARKER, RESTORE_MARKER]
+                .iter()
+                .any(|marker| path.join(marker).exists());
+            if refuse_unclean && had_db && unclean {
+                return Err(Error::UncleanWorkingDirectory { path: path.clone() });
             }
-        })?;
+            remove_leftovers(path)?;
+            create_durably(path, OPEN_MARKER)?;
+            explicit.marked = true;
+        }
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(true);
         let mut backend = Self {
@@ -222,6 +375,7 @@ impl RocksDbBackend {
             range,
             states: Vec::new(),
             instance_id: InstanceId::random(),
+            identity: next_backend_identity(),
             incremental: IncrementalState::default(),
             dir,
         };
@@ -230,11 +384,19 @@ impl RocksDbBackend {
         Ok(backend)
     }
 
+    /// Closes the backend without the clean-close flush and keeps nothing it wrote: its
+    /// directory is about to be removed. The open marker stays; the caller removes it.
+    pub(crate) fn discard(mut self) {
+        if let Some(explicit) = self.dir.explicit() {
+            explicit.marked = false;
+        }
+    }
+
     /// Checks that the database was written for this max parallelism and key-group range
     /// (rows are addressed by key group, so either differing would make state silently
     /// unreachable), or records them in a database that has no record yet.
     fn check_instance_record(&self) -> Result<()> {
-        let found = self.db.get(INSTANCE_RECORD_KEY).map_err(rocks_err)?;
+        let found = self.db.get(INSTANCE_RECORD_KEY).map_err(self.rocks())?;
         let Some(bytes) = found else {
             return self.write_instance_record();
         };
@@ -298,12 +460,17 @@ impl RocksDbBackend {
         self.db
             .put_opt(key, value, &self.write_options)
             .and_then(|()| self.db.flush())
-            .map_err(rocks_err)
+            .map_err(self.rocks())
     }
 
     /// The working directory.
     pub fn working_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// [`rocks_error`] for this backend's working directory, as a `map_err` argument.
+    fn rocks(&self) -> impl Fn(rocksdb::Error) -> Error + '_ {
+        rocks_err(self.dir.path())
     }
 
     /// The options the backend was opened with.
@@ -322,7 +489,9 @@ impl RocksDbBackend {
         let Some(cf) = self.db.cf_handle(&cf_name(state)) else {
             return Ok(None);
         };
-        self.db.property_value_cf(cf, property).map_err(rocks_err)
+        self.db
+            .property_value_cf(cf, property)
+            .map_err(self.rocks())
     }
 
     /// Writes every column family's memtables to SST files and waits for it.
@@ -339,12 +508,12 @@ impl RocksDbBackend {
         let handles: Vec<_> = names.filter_map(|name| self.db.cf_handle(name)).collect();
         self.db
             .flush_cfs_opt(&handles, &rocksdb::FlushOptions::default())
-            .map_err(rocks_err)
+            .map_err(self.rocks())
     }
 
     /// Reads the registered states recorded in the default column family.
     fn load_state_records(&mut self) -> Result<()> {
-        for info in read_state_records(&self.db)? {
+        for info in read_state_records(&self.db, self.dir.path())? {
             let cf_name = cf_name(&info.name);
             if self.db.cf_handle(&cf_name).is_none() {
                 return Err(Error::corrupt(
@@ -364,24 +533,21 @@ impl RocksDbBackend {
     /// [`Error::StateMismatch`] if the name is registered with another kind or types.
     pub(crate) fn ensure_state(&mut self, info: &StateInfo) -> Result<StateId> {
         let existing = self.states();
-        if let Some(id) = find_registered(&existing, info)? {
-            return Ok(id);
+        if let Some(index) = find_registered(&existing, info)? {
+            return Ok(StateId::new(self.identity, index));
         }
-        let id = StateId(self.states.len() as u32);
+        let id = StateId::new(self.identity, self.states.len());
         let cf_name = cf_name(&info.name);
         if self.db.cf_handle(&cf_name).is_none() {
             self.db
                 .create_cf(&cf_name, &self.options.cf_options(&self.cache, info.kind))
-                .map_err(rocks_err)?;
+                .map_err(self.rocks())?;
         }
         let mut record_key = STATE_RECORD_PREFIX.to_vec();
-        record_key.extend_from_slice(&id.0.to_be_bytes());
+        record_key.extend_from_slice(&id.index().to_be_bytes());
         let record = DefaultCodec::default()
             .encode(info)
-            .map_err(|e| Error::Encode {
-                state: info.name.clone(),
-                message: e.0,
-            })?;
+            .map_err(encode_err(&info.name))?;
         self.put_record(&record_key, &record)?;
         self.states.push(RocksState {
             info: info.clone(),
@@ -391,14 +557,12 @@ impl RocksDbBackend {
     }
 
     fn state(&self, id: StateId) -> Result<(&RocksState, &ColumnFamily)> {
+        let unknown = || Error::UnknownState { id: id.index() };
         let state = self
             .states
-            .get(id.0 as usize)
-            .ok_or(Error::UnknownState { id: id.0 })?;
-        let cf = self
-            .db
-            .cf_handle(&state.cf_name)
-            .ok_or(Error::UnknownState { id: id.0 })?;
+            .get(id.index_in(self.identity)?)
+            .ok_or_else(unknown)?;
+        let cf = self.db.cf_handle(&state.cf_name).ok_or_else(unknown)?;
         Ok((state, cf))
     }
 
@@ -411,13 +575,10 @@ impl RocksDbBackend {
         out: &mut Vec<u8>,
     ) -> Result<()> {
         let codec = DefaultCodec::default();
-        let enc = |e: crate::codec::CodecError| Error::Encode {
-            state: state.to_owned(),
-            message: e.0,
-        };
+        let enc = encode_err(state);
         out.clear();
         out.extend_from_slice(&[0; layout::KEY_GROUP_PREFIX_LEN]);
-        codec.encode_into(key, out).map_err(enc)?;
+        codec.encode_into(key, out).map_err(&enc)?;
         let group = self
             .assigner
             .key_group_of_bytes(&out[layout::KEY_GROUP_PREFIX_LEN..]);
@@ -442,10 +603,7 @@ impl RocksDbBackend {
         self.row_prefix(state, key, ns, &mut row)?;
         DefaultCodec::default()
             .encode_into(user_key, &mut row)
-            .map_err(|e| Error::Encode {
-                state: state.to_owned(),
-                message: e.0,
-            })?;
+            .map_err(encode_err(state))?;
         Ok(row)
     }
 
@@ -454,16 +612,13 @@ impl RocksDbBackend {
         cf: &ColumnFamily,
         row: &[u8],
     ) -> Result<Option<rocksdb::DBPinnableSlice<'_>>> {
-        self.db.get_pinned_cf(cf, row).map_err(rocks_err)
+        self.db.get_pinned_cf(cf, row).map_err(self.rocks())
     }
 
     fn decode<T: serde::de::DeserializeOwned>(state: &str, bytes: &[u8]) -> Result<T> {
         DefaultCodec::default()
             .decode(bytes)
-            .map_err(|e| Error::Decode {
-                state: state.to_owned(),
-                message: e.0,
-            })
+            .map_err(decode_err(state))
     }
 
     /// Read options bounded to the rows starting with `prefix`.
@@ -539,13 +694,10 @@ impl KeyedStateBackend for RocksDbBackend {
         self.row_prefix(&state.info.name, key, ns, &mut row)?;
         let bytes = DefaultCodec::default()
             .encode(&value)
-            .map_err(|e| Error::Encode {
-                state: state.info.name.clone(),
-                message: e.0,
-            })?;
+            .map_err(encode_err(&state.info.name))?;
         self.db
             .put_cf_opt(cf, row, bytes, &self.write_options)
-            .map_err(rocks_err)
+            .map_err(self.rocks())
     }
 
     fn clear<K: StateKey, N: StateKey>(&mut self, id: StateId, key: &K, ns: &N) -> Result<()> {
@@ -556,7 +708,7 @@ impl KeyedStateBackend for RocksDbBackend {
             return self
                 .db
                 .delete_cf_opt(cf, row, &self.write_options)
-                .map_err(rocks_err);
+                .map_err(self.rocks());
         }
         // All rows of one map in one batch: the map disappears atomically.
         let mut batch = WriteBatch::default();
@@ -564,12 +716,12 @@ impl KeyedStateBackend for RocksDbBackend {
             self.db
                 .iterator_cf_opt(cf, Self::prefix_read_options(&row), IteratorMode::Start);
         for item in rows {
-            let (row_key, _) = item.map_err(rocks_err)?;
+            let (row_key, _) = item.map_err(self.rocks())?;
             batch.delete_cf(cf, row_key);
         }
         self.db
             .write_opt(batch, &self.write_options)
-            .map_err(rocks_err)
+            .map_err(self.rocks())
     }
 
     fn get_list<K: StateKey, N: StateKey, T: StateValue>(
@@ -583,10 +735,7 @@ impl KeyedStateBackend for RocksDbBackend {
         self.row_prefix(&state.info.name, key, ns, &mut row)?;
         match self.get_raw(cf, &row)? {
             Some(bytes) => {
-                decode_list(&DefaultCodec::default(), &bytes).map_err(|e| Error::Decode {
-                    state: state.info.name.clone(),
-                    message: e.0,
-                })
+                decode_list(&DefaultCodec::default(), &bytes).map_err(decode_err(&state.info.name))
             }
             None => Ok(Vec::new()),
         }
@@ -603,15 +752,11 @@ impl KeyedStateBackend for RocksDbBackend {
         let mut row = Vec::with_capacity(32);
         self.row_prefix(&state.info.name, key, ns, &mut row)?;
         let mut operand = Vec::with_capacity(16);
-        encode_list_element(&DefaultCodec::default(), &value, &mut operand).map_err(|e| {
-            Error::Encode {
-                state: state.info.name.clone(),
-                message: e.0,
-            }
-        })?;
+        encode_list_element(&DefaultCodec::default(), &value, &mut operand)
+            .map_err(encode_err(&state.info.name))?;
         self.db
             .merge_cf_opt(cf, row, operand, &self.write_options)
-            .map_err(rocks_err)
+            .map_err(self.rocks())
     }
 
     fn replace_list<K: StateKey, N: StateKey, T: StateValue>(
@@ -628,19 +773,16 @@ impl KeyedStateBackend for RocksDbBackend {
             return self
                 .db
                 .delete_cf_opt(cf, row, &self.write_options)
-                .map_err(rocks_err);
+                .map_err(self.rocks());
         }
         let codec = DefaultCodec::default();
         let mut bytes = Vec::new();
         for v in &values {
-            encode_list_element(&codec, v, &mut bytes).map_err(|e| Error::Encode {
-                state: state.info.name.clone(),
-                message: e.0,
-            })?;
+            encode_list_element(&codec, v, &mut bytes).map_err(encode_err(&state.info.name))?;
         }
         self.db
             .put_cf_opt(cf, row, bytes, &self.write_options)
-            .map_err(rocks_err)
+            .map_err(self.rocks())
     }
 
     fn get_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
@@ -682,13 +824,10 @@ impl KeyedStateBackend for RocksDbBackend {
         let row = self.map_row(&state.info.name, key, ns, &user_key)?;
         let bytes = DefaultCodec::default()
             .encode(&value)
-            .map_err(|e| Error::Encode {
-                state: state.info.name.clone(),
-                message: e.0,
-            })?;
+            .map_err(encode_err(&state.info.name))?;
         self.db
             .put_cf_opt(cf, row, bytes, &self.write_options)
-            .map_err(rocks_err)
+            .map_err(self.rocks())
     }
 
     fn remove_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
@@ -702,7 +841,7 @@ impl KeyedStateBackend for RocksDbBackend {
         let row = self.map_row(&state.info.name, key, ns, user_key)?;
         self.db
             .delete_cf_opt(cf, row, &self.write_options)
-            .map_err(rocks_err)
+            .map_err(self.rocks())
     }
 
     fn map_entries<'a, K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
@@ -715,12 +854,13 @@ impl KeyedStateBackend for RocksDbBackend {
         let mut prefix = Vec::with_capacity(32);
         self.row_prefix(&state.info.name, key, ns, &mut prefix)?;
         let name = state.info.name.clone();
+        let dir = self.dir.path();
         let prefix_len = prefix.len();
         let rows =
             self.db
                 .iterator_cf_opt(cf, Self::prefix_read_options(&prefix), IteratorMode::Start);
         Ok(Box::new(rows.map(move |item| {
-            let (row_key, value) = item.map_err(rocks_err)?;
+            let (row_key, value) = item.map_err(rocks_err(dir))?;
             let user_key: UK = Self::decode(&name, &row_key[prefix_len..])?;
             let value: UV = Self::decode(&name, &value)?;
             Ok((user_key, value))
@@ -734,6 +874,7 @@ impl KeyedStateBackend for RocksDbBackend {
     ) -> Result<StateKeys<'a, K, N>> {
         let (state, cf) = self.state(id)?;
         let name = state.info.name.clone();
+        let dir = self.dir.path();
         let wanted = ns.cloned();
         let rows = self.db.iterator_cf_opt(
             cf,
@@ -744,17 +885,23 @@ impl KeyedStateBackend for RocksDbBackend {
         let mut last_prefix: Vec<u8> = Vec::new();
         Ok(Box::new(rows.filter_map(move |item| {
             let decoded = (|| {
-                let (row_key, _) = item.map_err(rocks_err)?;
+                let (row_key, _) = item.map_err(rocks_err(dir))?;
                 let codec = DefaultCodec::default();
                 let body = &row_key[layout::KEY_GROUP_PREFIX_LEN.min(row_key.len())..];
-                let corrupt = |e: crate::codec::CodecError| Error::Decode {
-                    state: name.clone(),
-                    message: e.0,
-                };
-                let (key, used_k): (K, usize) = codec.decode_prefix(body).map_err(corrupt)?;
+                let corrupt = decode_err(&name);
+                let (key, used_k): (K, usize) = codec.decode_prefix(body).map_err(&corrupt)?;
                 let (namespace, used_n): (N, usize) =
                     codec.decode_prefix(&body[used_k..]).map_err(corrupt)?;
-                let prefix = &row_key[..layout::KEY_GROUP_PREFIX_LEN + used_k + used_n];
+                // A row key shorter than its key-group prefix (only a crafted SST holds one)
+                // decodes zero-sized keys from nothing: refuse it instead of slicing past it.
+                let prefix = row_key
+                    .get(..layout::KEY_GROUP_PREFIX_LEN + used_k + used_n)
+                    .ok_or_else(|| {
+                        Error::corrupt(
+                            dir.display().to_string(),
+                            format!("state '{name}': a row key of {} bytes", row_key.len()),
+                        )
+                    })?;
                 if prefix == last_prefix.as_slice() {
                     return Ok(None);
                 }

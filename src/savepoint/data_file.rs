@@ -9,11 +9,14 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+use crate::checkpoint::metadata::{InstanceMetadata, validate_local_name};
+use crate::checkpoint::verify_local_file;
 use crate::codec::CodecId;
 use crate::error::{Error, Result};
 use crate::format::{ByteReader, ByteWriter, check_trailing_crc};
 use crate::key_group::{KeyGroup, KeyGroupRange};
 use crate::state::{StateInfo, StateKind};
+use crate::storage::CheckpointStorage;
 
 /// Magic at the start and in the footer of a data file.
 pub const DATA_FILE_MAGIC: [u8; 4] = *b"SBDF";
@@ -85,11 +88,21 @@ impl<W: Write> DataFileWriter<W> {
     /// Writes the header to `out`. The header's states must be sorted by name.
     ///
     /// # Errors
-    /// I/O errors; [`Error::Incompatible`] if the states are not sorted by name or repeat.
+    /// I/O errors; [`Error::Incompatible`] if the states are not sorted by name or repeat, or
+    /// a name is empty or longer than 255 bytes (a reader refuses such a file).
     pub fn new(out: W, header: &DataFileHeader) -> Result<Self> {
         if header.states.windows(2).any(|w| w[0].name >= w[1].name) {
             return Err(Error::Incompatible {
                 reason: "data file states must be sorted by name and unique".into(),
+            });
+        }
+        if let Some(s) = header
+            .states
+            .iter()
+            .find(|s| s.name.is_empty() || s.name.len() > 255)
+        {
+            return Err(Error::Incompatible {
+                reason: format!("state name '{}' is not 1 to 255 bytes", s.name),
             });
         }
         let mut body = ByteWriter::new();
@@ -253,6 +266,10 @@ pub(crate) fn write_state_info(w: &mut ByteWriter, s: &StateInfo) {
 
 pub(crate) fn read_state_info(r: &mut ByteReader<'_>) -> Result<StateInfo> {
     let name = r.str(255, "state name")?;
+    if name.is_empty() {
+        // Registration refuses empty names, so no writer of this crate produces one.
+        return Err(r.corrupt("state name: empty"));
+    }
     let code = r.u8("state kind")?;
     let kind = StateKind::from_code(code)
         .ok_or_else(|| r.corrupt(format!("unknown state kind {code}")))?;
@@ -414,6 +431,28 @@ impl<R: Read + Seek> DataFileReader<R> {
         &self.header
     }
 
+    /// Checks that the header records the key groups and max parallelism that `instance`, the
+    /// metadata entry listing this file, says: a data file of another instance (a damaged or
+    /// hand-edited `_metadata`) would otherwise restore with this instance's key groups empty.
+    /// Every path that opens a data file for an instance checks this.
+    ///
+    /// # Errors
+    /// [`Error::KeyGroupsMismatch`] naming the file and both ranges.
+    pub fn check_instance(&self, instance: &InstanceMetadata) -> Result<()> {
+        if self.header.key_groups == instance.key_groups
+            && self.header.max_parallelism == instance.max_parallelism
+        {
+            return Ok(());
+        }
+        Err(Error::KeyGroupsMismatch {
+            file: self.name.clone(),
+            expected: instance.key_groups,
+            expected_max_parallelism: instance.max_parallelism,
+            found: self.header.key_groups,
+            found_max_parallelism: self.header.max_parallelism,
+        })
+    }
+
     /// The key groups that hold rows, with their offsets.
     pub fn index(&self) -> &[IndexEntry] {
         &self.index
@@ -517,6 +556,40 @@ impl<R: Read + Seek> DataFileReader<R> {
         }
         Ok(())
     }
+}
+
+/// Downloads the data file of `instance` (a savepoint's or a heap checkpoint's instance, which
+/// lists exactly one file) from `storage` into `dir` (under its local name), verifies its size
+/// and crc32 against the metadata entry, opens it and checks that its header belongs to
+/// `instance` ([`DataFileReader::check_instance`]). The one way restores open a data file:
+/// heap checkpoints (same parallelism and rescaled) and savepoints into either backend.
+///
+/// # Errors
+/// [`Error::Corrupt`] if the instance does not list exactly one file; [`Error::InvalidPath`]
+/// for a bad local name; storage errors; [`Error::SizeMismatch`], [`Error::ChecksumMismatch`];
+/// format errors; [`Error::KeyGroupsMismatch`].
+pub(crate) fn fetch_data_file(
+    storage: &dyn CheckpointStorage,
+    instance: &InstanceMetadata,
+    dir: &Path,
+) -> Result<DataFileReader<File>> {
+    // No file would restore the instance's key groups empty; a second one has no meaning.
+    let [entry] = instance.files.as_slice() else {
+        return Err(Error::corrupt(
+            instance.instance_id.hex(),
+            format!(
+                "the instance lists {} files; a data file instance has exactly one",
+                instance.files.len()
+            ),
+        ));
+    };
+    validate_local_name(&entry.local_name)?;
+    let local = dir.join(&entry.local_name);
+    storage.get_to_file(&entry.path, &local)?;
+    verify_local_file(&local, entry)?;
+    let reader = DataFileReader::open(&local, entry.path.as_str())?;
+    reader.check_instance(instance)?;
+    Ok(reader)
 }
 
 fn check_magic_version(name: &str, magic: &[u8], version: u16) -> Result<()> {

@@ -7,27 +7,25 @@
 //!
 //! Either backend writes it ([`AnyBackend::savepoint`], then [`PendingSavepoint::write`] on
 //! any thread, then [`complete_savepoint`]); either backend restores it, at any parallelism
-//! ([`restore_savepoint`]): each instance reads only the key groups it owns.
+//! ([`restore_savepoint`]): each instance downloads the data files of the instances whose key
+//! groups overlap its own and reads only the key groups it owns from them.
 
 pub mod data_file;
 pub(crate) mod view;
-
-use std::path::PathBuf;
 
 use crate::any_backend::{AnyBackend, BackendConfig};
 use crate::backend::{BackendKind, KeyedStateBackend};
 use crate::checkpoint::coordinator::now_ms;
 use crate::checkpoint::metadata::{
     FileEntry, InstanceId, InstanceMetadata, METADATA_FILE, SnapshotKind, SnapshotMetadata,
-    validate_local_name,
+    check_partition,
 };
 use crate::checkpoint::restore::{RestoreMode, restore_instance};
 use crate::codec::{Codec, DefaultCodec};
 use crate::error::{Error, Result};
-use crate::format::verify_local_file;
 use crate::heap::HeapBackend;
 use crate::storage::{CheckpointStorage, StoragePath, is_temporary};
-use data_file::DataFileReader;
+use data_file::{DataFileReader, fetch_data_file};
 use view::{HeapView, RowView, write_data_file};
 
 /// The synchronous part of a savepoint: a consistent view of one instance.
@@ -100,9 +98,12 @@ impl PendingSavepoint {
 /// has finished writing when this is called); a failure to remove one is ignored, as such a
 /// file is never read.
 ///
+/// The instances must partition the job's key groups `[0, max_parallelism)` under one max
+/// parallelism: a savepoint missing an instance would restore its key groups empty.
+///
 /// # Errors
-/// [`Error::Incompatible`] if the instances' key groups overlap or their max parallelism
-/// differs; storage errors.
+/// [`Error::KeyGroupCoverage`] if the instances leave a key group out, hold one twice or differ
+/// in max parallelism (nothing is written); storage errors.
 pub fn complete_savepoint(
     storage: &dyn CheckpointStorage,
     instances: Vec<InstanceMetadata>,
@@ -117,15 +118,7 @@ fn write_savepoint_metadata(
     mut instances: Vec<InstanceMetadata>,
 ) -> Result<SnapshotMetadata> {
     instances.sort_by_key(|i| i.key_groups.start());
-    for pair in instances.windows(2) {
-        if pair[0].key_groups.end() > pair[1].key_groups.start()
-            || pair[0].max_parallelism != pair[1].max_parallelism
-        {
-            return Err(Error::Incompatible {
-                reason: "savepoint instances must own disjoint key groups of one job".into(),
-            });
-        }
-    }
+    check_partition(&instances, "savepoint")?;
     let meta = SnapshotMetadata {
         kind: SnapshotKind::Savepoint,
         id,
@@ -158,7 +151,7 @@ fn remove_temporary_leftovers(storage: &dyn CheckpointStorage) {
 /// a self-contained savepoint.
 pub fn read_savepoint(storage: &dyn CheckpointStorage) -> Result<SnapshotMetadata> {
     let path = StoragePath::parse(METADATA_FILE)?;
-    let meta = SnapshotMetadata::decode(&storage.get(&path)?, path.as_str())?;
+    let meta = SnapshotMetadata::read(storage, &path)?;
     if meta.kind != SnapshotKind::Savepoint {
         return Err(Error::Incompatible {
             reason: format!("{} describes a {}, not a savepoint", path, meta.kind),
@@ -188,38 +181,34 @@ pub(crate) fn check_self_contained(meta: &SnapshotMetadata) -> Result<()> {
 }
 
 /// Restores the key groups `config` owns from a savepoint into the backend `config` asks for,
-/// whatever backend and parallelism wrote it. Only the instances whose key groups overlap
-/// are read, and from them only the needed key groups (the data files' index gives offsets).
-/// Every data file is verified (size, crc32) before use. States stay as restored until the
-/// engine registers them; registering with another kind or types is [`Error::StateMismatch`].
+/// whatever backend and parallelism wrote it. The instances whose key groups overlap
+/// `config.key_groups` must hold each of them exactly once
+/// ([`SnapshotMetadata::instances_covering`]). Their data files are downloaded whole into a
+/// temporary directory and verified (size, crc32, and the key groups and max parallelism of
+/// the header against the metadata) before use; then only the owned key groups are read from
+/// them (the data files' index gives offsets). States stay as restored until the engine
+/// registers them; registering with another kind or types is [`Error::StateMismatch`].
 ///
 /// # Errors
-/// [`Error::Incompatible`] for another max parallelism; file errors naming the file.
+/// [`Error::Incompatible`] for another max parallelism; [`Error::KeyGroupCoverage`] when the
+/// savepoint's instances leave a requested key group out or hold one twice;
+/// [`Error::KeyGroupsMismatch`] for a data file of another instance; file errors naming the
+/// file.
 pub fn restore_savepoint(
     storage: &dyn CheckpointStorage,
     meta: &SnapshotMetadata,
     config: &BackendConfig,
 ) -> Result<AnyBackend> {
     let range = config.key_groups;
-    let sources: Vec<&InstanceMetadata> = meta
-        .instances
-        .iter()
-        .filter(|i| !i.key_groups.intersect(&range).is_empty())
-        .collect();
     meta.check_max_parallelism(config.max_parallelism)?;
+    let sources = meta.instances_covering(range)?;
     let dir = tempfile::Builder::new()
         .prefix("statebackend-restore-")
         .tempdir()
         .map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let mut readers = Vec::new();
     for instance in &sources {
-        for entry in &instance.files {
-            validate_local_name(&entry.local_name)?;
-            let local: PathBuf = dir.path().join(&entry.local_name);
-            storage.get_to_file(&entry.path, &local)?;
-            verify_local_file(&local, entry)?;
-            readers.push(DataFileReader::open(&local, entry.path.as_str())?);
-        }
+        readers.push(fetch_data_file(storage, instance, dir.path())?);
     }
     match config.kind {
         BackendKind::Heap => {
@@ -231,20 +220,17 @@ pub fn restore_savepoint(
         }
         #[cfg(feature = "rocksdb")]
         BackendKind::RocksDb => {
-            if let Some(dir) = &config.working_dir {
-                if dir.join("db").join("CURRENT").exists() {
-                    return Err(Error::Incompatible {
-                        reason: format!("restore target {} already holds a DB", dir.display()),
-                    });
-                }
-            }
-            let mut backend = crate::rocks::RocksDbBackend::open(
+            // A fresh DB, marked as an unfinished restore until the ingest is done; a failure
+            // leaves nothing behind, and a directory that is not empty is refused unless the
+            // configuration asks to replace it.
+            let backend = crate::rocks::RocksDbBackend::restore_fresh(
                 config.max_parallelism,
                 range,
                 config.working_dir.clone(),
                 config.rocksdb.clone(),
+                config.replace_existing,
+                &mut |b| ingest_data_files(b, &mut readers).map(|_| ()),
             )?;
-            ingest_data_files(&mut backend, &mut readers)?;
             Ok(AnyBackend::RocksDb(backend))
         }
         #[cfg(not(feature = "rocksdb"))]
@@ -321,6 +307,10 @@ pub fn convert_checkpoint(
     target: &dyn CheckpointStorage,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<SnapshotMetadata> {
+    // Checked before any data file is written, not only when `_metadata` is.
+    let mut sorted = checkpoint.instances.clone();
+    sorted.sort_by_key(|i| i.key_groups.start());
+    check_partition(&sorted, &format!("checkpoint {}", checkpoint.id))?;
     let mut instances = Vec::new();
     let total = checkpoint.instances.len();
     for (i, instance) in checkpoint.instances.iter().enumerate() {

@@ -5,26 +5,69 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::KeyedStateBackend;
 use crate::error::Result;
 use crate::state::descriptor::{AggregateFunction, ReduceFn};
 use crate::state::{StateKey, StateValue};
 
-/// Index of a registered state within its backend.
+/// A registered state: its index within its backend, and the identity of the backend object
+/// that issued it.
+///
+/// Every backend object gets a process-unique identity when it is created, and a restore
+/// creates a new one, so a handle used on a backend that did not issue it (another instance, or
+/// the same instance after a restore, which may number its states differently) is
+/// [`crate::Error::ForeignHandle`] instead of an access to whichever state has that index there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StateId(pub(crate) u32);
+pub struct StateId {
+    pub(crate) backend: u64,
+    pub(crate) index: u32,
+}
 
 impl StateId {
+    /// The id of state `index` of the backend with identity `backend`.
+    pub(crate) fn new(backend: u64, index: usize) -> Self {
+        Self {
+            backend,
+            index: index as u32,
+        }
+    }
+
     /// The raw index.
     pub fn index(self) -> u32 {
-        self.0
+        self.index
     }
+
+    /// The index as a `usize`, if this id was issued by backend `identity`; one comparison on
+    /// every state access.
+    ///
+    /// # Errors
+    /// [`crate::Error::ForeignHandle`].
+    #[inline]
+    pub(crate) fn index_in(self, identity: u64) -> crate::error::Result<usize> {
+        if self.backend == identity {
+            Ok(self.index as usize)
+        } else {
+            Err(self.foreign())
+        }
+    }
+
+    #[cold]
+    fn foreign(self) -> crate::error::Error {
+        crate::error::Error::ForeignHandle { index: self.index }
+    }
+}
+
+/// A new process-unique backend identity (never 0), for [`StateId`]s.
+pub(crate) fn next_backend_identity() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl fmt::Display for StateId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{}", self.0)
+        write!(f, "#{}", self.index)
     }
 }
 
@@ -52,8 +95,10 @@ impl<K: StateKey, N: StateKey, V: StateValue> ValueState<K, N, V> {
     /// The value of `(key, ns)`, if any.
     ///
     /// # Errors
-    /// [`crate::Error::KeyOutsideRange`] for a key of another instance; a decode error if the
-    /// stored bytes do not match `V`; backend errors.
+    /// [`crate::Error::KeyOutsideRange`] for a key of another instance;
+    /// [`crate::Error::ForeignHandle`] if `backend` did not issue this handle (another backend,
+    /// or one a restore returned); a decode error if the stored bytes do not match `V`; backend
+    /// errors.
     pub fn get<B: KeyedStateBackend>(&self, backend: &B, key: &K, ns: &N) -> Result<Option<V>> {
         backend.get_cell(self.id, key, ns)
     }

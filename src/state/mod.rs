@@ -13,6 +13,7 @@ pub use descriptor::{
     AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor,
     ReducingStateDescriptor, StateInfo, StateKind, ValueStateDescriptor,
 };
+pub(crate) use handles::next_backend_identity;
 pub use handles::{AggregatingState, ListState, MapState, ReducingState, StateId, ValueState};
 pub use rows::{Cell, ListCell, MapCell, StoredState};
 

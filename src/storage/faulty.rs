@@ -1,7 +1,7 @@
 //! [`FaultyStorage`]: fault injection for crash-consistency tests.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -199,6 +199,11 @@ impl<S: CheckpointStorage> CheckpointStorage for FaultyStorage<S> {
     fn get_to_file(&self, path: &StoragePath, local: &Path) -> Result<u64> {
         self.read()?;
         self.inner.get_to_file(path, local)
+    }
+
+    fn read_to(&self, path: &StoragePath, sink: &mut dyn Write) -> Result<u64> {
+        self.read()?;
+        self.inner.read_to(path, sink)
     }
 
     fn list(&self, prefix: Option<&StoragePath>) -> Result<Vec<ObjectMeta>> {

@@ -303,6 +303,12 @@ impl CheckpointStorage for LocalDirStorage {
         Ok(written)
     }
 
+    /// Streams the stored file through a 64 KiB buffer.
+    fn read_to(&self, path: &StoragePath, sink: &mut dyn Write) -> Result<u64> {
+        let mut src = self.open_stored(path)?;
+        super::copy_to_sink(&mut src, &self.local_path(path), sink, path)
+    }
+
     fn list(&self, prefix: Option<&StoragePath>) -> Result<Vec<ObjectMeta>> {
         let mut found = Vec::new();
         // Directories still to read: local path and storage path (`None` for the root).

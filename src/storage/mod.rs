@@ -1,9 +1,10 @@
 //! Checkpoint storage: where checkpoints and savepoints write their files.
 //!
 //! [`CheckpointStorage`] is deliberately small and byte-oriented — whole-object `put`/`get`,
-//! streaming file upload/download, `list`, `delete` — because it is the seam where an object
-//! store (S3, GCS, …) plugs in later, and object stores offer little more. Nothing here knows
-//! about RocksDB or the checkpoint format.
+//! streaming file upload/download, streaming reads (`read_to`, on which [`checksum`] is
+//! built), `list`, `delete` — because it is the seam where an object store (S3, GCS, …) plugs
+//! in later, and object stores offer little more. Nothing here knows about RocksDB or the
+//! checkpoint format.
 //!
 //! Names are [`StoragePath`]s: validated relative paths that cannot escape the storage root.
 //!
@@ -31,6 +32,7 @@ pub use path::StoragePath;
 #[cfg(feature = "rocksdb")]
 pub(crate) use local::sync_dir;
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -79,7 +81,9 @@ pub trait CheckpointStorage: Send + Sync {
     /// [`Error::InvalidPath`] as for [`put`](Self::put).
     fn put_file(&self, path: &StoragePath, local: &Path) -> Result<u64>;
 
-    /// Reads the whole file at `path`.
+    /// Reads the whole file at `path` into memory. For a file whose size is not bounded by
+    /// its format, use [`read_to`](Self::read_to) (streaming) or
+    /// [`get_to_file`](Self::get_to_file).
     ///
     /// # Errors
     ///
@@ -97,6 +101,29 @@ pub trait CheckpointStorage: Send + Sync {
     /// [`Error::MissingFile`] when there is no file at `path`; [`Error::Io`] when reading or
     /// writing `local` fails; [`Error::InvalidPath`] when the implementation refuses the path.
     fn get_to_file(&self, path: &StoragePath, local: &Path) -> Result<u64>;
+
+    /// Streams the file at `path` into `sink`, holding a bounded buffer (not the file) in
+    /// memory. Returns the number of bytes written to `sink`. On failure `sink` may have
+    /// received a prefix of the file.
+    ///
+    /// The provided implementation downloads the file into a temporary local file with
+    /// [`get_to_file`](Self::get_to_file) and streams that; implementations that can stream
+    /// directly should.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MissingFile`] when there is no file at `path`; [`Error::Io`] when reading fails
+    /// or `sink` refuses bytes; [`Error::InvalidPath`] when the implementation refuses the path.
+    fn read_to(&self, path: &StoragePath, sink: &mut dyn Write) -> Result<u64> {
+        let dir = tempfile::Builder::new()
+            .prefix("statebackend-read-")
+            .tempdir()
+            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let local = dir.path().join("file");
+        self.get_to_file(path, &local)?;
+        let mut file = std::fs::File::open(&local).map_err(|e| Error::io(&local, e))?;
+        copy_to_sink(&mut file, &local, sink, path)
+    }
 
     /// All files at or below `prefix` (every file when `None`), recursively, sorted by path.
     ///
@@ -153,6 +180,9 @@ macro_rules! forward_storage {
             fn get_to_file(&self, path: &StoragePath, local: &Path) -> Result<u64> {
                 (**self).get_to_file(path, local)
             }
+            fn read_to(&self, path: &StoragePath, sink: &mut dyn Write) -> Result<u64> {
+                (**self).read_to(path, sink)
+            }
             fn list(&self, prefix: Option<&StoragePath>) -> Result<Vec<ObjectMeta>> {
                 (**self).list(prefix)
             }
@@ -170,6 +200,65 @@ macro_rules! forward_storage {
 }
 
 forward_storage!(&T, Box<T>, Arc<T>);
+
+/// Buffer size of streaming reads.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Streams `src` (the local file `src_path`, holding storage file `path`) into `sink` through a
+/// fixed buffer. Returns the bytes copied.
+pub(crate) fn copy_to_sink(
+    src: &mut impl Read,
+    src_path: &Path,
+    sink: &mut dyn Write,
+    path: &StoragePath,
+) -> Result<u64> {
+    let mut buffer = vec![0u8; READ_BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = match src.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(src_path, e)),
+        };
+        sink.write_all(&buffer[..n])
+            .map_err(|e| Error::io(format!("<reader of {path}>"), e))?;
+        total += n as u64;
+    }
+    sink.flush()
+        .map_err(|e| Error::io(format!("<reader of {path}>"), e))?;
+    Ok(total)
+}
+
+/// The size and crc32 (as in [`FileEntry`](crate::checkpoint::FileEntry)) of the file at
+/// `path`, streamed through [`CheckpointStorage::read_to`]: memory stays bounded by one buffer
+/// whatever the file's size.
+///
+/// # Errors
+///
+/// As [`CheckpointStorage::read_to`].
+pub fn checksum(storage: &dyn CheckpointStorage, path: &StoragePath) -> Result<(u64, u32)> {
+    struct Crc {
+        hasher: crc32fast::Hasher,
+        size: u64,
+    }
+    impl Write for Crc {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.hasher.update(buf);
+            self.size += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut sink = Crc {
+        hasher: crc32fast::Hasher::new(),
+        size: 0,
+    };
+    storage.read_to(path, &mut sink)?;
+    Ok((sink.size, sink.hasher.finalize()))
+}
 
 /// The marker between a file name and the random suffix of its temporary sibling.
 const TEMP_MARKER: &str = ".tmp-";

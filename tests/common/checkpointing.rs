@@ -82,7 +82,7 @@ pub fn checkpoint(
         }
     };
     let meta = coordinator.complete(id, vec![instance])?.clone();
-    b.notify_checkpoint_complete(&meta.instances[0]);
+    b.notify_checkpoint_complete(&meta.instances[0])?;
     Ok((meta, stats))
 }
 

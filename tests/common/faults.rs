@@ -1,7 +1,7 @@
 //! Read-side fault injection for restore sweeps. `FaultyStorage` counts and breaks the mutating
 //! operations of a storage, and a restore performs none: what a restore does to storage is
-//! read. [`ReadFaults`] numbers the reads (`get`, `get_to_file`, `list`, `exists`, `size`) from
-//! 1 and breaks the k-th one.
+//! read. [`ReadFaults`] numbers the reads (`get`, `get_to_file`, `read_to`, `list`, `exists`,
+//! `size`) from 1 and breaks the k-th one.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -91,6 +91,10 @@ impl<S: CheckpointStorage> CheckpointStorage for ReadFaults<S> {
     fn get_to_file(&self, path: &StoragePath, local: &Path) -> Result<u64> {
         self.read()?;
         self.inner.get_to_file(path, local)
+    }
+    fn read_to(&self, path: &StoragePath, sink: &mut dyn std::io::Write) -> Result<u64> {
+        self.read()?;
+        self.inner.read_to(path, sink)
     }
     fn list(&self, prefix: Option<&StoragePath>) -> Result<Vec<ObjectMeta>> {
         self.read()?;
