@@ -178,17 +178,11 @@ fn a_crash_after_a_rescaled_restore_needs_a_replacing_restore() -> Result<()> {
     let tmp = tempfile::tempdir().unwrap();
     let (_, _, union) = two_instance_checkpoint(tmp.path(), 90)?;
 
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_crash_after_a_rescaled_restore_needs_a_replacing_restore",
-            "--test-threads=1",
-        ])
-        .env(CHILD, tmp.path())
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "child: {status}");
+    common::run_child_test(
+        "a_crash_after_a_rescaled_restore_needs_a_replacing_restore",
+        CHILD,
+        tmp.path(),
+    );
 
     let all = KeyGroupRange::all(128)?;
     let work = tmp.path().join("work");

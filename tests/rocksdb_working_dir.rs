@@ -4,7 +4,10 @@
 //! only when the configuration asks to (`BackendConfig::replace_existing`), and the leftovers of
 //! a crash (snapshot staging, savepoint views, bulk-import directories) go when the directory is
 //! opened again.
+
 #![cfg(feature = "rocksdb")]
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -92,17 +95,11 @@ fn a_directory_left_by_a_crash_is_refused_and_a_restore_replaces_it() -> Result<
         crash_after_a_snapshot(Path::new(&root));
     }
     let tmp = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_directory_left_by_a_crash_is_refused_and_a_restore_replaces_it",
-            "--test-threads=1",
-        ])
-        .env(CHILD, tmp.path())
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "child: {status}");
+    common::run_child_test(
+        "a_directory_left_by_a_crash_is_refused_and_a_restore_replaces_it",
+        CHILD,
+        tmp.path(),
+    );
     let work = tmp.path().join("work");
     assert!(work.join(OPEN_MARKER).exists());
     assert!(

@@ -126,6 +126,41 @@ impl InstanceMetadata {
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
+
+    /// Checks that this metadata describes the backend instance identified by the arguments
+    /// (its lineage id, backend, max parallelism and key groups): what a backend checks before
+    /// taking a completed checkpoint's part as its own.
+    ///
+    /// # Errors
+    /// [`Error::ForeignInstance`] naming both instances.
+    pub fn check_belongs_to(
+        &self,
+        instance_id: InstanceId,
+        backend: BackendKind,
+        max_parallelism: u32,
+        key_groups: KeyGroupRange,
+    ) -> Result<()> {
+        if self.instance_id == instance_id
+            && self.backend == backend
+            && self.max_parallelism == max_parallelism
+            && self.key_groups == key_groups
+        {
+            return Ok(());
+        }
+        Err(Error::ForeignInstance {
+            expected: format!(
+                "{} ({backend}, key groups {key_groups} of {max_parallelism})",
+                instance_id.hex()
+            ),
+            found: format!(
+                "{} ({}, key groups {} of {})",
+                self.instance_id.hex(),
+                self.backend,
+                self.key_groups,
+                self.max_parallelism
+            ),
+        })
+    }
 }
 
 /// The content of a `_metadata` file.

@@ -257,30 +257,12 @@ impl AnyBackend {
     /// id, backend, max parallelism or key-group range); nothing changes then.
     pub fn notify_checkpoint_complete(&mut self, metadata: &InstanceMetadata) -> Result<()> {
         match self {
-            AnyBackend::Heap(b) => {
-                let max_parallelism = b.assigner().max_parallelism();
-                let range = b.key_group_range();
-                if metadata.instance_id != b.instance_id()
-                    || metadata.backend != BackendKind::Heap
-                    || metadata.max_parallelism != max_parallelism
-                    || metadata.key_groups != range
-                {
-                    return Err(Error::ForeignInstance {
-                        expected: format!(
-                            "{} (heap, key groups {range} of {max_parallelism})",
-                            b.instance_id().hex()
-                        ),
-                        found: format!(
-                            "{} ({}, key groups {} of {})",
-                            metadata.instance_id.hex(),
-                            metadata.backend,
-                            metadata.key_groups,
-                            metadata.max_parallelism
-                        ),
-                    });
-                }
-                Ok(())
-            }
+            AnyBackend::Heap(b) => metadata.check_belongs_to(
+                b.instance_id(),
+                BackendKind::Heap,
+                b.assigner().max_parallelism(),
+                b.key_group_range(),
+            ),
             #[cfg(feature = "rocksdb")]
             AnyBackend::RocksDb(b) => b.notify_checkpoint_complete(metadata),
         }

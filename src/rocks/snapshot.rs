@@ -104,27 +104,12 @@ impl RocksDbBackend {
     /// instance of the same checkpoint): its files are another lineage's, and reusing them
     /// would make the next checkpoint unrestorable. Nothing changes then.
     pub fn notify_checkpoint_complete(&mut self, metadata: &InstanceMetadata) -> Result<()> {
-        let max_parallelism = self.assigner.max_parallelism();
-        if metadata.instance_id != self.instance_id
-            || metadata.backend != BackendKind::RocksDb
-            || metadata.max_parallelism != max_parallelism
-            || metadata.key_groups != self.range
-        {
-            return Err(Error::ForeignInstance {
-                expected: format!(
-                    "{} (rocksdb, key groups {} of {max_parallelism})",
-                    self.instance_id.hex(),
-                    self.range,
-                ),
-                found: format!(
-                    "{} ({}, key groups {} of {})",
-                    metadata.instance_id.hex(),
-                    metadata.backend,
-                    metadata.key_groups,
-                    metadata.max_parallelism
-                ),
-            });
-        }
+        metadata.check_belongs_to(
+            self.instance_id,
+            BackendKind::RocksDb,
+            self.assigner.max_parallelism(),
+            self.range,
+        )?;
         self.incremental.base = base_of(metadata);
         self.incremental.base_from_restore = false;
         Ok(())

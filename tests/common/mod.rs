@@ -7,6 +7,19 @@ pub mod conformance;
 pub mod faults;
 pub mod model;
 
+/// Runs test `name` of this test binary again in a child process, with the environment
+/// variable `var` set to `dir`, and asserts that the child succeeded: how a test gets a process
+/// that ends without closing anything (the child checks `var` and exits from inside the test).
+pub fn run_child_test(name: &str, var: &str, dir: &std::path::Path) {
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--test-threads=1"])
+        .env(var, dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "child: {status}");
+}
+
 /// SplitMix64, the workloads' PRNG (see `../shared/WORKLOADS.md`).
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
