@@ -25,7 +25,9 @@ use crate::codec::{Codec, DefaultCodec};
 use crate::error::{Error, Result};
 use crate::heap::HeapBackend;
 use crate::storage::{CheckpointStorage, StoragePath, is_temporary};
-use data_file::{DataFileReader, fetch_data_file};
+#[cfg(feature = "rocksdb")]
+use data_file::DataFileReader;
+use data_file::fetch_data_file;
 use view::{HeapView, RowView, write_data_file};
 
 /// The synchronous part of a savepoint: a consistent view of one instance.
