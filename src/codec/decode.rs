@@ -36,7 +36,10 @@ use super::CodecError;
 pub(crate) fn decode_prefix<T: de::DeserializeOwned>(
     bytes: &[u8],
 ) -> std::result::Result<(T, usize), CodecError> {
-    let mut decoder = Decoder { input: bytes };
+    let mut decoder = Decoder {
+        input: bytes,
+        free_items: MAX_FREE_ITEMS,
+    };
     let value = T::deserialize(&mut decoder).map_err(|e| CodecError(e.0))?;
     Ok((value, bytes.len() - decoder.input.len()))
 }
@@ -73,7 +76,14 @@ enum Width {
 /// The bytes not decoded yet.
 struct Decoder<'de> {
     input: &'de [u8],
+    /// How many more collection items may decode from no input bytes at all.
+    free_items: u32,
 }
+
+/// Items of zero-sized types (`()`, unit structs) take no bytes, so a corrupt length prefix of
+/// a `Vec<()>` could ask for 2^64 of them: no allocation, but a loop that never ends. One value
+/// may hold this many such items; more is a decode error.
+const MAX_FREE_ITEMS: u32 = 1 << 20;
 
 impl<'de> Decoder<'de> {
     /// The next `n` bytes, if there are that many.
@@ -346,6 +356,22 @@ impl Items<'_, '_> {
     }
 }
 
+impl<'de> Items<'_, 'de> {
+    /// Decodes one item, charging it to the free-item budget if it took no bytes.
+    fn item<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value> {
+        let before = self.de.input.len();
+        let value = seed.deserialize(&mut *self.de)?;
+        if self.de.input.len() == before {
+            self.de.free_items = self.de.free_items.checked_sub(1).ok_or_else(|| {
+                DecodeError(format!(
+                    "more than {MAX_FREE_ITEMS} items that take no bytes (a corrupt length?)"
+                ))
+            })?;
+        }
+        Ok(value)
+    }
+}
+
 impl<'de> SeqAccess<'de> for Items<'_, 'de> {
     type Error = DecodeError;
 
@@ -354,7 +380,7 @@ impl<'de> SeqAccess<'de> for Items<'_, 'de> {
             return Ok(None);
         }
         self.len -= 1;
-        seed.deserialize(&mut *self.de).map(Some)
+        self.item(seed).map(Some)
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -370,7 +396,7 @@ impl<'de> MapAccess<'de> for Items<'_, 'de> {
             return Ok(None);
         }
         self.len -= 1;
-        seed.deserialize(&mut *self.de).map(Some)
+        self.item(seed).map(Some)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value> {

@@ -442,6 +442,24 @@ mod tests {
         );
     }
 
+    /// Items of zero-sized types take no bytes: a corrupt length must not make decoding loop
+    /// 2^64 times. Lengths such a value can really have still decode.
+    #[test]
+    fn zero_sized_items_are_bounded() {
+        let c = BincodeCodec;
+        // Varint u64 marker, then u64::MAX: a `Vec<()>` of 2^64 - 1 elements, in 9 bytes.
+        let mut huge = vec![253u8];
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        let message = c.decode::<Vec<()>>(&huge).unwrap_err().0;
+        assert!(message.contains("items that take no bytes"), "{message}");
+        assert!(
+            c.decode::<std::collections::BTreeMap<(), ()>>(&huge)
+                .is_err()
+        );
+        let thousand = c.encode(&vec![(); 1000]).unwrap();
+        assert_eq!(c.decode::<Vec<()>>(&thousand).unwrap().len(), 1000);
+    }
+
     #[test]
     fn corrupt_length_prefix_does_not_allocate_unbounded() {
         let c = BincodeCodec;
