@@ -1,4 +1,4 @@
-//! Entry points for the cargo-fuzz targets in `fuzz/` and for `tests/fuzz_corpus.rs`, which
+//! Entry points for the cargo-fuzz targets in `fuzz/` and for `tests/formats/fuzz_corpus.rs`, which
 //! replays their committed corpus in every `cargo test`. Hidden from the docs and not part of
 //! the API: the fuzzers and the regression test must drive the very same code, and some of it
 //! (restoring a data file into a heap backend) is crate-private.

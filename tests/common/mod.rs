@@ -7,12 +7,18 @@ pub mod conformance;
 pub mod faults;
 pub mod model;
 
-/// Runs test `name` of this test binary again in a child process, with the environment
-/// variable `var` set to `dir`, and asserts that the child succeeded: how a test gets a process
-/// that ends without closing anything (the child checks `var` and exits from inside the test).
-pub fn run_child_test(name: &str, var: &str, dir: &std::path::Path) {
+/// Runs test `name` of module `module` (its `module_path!()`) of this test binary again in a
+/// child process, with the environment variable `var` set to `dir`, and asserts that the child
+/// succeeded: how a test gets a process that ends without closing anything (the child checks
+/// `var` and exits from inside the test).
+pub fn run_child_test(module: &str, name: &str, var: &str, dir: &std::path::Path) {
+    // The test harness names tests by their path without the crate's name.
+    let test = match module.split_once("::") {
+        Some((_, inner)) => format!("{inner}::{name}"),
+        None => name.to_owned(),
+    };
     let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--test-threads=1"])
+        .args(["--exact", &test, "--test-threads=1"])
         .env(var, dir)
         .stdout(std::process::Stdio::null())
         .status()

@@ -1,6 +1,6 @@
 //! The same random operation sequence on the heap and the RocksDB backend: every read agrees.
 #![cfg(feature = "rocksdb")]
-mod common;
+use crate::common;
 
 use common::model::{Handles, OpGenerator, apply};
 use statebackend::{HeapBackend, KeyGroupRange, KeyedStateBackend, Result, RocksDbBackend};

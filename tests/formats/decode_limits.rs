@@ -4,7 +4,7 @@
 //!
 //! A counting global allocator records the largest single allocation the current thread asks
 //! for while a closure runs, so the assertions are about memory requested, not about time.
-mod common;
+use crate::common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -1,6 +1,6 @@
 //! Savepoints: round trips across every backend pair, byte-identical canonical files, and
 //! rescaled restores.
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! Incrementality measured in bytes: after updating 1% of a ~1,000,000-key RocksDB state, the
 //! next checkpoint uploads a small fraction of what the first (full) one uploaded.
 #![cfg(feature = "rocksdb")]
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -4,7 +4,7 @@
 //!
 //! The damaged `_metadata` files are built by hand (`SnapshotMetadata { .. }.encode()` written
 //! with `storage.put`), bypassing completion, as an old or damaged root would hold them.
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

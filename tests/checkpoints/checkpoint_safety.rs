@@ -1,7 +1,7 @@
 //! The coordinator's safety rules (issue 13): what completes, what a read error or an
 //! unreadable `_metadata` protects, what completion reports, and the restore modes in one root.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

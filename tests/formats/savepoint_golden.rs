@@ -1,6 +1,6 @@
 //! The savepoint format is pinned by a committed golden savepoint (format version 1): this
 //! build must read it, restore it into either backend, and write byte-identical data files.
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,7 +54,7 @@ fn fill(b: &mut AnyBackend) -> Result<()> {
 }
 
 /// Writes the fixture. Run once when the format version changes:
-/// `STATEBACKEND_WRITE_FIXTURES=1 cargo test --test savepoint_golden -- --ignored`.
+/// `STATEBACKEND_WRITE_FIXTURES=1 cargo test --test formats savepoint_golden:: -- --ignored`.
 #[test]
 #[ignore]
 fn write_golden_savepoint() -> Result<()> {

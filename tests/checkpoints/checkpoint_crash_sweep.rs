@@ -2,7 +2,7 @@
 //! checkpoint-plus-GC cycle, for every k. After each crash and a restart, the newest completed
 //! checkpoint restores to its exact state, no completed checkpoint references a missing file,
 //! and garbage collection leaves no unreferenced file.
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

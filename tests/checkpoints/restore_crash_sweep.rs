@@ -8,7 +8,7 @@
 //! return), and a retry with the same configuration must succeed and hold exactly the state
 //! that was checkpointed. Every restore also runs under a `FaultyStorage` that crashes at the
 //! first write, which proves that no restore writes to storage.
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Corrupt, truncated, extended, swapped and hostile files: every case is a typed error (or,
 //! where the damage misses everything that matters, exactly the original state), never a
 //! panic, never wrong state, never a huge allocation.
-mod common;
+use crate::common;
 
 use std::io::Cursor;
 use std::path::Path;

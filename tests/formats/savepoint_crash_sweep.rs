@@ -5,7 +5,7 @@
 //! `read_savepoint` reports it missing), and anything else in the directory is a complete data
 //! file of one of the instances or a temporary leftover. Writing the savepoint again into the
 //! same directory then succeeds and restores exactly.
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

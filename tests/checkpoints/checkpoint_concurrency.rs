@@ -8,7 +8,7 @@
 //!   another checkpoint) runs while an upload is in flight and never takes its files;
 //! - at the end nothing is lost (every retained checkpoint verifies and restores exactly) and
 //!   nothing leaked (no orphans, and reopening the root deletes nothing).
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};

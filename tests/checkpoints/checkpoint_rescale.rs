@@ -1,7 +1,7 @@
 //! Rescaling from checkpoints (RocksDB incremental and heap): a checkpoint written by P
 //! instances restores into Q instances for P→Q of 1→4, 4→1 and 3→2; the union of the restored
 //! instances equals the original state and each holds only its own key groups.
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
@@ -179,6 +179,7 @@ fn a_crash_after_a_rescaled_restore_needs_a_replacing_restore() -> Result<()> {
     let (_, _, union) = two_instance_checkpoint(tmp.path(), 90)?;
 
     common::run_child_test(
+        module_path!(),
         "a_crash_after_a_rescaled_restore_needs_a_replacing_restore",
         CHILD,
         tmp.path(),

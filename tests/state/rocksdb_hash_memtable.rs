@@ -5,7 +5,7 @@
 //! entries, snapshots, savepoint export, trimming after rescale) with rows in both memtables
 //! and SST files.
 #![cfg(feature = "rocksdb")]
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -7,7 +7,7 @@
 
 #![cfg(feature = "rocksdb")]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -96,6 +96,7 @@ fn a_directory_left_by_a_crash_is_refused_and_a_restore_replaces_it() -> Result<
     }
     let tmp = tempfile::tempdir().unwrap();
     common::run_child_test(
+        module_path!(),
         "a_directory_left_by_a_crash_is_refused_and_a_restore_replaces_it",
         CHILD,
         tmp.path(),

@@ -5,7 +5,7 @@
 //!
 //! The seeds the corpus grew from are written by the ignored test below (see
 //! `docs/reliability.md`).
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -116,7 +116,7 @@ fn the_golden_savepoint_reads_through_the_fuzz_entry_points() -> Result<()> {
 }
 
 /// Writes the seed inputs the corpus was grown from into `$STATEBACKEND_FUZZ_SEEDS/<target>/`:
-/// `STATEBACKEND_FUZZ_SEEDS=/tmp/seeds cargo test --test fuzz_corpus -- --ignored`.
+/// `STATEBACKEND_FUZZ_SEEDS=/tmp/seeds cargo test --test formats fuzz_corpus:: -- --ignored`.
 #[test]
 #[ignore]
 fn write_fuzz_seeds() -> Result<()> {

@@ -7,7 +7,7 @@
 //! - `complete` returns `Ok` exactly when the checkpoint exists (a restart sees it);
 //! - every restore is exact, or a typed error after which a retry is exact.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

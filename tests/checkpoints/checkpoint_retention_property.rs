@@ -2,7 +2,7 @@
 //! restart / restore, a shared file referenced by a retained checkpoint is never deleted, every
 //! retained checkpoint restores exactly, and nothing unreferenced survives once no checkpoint
 //! is in flight.
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

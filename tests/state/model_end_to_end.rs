@@ -13,7 +13,7 @@
 //! After every step a few random reads are compared with the model; every ~10 steps every
 //! instance is compared in full with the model restricted to its key groups, and every retained
 //! checkpoint is verified. `STATEBACKEND_LONG_TESTS=1` runs 20 times as many steps.
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;

@@ -74,7 +74,11 @@ fn heap_snapshot_directories_of_dead_processes_are_removed() -> Result<()> {
     let status = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "heap_snapshot_directories_of_dead_processes_are_removed",
+            // The harness names tests by their path without the crate's name.
+            &format!(
+                "{}::heap_snapshot_directories_of_dead_processes_are_removed",
+                module_path!().split_once("::").map_or("", |(_, inner)| inner)
+            ),
             "--test-threads=1",
         ])
         .env(CHILD, tmp.path().join("root"))

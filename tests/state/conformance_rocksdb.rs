@@ -1,7 +1,6 @@
 //! The conformance suite on the RocksDB backend, unchanged, with the default memtable and with
 //! the hash memtable.
 #![cfg(feature = "rocksdb")]
-mod common;
 
 conformance_suite!(|max_parallelism, range| {
     statebackend::RocksDbBackend::open(max_parallelism, range, None, Default::default()).unwrap()

@@ -2,7 +2,7 @@
 //! data file (valid size and crc32) must not restore with the instance's key groups empty. The
 //! data file's header records the key groups and max parallelism of the instance that wrote it;
 //! every restore path compares them with the metadata's and reports `KeyGroupsMismatch`.
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 //! Checkpoint and restore on both backends: the restored state equals the state at the
 //! synchronous part, even with writes during the asynchronous upload.
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

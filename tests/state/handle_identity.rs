@@ -1,7 +1,7 @@
 //! A state handle works only on the backend object that issued it: on another backend, or on
 //! the backend a restore returned (which may number its states differently), it is
 //! `Error::ForeignHandle`, never an access to whichever state has the same index there.
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
