@@ -18,16 +18,18 @@
 
 use std::io::Cursor;
 
-use crate::backend::KeyedStateBackend;
-use crate::checkpoint::SnapshotMetadata;
-use crate::checkpoint::layout::{checkpoint_dir_name, parse_checkpoint_dir};
-use crate::checkpoint::restore::load_data_file;
-use crate::error::{Error, Result};
-use crate::heap::HeapBackend;
-use crate::savepoint::data_file::DataFileReader;
-use crate::state::{
+use crate::backends::config::BackendConfig;
+use crate::backends::heap::HeapBackend;
+use crate::backends::interface::CheckpointedBackend;
+use crate::model::error::{Error, Result};
+use crate::model::format::data_file::DataFileReader;
+use crate::model::format::layout::{checkpoint_dir_name, parse_checkpoint_dir};
+use crate::model::format::view::DataFileRows;
+use crate::model::state::backend::KeyedStateBackend;
+use crate::model::state::{
     ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor, ValueStateDescriptor,
 };
+use crate::runtime::checkpoint::SnapshotMetadata;
 use crate::storage::{StoragePath, is_temporary, temporary_path};
 
 /// What reading one input gave: the input as it is, then resealed.
@@ -127,8 +129,10 @@ fn read_data_file(data: &[u8]) -> Result<u64> {
         Ok(())
     })?;
     let header = reader.header().clone();
-    let mut backend = HeapBackend::new(header.max_parallelism, header.key_groups)?;
-    load_data_file(&mut backend, &mut reader)?;
+    let mut backend = HeapBackend::restore_rows(
+        &BackendConfig::heap(header.max_parallelism, header.key_groups),
+        &mut DataFileRows::new(vec![reader], header.key_groups)?,
+    )?;
     let declared: Vec<String> = backend.states().into_iter().map(|s| s.name).collect();
     let has = |name: &str| declared.iter().any(|d| d == name);
     // The golden savepoint's states: the seeds are written from them, so mutated seeds reach
@@ -253,7 +257,7 @@ mod tests {
     #[test]
     fn resealing_repairs_only_checksums() {
         let meta = SnapshotMetadata {
-            kind: crate::checkpoint::SnapshotKind::Savepoint,
+            kind: crate::runtime::checkpoint::SnapshotKind::Savepoint,
             id: 7,
             created_ms: 1,
             instances: Vec::new(),

@@ -6,13 +6,13 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::checkpoint::SnapshotKind;
-use crate::checkpoint::layout::CHECKPOINT_DIR_PREFIX;
 use crate::cli::progress::count_bar;
 use crate::cli::snapshot::load;
 use crate::cli::{CliError, CliResult, human_bytes, plural};
-use crate::error::Error;
-use crate::savepoint::convert_checkpoint;
+use crate::model::error::Error;
+use crate::model::format::layout::CHECKPOINT_DIR_PREFIX;
+use crate::runtime::checkpoint::SnapshotKind;
+use crate::runtime::savepoint::convert_checkpoint;
 use crate::storage::{CheckpointStorage, LocalDirStorage};
 
 /// What `convert` wrote.
@@ -119,7 +119,8 @@ fn in_managed_area(root: &Path, target: &Path) -> bool {
         .and_then(|rest| rest.components().next())
         .and_then(|c| c.as_os_str().to_str())
         .is_some_and(|top| {
-            top == crate::checkpoint::layout::SHARED_DIR || top.starts_with(CHECKPOINT_DIR_PREFIX)
+            top == crate::model::format::layout::SHARED_DIR
+                || top.starts_with(CHECKPOINT_DIR_PREFIX)
         })
 }
 

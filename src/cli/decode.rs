@@ -7,7 +7,7 @@
 //! recorded type, become `{"hex": "<raw bytes>"}`.
 //!
 //! A row key is `codec(key) ++ codec(namespace) [++ codec(map user key)]` (see
-//! [`crate::state::rows`]). Only a known type says where its encoding ends, so when the key's
+//! [`crate::model::state::rows`]). Only a known type says where its encoding ends, so when the key's
 //! type is unknown the whole row key is shown as `{"hex": ...}` under `key` and the namespace
 //! (and user key) are left out; likewise an unknown namespace type of a map state swallows the
 //! user key.
@@ -16,9 +16,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::codec::{BincodeCodec, Codec};
-use crate::key_group::KeyGroup;
-use crate::state::{StateInfo, StateKind};
+use crate::model::codec::{BincodeCodec, Codec};
+use crate::model::key_group::KeyGroup;
+use crate::model::state::{StateInfo, StateKind};
 
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {

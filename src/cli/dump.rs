@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use crate::cli::decode::decode_row;
 use crate::cli::snapshot::{is_data_file, load};
 use crate::cli::{CliError, CliResult};
-use crate::error::Error;
-use crate::key_group::KeyGroup;
-use crate::savepoint::data_file::DataFileReader;
+use crate::model::error::Error;
+use crate::model::format::data_file::DataFileReader;
+use crate::model::key_group::KeyGroup;
 
 /// What to dump.
 #[derive(Debug, Clone, PartialEq, Eq)]

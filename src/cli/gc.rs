@@ -15,10 +15,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::checkpoint::coordinator::{RootState, execute_plan, plan_collection};
 use crate::cli::snapshot::require_dir;
 use crate::cli::{CliResult, human_bytes, plural};
-use crate::error::Error;
+use crate::model::error::Error;
+use crate::runtime::checkpoint::coordinator::{RootState, execute_plan, plan_collection};
 use crate::storage::{CheckpointStorage, LocalDirStorage, ObjectMeta, StoragePath};
 
 /// How to collect.

@@ -6,12 +6,12 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::checkpoint::InstanceMetadata;
 use crate::cli::snapshot::{LoadedSnapshot, is_data_file, load};
 use crate::cli::{CliResult, format_time_ms, human_bytes};
-use crate::error::Result;
-use crate::savepoint::data_file::DataFileReader;
-use crate::state::StateKind;
+use crate::model::error::Result;
+use crate::model::format::data_file::DataFileReader;
+use crate::model::state::StateKind;
+use crate::runtime::checkpoint::InstanceMetadata;
 
 /// A key-group range `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -1,7 +1,7 @@
 //! `statectl list ROOT`: the checkpoints of a checkpoint root and the savepoints below it.
 //!
 //! Read-only: the `_metadata` files are read directly, never through a
-//! [`CheckpointCoordinator`](crate::checkpoint::CheckpointCoordinator) (which garbage-collects
+//! [`CheckpointCoordinator`](crate::runtime::checkpoint::CheckpointCoordinator) (which garbage-collects
 //! when it opens a root).
 
 use std::collections::HashSet;
@@ -10,11 +10,11 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::checkpoint::SnapshotKind;
-use crate::checkpoint::layout::parse_checkpoint_dir;
 use crate::cli::snapshot::{LoadedSnapshot, has_metadata, scan_root};
 use crate::cli::{CliError, CliResult, format_time_ms, human_bytes};
-use crate::error::Result;
+use crate::model::error::Result;
+use crate::model::format::layout::parse_checkpoint_dir;
+use crate::runtime::checkpoint::SnapshotKind;
 use crate::storage::StoragePath;
 
 /// One checkpoint or savepoint.

@@ -1,5 +1,5 @@
 //! The logic of the `statectl` command-line tool (feature `cli`), kept apart from its argument
-//! parsing (`src/bin/statectl.rs`) so that it can be called and tested as a library.
+//! parsing (`statectl/src/main.rs`) so that it can be called and tested as a library.
 //!
 //! Every command reads checkpoint roots, checkpoints and savepoints on the local filesystem
 //! through [`LocalDirStorage`](crate::storage::LocalDirStorage) and the library's own readers:
@@ -13,7 +13,7 @@
 //!
 //! Apart from `convert` (which writes the new savepoint) and `gc` without `--dry-run`, the
 //! commands never write: in particular they do not open a
-//! [`CheckpointCoordinator`](crate::checkpoint::CheckpointCoordinator), which collects
+//! [`CheckpointCoordinator`](crate::runtime::checkpoint::CheckpointCoordinator), which collects
 //! garbage when it opens a root.
 //!
 //! Each command returns a report that serializes to JSON (`--json`) and renders itself for
@@ -31,7 +31,7 @@ pub mod verify;
 
 use std::fmt;
 
-use crate::error::Error;
+use crate::model::error::Error;
 
 /// Why a `statectl` command failed. Every failure exits with status 1.
 #[derive(Debug)]

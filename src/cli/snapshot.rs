@@ -8,10 +8,10 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::layout::{CHECKPOINT_DIR_PREFIX, SHARED_DIR, parse_checkpoint_dir};
-use crate::checkpoint::metadata::{MAX_METADATA_BYTES, METADATA_FILE};
-use crate::checkpoint::{FileEntry, SnapshotKind, SnapshotMetadata};
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
+use crate::model::format::layout::{CHECKPOINT_DIR_PREFIX, SHARED_DIR, parse_checkpoint_dir};
+use crate::model::format::metadata::{MAX_METADATA_BYTES, METADATA_FILE};
+use crate::runtime::checkpoint::{FileEntry, SnapshotKind, SnapshotMetadata};
 use crate::storage::{CheckpointStorage, LocalDirStorage};
 
 /// Suffix of canonical data files (heap checkpoints, savepoints).
@@ -156,8 +156,8 @@ pub fn read_metadata(dir: &Path) -> Result<(SnapshotMetadata, u16)> {
 /// describe checkpoint `<id>` (as [`CheckpointCoordinator::open`] requires), and a savepoint's
 /// files must be plain files of its directory (as [`read_savepoint`] requires).
 ///
-/// [`CheckpointCoordinator::open`]: crate::checkpoint::CheckpointCoordinator::open
-/// [`read_savepoint`]: crate::savepoint::read_savepoint
+/// [`CheckpointCoordinator::open`]: crate::runtime::checkpoint::CheckpointCoordinator::open
+/// [`read_savepoint`]: crate::runtime::savepoint::read_savepoint
 ///
 /// # Errors
 /// I/O and format errors naming the `_metadata` file.
@@ -191,7 +191,7 @@ pub fn load(dir: &Path) -> Result<LoadedSnapshot> {
             LocalDirStorage::new(root)?
         }
         SnapshotKind::Savepoint => {
-            crate::savepoint::check_self_contained(&meta)?;
+            crate::runtime::savepoint::check_self_contained(&meta)?;
             LocalDirStorage::new(dir)?
         }
     };

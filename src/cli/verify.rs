@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use crate::checkpoint::metadata::METADATA_FILE;
-use crate::checkpoint::{FileEntry, InstanceMetadata, SnapshotKind};
 use crate::cli::progress::bytes_bar;
 use crate::cli::snapshot::{LoadedSnapshot, has_metadata, is_data_file, load, scan_root};
 use crate::cli::{CliError, CliResult, human_bytes, plural};
-use crate::error::{Error, Result};
-use crate::savepoint::data_file::DataFileReader;
+use crate::model::error::{Error, Result};
+use crate::model::format::data_file::DataFileReader;
+use crate::model::format::metadata::METADATA_FILE;
+use crate::runtime::checkpoint::{FileEntry, InstanceMetadata, SnapshotKind};
 
 const READ_BUFFER: usize = 1 << 20;
 
@@ -97,7 +97,7 @@ pub fn verify(path: &Path, options: VerifyOptions) -> CliResult<VerifyReport> {
                 let id = path
                     .file_name()
                     .and_then(|n| n.to_str())
-                    .and_then(crate::checkpoint::layout::parse_checkpoint_dir);
+                    .and_then(crate::model::format::layout::parse_checkpoint_dir);
                 match id {
                     Some(id) => (SnapshotKind::Checkpoint, id),
                     None => (SnapshotKind::Savepoint, 0),

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{CheckpointStorage, ObjectMeta, StoragePath, temporary_path};
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 /// The nonce of the temporary leftover a simulated crash leaves behind, so tests can predict
 /// its name: `<path>.tmp-deadbeefdeadbeef`.

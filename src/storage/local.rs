@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{CheckpointStorage, ObjectMeta, StoragePath, temporary_path};
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 /// How often a write retries when its directory vanished under it (a concurrent
 /// [`delete`](CheckpointStorage::delete) removes directories it emptied) or its random temp

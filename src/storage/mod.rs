@@ -22,12 +22,13 @@
 //! [`is_temporary`] and delete it. Callers must not give their own files names of that shape.
 
 mod faulty;
+mod formats;
 mod local;
-mod path;
 
+pub use crate::model::format::path::StoragePath;
 pub use faulty::{FaultMode, FaultyStorage};
+pub use formats::{fetch_verified, verified_fetcher};
 pub use local::LocalDirStorage;
-pub use path::StoragePath;
 
 #[cfg(feature = "rocksdb")]
 pub(crate) use local::sync_dir;
@@ -36,7 +37,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 /// A stored file and its size, as returned by [`CheckpointStorage::list`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -230,7 +231,7 @@ pub(crate) fn copy_to_sink(
     Ok(total)
 }
 
-/// The size and crc32 (as in [`FileEntry`](crate::checkpoint::FileEntry)) of the file at
+/// The size and crc32 (as in [`FileEntry`](crate::runtime::checkpoint::FileEntry)) of the file at
 /// `path`, streamed through [`CheckpointStorage::read_to`]: memory stays bounded by one buffer
 /// whatever the file's size.
 ///

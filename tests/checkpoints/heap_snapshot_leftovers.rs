@@ -77,7 +77,9 @@ fn heap_snapshot_directories_of_dead_processes_are_removed() -> Result<()> {
             // The harness names tests by their path without the crate's name.
             &format!(
                 "{}::heap_snapshot_directories_of_dead_processes_are_removed",
-                module_path!().split_once("::").map_or("", |(_, inner)| inner)
+                module_path!()
+                    .split_once("::")
+                    .map_or("", |(_, inner)| inner)
             ),
             "--test-threads=1",
         ])

@@ -4,7 +4,6 @@
 //! One test binary per area, not one per file: each binary links RocksDB, and linking dominated
 //! `cargo test` on two cores.
 
-#[macro_use]
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -17,6 +16,6 @@ mod checkpoint_restore;
 mod checkpoint_retention_property;
 mod checkpoint_safety;
 mod claim_other_root;
+mod heap_snapshot_leftovers;
 mod restore_coverage;
 mod restore_crash_sweep;
-mod heap_snapshot_leftovers;

@@ -15,7 +15,7 @@ use super::model::{Handles, Model, Observation, OpGenerator, apply};
 
 /// The backend kinds this build has.
 pub fn kinds() -> Vec<BackendKind> {
-    let mut kinds = vec![BackendKind::Heap];
+    let mut kinds = vec![BackendKind::Heap, BackendKind::Reference];
     if cfg!(feature = "rocksdb") {
         kinds.push(BackendKind::RocksDb);
     }

@@ -4,15 +4,14 @@
 //! One test binary per area, not one per file: each binary links RocksDB, and linking dominated
 //! `cargo test` on two cores.
 
-#[macro_use]
 #[path = "../common/mod.rs"]
 mod common;
 
+mod data_file_identity;
+mod decode_limits;
+mod format_corruption;
+mod fuzz_corpus;
 mod savepoint_crash_sweep;
 mod savepoint_golden;
 mod savepoint_round_trip;
-mod format_corruption;
-mod fuzz_corpus;
-mod decode_limits;
-mod data_file_identity;
 mod storage_local;

@@ -1,6 +1,7 @@
 //! The conformance suite on the RocksDB backend, unchanged, with the default memtable and with
 //! the hash memtable.
 #![cfg(feature = "rocksdb")]
+use crate::conformance_suite;
 
 conformance_suite!(|max_parallelism, range| {
     statebackend::RocksDbBackend::open(max_parallelism, range, None, Default::default()).unwrap()

@@ -1,0 +1,487 @@
+//! The heap backend: state as typed values in in-memory hash maps.
+//!
+//! No serialization on the access path: values are stored as the Rust values the engine put.
+//! The only bytes computed per access are the key's encoding, hashed to find its key group.
+//! Entries are organised per key group ([`table`]), so a snapshot writes key groups
+//! independently and a rescaled restore reads only the key groups an instance owns.
+
+mod checkpointed;
+mod raw;
+pub(crate) mod table;
+mod view;
+
+use std::any::type_name;
+use std::sync::Arc;
+
+use crate::model::error::{Error, Result};
+use crate::model::format::metadata::InstanceId;
+use crate::model::key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange, check_range};
+use crate::model::state::backend::{
+    BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered,
+};
+use crate::model::state::rows::{FastMap, KeyNs};
+use crate::model::state::{
+    Cell, ListCell, MapCell, StateId, StateInfo, StateKey, StateValue, StoredState,
+    next_backend_identity,
+};
+use raw::RawTable;
+use table::{AnyTable, FrozenTable, Table};
+
+struct HeapState {
+    info: StateInfo,
+    table: Box<dyn AnyTable>,
+}
+
+/// Keyed state held as typed values in memory.
+///
+/// # Examples
+/// ```
+/// use statebackend::{HeapBackend, KeyGroupRange, KeyedStateBackend, ListStateDescriptor};
+/// let mut backend = HeapBackend::new(128, KeyGroupRange::all(128)?)?;
+/// let events = backend.list_state(&ListStateDescriptor::<u64, (), String>::new("events"))?;
+/// events.append(&mut backend, &7, &(), "login".into())?;
+/// events.append(&mut backend, &7, &(), "click".into())?;
+/// assert_eq!(events.get(&backend, &7, &())?, vec!["login", "click"]);
+/// # Ok::<(), statebackend::Error>(())
+/// ```
+pub struct HeapBackend {
+    assigner: KeyGroupAssigner,
+    range: KeyGroupRange,
+    states: Vec<HeapState>,
+    instance_id: InstanceId,
+    /// Stamped into every handle this backend issues ([`StateId`]).
+    identity: u64,
+}
+
+impl HeapBackend {
+    /// An empty backend for `max_parallelism` key groups, owning `range`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidMaxParallelism`]; [`Error::InvalidOperator`] if `range` does not fit in
+    /// `max_parallelism`.
+    pub fn new(max_parallelism: u32, range: KeyGroupRange) -> Result<Self> {
+        let assigner = KeyGroupAssigner::new(max_parallelism)?;
+        check_range(max_parallelism, range)?;
+        Ok(Self {
+            assigner,
+            range,
+            states: Vec::new(),
+            instance_id: InstanceId::random(),
+            identity: next_backend_identity(),
+        })
+    }
+
+    /// This instance's id in checkpoint metadata.
+    pub fn instance_id(&self) -> InstanceId {
+        self.instance_id
+    }
+
+    /// Number of `(key, namespace)` entries over all states.
+    pub fn entry_count(&self) -> usize {
+        self.states.iter().map(|s| s.table.len()).sum()
+    }
+
+    /// Index of `key`'s key group in this instance's tables.
+    #[inline]
+    fn group_index<K: StateKey>(&self, key: &K) -> Result<usize> {
+        let group = self.key_group_of(key)?;
+        self.index_of_group(group)
+    }
+
+    #[inline]
+    fn index_of_group(&self, group: KeyGroup) -> Result<usize> {
+        if self.range.contains(group) {
+            Ok((u32::from(group) - self.range.start()) as usize)
+        } else {
+            Err(key_outside_range(group, self.range))
+        }
+    }
+
+    #[inline]
+    fn state(&self, id: StateId) -> Result<&HeapState> {
+        self.states
+            .get(id.index_in(self.identity)?)
+            .ok_or_else(|| unknown_state(id))
+    }
+
+    #[inline]
+    fn state_mut(&mut self, id: StateId) -> Result<&mut HeapState> {
+        self.states
+            .get_mut(id.index_in(self.identity)?)
+            .ok_or_else(|| unknown_state(id))
+    }
+
+    #[inline]
+    fn table<K: StateKey, N: StateKey, S: StoredState>(
+        &self,
+        id: StateId,
+    ) -> Result<&Table<K, N, S>> {
+        let state = self.state(id)?;
+        state
+            .table
+            .as_any()
+            .downcast_ref()
+            .ok_or_else(|| type_mismatch::<K, N, S>(&state.info))
+    }
+
+    #[inline]
+    fn table_mut<K: StateKey, N: StateKey, S: StoredState>(
+        &mut self,
+        id: StateId,
+    ) -> Result<&mut Table<K, N, S>> {
+        let state = self.state_mut(id)?;
+        let info = &state.info;
+        match state.table.as_any_mut().downcast_mut() {
+            Some(table) => Ok(table),
+            None => Err(type_mismatch::<K, N, S>(info)),
+        }
+    }
+
+    /// Freezes the current state: a consistent view that shares the maps copy-on-write, for
+    /// snapshots written while the backend keeps changing.
+    pub(crate) fn freeze(&mut self) -> HeapFrozen {
+        HeapFrozen {
+            range: self.range,
+            states: self
+                .states
+                .iter_mut()
+                .map(|s| (s.info.clone(), Arc::from(s.table.freeze())))
+                .collect(),
+        }
+    }
+
+    /// Folds one row (as [`crate::model::state::rows`] defines them) of `state` into key group `group`.
+    pub(crate) fn load_row(
+        &mut self,
+        id: StateId,
+        group: KeyGroup,
+        suffix: &[u8],
+        value: &[u8],
+    ) -> Result<()> {
+        let index = self.index_of_group(group)?;
+        let state = self.state_mut(id)?;
+        state
+            .table
+            .load_row(index, suffix, value)
+            .map_err(|e| Error::Decode {
+                state: state.info.name.clone(),
+                message: e.0,
+            })
+    }
+
+    /// Declares a restored state whose rows follow through [`HeapBackend::load_row`]; the
+    /// rows stay raw until the engine registers the state with its types.
+    ///
+    /// # Errors
+    /// [`Error::StateMismatch`] if `info.name` is already registered differently.
+    pub(crate) fn declare_restored(&mut self, info: StateInfo) -> Result<StateId> {
+        let existing: Vec<StateInfo> = self.states();
+        if let Some(index) = find_registered(&existing, &info)? {
+            return Ok(StateId::new(self.identity, index));
+        }
+        let id = StateId::new(self.identity, self.states.len());
+        self.states.push(HeapState {
+            info,
+            table: Box::new(RawTable::new()),
+        });
+        Ok(id)
+    }
+}
+
+/// A frozen, shareable view of a heap backend's state.
+#[derive(Clone)]
+pub(crate) struct HeapFrozen {
+    pub(crate) range: KeyGroupRange,
+    pub(crate) states: Vec<(StateInfo, Arc<dyn FrozenTable>)>,
+}
+
+#[cold]
+fn unknown_state(id: StateId) -> Error {
+    Error::UnknownState { id: id.index() }
+}
+
+#[cold]
+fn key_outside_range(key_group: KeyGroup, range: KeyGroupRange) -> Error {
+    Error::KeyOutsideRange { key_group, range }
+}
+
+#[cold]
+fn type_mismatch<K, N, S>(info: &StateInfo) -> Error {
+    Error::StateMismatch {
+        name: info.name.clone(),
+        registered: info.describe(),
+        requested: format!(
+            "key={}, namespace={}, stored={}",
+            type_name::<K>(),
+            type_name::<N>(),
+            type_name::<S>()
+        ),
+    }
+}
+
+impl KeyedStateBackend for HeapBackend {
+    fn backend_kind(&self) -> BackendKind {
+        BackendKind::Heap
+    }
+
+    fn assigner(&self) -> KeyGroupAssigner {
+        self.assigner
+    }
+
+    fn key_group_range(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    fn states(&self) -> Vec<StateInfo> {
+        self.states.iter().map(|s| s.info.clone()).collect()
+    }
+
+    fn register<K: StateKey, N: StateKey, S: StoredState>(
+        &mut self,
+        info: StateInfo,
+    ) -> Result<StateId> {
+        let existing: Vec<StateInfo> = self.states();
+        if let Some(index) = find_registered(&existing, &info)? {
+            let id = StateId::new(self.identity, index);
+            if let Some(raw) = self.states[index].table.as_any().downcast_ref::<RawTable>() {
+                // A restored state registered again: decode its rows into a typed table.
+                let raw = raw.clone();
+                let mut table = Table::<K, N, S>::new(self.range.len() as usize);
+                for (&group, rows) in &raw.groups {
+                    for (suffix, value) in rows.iter() {
+                        table
+                            .load_row(group, suffix, value)
+                            .map_err(|e| Error::Decode {
+                                state: info.name.clone(),
+                                message: e.0,
+                            })?;
+                    }
+                }
+                self.states[index].table = Box::new(table);
+            }
+            // Same name and type names; also check the in-memory representation matches.
+            self.table::<K, N, S>(id)?;
+            return Ok(id);
+        }
+        let id = StateId::new(self.identity, self.states.len());
+        self.states.push(HeapState {
+            info,
+            table: Box::new(Table::<K, N, S>::new(self.range.len() as usize)),
+        });
+        Ok(id)
+    }
+
+    #[inline]
+    fn get_cell<K: StateKey, N: StateKey, V: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<Option<V>> {
+        let group = self.group_index(key)?;
+        let table = self.table::<K, N, Cell<V>>(id)?;
+        Ok(table.group(group).get(&KeyNs(key, ns)).map(|c| c.0.clone()))
+    }
+
+    #[inline]
+    fn put_cell<K: StateKey, N: StateKey, V: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        value: V,
+    ) -> Result<()> {
+        let group = self.group_index(key)?;
+        let map = self.table_mut::<K, N, Cell<V>>(id)?.group_mut(group);
+        match map.get_mut(&KeyNs(key, ns)) {
+            Some(cell) => cell.0 = value,
+            None => {
+                map.insert((key.clone(), ns.clone()), Cell(value));
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn clear<K: StateKey, N: StateKey>(&mut self, id: StateId, key: &K, ns: &N) -> Result<()> {
+        let group = self.group_index(key)?;
+        self.state_mut(id)?.table.remove_erased(group, key, ns);
+        Ok(())
+    }
+
+    #[inline]
+    fn get_list<K: StateKey, N: StateKey, T: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<Vec<T>> {
+        let group = self.group_index(key)?;
+        let table = self.table::<K, N, ListCell<T>>(id)?;
+        Ok(table
+            .group(group)
+            .get(&KeyNs(key, ns))
+            .map(|l| l.0.clone())
+            .unwrap_or_default())
+    }
+
+    #[inline]
+    fn append_list<K: StateKey, N: StateKey, T: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        value: T,
+    ) -> Result<()> {
+        let group = self.group_index(key)?;
+        let map = self.table_mut::<K, N, ListCell<T>>(id)?.group_mut(group);
+        match map.get_mut(&KeyNs(key, ns)) {
+            Some(list) => list.0.push(value),
+            None => {
+                map.insert((key.clone(), ns.clone()), ListCell(vec![value]));
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn replace_list<K: StateKey, N: StateKey, T: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        values: Vec<T>,
+    ) -> Result<()> {
+        let group = self.group_index(key)?;
+        let map = self.table_mut::<K, N, ListCell<T>>(id)?.group_mut(group);
+        if values.is_empty() {
+            map.remove(&KeyNs(key, ns));
+        } else {
+            map.insert((key.clone(), ns.clone()), ListCell(values));
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn get_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<Option<UV>> {
+        let group = self.group_index(key)?;
+        let table = self.table::<K, N, MapCell<UK, UV>>(id)?;
+        Ok(table
+            .group(group)
+            .get(&KeyNs(key, ns))
+            .and_then(|m| m.0.get(user_key).cloned()))
+    }
+
+    #[inline]
+    fn contains_map_key<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<bool> {
+        let group = self.group_index(key)?;
+        let table = self.table::<K, N, MapCell<UK, UV>>(id)?;
+        Ok(table
+            .group(group)
+            .get(&KeyNs(key, ns))
+            .is_some_and(|m| m.0.contains_key(user_key)))
+    }
+
+    #[inline]
+    fn put_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        user_key: UK,
+        value: UV,
+    ) -> Result<()> {
+        let group = self.group_index(key)?;
+        let map = self
+            .table_mut::<K, N, MapCell<UK, UV>>(id)?
+            .group_mut(group);
+        match map.get_mut(&KeyNs(key, ns)) {
+            Some(m) => {
+                m.0.insert(user_key, value);
+            }
+            None => {
+                let mut m = FastMap::new();
+                m.insert(user_key, value);
+                map.insert((key.clone(), ns.clone()), MapCell(m));
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn remove_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<()> {
+        let group = self.group_index(key)?;
+        let table = self.table_mut::<K, N, MapCell<UK, UV>>(id)?;
+        let holds = table
+            .group(group)
+            .get(&KeyNs(key, ns))
+            .is_some_and(|m| m.0.contains_key(user_key));
+        if holds {
+            let map = table.group_mut(group);
+            if let Some(m) = map.get_mut(&KeyNs(key, ns)) {
+                m.0.remove(user_key);
+                if m.0.is_empty() {
+                    // An empty map is no entry, as on RocksDB where it has no rows.
+                    map.remove(&KeyNs(key, ns));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn map_entries<'a, K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &'a self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<MapEntries<'a, UK, UV>> {
+        let group = self.group_index(key)?;
+        let table = self.table::<K, N, MapCell<UK, UV>>(id)?;
+        match table.group(group).get(&KeyNs(key, ns)) {
+            Some(m) => Ok(Box::new(
+                m.0.iter().map(|(k, v)| Ok((k.clone(), v.clone()))),
+            )),
+            None => Ok(Box::new(std::iter::empty())),
+        }
+    }
+
+    fn keys<'a, K: StateKey, N: StateKey>(
+        &'a self,
+        id: StateId,
+        ns: Option<&N>,
+    ) -> Result<StateKeys<'a, K, N>> {
+        let state = self.state(id)?;
+        let wanted = ns.cloned();
+        let info = &state.info;
+        Ok(Box::new(state.table.keys_erased().filter_map(
+            move |(k, n)| match (k.downcast_ref::<K>(), n.downcast_ref::<N>()) {
+                (Some(k), Some(n)) => {
+                    if wanted.as_ref().is_some_and(|w| w != n) {
+                        None
+                    } else {
+                        Some(Ok((k.clone(), n.clone())))
+                    }
+                }
+                _ => Some(Err(type_mismatch::<K, N, ()>(info))),
+            },
+        )))
+    }
+}

@@ -1,0 +1,920 @@
+//! The RocksDB backend: state as serialized rows in an embedded RocksDB.
+//!
+//! One RocksDB instance per backend instance, one column family per state, rows laid out as
+//! [`layout`] describes. The write-ahead log is off: durability comes from checkpoints, as in
+//! Flink. This is the only module that names RocksDB types.
+
+mod checkpointed;
+mod export;
+mod layout;
+mod merge;
+mod options;
+mod snapshot;
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{ColumnFamily, DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
+
+use crate::model::codec::{Codec, DefaultCodec};
+use crate::model::error::{Error, Result};
+use crate::model::key_group::check_range;
+use crate::model::key_group::{KeyGroupAssigner, KeyGroupRange};
+use crate::model::state::backend::{
+    BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered,
+};
+use crate::model::state::rows::{decode_list, encode_list_element};
+use crate::model::state::{
+    StateId, StateInfo, StateKey, StateKind, StateValue, StoredState, next_backend_identity,
+};
+
+pub use options::{CompactionStyle, Memtable, RocksDbOptions};
+pub(crate) use snapshot::RESTORE_MARKER;
+pub use snapshot::RocksDbSnapshot;
+
+use crate::model::format::metadata::InstanceId;
+use snapshot::IncrementalState;
+
+/// Key prefix, in the default column family, of the registered-state records.
+const STATE_RECORD_PREFIX: &[u8] = b"statebackend/state/";
+/// Key of the instance record: the max parallelism and key-group range the rows were written
+/// for (`rocksdb-layout.md` §3).
+const INSTANCE_RECORD_KEY: &[u8] = b"statebackend/instance";
+/// Version byte of the instance record's value.
+const INSTANCE_RECORD_VERSION: u8 = 1;
+
+/// A file in an explicit working directory while a backend has it open (`rocksdb-layout.md`
+/// §9): created (and made durable) when the backend opens, removed (durably) when it closes
+/// cleanly. The write-ahead log is off, so a directory a process left without closing holds a
+/// DB in a state no checkpoint had: [`RocksDbBackend::open`] refuses it while the marker is
+/// there.
+pub(crate) const OPEN_MARKER: &str = "db.open";
+/// Directory, in the working directory, of snapshot staging areas and savepoint views.
+const STAGING_DIR: &str = "staging";
+/// Directory a checkpoint restore downloads into before it becomes `db/`.
+const RESTORING_DIR: &str = "db.restoring";
+/// Prefix of the directories bulk imports write their SST files into.
+const IMPORT_DIR_PREFIX: &str = "import-";
+
+/// Where the backend keeps its files: a temporary directory removed on drop, or the engine's.
+enum WorkingDir {
+    Temporary(tempfile::TempDir),
+    Explicit(ExplicitDir),
+}
+
+/// The engine's working directory, and what the open marker ([`OPEN_MARKER`]) says about it.
+struct ExplicitDir {
+    path: PathBuf,
+    /// This backend wrote the open marker.
+    marked: bool,
+    /// The backend closed cleanly (its memtables are flushed): the marker goes on drop.
+    closed_cleanly: bool,
+}
+
+impl Drop for ExplicitDir {
+    fn drop(&mut self) {
+        // Runs after the DB closed (`dir` is the backend's last field).
+        if self.marked && self.closed_cleanly {
+            let _ = remove_durably(&self.path, OPEN_MARKER);
+        }
+    }
+}
+
+impl WorkingDir {
+    /// The engine's directory (created if missing), or a new temporary one.
+    fn create(working_dir: Option<PathBuf>) -> Result<Self> {
+        Ok(match working_dir {
+            Some(path) => {
+                std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                WorkingDir::Explicit(ExplicitDir {
+                    path,
+                    marked: false,
+                    closed_cleanly: false,
+                })
+            }
+            None => WorkingDir::Temporary(
+                tempfile::Builder::new()
+                    .prefix("statebackend-rocksdb-")
+                    .tempdir()
+                    .map_err(|e| Error::io(std::env::temp_dir(), e))?,
+            ),
+        })
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            WorkingDir::Temporary(t) => t.path(),
+            WorkingDir::Explicit(e) => &e.path,
+        }
+    }
+
+    /// The explicit directory, if this is one.
+    fn explicit(&mut self) -> Option<&mut ExplicitDir> {
+        match self {
+            WorkingDir::Temporary(_) => None,
+            WorkingDir::Explicit(e) => Some(e),
+        }
+    }
+}
+
+/// Removes what a backend that did not close cleanly may have left in working directory `path`
+/// besides its DB: snapshot staging areas and savepoint views (hard links and copies of DB
+/// files), bulk-import directories and a restore's download directory. Only with the DB's lock
+/// held.
+fn remove_leftovers(path: &Path) -> Result<()> {
+    for name in [STAGING_DIR, RESTORING_DIR] {
+        remove_dir_if_present(&path.join(name))?;
+    }
+    for entry in std::fs::read_dir(path).map_err(|e| Error::io(path, e))? {
+        let entry = entry.map_err(|e| Error::io(path, e))?;
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(IMPORT_DIR_PREFIX)
+        {
+            remove_dir_if_present(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes `dir` and everything in it; a missing `dir` is fine.
+fn remove_dir_if_present(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
+/// Creates the empty file `dir/name` and makes it and its directory entry durable.
+fn create_durably(dir: &Path, name: &str) -> Result<()> {
+    let file = dir.join(name);
+    std::fs::File::create(&file)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(&file, e))?;
+    crate::storage::sync_dir(dir)
+}
+
+/// Removes the file `dir/name` (a missing one is fine) and makes the removal durable.
+fn remove_durably(dir: &Path, name: &str) -> Result<()> {
+    let file = dir.join(name);
+    match std::fs::remove_file(&file) {
+        Ok(()) => crate::storage::sync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(&file, e)),
+    }
+}
+
+struct RocksState {
+    info: StateInfo,
+    cf_name: String,
+}
+
+/// Keyed state in an embedded RocksDB.
+///
+/// # Examples
+/// ```
+/// use statebackend::{KeyGroupRange, KeyedStateBackend, ValueStateDescriptor};
+/// use statebackend::rocks::{RocksDbBackend, RocksDbOptions};
+/// let mut backend = RocksDbBackend::open(128, KeyGroupRange::all(128)?, None, RocksDbOptions::default())?;
+/// let totals = backend.value_state(&ValueStateDescriptor::<u64, (), i64>::new("totals"))?;
+/// totals.put(&mut backend, &1, &(), -5)?;
+/// assert_eq!(totals.get(&backend, &1, &())?, Some(-5));
+/// # Ok::<(), statebackend::Error>(())
+/// ```
+pub struct RocksDbBackend {
+    // Field order matters: the DB closes before the working directory is removed.
+    db: DB,
+    cache: rocksdb::Cache,
+    write_options: WriteOptions,
+    options: RocksDbOptions,
+    assigner: KeyGroupAssigner,
+    range: KeyGroupRange,
+    states: Vec<RocksState>,
+    instance_id: InstanceId,
+    /// Stamped into every handle this backend issues ([`StateId`]).
+    identity: u64,
+    incremental: IncrementalState,
+    dir: WorkingDir,
+}
+
+impl Drop for RocksDbBackend {
+    /// A clean close of an explicit working directory: flushes the memtables (the WAL is off),
+    /// then the open marker is removed once the DB has closed. A drop while panicking is not a
+    /// clean close, nor is a failed flush: the marker stays and the directory must be restored.
+    fn drop(&mut self) {
+        let marked = matches!(&self.dir, WorkingDir::Explicit(e) if e.marked);
+        if marked && !std::thread::panicking() && self.flush().is_ok() {
+            if let Some(explicit) = self.dir.explicit() {
+                explicit.closed_cleanly = true;
+            }
+        }
+    }
+}
+
+/// The one mapping of RocksDB's errors: a full disk (RocksDB's `NoSpace` status, "No space
+/// left on device") is [`Error::NoSpace`] for `dir`, a held `LOCK` file is
+/// [`Error::DirectoryLocked`], everything else [`Error::RocksDb`].
+fn rocks_error(dir: &Path, e: rocksdb::Error) -> Error {
+    let message = e.into_string();
+    if message.contains("No space left on device") {
+        Error::NoSpace {
+            path: dir.to_path_buf(),
+            message,
+        }
+    } else if message.contains("lock file") || message.contains("/LOCK") {
+        // RocksDB reports a held LOCK file as "While lock file: <dir>/LOCK: ...".
+        Error::DirectoryLocked {
+            path: dir.to_path_buf(),
+            message,
+        }
+    } else {
+        Error::RocksDb { message }
+    }
+}
+
+/// [`rocks_error`] for `dir`, as a `map_err` argument.
+fn rocks_err(dir: &Path) -> impl Fn(rocksdb::Error) -> Error + '_ {
+    move |e| rocks_error(dir, e)
+}
+
+/// [`Error::Encode`] of state `state`, as a `map_err` argument.
+fn encode_err(state: &str) -> impl Fn(crate::model::codec::CodecError) -> Error + '_ {
+    move |e| Error::Encode {
+        state: state.to_owned(),
+        message: e.0,
+    }
+}
+
+/// [`Error::Decode`] of state `state`, as a `map_err` argument.
+fn decode_err(state: &str) -> impl Fn(crate::model::codec::CodecError) -> Error + '_ {
+    move |e| Error::Decode {
+        state: state.to_owned(),
+        message: e.0,
+    }
+}
+
+fn cf_name(state: &str) -> String {
+    format!("state/{state}")
+}
+
+/// The state records in `db`'s default column family (in directory `path`), in registration
+/// order.
+fn read_state_records(db: &DB, path: &Path) -> Result<Vec<StateInfo>> {
+    let mut read = ReadOptions::default();
+    read.set_iterate_range(rocksdb::PrefixRange(STATE_RECORD_PREFIX));
+    read.set_total_order_seek(true); // as every iterator (`prefix_read_options`)
+    db.iterator_opt(IteratorMode::Start, read)
+        .map(|item| {
+            let (_, value) = item.map_err(rocks_err(path))?;
+            DefaultCodec::default()
+                .decode(&value)
+                .map_err(decode_err("<state registry>"))
+        })
+        .collect()
+}
+
+impl RocksDbBackend {
+    /// Opens a backend in `working_dir` (created if missing; kept on drop), or in a new
+    /// temporary directory (removed on drop) when `None`. A directory holding a backend's DB that
+    /// was closed cleanly (dropped, not in a panic) is reopened with its states.
+    ///
+    /// # Errors
+    /// Invalid parallelism or range; [`Error::DirectoryLocked`] if another live backend holds the
+    /// directory; [`Error::UncleanWorkingDirectory`] if the directory's last backend did not close
+    /// cleanly (its process died, or a restore into it did not finish): the write-ahead log is
+    /// off, so its DB may hold state no checkpoint had; restore the instance into the directory
+    /// with [`crate::BackendConfig::replace_existing`] set instead; I/O and RocksDB errors.
+    pub fn open(
+        max_parallelism: u32,
+        range: KeyGroupRange,
+        working_dir: Option<PathBuf>,
+        options: RocksDbOptions,
+    ) -> Result<Self> {
+        let dir = WorkingDir::create(working_dir)?;
+        if dir.path().join(RESTORE_MARKER).exists() {
+            if dir.path().join("db").exists() {
+                // An unfinished restore (or its removal, cut short): refused before RocksDB
+                // opens anything, whatever is left of `db/` (even without its `CURRENT`).
+                return Err(Error::UncleanWorkingDirectory {
+                    path: dir.path().to_path_buf(),
+                });
+            }
+            // A restore stopped before its DB appeared: nothing to protect.
+            remove_durably(dir.path(), RESTORE_MARKER)?;
+        }
+        Self::open_in(max_parallelism, range, dir, options, true)
+    }
+
+    /// Opens (or creates) the DB in `dir/db`. In an explicit directory, once the DB's lock is
+    /// held: with `refuse_unclean`, a DB that existed is refused if a marker says it was not
+    /// closed cleanly; leftovers of an unclean close are removed, and the open marker written.
+    fn open_in(
+        max_parallelism: u32,
+        range: KeyGroupRange,
+        mut dir: WorkingDir,
+        options: RocksDbOptions,
+        refuse_unclean: bool,
+    ) -> Result<Self> {
+        let assigner = KeyGroupAssigner::new(max_parallelism)?;
+        check_range(max_parallelism, range)?;
+        options.validate()?;
+        let db_path = dir.path().join("db");
+        let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
+        let db_options = options.db_options();
+        let existed = db_path.join("CURRENT").exists();
+        // Any `db/` at all: a crash while it was being removed may have taken `CURRENT` first.
+        let had_db = db_path.exists();
+        let existing_cfs = if existed {
+            DB::list_cf(&db_options, &db_path).map_err(rocks_err(&db_path))?
+        } else {
+            Vec::new()
+        };
+        // A column family's options depend on its state's kind (the memtable), and the kinds
+        // are in the state records, so read them first from the default column family alone.
+        let records = if existing_cfs.is_empty() || options.memtable == Memtable::SkipList {
+            Vec::new()
+        } else {
+            let db = DB::open_cf_for_read_only(&db_options, &db_path, ["default"], false)
+                .map_err(rocks_err(&db_path))?;
+            read_state_records(&db, &db_path)?
+        };
+        let descriptors: Vec<_> = existing_cfs
+            .iter()
+            .filter(|name| name.as_str() != "default")
+            .map(|name| {
+                // A column family without a record (its state's registration did not reach
+                // disk) gets the options that suit every kind.
+                let kind = records
+                    .iter()
+                    .find(|r| cf_name(&r.name) == *name)
+                    .map_or(StateKind::Map, |r| r.kind);
+                rocksdb::ColumnFamilyDescriptor::new(name, options.cf_options(&cache, kind))
+            })
+            .collect();
+        let db = DB::open_cf_descriptors(&db_options, &db_path, descriptors)
+            .map_err(rocks_err(&db_path))?;
+        // The DB's lock is held from here on: no live backend uses the directory.
+        if let Some(explicit) = dir.explicit() {
+            let path = &explicit.path;
+            let unclean = [OPEN_MARKER, RESTORE_MARKER]
+                .iter()
+                .any(|marker| path.join(marker).exists());
+            if refuse_unclean && had_db && unclean {
+                return Err(Error::UncleanWorkingDirectory { path: path.clone() });
+            }
+            remove_leftovers(path)?;
+            create_durably(path, OPEN_MARKER)?;
+            explicit.marked = true;
+        }
+        let mut write_options = WriteOptions::default();
+        write_options.disable_wal(true);
+        let mut backend = Self {
+            db,
+            cache,
+            write_options,
+            options,
+            assigner,
+            range,
+            states: Vec::new(),
+            instance_id: InstanceId::random(),
+            identity: next_backend_identity(),
+            incremental: IncrementalState::default(),
+            dir,
+        };
+        backend.check_instance_record()?;
+        backend.load_state_records()?;
+        Ok(backend)
+    }
+
+    /// Closes the backend without the clean-close flush and keeps nothing it wrote: its
+    /// directory is about to be removed. The open marker stays; the caller removes it.
+    pub(crate) fn discard(mut self) {
+        if let Some(explicit) = self.dir.explicit() {
+            explicit.marked = false;
+        }
+    }
+
+    /// Checks that the database was written for this max parallelism and key-group range
+    /// (rows are addressed by key group, so either differing would make state silently
+    /// unreachable), or records them in a database that has no record yet.
+    fn check_instance_record(&self) -> Result<()> {
+        let found = self.db.get(INSTANCE_RECORD_KEY).map_err(self.rocks())?;
+        let Some(bytes) = found else {
+            return self.write_instance_record();
+        };
+        let corrupt = |what: &str| {
+            Error::corrupt(
+                self.dir.path().display().to_string(),
+                format!("instance record: {what}"),
+            )
+        };
+        let (&version, rest) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
+        if version != INSTANCE_RECORD_VERSION {
+            return Err(Error::Incompatible {
+                reason: format!(
+                    "{} was written with instance record version {version}; this build reads {INSTANCE_RECORD_VERSION}",
+                    self.dir.path().display()
+                ),
+            });
+        }
+        if rest.len() != 12 {
+            return Err(corrupt("not 12 bytes after the version"));
+        }
+        let words: Vec<u32> = rest
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let [max_parallelism, start, end] = words[..] else {
+            return Err(corrupt("not 12 bytes after the version"));
+        };
+        if max_parallelism != self.assigner.max_parallelism()
+            || (start, end) != (self.range.start(), self.range.end())
+        {
+            return Err(Error::Incompatible {
+                reason: format!(
+                    "{} holds key groups [{start}, {end}) of max parallelism {max_parallelism}, not {} of {}; restore a checkpoint or savepoint to change either",
+                    self.dir.path().display(),
+                    self.range,
+                    self.assigner.max_parallelism()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes the instance record for the current max parallelism and range.
+    fn write_instance_record(&self) -> Result<()> {
+        let mut value = vec![INSTANCE_RECORD_VERSION];
+        for word in [
+            self.assigner.max_parallelism(),
+            self.range.start(),
+            self.range.end(),
+        ] {
+            value.extend_from_slice(&word.to_le_bytes());
+        }
+        self.put_record(INSTANCE_RECORD_KEY, &value)
+    }
+
+    /// Writes a record of the `default` column family and flushes it: records are written
+    /// rarely and must survive a crash (the WAL is off), or a reopen would miss a state or
+    /// accept another key-group range.
+    fn put_record(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.db
+            .put_opt(key, value, &self.write_options)
+            .and_then(|()| self.db.flush())
+            .map_err(self.rocks())
+    }
+
+    /// The working directory.
+    pub fn working_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// [`rocks_error`] for this backend's working directory, as a `map_err` argument.
+    fn rocks(&self) -> impl Fn(rocksdb::Error) -> Error + '_ {
+        rocks_err(self.dir.path())
+    }
+
+    /// The options the backend was opened with.
+    pub fn options(&self) -> &RocksDbOptions {
+        &self.options
+    }
+
+    /// A RocksDB property (`rocksdb.stats`, `rocksdb.num-entries-active-mem-table`, ...) of one
+    /// state's column family, for monitoring: RocksDB's own figures for the state's memtables,
+    /// files and compactions. `None` if the state is not registered or RocksDB does not know the
+    /// property.
+    ///
+    /// # Errors
+    /// [`Error::RocksDb`].
+    pub fn state_property(&self, state: &str, property: &str) -> Result<Option<String>> {
+        let Some(cf) = self.db.cf_handle(&cf_name(state)) else {
+            return Ok(None);
+        };
+        self.db
+            .property_value_cf(cf, property)
+            .map_err(self.rocks())
+    }
+
+    /// Writes every column family's memtables to SST files and waits for it.
+    ///
+    /// The write-ahead log is off (checkpoints are the durability mechanism), so state written
+    /// since the last checkpoint lives only in memtables; a checkpoint flushes on its own. This
+    /// is for callers that want the state on disk without taking a checkpoint.
+    ///
+    /// # Errors
+    /// [`Error::RocksDb`].
+    pub fn flush(&self) -> Result<()> {
+        let names = std::iter::once(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .chain(self.states.iter().map(|s| s.cf_name.as_str()));
+        let handles: Vec<_> = names.filter_map(|name| self.db.cf_handle(name)).collect();
+        self.db
+            .flush_cfs_opt(&handles, &rocksdb::FlushOptions::default())
+            .map_err(self.rocks())
+    }
+
+    /// Reads the registered states recorded in the default column family.
+    fn load_state_records(&mut self) -> Result<()> {
+        for info in read_state_records(&self.db, self.dir.path())? {
+            let cf_name = cf_name(&info.name);
+            if self.db.cf_handle(&cf_name).is_none() {
+                return Err(Error::corrupt(
+                    self.dir.path().display().to_string(),
+                    format!("state '{}' has no column family", info.name),
+                ));
+            }
+            self.states.push(RocksState { info, cf_name });
+        }
+        Ok(())
+    }
+
+    /// The id of state `info.name`, creating its column family and its record in the default
+    /// column family if it is new; registration and restore share this.
+    ///
+    /// # Errors
+    /// [`Error::StateMismatch`] if the name is registered with another kind or types.
+    pub(crate) fn ensure_state(&mut self, info: &StateInfo) -> Result<StateId> {
+        let existing = self.states();
+        if let Some(index) = find_registered(&existing, info)? {
+            return Ok(StateId::new(self.identity, index));
+        }
+        let id = StateId::new(self.identity, self.states.len());
+        let cf_name = cf_name(&info.name);
+        if self.db.cf_handle(&cf_name).is_none() {
+            self.db
+                .create_cf(&cf_name, &self.options.cf_options(&self.cache, info.kind))
+                .map_err(self.rocks())?;
+        }
+        let mut record_key = STATE_RECORD_PREFIX.to_vec();
+        record_key.extend_from_slice(&id.index().to_be_bytes());
+        let record = DefaultCodec::default()
+            .encode(info)
+            .map_err(encode_err(&info.name))?;
+        self.put_record(&record_key, &record)?;
+        self.states.push(RocksState {
+            info: info.clone(),
+            cf_name,
+        });
+        Ok(id)
+    }
+
+    fn state(&self, id: StateId) -> Result<(&RocksState, &ColumnFamily)> {
+        let unknown = || Error::UnknownState { id: id.index() };
+        let state = self
+            .states
+            .get(id.index_in(self.identity)?)
+            .ok_or_else(unknown)?;
+        let cf = self.db.cf_handle(&state.cf_name).ok_or_else(unknown)?;
+        Ok((state, cf))
+    }
+
+    /// State `id`, its column family, and the row key of `(key, ns)` in it (the prefix of a
+    /// map's rows).
+    fn locate<K: StateKey, N: StateKey>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<(&RocksState, &ColumnFamily, Vec<u8>)> {
+        let (state, cf) = self.state(id)?;
+        let mut row = Vec::with_capacity(32);
+        self.row_prefix(&state.info.name, key, ns, &mut row)?;
+        Ok((state, cf, row))
+    }
+
+    /// Writes `key group ++ key ++ namespace` into `out`, checking the key group is owned.
+    fn row_prefix<K: StateKey, N: StateKey>(
+        &self,
+        state: &str,
+        key: &K,
+        ns: &N,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let codec = DefaultCodec::default();
+        let enc = encode_err(state);
+        out.clear();
+        out.extend_from_slice(&[0; layout::KEY_GROUP_PREFIX_LEN]);
+        codec.encode_into(key, out).map_err(&enc)?;
+        let group = self
+            .assigner
+            .key_group_of_bytes(&out[layout::KEY_GROUP_PREFIX_LEN..]);
+        if !self.range.contains(group) {
+            return Err(Error::KeyOutsideRange {
+                key_group: group,
+                range: self.range,
+            });
+        }
+        out[..layout::KEY_GROUP_PREFIX_LEN].copy_from_slice(&layout::key_group_prefix(group));
+        codec.encode_into(ns, out).map_err(enc)
+    }
+
+    fn map_row<K: StateKey, N: StateKey, UK: StateKey>(
+        &self,
+        state: &str,
+        key: &K,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<Vec<u8>> {
+        let mut row = Vec::with_capacity(32);
+        self.row_prefix(state, key, ns, &mut row)?;
+        DefaultCodec::default()
+            .encode_into(user_key, &mut row)
+            .map_err(encode_err(state))?;
+        Ok(row)
+    }
+
+    fn get_raw(
+        &self,
+        cf: &ColumnFamily,
+        row: &[u8],
+    ) -> Result<Option<rocksdb::DBPinnableSlice<'_>>> {
+        self.db.get_pinned_cf(cf, row).map_err(self.rocks())
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(state: &str, bytes: &[u8]) -> Result<T> {
+        DefaultCodec::default()
+            .decode(bytes)
+            .map_err(decode_err(state))
+    }
+
+    /// Read options bounded to the rows starting with `prefix`.
+    fn prefix_read_options(prefix: &[u8]) -> ReadOptions {
+        let mut read = ReadOptions::default();
+        read.set_iterate_range(rocksdb::PrefixRange(prefix.to_vec()));
+        // Hash-memtable column families have a prefix extractor; without this, RocksDB would
+        // treat a seek as a lookup of that one "prefix" (the whole seek key) and skip rows.
+        read.set_total_order_seek(true);
+        read
+    }
+
+    /// Read options bounded to the key groups this instance owns.
+    fn owned_read_options(&self) -> ReadOptions {
+        let (start, end) = layout::key_group_span(self.range.start(), self.range.end());
+        let mut read = ReadOptions::default();
+        read.set_iterate_lower_bound(start);
+        read.set_iterate_upper_bound(end);
+        read.set_total_order_seek(true); // see `prefix_read_options`
+        read
+    }
+}
+
+impl KeyedStateBackend for RocksDbBackend {
+    fn backend_kind(&self) -> BackendKind {
+        BackendKind::RocksDb
+    }
+
+    fn assigner(&self) -> KeyGroupAssigner {
+        self.assigner
+    }
+
+    fn key_group_range(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    fn states(&self) -> Vec<StateInfo> {
+        self.states.iter().map(|s| s.info.clone()).collect()
+    }
+
+    fn register<K: StateKey, N: StateKey, S: StoredState>(
+        &mut self,
+        info: StateInfo,
+    ) -> Result<StateId> {
+        // Rows are bytes: the in-memory type `S` does not matter here, the type names do.
+        self.ensure_state(&info)
+    }
+
+    fn get_cell<K: StateKey, N: StateKey, V: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<Option<V>> {
+        let (state, cf, row) = self.locate(id, key, ns)?;
+        match self.get_raw(cf, &row)? {
+            Some(bytes) => Ok(Some(Self::decode(&state.info.name, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_cell<K: StateKey, N: StateKey, V: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        value: V,
+    ) -> Result<()> {
+        let (state, cf, row) = self.locate(id, key, ns)?;
+        let bytes = DefaultCodec::default()
+            .encode(&value)
+            .map_err(encode_err(&state.info.name))?;
+        self.db
+            .put_cf_opt(cf, row, bytes, &self.write_options)
+            .map_err(self.rocks())
+    }
+
+    fn clear<K: StateKey, N: StateKey>(&mut self, id: StateId, key: &K, ns: &N) -> Result<()> {
+        let (state, cf, row) = self.locate(id, key, ns)?;
+        if state.info.kind != StateKind::Map {
+            return self
+                .db
+                .delete_cf_opt(cf, row, &self.write_options)
+                .map_err(self.rocks());
+        }
+        // All rows of one map in one batch: the map disappears atomically.
+        let mut batch = WriteBatch::default();
+        let rows =
+            self.db
+                .iterator_cf_opt(cf, Self::prefix_read_options(&row), IteratorMode::Start);
+        for item in rows {
+            let (row_key, _) = item.map_err(self.rocks())?;
+            batch.delete_cf(cf, row_key);
+        }
+        self.db
+            .write_opt(batch, &self.write_options)
+            .map_err(self.rocks())
+    }
+
+    fn get_list<K: StateKey, N: StateKey, T: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<Vec<T>> {
+        let (state, cf, row) = self.locate(id, key, ns)?;
+        match self.get_raw(cf, &row)? {
+            Some(bytes) => {
+                decode_list(&DefaultCodec::default(), &bytes).map_err(decode_err(&state.info.name))
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn append_list<K: StateKey, N: StateKey, T: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        value: T,
+    ) -> Result<()> {
+        let (state, cf, row) = self.locate(id, key, ns)?;
+        let mut operand = Vec::with_capacity(16);
+        encode_list_element(&DefaultCodec::default(), &value, &mut operand)
+            .map_err(encode_err(&state.info.name))?;
+        self.db
+            .merge_cf_opt(cf, row, operand, &self.write_options)
+            .map_err(self.rocks())
+    }
+
+    fn replace_list<K: StateKey, N: StateKey, T: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        values: Vec<T>,
+    ) -> Result<()> {
+        let (state, cf, row) = self.locate(id, key, ns)?;
+        if values.is_empty() {
+            return self
+                .db
+                .delete_cf_opt(cf, row, &self.write_options)
+                .map_err(self.rocks());
+        }
+        let codec = DefaultCodec::default();
+        let mut bytes = Vec::new();
+        for v in &values {
+            encode_list_element(&codec, v, &mut bytes).map_err(encode_err(&state.info.name))?;
+        }
+        self.db
+            .put_cf_opt(cf, row, bytes, &self.write_options)
+            .map_err(self.rocks())
+    }
+
+    fn get_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<Option<UV>> {
+        let (state, cf) = self.state(id)?;
+        let row = self.map_row(&state.info.name, key, ns, user_key)?;
+        match self.get_raw(cf, &row)? {
+            Some(bytes) => Ok(Some(Self::decode(&state.info.name, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn contains_map_key<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<bool> {
+        let (state, cf) = self.state(id)?;
+        let row = self.map_row(&state.info.name, key, ns, user_key)?;
+        Ok(self.get_raw(cf, &row)?.is_some())
+    }
+
+    fn put_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        user_key: UK,
+        value: UV,
+    ) -> Result<()> {
+        let (state, cf) = self.state(id)?;
+        let row = self.map_row(&state.info.name, key, ns, &user_key)?;
+        let bytes = DefaultCodec::default()
+            .encode(&value)
+            .map_err(encode_err(&state.info.name))?;
+        self.db
+            .put_cf_opt(cf, row, bytes, &self.write_options)
+            .map_err(self.rocks())
+    }
+
+    fn remove_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<()> {
+        let (state, cf) = self.state(id)?;
+        let row = self.map_row(&state.info.name, key, ns, user_key)?;
+        self.db
+            .delete_cf_opt(cf, row, &self.write_options)
+            .map_err(self.rocks())
+    }
+
+    fn map_entries<'a, K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &'a self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<MapEntries<'a, UK, UV>> {
+        let (state, cf, prefix) = self.locate(id, key, ns)?;
+        let name = state.info.name.clone();
+        let dir = self.dir.path();
+        let prefix_len = prefix.len();
+        let rows =
+            self.db
+                .iterator_cf_opt(cf, Self::prefix_read_options(&prefix), IteratorMode::Start);
+        Ok(Box::new(rows.map(move |item| {
+            let (row_key, value) = item.map_err(rocks_err(dir))?;
+            let user_key: UK = Self::decode(&name, &row_key[prefix_len..])?;
+            let value: UV = Self::decode(&name, &value)?;
+            Ok((user_key, value))
+        })))
+    }
+
+    fn keys<'a, K: StateKey, N: StateKey>(
+        &'a self,
+        id: StateId,
+        ns: Option<&N>,
+    ) -> Result<StateKeys<'a, K, N>> {
+        let (state, cf) = self.state(id)?;
+        let name = state.info.name.clone();
+        let dir = self.dir.path();
+        let wanted = ns.cloned();
+        let rows = self.db.iterator_cf_opt(
+            cf,
+            self.owned_read_options(),
+            IteratorMode::From(&[], Direction::Forward),
+        );
+        // Map states have one row per user key: report each (key, namespace) once.
+        let mut last_prefix: Vec<u8> = Vec::new();
+        Ok(Box::new(rows.filter_map(move |item| {
+            let decoded = (|| {
+                let (row_key, _) = item.map_err(rocks_err(dir))?;
+                let codec = DefaultCodec::default();
+                let body = &row_key[layout::KEY_GROUP_PREFIX_LEN.min(row_key.len())..];
+                let corrupt = decode_err(&name);
+                let (key, used_k): (K, usize) = codec.decode_prefix(body).map_err(&corrupt)?;
+                let (namespace, used_n): (N, usize) =
+                    codec.decode_prefix(&body[used_k..]).map_err(corrupt)?;
+                // A row key shorter than its key-group prefix (only a crafted SST holds one)
+                // decodes zero-sized keys from nothing: refuse it instead of slicing past it.
+                let prefix = row_key
+                    .get(..layout::KEY_GROUP_PREFIX_LEN + used_k + used_n)
+                    .ok_or_else(|| {
+                        Error::corrupt(
+                            dir.display().to_string(),
+                            format!("state '{name}': a row key of {} bytes", row_key.len()),
+                        )
+                    })?;
+                if prefix == last_prefix.as_slice() {
+                    return Ok(None);
+                }
+                last_prefix = prefix.to_vec();
+                if wanted.as_ref().is_some_and(|w| *w != namespace) {
+                    return Ok(None);
+                }
+                Ok(Some((key, namespace)))
+            })();
+            decoded.transpose()
+        })))
+    }
+}

@@ -1,0 +1,473 @@
+//! The `_metadata` file of a checkpoint or savepoint: which backend instances it holds and
+//! every file each one needs, with sizes and checksums. Specified byte by byte in
+//! `docs/checkpoint-layout.md`.
+//!
+//! A checkpoint or savepoint exists exactly when its `_metadata` exists: it is written last,
+//! atomically (temporary name, fsync, rename), after every file it lists.
+
+use std::fmt;
+
+use crate::model::codec::CodecId;
+use crate::model::error::{Error, Result};
+use crate::model::format::data_file::{read_state_info, write_state_info};
+use crate::model::format::path::StoragePath;
+use crate::model::format::{ByteReader, ByteWriter, check_trailing_crc};
+use crate::model::key_group::{KeyGroupRange, MAX_MAX_PARALLELISM};
+use crate::model::state::StateInfo;
+use crate::model::state::backend::BackendKind;
+
+/// Magic at the start of a `_metadata` file.
+pub const METADATA_MAGIC: [u8; 4] = *b"SBMD";
+/// The metadata format version this build writes and reads.
+pub const METADATA_VERSION: u16 = 1;
+/// Name of the metadata file in a checkpoint or savepoint directory.
+pub const METADATA_FILE: &str = "_metadata";
+
+/// The largest `_metadata` any reader accepts (64 MiB); readers check the size before reading.
+pub const MAX_METADATA_BYTES: usize = 64 << 20;
+
+/// Puts the file a [`FileEntry`] names at a local path and verifies it against the entry (size
+/// and crc32): how restores receive files, whatever storage they come from.
+pub type FetchFile<'a> = dyn FnMut(&FileEntry, &std::path::Path) -> Result<()> + 'a;
+
+/// Whether a `_metadata` describes a checkpoint (owned by the library) or a savepoint (owned
+/// by the user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// Incremental (RocksDB) or full (heap) recovery snapshot; may reference `shared/` files.
+    Checkpoint = 1,
+    /// Canonical, self-contained snapshot.
+    Savepoint = 2,
+}
+
+impl fmt::Display for SnapshotKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SnapshotKind::Checkpoint => "checkpoint",
+            SnapshotKind::Savepoint => "savepoint",
+        })
+    }
+}
+
+/// A 128-bit id naming one backend instance's lineage; shared files are named under it, so
+/// two histories never produce the same shared file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceId(pub [u8; 16]);
+
+impl InstanceId {
+    /// A new random id.
+    pub fn random() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS per process; mixing in time and a counter gives
+        // distinct ids for every call without another dependency.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut out = [0u8; 16];
+        for (i, chunk) in out.chunks_mut(8).enumerate() {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0),
+            );
+            h.write_usize(i);
+            chunk.copy_from_slice(&h.finish().to_le_bytes());
+        }
+        InstanceId(out)
+    }
+
+    /// Lower-case hex, as used in storage paths.
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+/// One file a backend instance needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Where the file is, relative to the checkpoint root (checkpoints) or the savepoint
+    /// directory (savepoints).
+    pub path: StoragePath,
+    /// The file's name in the backend's working directory (one path component).
+    pub local_name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// crc32 of the whole file.
+    pub crc32: u32,
+    /// Whether the file is in the `shared/` area (referenced by several checkpoints) rather
+    /// than private to this checkpoint.
+    pub shared: bool,
+}
+
+/// What one backend instance contributed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceMetadata {
+    /// The instance's lineage id.
+    pub instance_id: InstanceId,
+    /// The backend that wrote the files.
+    pub backend: BackendKind,
+    /// The codec of every key and value.
+    pub codec: CodecId,
+    /// The job's max parallelism.
+    pub max_parallelism: u32,
+    /// The key groups the instance owned.
+    pub key_groups: KeyGroupRange,
+    /// The registered states.
+    pub states: Vec<StateInfo>,
+    /// Every file needed to restore the instance.
+    pub files: Vec<FileEntry>,
+}
+
+impl InstanceMetadata {
+    /// Total bytes of the instance's files.
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Checks that this metadata describes the backend instance identified by the arguments
+    /// (its lineage id, backend, max parallelism and key groups): what a backend checks before
+    /// taking a completed checkpoint's part as its own.
+    ///
+    /// # Errors
+    /// [`Error::ForeignInstance`] naming both instances.
+    pub fn check_belongs_to(
+        &self,
+        instance_id: InstanceId,
+        backend: BackendKind,
+        max_parallelism: u32,
+        key_groups: KeyGroupRange,
+    ) -> Result<()> {
+        if self.instance_id == instance_id
+            && self.backend == backend
+            && self.max_parallelism == max_parallelism
+            && self.key_groups == key_groups
+        {
+            return Ok(());
+        }
+        Err(Error::ForeignInstance {
+            expected: format!(
+                "{} ({backend}, key groups {key_groups} of {max_parallelism})",
+                instance_id.hex()
+            ),
+            found: format!(
+                "{} ({}, key groups {} of {})",
+                self.instance_id.hex(),
+                self.backend,
+                self.key_groups,
+                self.max_parallelism
+            ),
+        })
+    }
+}
+
+/// The content of a `_metadata` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotMetadata {
+    /// Checkpoint or savepoint.
+    pub kind: SnapshotKind,
+    /// The checkpoint id (savepoints: the id of the checkpoint they were converted from, or 0).
+    pub id: u64,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// The backend instances, ordered by key-group start.
+    pub instances: Vec<InstanceMetadata>,
+}
+
+impl SnapshotMetadata {
+    /// Total bytes of every file of every instance.
+    pub fn total_bytes(&self) -> u64 {
+        self.instances
+            .iter()
+            .map(InstanceMetadata::total_bytes)
+            .sum()
+    }
+
+    /// Every file entry of every instance.
+    pub fn files(&self) -> impl Iterator<Item = &FileEntry> {
+        self.instances.iter().flat_map(|i| i.files.iter())
+    }
+
+    /// Checks that every instance was written for `max_parallelism`: key groups are only
+    /// meaningful within one max parallelism, so a restore with another is refused.
+    ///
+    /// # Errors
+    /// [`Error::Incompatible`] naming both values.
+    pub fn check_max_parallelism(&self, max_parallelism: u32) -> Result<()> {
+        match self
+            .instances
+            .iter()
+            .find(|i| i.max_parallelism != max_parallelism)
+        {
+            Some(i) => Err(Error::Incompatible {
+                reason: format!(
+                    "{} {} was written for max parallelism {}, restoring with {max_parallelism}",
+                    self.kind, self.id, i.max_parallelism
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The instances whose key groups overlap `range`, ordered by key group, after checking
+    /// that together they hold every key group of `range` exactly once. Every restore path
+    /// selects its sources through this check, so a snapshot missing an instance is an error,
+    /// never a restore that returns fewer key groups.
+    ///
+    /// # Errors
+    /// [`Error::KeyGroupCoverage`] naming the first key group that is missing or held twice.
+    pub fn instances_covering(&self, range: KeyGroupRange) -> Result<Vec<&InstanceMetadata>> {
+        let mut sources: Vec<&InstanceMetadata> = self
+            .instances
+            .iter()
+            .filter(|i| !i.key_groups.intersect(&range).is_empty())
+            .collect();
+        sources.sort_by_key(|i| i.key_groups.start());
+        let what = || format!("{} {}", self.kind, self.id);
+        let mut next = range.start();
+        for instance in &sources {
+            let part = instance.key_groups.intersect(&range);
+            if part.start() != next {
+                return Err(Error::KeyGroupCoverage {
+                    what: what(),
+                    reason: if part.start() > next {
+                        format!("no instance holds key group {next} of the requested {range}")
+                    } else {
+                        format!("key group {} is held by two instances", part.start())
+                    },
+                });
+            }
+            next = part.end();
+        }
+        if next != range.end() {
+            return Err(Error::KeyGroupCoverage {
+                what: what(),
+                reason: format!("no instance holds key group {next} of the requested {range}"),
+            });
+        }
+        Ok(sources)
+    }
+
+    /// Serializes to the `_metadata` byte format.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = ByteWriter::new();
+        body.u8(self.kind as u8)
+            .u64(self.id)
+            .u64(self.created_ms)
+            .u32(self.instances.len() as u32);
+        for inst in &self.instances {
+            body.raw(&inst.instance_id.0)
+                .u8(inst.backend.code())
+                .u8(inst.codec.0)
+                .u32(inst.max_parallelism)
+                .u32(inst.key_groups.start())
+                .u32(inst.key_groups.end())
+                .u32(inst.states.len() as u32);
+            for s in &inst.states {
+                write_state_info(&mut body, s);
+            }
+            body.u32(inst.files.len() as u32);
+            for f in &inst.files {
+                body.str(f.path.as_str())
+                    .str(&f.local_name)
+                    .u64(f.size)
+                    .u32(f.crc32)
+                    .u8(u8::from(f.shared));
+            }
+        }
+        let mut w = ByteWriter::new();
+        w.raw(&METADATA_MAGIC)
+            .u16(METADATA_VERSION)
+            .bytes(&body.into_inner())
+            .crc_of_all();
+        w.into_inner()
+    }
+
+    /// Parses `_metadata` bytes; `file` names the file in errors. Every path is validated.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedFormat`] for another magic or version, [`Error::ChecksumMismatch`],
+    /// [`Error::Corrupt`] for structural damage, [`Error::InvalidPath`] for unsafe paths.
+    pub fn decode(data: &[u8], file: &str) -> Result<Self> {
+        if data.len() > MAX_METADATA_BYTES {
+            return Err(Error::corrupt(
+                file,
+                format!("{} bytes is too large for metadata", data.len()),
+            ));
+        }
+        if data.len() >= 6 && data[..4] != METADATA_MAGIC {
+            return Err(Error::UnsupportedFormat {
+                file: file.to_owned(),
+                found: format!("magic {:02x?}", &data[..4]),
+                supported: format!("magic {METADATA_MAGIC:02x?}"),
+            });
+        }
+        if data.len() >= 6 {
+            let version = u16::from_le_bytes([data[4], data[5]]);
+            if version != METADATA_VERSION {
+                return Err(Error::UnsupportedFormat {
+                    file: file.to_owned(),
+                    found: format!("metadata version {version}"),
+                    supported: format!("metadata version {METADATA_VERSION}"),
+                });
+            }
+        }
+        let all = check_trailing_crc(data, file)?;
+        let mut r = ByteReader::new(all, file);
+        r.take(6, "magic and version")?;
+        let body = r.bytes(MAX_METADATA_BYTES, "metadata body")?;
+        r.expect_end("the metadata body")?;
+        let mut r = ByteReader::new(body, file);
+        let kind = match r.u8("kind")? {
+            1 => SnapshotKind::Checkpoint,
+            2 => SnapshotKind::Savepoint,
+            k => return Err(r.corrupt(format!("unknown snapshot kind {k}"))),
+        };
+        let id = r.u64("checkpoint id")?;
+        let created_ms = r.u64("creation time")?;
+        let n = r.count(38, "instances")?;
+        let mut instances = Vec::with_capacity(n);
+        for _ in 0..n {
+            instances.push(read_instance(&mut r)?);
+        }
+        r.expect_end("the instances")?;
+        Ok(SnapshotMetadata {
+            kind,
+            id,
+            created_ms,
+            instances,
+        })
+    }
+}
+
+/// Checks that `instances` (sorted by key-group start) partition `[0, max_parallelism)` under
+/// one max parallelism: what completing a checkpoint or savepoint requires, so that every
+/// completed snapshot can restore any key group of the job. `what` names the snapshot in the
+/// error.
+///
+/// # Errors
+/// [`Error::KeyGroupCoverage`] for no instances, mixed max parallelisms, a gap or an overlap.
+pub fn check_partition(instances: &[InstanceMetadata], what: &str) -> Result<()> {
+    let coverage = |reason: String| Error::KeyGroupCoverage {
+        what: what.to_owned(),
+        reason,
+    };
+    let Some(first) = instances.first() else {
+        return Err(coverage("no instances".into()));
+    };
+    let max_parallelism = first.max_parallelism;
+    let mut next = 0;
+    for instance in instances {
+        if instance.max_parallelism != max_parallelism {
+            return Err(coverage(format!(
+                "instances of max parallelism {max_parallelism} and {}",
+                instance.max_parallelism
+            )));
+        }
+        let range = instance.key_groups;
+        if range.start() > next {
+            return Err(coverage(format!(
+                "no instance holds key groups [{next}, {}) of {max_parallelism}",
+                range.start()
+            )));
+        }
+        if range.start() < next {
+            return Err(coverage(format!(
+                "key group {} is held by two instances",
+                range.start()
+            )));
+        }
+        next = range.end();
+    }
+    if next != max_parallelism {
+        return Err(coverage(format!(
+            "no instance holds key groups [{next}, {max_parallelism}) of {max_parallelism}"
+        )));
+    }
+    Ok(())
+}
+
+fn read_instance(r: &mut ByteReader<'_>) -> Result<InstanceMetadata> {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(r.take(16, "instance id")?);
+    let backend_code = r.u8("backend kind")?;
+    let backend = BackendKind::from_code(backend_code)
+        .ok_or_else(|| r.corrupt(format!("unknown backend kind {backend_code}")))?;
+    let codec = CodecId(r.u8("codec id")?);
+    if codec.name().is_none() {
+        return Err(r.corrupt(format!("{codec} is not known to this build")));
+    }
+    let max_parallelism = r.u32("max parallelism")?;
+    let start = r.u32("key group start")?;
+    let end = r.u32("key group end")?;
+    if max_parallelism == 0
+        || max_parallelism > MAX_MAX_PARALLELISM
+        || start > end
+        || end > max_parallelism
+    {
+        return Err(r.corrupt(format!(
+            "key groups [{start}, {end}) of {max_parallelism} are invalid"
+        )));
+    }
+    let key_groups = KeyGroupRange::new(start, end)?;
+    let n_states = r.count(22, "states")?;
+    let mut states = Vec::with_capacity(n_states);
+    for _ in 0..n_states {
+        states.push(read_state_info(r)?);
+    }
+    let n_files = r.count(23, "files")?;
+    let mut files = Vec::with_capacity(n_files);
+    for _ in 0..n_files {
+        let path = StoragePath::parse(&r.str(1024, "file path")?)?;
+        let local_name = r.str(255, "local file name")?;
+        validate_local_name(&local_name)?;
+        let size = r.u64("file size")?;
+        let crc32 = r.u32("file crc32")?;
+        let shared = match r.u8("file flags")? {
+            0 => false,
+            1 => true,
+            f => return Err(r.corrupt(format!("unknown file flags {f}"))),
+        };
+        files.push(FileEntry {
+            path,
+            local_name,
+            size,
+            crc32,
+            shared,
+        });
+    }
+    Ok(InstanceMetadata {
+        instance_id: InstanceId(id),
+        backend,
+        codec,
+        max_parallelism,
+        key_groups,
+        states,
+        files,
+    })
+}
+
+/// A local file name from metadata must be one plain path component.
+pub(crate) fn validate_local_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidPath {
+            path: name.to_owned(),
+            reason: "local file names must be one component of [A-Za-z0-9._-]",
+        })
+    }
+}

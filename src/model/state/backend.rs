@@ -1,0 +1,368 @@
+//! The keyed-state backend trait engines program against, and [`AnyBackend`], the closed enum
+//! over the backends for choosing one at runtime from configuration.
+//!
+//! The trait's required methods are the primitive operations every backend implements (cells,
+//! lists, maps, key iteration); typed handles ([`crate::ValueState`] and friends) are built on
+//! them, so reducing and aggregating state behave identically on every backend. The provided
+//! `*_state` methods register a descriptor and return its handle.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::model::codec::{Codec, DefaultCodec};
+use crate::model::error::{Error, Result};
+use crate::model::key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange, Murmur3Stream};
+use crate::model::state::{
+    AggregatingState, AggregatingStateDescriptor, Cell, ListCell, ListState, ListStateDescriptor,
+    MapCell, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor, StateId,
+    StateInfo, StateKey, StateValue, StoredState, ValueState, ValueStateDescriptor,
+};
+
+/// Which backend implementation holds the state. Stored as one byte in metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// [`crate::HeapBackend`]: typed values in memory.
+    Heap = 1,
+    /// The RocksDB backend: serialized rows in an embedded RocksDB.
+    RocksDb = 2,
+    /// [`crate::backends::reference::ReferenceBackend`]: canonical rows in ordered maps, the
+    /// executable specification the other backends are tested against.
+    Reference = 3,
+}
+
+impl BackendKind {
+    /// The kind with byte code `code`, if any.
+    pub fn from_code(code: u8) -> Option<BackendKind> {
+        match code {
+            1 => Some(BackendKind::Heap),
+            2 => Some(BackendKind::RocksDb),
+            3 => Some(BackendKind::Reference),
+            _ => None,
+        }
+    }
+
+    /// The byte code of the kind.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Heap => "heap",
+            BackendKind::RocksDb => "rocksdb",
+            BackendKind::Reference => "reference",
+        })
+    }
+}
+
+/// Boxed iterator over map entries, as [`KeyedStateBackend::map_entries`] returns.
+pub type MapEntries<'a, UK, UV> = Box<dyn Iterator<Item = Result<(UK, UV)>> + 'a>;
+
+/// Boxed iterator over `(key, namespace)` pairs, as [`KeyedStateBackend::keys`] returns.
+pub type StateKeys<'a, K, N> = Box<dyn Iterator<Item = Result<(K, N)>> + 'a>;
+
+/// A keyed-state backend: holds the state of the key groups one operator instance owns.
+///
+/// Every operation addresses `(state, key, namespace)`; the key's key group must lie in
+/// [`KeyedStateBackend::key_group_range`], otherwise the operation fails with
+/// [`Error::KeyOutsideRange`].
+pub trait KeyedStateBackend {
+    /// Which implementation this is.
+    fn backend_kind(&self) -> BackendKind;
+
+    /// The job's key-group assigner (its `max_parallelism`).
+    fn assigner(&self) -> KeyGroupAssigner;
+
+    /// The key groups this instance owns.
+    fn key_group_range(&self) -> KeyGroupRange;
+
+    /// The registered states, in registration order (index = [`StateId::index`]).
+    fn states(&self) -> Vec<StateInfo>;
+
+    /// Registers a state whose entries are held as `S`, or returns the id of the state already
+    /// registered under that name with identical info.
+    ///
+    /// # Errors
+    /// [`Error::StateMismatch`] if the name is registered with another kind or types.
+    fn register<K: StateKey, N: StateKey, S: StoredState>(
+        &mut self,
+        info: StateInfo,
+    ) -> Result<StateId>;
+
+    /// The single value of `(key, ns)` in a value, reducing or aggregating state.
+    ///
+    /// # Errors
+    /// Key outside range, decode errors, backend errors.
+    fn get_cell<K: StateKey, N: StateKey, V: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<Option<V>>;
+
+    /// Sets the single value of `(key, ns)`.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::get_cell`].
+    fn put_cell<K: StateKey, N: StateKey, V: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        value: V,
+    ) -> Result<()>;
+
+    /// Removes everything `(key, ns)` holds in state `id`, whatever its kind.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::get_cell`].
+    fn clear<K: StateKey, N: StateKey>(&mut self, id: StateId, key: &K, ns: &N) -> Result<()>;
+
+    /// The list of `(key, ns)`; empty if none.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::get_cell`].
+    fn get_list<K: StateKey, N: StateKey, T: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<Vec<T>>;
+
+    /// Appends to the list of `(key, ns)`.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::get_cell`].
+    fn append_list<K: StateKey, N: StateKey, T: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        value: T,
+    ) -> Result<()>;
+
+    /// Replaces the list of `(key, ns)`; an empty list removes it.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::get_cell`].
+    fn replace_list<K: StateKey, N: StateKey, T: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        values: Vec<T>,
+    ) -> Result<()>;
+
+    /// The value of `user_key` in the map of `(key, ns)`.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::get_cell`].
+    fn get_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<Option<UV>>;
+
+    /// Whether the map of `(key, ns)` holds `user_key`.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::get_cell`].
+    fn contains_map_key<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<bool>;
+
+    /// Sets `user_key` in the map of `(key, ns)`.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::get_cell`].
+    fn put_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        user_key: UK,
+        value: UV,
+    ) -> Result<()>;
+
+    /// Removes `user_key` from the map of `(key, ns)`.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::get_cell`].
+    fn remove_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &mut self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<()>;
+
+    /// The entries of the map of `(key, ns)`, in no specified order.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::get_cell`].
+    fn map_entries<'a, K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &'a self,
+        id: StateId,
+        key: &K,
+        ns: &N,
+    ) -> Result<MapEntries<'a, UK, UV>>;
+
+    /// Every `(key, namespace)` that holds data in state `id`, optionally only those of
+    /// namespace `ns`, each once, in no specified order.
+    ///
+    /// # Errors
+    /// Decode errors, backend errors.
+    fn keys<'a, K: StateKey, N: StateKey>(
+        &'a self,
+        id: StateId,
+        ns: Option<&N>,
+    ) -> Result<StateKeys<'a, K, N>>;
+
+    /// The key group of `key`.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if the key cannot be serialized.
+    #[inline]
+    fn key_group_of<K: StateKey>(&self, key: &K) -> Result<KeyGroup> {
+        let mut hasher = Murmur3Stream::new();
+        DefaultCodec::default()
+            .hash_encoded(key, &mut hasher)
+            .map_err(|e| Error::Encode {
+                state: "<key>".into(),
+                message: e.0,
+            })?;
+        Ok(self.assigner().key_group_of_hash(hasher.finish()))
+    }
+
+    /// Registers (or looks up) a value state.
+    ///
+    /// # Errors
+    /// [`Error::StateMismatch`] if the name is taken by another kind or types.
+    fn value_state<K: StateKey, N: StateKey, V: StateValue>(
+        &mut self,
+        descriptor: &ValueStateDescriptor<K, N, V>,
+    ) -> Result<ValueState<K, N, V>>
+    where
+        Self: Sized,
+    {
+        let id = self.register::<K, N, Cell<V>>(descriptor.info())?;
+        Ok(ValueState {
+            id,
+            _types: PhantomData,
+        })
+    }
+
+    /// Registers (or looks up) a list state.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::value_state`].
+    fn list_state<K: StateKey, N: StateKey, T: StateValue>(
+        &mut self,
+        descriptor: &ListStateDescriptor<K, N, T>,
+    ) -> Result<ListState<K, N, T>>
+    where
+        Self: Sized,
+    {
+        let id = self.register::<K, N, ListCell<T>>(descriptor.info())?;
+        Ok(ListState {
+            id,
+            _types: PhantomData,
+        })
+    }
+
+    /// Registers (or looks up) a map state.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::value_state`].
+    fn map_state<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &mut self,
+        descriptor: &MapStateDescriptor<K, N, UK, UV>,
+    ) -> Result<MapState<K, N, UK, UV>>
+    where
+        Self: Sized,
+    {
+        let id = self.register::<K, N, MapCell<UK, UV>>(descriptor.info())?;
+        Ok(MapState {
+            id,
+            _types: PhantomData,
+        })
+    }
+
+    /// Registers (or looks up) a reducing state.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::value_state`].
+    fn reducing_state<K: StateKey, N: StateKey, V: StateValue>(
+        &mut self,
+        descriptor: &ReducingStateDescriptor<K, N, V>,
+    ) -> Result<ReducingState<K, N, V>>
+    where
+        Self: Sized,
+    {
+        let id = self.register::<K, N, Cell<V>>(descriptor.info())?;
+        Ok(ReducingState {
+            id,
+            reduce: Arc::clone(&descriptor.reduce),
+            _types: PhantomData,
+        })
+    }
+
+    /// Registers (or looks up) an aggregating state.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::value_state`].
+    fn aggregating_state<K: StateKey, N: StateKey, IN, ACC: StateValue, OUT>(
+        &mut self,
+        descriptor: &AggregatingStateDescriptor<K, N, IN, ACC, OUT>,
+    ) -> Result<AggregatingState<K, N, IN, ACC, OUT>>
+    where
+        Self: Sized,
+    {
+        let id = self.register::<K, N, Cell<ACC>>(descriptor.info())?;
+        Ok(AggregatingState {
+            id,
+            function: Arc::clone(&descriptor.function),
+            _types: PhantomData,
+        })
+    }
+}
+
+/// Checks a registration against the states registered so far: `Ok(Some(index))` if the same
+/// state is already registered, `Ok(None)` if the name is free. Every backend registers
+/// through it, so names and type checks are the same everywhere.
+///
+/// # Errors
+/// [`Error::InvalidStateName`] for an empty name or one over 255 bytes;
+/// [`Error::StateMismatch`] if the name is registered with another kind or types.
+pub fn find_registered(existing: &[StateInfo], info: &StateInfo) -> Result<Option<usize>> {
+    if info.name.is_empty() {
+        return Err(Error::InvalidStateName {
+            name: info.name.clone(),
+            reason: "state names must not be empty",
+        });
+    }
+    if info.name.len() > 255 {
+        return Err(Error::InvalidStateName {
+            name: info.name.clone(),
+            reason: "state names are at most 255 bytes",
+        });
+    }
+    match existing.iter().position(|s| s.name == info.name) {
+        None => Ok(None),
+        Some(i) if existing[i] == *info => Ok(Some(i)),
+        Some(i) => Err(Error::StateMismatch {
+            name: info.name.clone(),
+            registered: existing[i].describe(),
+            requested: info.describe(),
+        }),
+    }
+}

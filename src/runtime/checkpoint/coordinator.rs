@@ -1,0 +1,658 @@
+//! The checkpoint coordinator: owns a checkpoint root, writes `_metadata` to complete a
+//! checkpoint, keeps the last N completed ones and deletes what none of them needs.
+//!
+//! Reference counts are never stored: the set of files still needed is rebuilt from the
+//! retained `_metadata` files (at open, and kept in memory after), so there is no second source
+//! of truth to get out of sync after a crash. What may be deleted is decided by one pure
+//! function, [`plan_collection`], which the coordinator and `statectl gc` (dry run or not)
+//! share.
+//!
+//! Safety rules, in the order they are checked (`docs/checkpoint-layout.md` §5):
+//! - a read error while opening a root fails the open: nothing is deleted on a partial view;
+//! - a `_metadata` that cannot be understood (damaged, truncated, a newer format) makes its
+//!   checkpoint *unreadable*: its directory and the whole `shared/` area are kept, because any
+//!   shared file may be one it lists;
+//! - completion requires instances that partition the job's key groups, and reports success
+//!   once `_metadata` is durable: cleanup failures after that are kept apart and retried.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+
+use crate::backends::any::AnyBackend;
+use crate::backends::config::BackendConfig;
+use crate::model::error::{Error, Result};
+use crate::model::format::layout::{
+    NO_CLAIM_MARKER, SHARED_DIR, checkpoint_dir_name, metadata_path, no_claim_marker_path,
+    parse_checkpoint_dir,
+};
+use crate::model::format::metadata::{
+    InstanceMetadata, METADATA_FILE, SnapshotKind, SnapshotMetadata, check_partition,
+};
+use crate::runtime::checkpoint::restore::{RestoreMode, restore_instance};
+use crate::storage::{CheckpointStorage, ObjectMeta, StoragePath, checksum};
+
+/// Default number of completed checkpoints kept.
+pub const DEFAULT_RETAINED_CHECKPOINTS: usize = 3;
+
+/// A checkpoint whose `_metadata` exists but cannot be understood. Left in place, with every
+/// shared file, until an operator repairs it or removes its directory; never used for restore.
+#[derive(Debug)]
+pub struct UnreadableCheckpoint {
+    /// The checkpoint id.
+    pub id: u64,
+    /// Why it cannot be read.
+    pub error: Error,
+}
+
+/// What a garbage collection deleted (or, dry run, would delete).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// The deleted files.
+    pub deleted: Vec<StoragePath>,
+    /// Their total size.
+    pub bytes: u64,
+}
+
+/// What a checkpoint root holds, read without changing anything.
+#[derive(Debug, Default)]
+pub struct RootState {
+    /// Completed checkpoints whose `_metadata` was read, by id.
+    pub completed: BTreeMap<u64, SnapshotMetadata>,
+    /// Checkpoints whose `_metadata` exists but cannot be understood.
+    pub unreadable: Vec<UnreadableCheckpoint>,
+    /// Checkpoints restored in no-claim mode: never deleted by this root's retention.
+    pub no_claim: BTreeSet<u64>,
+    /// The highest checkpoint id with a directory in the root.
+    pub highest_id: u64,
+}
+
+impl RootState {
+    /// Reads every `_metadata` of the root.
+    ///
+    /// # Errors
+    /// Any storage error (listing or reading): a partial view of a root must never drive a
+    /// deletion, so the caller gets the error instead. A `_metadata` that was read but cannot
+    /// be decoded is not an error: its checkpoint is listed as unreadable.
+    pub fn read(storage: &dyn CheckpointStorage) -> Result<Self> {
+        let listing = storage.list(None)?;
+        let mut state = RootState::default();
+        let mut with_metadata = BTreeSet::new();
+        for object in &listing {
+            let mut parts = object.path.components();
+            let Some(id) = parts.next().and_then(parse_checkpoint_dir) else {
+                continue;
+            };
+            state.highest_id = state.highest_id.max(id);
+            match (parts.next(), parts.next()) {
+                (Some(METADATA_FILE), None) => {
+                    with_metadata.insert(id);
+                }
+                (Some(NO_CLAIM_MARKER), None) => {
+                    state.no_claim.insert(id);
+                }
+                _ => {}
+            }
+        }
+        for id in with_metadata {
+            let path = metadata_path(id)?;
+            match SnapshotMetadata::read(storage, &path) {
+                Ok(meta) if meta.kind == SnapshotKind::Checkpoint && meta.id == id => {
+                    state.completed.insert(id, meta);
+                }
+                Ok(meta) => state.unreadable.push(UnreadableCheckpoint {
+                    id,
+                    error: Error::corrupt(
+                        path.as_str(),
+                        format!("describes {} {}", meta.kind, meta.id),
+                    ),
+                }),
+                // Read, and not understood: damaged, truncated, or a newer format. (A
+                // `_metadata` listed and then missing is an inconsistent view of the root:
+                // returned as an error below, like any other failed read.)
+                Err(error) if error.is_damage() && !matches!(error, Error::MissingFile { .. }) => {
+                    state.unreadable.push(UnreadableCheckpoint { id, error });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        state.no_claim.retain(|id| state.completed.contains_key(id));
+        Ok(state)
+    }
+
+    /// [`Error::UnreadableCheckpoint`] for the first unreadable checkpoint, if any: what a tool
+    /// that must see the whole root (`statectl gc`) refuses to work on.
+    ///
+    /// # Errors
+    /// As described.
+    pub fn require_readable(&self) -> Result<()> {
+        match self.unreadable.first() {
+            Some(u) => Err(Error::UnreadableCheckpoint {
+                id: u.id,
+                reason: u.error.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What retention and garbage collection delete, decided by [`plan_collection`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcPlan {
+    /// Completed checkpoints kept (retained and no-claim ones), oldest first.
+    pub kept: Vec<u64>,
+    /// Completed checkpoints beyond the retention, oldest first.
+    pub dropped: Vec<u64>,
+    /// The files to delete, every `_metadata` first: a crash midway leaves orphans, never a
+    /// checkpoint that lists a deleted file.
+    pub deletable: Vec<ObjectMeta>,
+}
+
+/// Decides what may be deleted from a root in `state`, keeping the newest `retained` completed
+/// checkpoints (no-claim checkpoints are kept besides them and do not count).
+///
+/// `in_flight` are checkpoints begun and neither completed nor aborted: their directories are
+/// kept, and so is `shared/` while any is in flight (an upload may have written a file that
+/// nothing lists yet). `shared/` is also kept whole while the root holds an unreadable
+/// checkpoint. With `listing` (the root's objects), every unprotected file under `chk-*` and
+/// `shared/` is deletable; without, only the files of the dropped checkpoints are (a
+/// listing-free pass, for completions while other checkpoints are in flight).
+pub fn plan_collection(
+    state: &RootState,
+    retained: usize,
+    in_flight: &BTreeSet<u64>,
+    listing: Option<&[ObjectMeta]>,
+) -> GcPlan {
+    let owned: Vec<u64> = state
+        .completed
+        .keys()
+        .filter(|id| !state.no_claim.contains(id))
+        .copied()
+        .collect();
+    let split = owned.len().saturating_sub(retained);
+    let dropped: Vec<u64> = owned[..split].to_vec();
+    let kept: Vec<u64> = state
+        .completed
+        .keys()
+        .filter(|id| !dropped.contains(id))
+        .copied()
+        .collect();
+    let mut referenced: HashSet<StoragePath> = HashSet::new();
+    for id in &kept {
+        referenced.extend(metadata_path(*id));
+        referenced.extend(no_claim_marker_path(*id));
+        referenced.extend(state.completed[id].files().map(|f| f.path.clone()));
+    }
+    let unreadable_dirs: HashSet<String> = state
+        .unreadable
+        .iter()
+        .map(|u| checkpoint_dir_name(u.id))
+        .collect();
+    let keep_shared = !in_flight.is_empty() || !state.unreadable.is_empty();
+    let protected = |path: &StoragePath| {
+        let Some(top) = path.components().next() else {
+            return true;
+        };
+        if top == SHARED_DIR {
+            return keep_shared || referenced.contains(path);
+        }
+        let Some(id) = parse_checkpoint_dir(top) else {
+            // Not ours: the root may hold other things (a savepoints directory, say).
+            return true;
+        };
+        in_flight.contains(&id) || unreadable_dirs.contains(top) || referenced.contains(path)
+    };
+    let mut deletable: Vec<ObjectMeta> = match listing {
+        Some(listing) => listing
+            .iter()
+            .filter(|o| !protected(&o.path))
+            .cloned()
+            .collect(),
+        None => {
+            let mut seen = HashSet::new();
+            let mut out = Vec::new();
+            for id in &dropped {
+                let meta = &state.completed[id];
+                if let Ok(path) = metadata_path(*id) {
+                    out.push(ObjectMeta {
+                        path,
+                        size: meta.encode().len() as u64,
+                    });
+                }
+                for file in meta.files() {
+                    if !protected(&file.path) && seen.insert(file.path.clone()) {
+                        out.push(ObjectMeta {
+                            path: file.path.clone(),
+                            size: file.size,
+                        });
+                    }
+                }
+            }
+            out
+        }
+    };
+    // `_metadata` first (a stable sort keeps the rest in listing order).
+    deletable.sort_by_key(|o| o.path.file_name() != METADATA_FILE);
+    GcPlan {
+        kept,
+        dropped,
+        deletable,
+    }
+}
+
+/// Deletes the files of `plan` in order. Stops at the first failure and returns what was
+/// deleted until then with the error.
+pub fn execute_plan(storage: &dyn CheckpointStorage, plan: &GcPlan) -> (GcReport, Option<Error>) {
+    let mut report = GcReport::default();
+    for object in &plan.deletable {
+        match storage.delete(&object.path) {
+            Ok(()) | Err(Error::MissingFile { .. }) => {
+                report.bytes += object.size;
+                report.deleted.push(object.path.clone());
+            }
+            Err(e) => return (report, Some(e)),
+        }
+    }
+    (report, None)
+}
+
+/// Owns one checkpoint root. One coordinator per root at a time (the job's).
+pub struct CheckpointCoordinator {
+    storage: Arc<dyn CheckpointStorage>,
+    retained: usize,
+    state: RootState,
+    pending: BTreeSet<u64>,
+    cleanup_error: Option<String>,
+}
+
+impl CheckpointCoordinator {
+    /// Opens the root: reads every completed checkpoint's `_metadata`, drops those beyond the
+    /// newest `retained`, and deletes every file no retained checkpoint references (leftovers
+    /// of failed or interrupted checkpoints). A failure of that cleanup does not fail the open;
+    /// it is kept for [`CheckpointCoordinator::cleanup_error`] and retried later.
+    ///
+    /// # Errors
+    /// [`Error::Incompatible`] if `retained` is 0; any storage error while reading the root
+    /// (nothing is deleted then).
+    pub fn open(storage: Arc<dyn CheckpointStorage>, retained: usize) -> Result<Self> {
+        if retained == 0 {
+            return Err(Error::Incompatible {
+                reason: "at least one completed checkpoint must be retained".into(),
+            });
+        }
+        let state = RootState::read(storage.as_ref())?;
+        let mut coordinator = Self {
+            storage,
+            retained,
+            state,
+            pending: BTreeSet::new(),
+            cleanup_error: None,
+        };
+        coordinator.cleanup();
+        Ok(coordinator)
+    }
+
+    /// The storage of the root.
+    pub fn storage(&self) -> &Arc<dyn CheckpointStorage> {
+        &self.storage
+    }
+
+    /// The retained completed checkpoints (no-claim ones included), oldest first.
+    pub fn completed(&self) -> impl DoubleEndedIterator<Item = &SnapshotMetadata> {
+        self.state.completed.values()
+    }
+
+    /// The newest completed checkpoint.
+    pub fn latest(&self) -> Option<&SnapshotMetadata> {
+        self.state.completed.values().next_back()
+    }
+
+    /// Checkpoints whose `_metadata` could not be understood at open. While there is one, no
+    /// file under `shared/` is deleted.
+    pub fn unreadable(&self) -> &[UnreadableCheckpoint] {
+        &self.state.unreadable
+    }
+
+    /// The last cleanup (retention or garbage collection) failure, if the cleanup has not
+    /// succeeded since. Completion and abort never fail because of cleanup: the checkpoint
+    /// exists once its `_metadata` is durable, and what was left is deleted by a later
+    /// cleanup.
+    pub fn cleanup_error(&self) -> Option<&str> {
+        self.cleanup_error.as_deref()
+    }
+
+    /// A fresh checkpoint id, larger than every id seen in this root. After a restart the
+    /// coordinator knows only the ids still in storage (an aborted checkpoint whose files were
+    /// collected leaves no trace), so an engine whose backends outlive the coordinator keeps
+    /// its own counter: backends refuse ids that do not grow.
+    pub fn next_checkpoint_id(&self) -> u64 {
+        self.state.highest_id + 1
+    }
+
+    /// Registers checkpoint `id` as in flight: garbage collection leaves its files alone until
+    /// it completes or aborts.
+    ///
+    /// # Errors
+    /// [`Error::CheckpointState`] unless `id` is larger than every checkpoint id seen.
+    pub fn begin(&mut self, id: u64) -> Result<()> {
+        if id <= self.state.highest_id {
+            return Err(Error::CheckpointState {
+                id,
+                reason: format!("ids must grow; {} was already used", self.state.highest_id),
+            });
+        }
+        self.state.highest_id = id;
+        self.pending.insert(id);
+        Ok(())
+    }
+
+    /// Completes checkpoint `id` with the metadata of every backend instance: checks that the
+    /// instances partition the job's key groups and that each listed file is in storage with
+    /// its size, then writes `_metadata` atomically. From then on the checkpoint exists and
+    /// this returns `Ok`; dropping checkpoints beyond the retention and deleting what nothing
+    /// retained needs follow, and a failure there is kept apart
+    /// ([`CheckpointCoordinator::cleanup_error`]) and retried by the next cleanup.
+    ///
+    /// # Errors
+    /// [`Error::CheckpointState`] if `id` is not in flight or a newer checkpoint completed;
+    /// [`Error::KeyGroupCoverage`] unless the instances hold every key group of the job exactly
+    /// once under one max parallelism; [`Error::MissingFile`] / [`Error::SizeMismatch`] for a
+    /// file that is not in storage as listed; storage errors writing `_metadata`. On error
+    /// the checkpoint is not completed (and stays in flight, so it can be aborted).
+    pub fn complete(
+        &mut self,
+        id: u64,
+        mut instances: Vec<InstanceMetadata>,
+    ) -> Result<&SnapshotMetadata> {
+        if !self.pending.contains(&id) {
+            return Err(Error::CheckpointState {
+                id,
+                reason: "not in flight".into(),
+            });
+        }
+        if self.latest().is_some_and(|latest| latest.id > id) {
+            // A newer checkpoint completed first; the files this one reuses may already be
+            // gone with the checkpoints that newer one subsumed.
+            return Err(Error::CheckpointState {
+                id,
+                reason: "subsumed by a newer completed checkpoint".into(),
+            });
+        }
+        instances.sort_by_key(|i| i.key_groups.start());
+        check_partition(&instances, &format!("checkpoint {id}"))?;
+        for file in instances.iter().flat_map(|i| i.files.iter()) {
+            match self.storage.size(&file.path)? {
+                None => {
+                    return Err(Error::MissingFile {
+                        file: file.path.to_string(),
+                    });
+                }
+                Some(size) if size != file.size => {
+                    return Err(Error::SizeMismatch {
+                        file: file.path.to_string(),
+                        expected: file.size,
+                        actual: size,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        let meta = SnapshotMetadata {
+            kind: SnapshotKind::Checkpoint,
+            id,
+            created_ms: now_ms(),
+            instances,
+        };
+        let path = metadata_path(id)?;
+        let bytes = meta.encode();
+        if let Err(e) = self.storage.put(&path, &bytes) {
+            // A write can fail after the file is in place (the directory sync, a lost
+            // response): then the checkpoint exists, and a restart would restore it, so
+            // completion must not be reported as failed.
+            if self.storage.size(&path).ok().flatten() != Some(bytes.len() as u64) {
+                return Err(e);
+            }
+        }
+        self.pending.remove(&id);
+        self.state.completed.insert(id, meta);
+        self.cleanup();
+        Ok(&self.state.completed[&id])
+    }
+
+    /// Aborts checkpoint `id`: it never becomes the base of anything; its files are deleted
+    /// once no checkpoint is in flight. A cleanup failure is kept apart as for `complete`.
+    ///
+    /// # Errors
+    /// None today; the `Result` leaves room for storages that must be told.
+    pub fn abort(&mut self, id: u64) -> Result<()> {
+        self.pending.remove(&id);
+        self.cleanup();
+        Ok(())
+    }
+
+    /// The metadata of completed checkpoint `id`, prepared for a restore in `mode` as Apache
+    /// Flink's restore modes specify:
+    ///
+    /// - [`RestoreMode::Claim`]: the job takes the checkpoint over. It stays subject to this
+    ///   root's retention, and its shared files stay as long as a retained checkpoint lists
+    ///   them (the restored instances reuse them incrementally).
+    /// - [`RestoreMode::NoClaim`]: the checkpoint stays the user's. A marker
+    ///   (`chk-<id>/_no-claim`, written durably before this returns) keeps it and every file it
+    ///   lists out of retention and garbage collection, across restarts, until
+    ///   [`CheckpointCoordinator::release`]. The restored instances start with a full
+    ///   checkpoint.
+    ///
+    /// Call it once per restore of the job, before restoring its instances with
+    /// [`restore_instance`] (or [`CheckpointCoordinator::restore_instance`]).
+    ///
+    /// # Errors
+    /// [`Error::CheckpointNotFound`] unless `id` is a completed checkpoint of this root;
+    /// storage errors writing the marker.
+    pub fn prepare_restore(&mut self, id: u64, mode: RestoreMode) -> Result<SnapshotMetadata> {
+        let meta = self
+            .state
+            .completed
+            .get(&id)
+            .cloned()
+            .ok_or(Error::CheckpointNotFound { id })?;
+        if mode == RestoreMode::NoClaim && !self.state.no_claim.contains(&id) {
+            self.storage.put(&no_claim_marker_path(id)?, b"")?;
+            self.state.no_claim.insert(id);
+        }
+        Ok(meta)
+    }
+
+    /// Restores the key groups `config` owns from completed checkpoint `id` of this root:
+    /// [`CheckpointCoordinator::prepare_restore`] followed by [`restore_instance`].
+    ///
+    /// # Errors
+    /// As both.
+    pub fn restore_instance(
+        &mut self,
+        id: u64,
+        config: &BackendConfig,
+        mode: RestoreMode,
+    ) -> Result<AnyBackend> {
+        let meta = self.prepare_restore(id, mode)?;
+        restore_instance(self.storage.as_ref(), &meta, config, mode)
+    }
+
+    /// Hands a no-claim checkpoint back to retention: removes its marker. The next cleanup
+    /// drops it if it is beyond the newest `retained`.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn release(&mut self, id: u64) -> Result<()> {
+        if self.state.no_claim.contains(&id) {
+            // The marker goes first: if deleting it fails, the checkpoint stays protected.
+            self.storage.delete(&no_claim_marker_path(id)?)?;
+            self.state.no_claim.remove(&id);
+            self.cleanup();
+        }
+        Ok(())
+    }
+
+    /// Checkpoints kept out of retention by a no-claim restore.
+    pub fn no_claim(&self) -> impl Iterator<Item = u64> + '_ {
+        self.state.no_claim.iter().copied()
+    }
+
+    /// Runs retention and garbage collection now, as completion does, and returns what was
+    /// deleted.
+    ///
+    /// # Errors
+    /// The cleanup's failure (also kept for [`CheckpointCoordinator::cleanup_error`]).
+    pub fn collect_orphans(&mut self) -> Result<GcReport> {
+        let listing = match self.storage.list(None) {
+            Ok(listing) => listing,
+            Err(e) => {
+                self.cleanup_error =
+                    Some(format!("garbage collection could not list the root: {e}"));
+                return Err(e);
+            }
+        };
+        let plan = plan_collection(&self.state, self.retained, &self.pending, Some(&listing));
+        let (report, error) = self.execute(&plan);
+        match error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// Files under `chk-*` and `shared/` that garbage collection would delete now (see
+    /// [`plan_collection`]), with their sizes.
+    ///
+    /// # Errors
+    /// Storage errors listing the root.
+    pub fn orphans(&self) -> Result<Vec<(StoragePath, u64)>> {
+        let listing = self.storage.list(None)?;
+        let plan = plan_collection(&self.state, self.retained, &self.pending, Some(&listing));
+        Ok(plan
+            .deletable
+            .into_iter()
+            .map(|o| (o.path, o.size))
+            .collect())
+    }
+
+    /// Retention, and garbage collection of the whole root when nothing is in flight; failures
+    /// are kept, not returned.
+    fn cleanup(&mut self) {
+        let result = if self.pending.is_empty() {
+            self.collect_orphans().map(|_| ())
+        } else {
+            let plan = plan_collection(&self.state, self.retained, &self.pending, None);
+            match self.execute(&plan).1 {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        };
+        if result.is_ok() {
+            self.cleanup_error = None;
+        }
+    }
+
+    /// Executes `plan` and forgets the dropped checkpoints whose `_metadata` is gone.
+    fn execute(&mut self, plan: &GcPlan) -> (GcReport, Option<Error>) {
+        let (report, error) = execute_plan(self.storage.as_ref(), plan);
+        let deleted: HashSet<&StoragePath> = report.deleted.iter().collect();
+        for id in &plan.dropped {
+            if metadata_path(*id).is_ok_and(|p| deleted.contains(&p)) {
+                self.state.completed.remove(id);
+            }
+        }
+        if let Some(e) = &error {
+            self.cleanup_error = Some(format!("cleanup failed, retried later: {e}"));
+        }
+        (report, error)
+    }
+
+    /// Checks that every file of `meta` is in storage with its recorded size and crc32.
+    ///
+    /// # Errors
+    /// [`Error::MissingFile`], [`Error::SizeMismatch`] or [`Error::ChecksumMismatch`] naming the
+    /// first bad file.
+    pub fn verify(&self, meta: &SnapshotMetadata) -> Result<()> {
+        verify_files(self.storage.as_ref(), meta)
+    }
+
+    /// The newest completed checkpoint whose files all verify (every file of every instance,
+    /// streamed), skipping damaged ones: the automatic fallback on a corrupt or missing file
+    /// ([`Error::is_damage`]). It is the job's choice: restore every instance from the
+    /// checkpoint it returns, so that no instance falls back alone.
+    ///
+    /// A read that fails for another reason (I/O, network) is returned, not taken for damage:
+    /// falling back would restore older state than needed. Nor does it fall back past a
+    /// checkpoint written in a format newer than this build (a rollback to an older release):
+    /// that checkpoint is not damaged, and restoring an older one would silently lose what it
+    /// holds.
+    ///
+    /// # Errors
+    /// [`Error::UnreadableCheckpoint`] if a checkpoint newer than the one it would return has a
+    /// `_metadata` of a newer format; [`Error::NoRestorableCheckpoint`] if none verifies; the
+    /// first error that is not damage.
+    pub fn latest_verified(&self) -> Result<&SnapshotMetadata> {
+        let newer_format = |than: u64| {
+            self.state
+                .unreadable
+                .iter()
+                .find(|u| u.id > than && matches!(u.error, Error::UnsupportedFormat { .. }))
+        };
+        for meta in self.state.completed.values().rev() {
+            if let Some(u) = newer_format(meta.id) {
+                return Err(Error::UnreadableCheckpoint {
+                    id: u.id,
+                    reason: u.error.to_string(),
+                });
+            }
+            match self.verify(meta) {
+                Ok(()) => return Ok(meta),
+                Err(e) if e.is_damage() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::NoRestorableCheckpoint {
+            root: "checkpoint storage".into(),
+        })
+    }
+}
+
+/// Checks every file of `meta` in `storage`: present, recorded size, recorded crc32. Streams
+/// each file through a fixed buffer: memory does not grow with file sizes.
+///
+/// # Errors
+/// The first bad file, as [`Error::MissingFile`], [`Error::SizeMismatch`] or
+/// [`Error::ChecksumMismatch`].
+pub fn verify_files(storage: &dyn CheckpointStorage, meta: &SnapshotMetadata) -> Result<()> {
+    for file in meta.files() {
+        let (size, crc) = match checksum(storage, &file.path) {
+            Ok(found) => found,
+            Err(Error::MissingFile { .. }) => {
+                return Err(Error::MissingFile {
+                    file: file.path.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        if size != file.size {
+            return Err(Error::SizeMismatch {
+                file: file.path.to_string(),
+                expected: file.size,
+                actual: size,
+            });
+        }
+        if crc != file.crc32 {
+            return Err(Error::ChecksumMismatch {
+                file: file.path.to_string(),
+                expected: file.crc32,
+                actual: crc,
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,74 @@
+//! Restoring a backend instance from checkpoint files, generically over the backend.
+
+use crate::backends::any::AnyBackend;
+use crate::backends::config::BackendConfig;
+use crate::backends::interface::CheckpointedBackend;
+use crate::model::error::{Error, Result};
+use crate::model::format::metadata::SnapshotMetadata;
+use crate::storage::{CheckpointStorage, verified_fetcher};
+
+/// Who owns the restored checkpoint's files afterwards (as Flink's restore modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestoreMode {
+    /// The restored instance continues incremental checkpoints on the restored shared files;
+    /// the coordinator of the root may delete the restored checkpoint once it is subsumed.
+    #[default]
+    Claim,
+    /// The first checkpoint after restore is full; nothing of the restored checkpoint is
+    /// referenced, so it can be kept or deleted independently of the new checkpoints.
+    NoClaim,
+}
+
+/// Restores the key groups `config` owns from checkpoint `meta`, into the backend that wrote
+/// it (switching backends goes through savepoints): [`restore_instance_into`] for the backend
+/// `config.kind` names.
+///
+/// # Errors
+/// As [`restore_instance_into`].
+pub fn restore_instance(
+    storage: &dyn CheckpointStorage,
+    meta: &SnapshotMetadata,
+    config: &BackendConfig,
+    mode: RestoreMode,
+) -> Result<AnyBackend> {
+    restore_instance_into(storage, meta, config, mode)
+}
+
+/// Restores the key groups `config` owns from checkpoint `meta` into a `B`, which must be the
+/// backend kind that wrote it. If one instance owned exactly `config.key_groups` it is
+/// restored as is; otherwise (the parallelism changed) the backend combines the overlapping
+/// instances, see `docs/checkpoint-layout.md`; a rescaled RocksDB restore never claims. Every
+/// file is verified (size and crc32) before it is used.
+///
+/// The instances overlapping `config.key_groups` must hold each of its key groups exactly
+/// once ([`SnapshotMetadata::instances_covering`]); a data file must belong to the instance
+/// that lists it (its header's key groups and max parallelism).
+///
+/// # Errors
+/// [`Error::Incompatible`] for another max parallelism or another backend;
+/// [`Error::KeyGroupCoverage`] for key groups no instance holds or two instances hold;
+/// [`Error::KeyGroupsMismatch`] for a data file of another instance;
+/// [`Error::MissingFile`], [`Error::SizeMismatch`], [`Error::ChecksumMismatch`] naming the file.
+pub fn restore_instance_into<B: CheckpointedBackend>(
+    storage: &dyn CheckpointStorage,
+    meta: &SnapshotMetadata,
+    config: &BackendConfig,
+    mode: RestoreMode,
+) -> Result<B> {
+    meta.check_max_parallelism(config.max_parallelism)?;
+    let sources = meta.instances_covering(config.key_groups)?;
+    if let Some(other) = sources.iter().find(|i| i.backend != config.kind) {
+        return Err(Error::Incompatible {
+            reason: format!(
+                "the checkpoint was written by the {} backend; restore it into {} through a savepoint",
+                other.backend, config.kind
+            ),
+        });
+    }
+    B::restore_checkpoint(
+        config,
+        &sources,
+        &mut verified_fetcher(storage),
+        mode == RestoreMode::Claim,
+    )
+}

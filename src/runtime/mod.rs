@@ -1,0 +1,9 @@
+//! Layer 3, the runtime: what turns backends into recoverable state, generic over
+//! [`CheckpointedBackend`](crate::backends::interface::CheckpointedBackend) with no `match` on
+//! backend kinds. [`checkpoint`]: the coordinator (ids, completion, retention and garbage
+//! collection, whose one planning function `statectl gc` also calls) and restore with
+//! rescaling; [`savepoint`]: canonical savepoints, their restore into any backend at any
+//! parallelism, and checkpoint conversion.
+
+pub mod checkpoint;
+pub mod savepoint;

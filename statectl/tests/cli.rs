@@ -1,0 +1,960 @@
+//! `statectl` end to end: the built binary run as a process over real checkpoints and
+//! savepoints written by the library in temporary directories.
+
+use std::collections::HashSet;
+use std::error::Error as StdError;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use serde_json::Value;
+use statebackend::checkpoint::{CheckpointCoordinator, FileEntry, SnapshotMetadata};
+use statebackend::savepoint::complete_savepoint;
+use statebackend::storage::{CheckpointStorage, LocalDirStorage};
+use statebackend::{
+    AnyBackend, BackendConfig, KeyGroupRange, KeyedStateBackend, ListState, ListStateDescriptor,
+    MapState, MapStateDescriptor, ValueState, ValueStateDescriptor,
+};
+
+type TestResult = Result<(), Box<dyn StdError>>;
+
+const MAX_PARALLELISM: u32 = 128;
+
+// ---------------------------------------------------------------------------------------------
+// Running the binary.
+
+fn statectl<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_statectl"))
+        .args(args)
+        .output()
+        .expect("statectl runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts the exit code, showing the output on failure.
+fn expect_code(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing real checkpoints and savepoints.
+
+/// One backend instance with three states registered.
+struct Instance {
+    backend: AnyBackend,
+    range: KeyGroupRange,
+    counts: ValueState<String, (), u64>,
+    events: ListState<String, (), String>,
+    pages: MapState<String, u32, String, u64>,
+}
+
+/// `parallelism` instances of the backend `config` builds for a key-group range.
+fn open_job(
+    parallelism: u32,
+    config: impl Fn(KeyGroupRange) -> BackendConfig,
+) -> statebackend::Result<Vec<Instance>> {
+    (0..parallelism)
+        .map(|i| {
+            let range = KeyGroupRange::for_operator(MAX_PARALLELISM, parallelism, i)?;
+            let mut backend = AnyBackend::open(&config(range))?;
+            let counts = backend.value_state(&ValueStateDescriptor::new("counts"))?;
+            let events = backend.list_state(&ListStateDescriptor::new("events"))?;
+            let pages = backend.map_state(&MapStateDescriptor::new("pages"))?;
+            Ok(Instance {
+                backend,
+                range,
+                counts,
+                events,
+                pages,
+            })
+        })
+        .collect()
+}
+
+fn heap_job(parallelism: u32) -> statebackend::Result<Vec<Instance>> {
+    open_job(parallelism, |range| {
+        BackendConfig::heap(MAX_PARALLELISM, range)
+    })
+}
+
+/// Writes users `from..to` into whichever instance owns them; returns how many each got.
+fn fill(job: &mut [Instance], from: u64, to: u64) -> statebackend::Result<Vec<u64>> {
+    let mut per_instance = vec![0; job.len()];
+    for i in from..to {
+        let user = format!("user-{i}");
+        let (n, inst) = job
+            .iter_mut()
+            .enumerate()
+            .find(|(_, inst)| {
+                inst.range
+                    .contains(inst.backend.key_group_of(&user).expect("keys encode"))
+            })
+            .expect("some instance owns every key group");
+        inst.counts.put(&mut inst.backend, &user, &(), i)?;
+        inst.events
+            .append(&mut inst.backend, &user, &(), format!("login-{i}"))?;
+        inst.events
+            .append(&mut inst.backend, &user, &(), format!("click-{i}"))?;
+        inst.pages
+            .put(&mut inst.backend, &user, &7, "/home".to_string(), i * 10)?;
+        per_instance[n] += 1;
+    }
+    Ok(per_instance)
+}
+
+/// Takes and completes checkpoint `id` of every instance.
+fn checkpoint(
+    job: &mut [Instance],
+    coordinator: &mut CheckpointCoordinator,
+    id: u64,
+) -> statebackend::Result<SnapshotMetadata> {
+    coordinator.begin(id)?;
+    let storage = Arc::clone(coordinator.storage());
+    let mut parts = Vec::new();
+    for inst in job.iter_mut() {
+        let (part, _stats) = inst.backend.snapshot(id)?.upload(storage.as_ref())?;
+        parts.push(part);
+    }
+    let meta = coordinator.complete(id, parts.clone())?.clone();
+    for (inst, part) in job.iter_mut().zip(&parts) {
+        inst.backend.notify_checkpoint_complete(part)?;
+    }
+    Ok(meta)
+}
+
+/// Writes a savepoint of every instance into `dir`.
+fn savepoint(job: &mut [Instance], dir: &Path) -> statebackend::Result<SnapshotMetadata> {
+    let storage = LocalDirStorage::new(dir)?;
+    let mut parts = Vec::new();
+    for inst in job.iter_mut() {
+        parts.push(inst.backend.savepoint()?.write(&storage)?);
+    }
+    complete_savepoint(&storage, parts)
+}
+
+fn coordinator(root: &Path) -> statebackend::Result<CheckpointCoordinator> {
+    let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(root)?);
+    CheckpointCoordinator::open(storage, 3)
+}
+
+/// A heap checkpoint root with checkpoints 1 and 2 (two instances each) and a savepoint in
+/// `<root>/savepoints/sp-1`.
+struct HeapFixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    chk1: SnapshotMetadata,
+    chk2: SnapshotMetadata,
+    savepoint_dir: PathBuf,
+    savepoint: SnapshotMetadata,
+    /// Users per instance at checkpoint 2 / the savepoint.
+    users: Vec<u64>,
+}
+
+impl HeapFixture {
+    fn new() -> statebackend::Result<Self> {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let root = tmp.path().join("root");
+        let mut coordinator = coordinator(&root)?;
+        let mut job = heap_job(2)?;
+        let first = fill(&mut job, 0, 40)?;
+        let chk1 = checkpoint(&mut job, &mut coordinator, 1)?;
+        let second = fill(&mut job, 40, 100)?;
+        let chk2 = checkpoint(&mut job, &mut coordinator, 2)?;
+        let savepoint_dir = root.join("savepoints").join("sp-1");
+        let savepoint = savepoint(&mut job, &savepoint_dir)?;
+        let users = first.iter().zip(&second).map(|(a, b)| a + b).collect();
+        Ok(Self {
+            _tmp: tmp,
+            root,
+            chk1,
+            chk2,
+            savepoint_dir,
+            savepoint,
+            users,
+        })
+    }
+
+    fn chk_dir(&self, id: u64) -> PathBuf {
+        self.root.join(format!("chk-{id:010}"))
+    }
+
+    /// The local path of a checkpoint file.
+    fn file(&self, entry: &FileEntry) -> PathBuf {
+        self.root.join(entry.path.as_str())
+    }
+}
+
+fn flip_byte(path: &Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = at.min(bytes.len() - 1);
+    bytes[at] ^= 0x5a;
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn truncate(path: &Path, by: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len - by).unwrap();
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", stdout(o)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// list
+
+#[test]
+fn list_json_reports_checkpoints_savepoints_and_new_bytes() -> TestResult {
+    let f = HeapFixture::new()?;
+    let o = statectl(&["list", p(&f.root), "--json"]);
+    expect_code(&o, 0);
+    let v = json(&o);
+    let entries = v.as_array().expect("one JSON array");
+    assert_eq!(entries.len(), 3, "{v:#}");
+    for e in entries {
+        for field in ["id", "kind", "path", "total_bytes", "new_bytes", "files"] {
+            assert!(e.get(field).is_some(), "{field} missing in {e}");
+        }
+    }
+    let (c1, c2, sp) = (&entries[0], &entries[1], &entries[2]);
+    assert_eq!(c1["kind"], "checkpoint");
+    assert_eq!(c1["id"], 1);
+    assert_eq!(c1["state"], "completed");
+    assert_eq!(c1["instances"], 2);
+    assert_eq!(c1["backends"], serde_json::json!(["heap"]));
+    assert_eq!(c1["total_bytes"], f.chk1.total_bytes());
+    assert_eq!(c1["new_bytes"], f.chk1.total_bytes());
+    assert_eq!(c1["files"], f.chk1.files().count());
+    assert!(c1["path"].as_str().unwrap().ends_with("chk-0000000001"));
+
+    // Bytes of checkpoint 2's files that checkpoint 1 does not reference (heap checkpoints
+    // are full: all of them).
+    let old: HashSet<_> = f.chk1.files().map(|e| e.path.clone()).collect();
+    let new_bytes: u64 = f
+        .chk2
+        .files()
+        .filter(|e| !old.contains(&e.path))
+        .map(|e| e.size)
+        .sum();
+    assert_eq!(c2["id"], 2);
+    assert_eq!(c2["total_bytes"], f.chk2.total_bytes());
+    assert_eq!(c2["new_bytes"], new_bytes);
+    assert!(f.chk2.total_bytes() > f.chk1.total_bytes());
+
+    assert_eq!(sp["kind"], "savepoint");
+    assert_eq!(sp["state"], "completed");
+    assert_eq!(sp["total_bytes"], f.savepoint.total_bytes());
+    assert_eq!(sp["new_bytes"], f.savepoint.total_bytes());
+    assert_eq!(sp["files"], 2);
+    assert!(sp["path"].as_str().unwrap().ends_with("sp-1"));
+
+    // The human table shows the same.
+    let o = statectl(&["list", p(&f.root)]);
+    expect_code(&o, 0);
+    let out = stdout(&o);
+    assert!(
+        out.contains("chk-0000000001") && out.contains("chk-0000000002"),
+        "{out}"
+    );
+    assert!(out.contains("savepoint") && out.contains("sp-1"), "{out}");
+
+    // A checkpoint directory is not a root.
+    let o = statectl(&["list", p(&f.chk_dir(1))]);
+    expect_code(&o, 1);
+    assert!(stderr(&o).contains("list its parent"), "{}", stderr(&o));
+    Ok(())
+}
+
+#[test]
+fn list_marks_an_unreadable_checkpoint_and_does_not_touch_the_root() -> TestResult {
+    let f = HeapFixture::new()?;
+    let metadata = f.chk_dir(1).join("_metadata");
+    flip_byte(&metadata, 20);
+    let orphan = f.root.join("shared").join("orphan.sst");
+    std::fs::create_dir_all(orphan.parent().unwrap())?;
+    std::fs::write(&orphan, b"orphan")?;
+
+    let o = statectl(&["list", p(&f.root), "--json"]);
+    expect_code(&o, 0);
+    let v = json(&o);
+    let c1 = &v.as_array().unwrap()[0];
+    assert_eq!(c1["id"], 1);
+    assert_eq!(c1["state"], "unreadable");
+    assert!(c1["error"].as_str().unwrap().contains("_metadata"), "{c1}");
+    // Checkpoint 2 is now the first readable one: all its bytes are new.
+    assert_eq!(v[1]["new_bytes"], f.chk2.total_bytes());
+    // Read-only: nothing was collected.
+    assert!(orphan.exists());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// inspect
+
+#[test]
+fn inspect_shows_states_ranges_and_entry_counts() -> TestResult {
+    let f = HeapFixture::new()?;
+    let o = statectl(&["inspect", p(&f.chk_dir(2))]);
+    expect_code(&o, 0);
+    let out = stdout(&o);
+    for needle in [
+        "checkpoint",
+        "format version: 1",
+        "bincode2-standard",
+        "[0, 64) of max parallelism 128",
+        "[64, 128) of max parallelism 128",
+        "counts (value)",
+        "events (list)",
+        "pages (map)",
+        "alloc::string::String",
+        "state.sbdf",
+        "private",
+    ] {
+        assert!(out.contains(needle), "{needle:?} not in:\n{out}");
+    }
+
+    let o = statectl(&["inspect", p(&f.chk_dir(2)), "--json"]);
+    expect_code(&o, 0);
+    let v = json(&o);
+    assert_eq!(v["kind"], "checkpoint");
+    assert_eq!(v["id"], 2);
+    assert_eq!(v["format_version"], 1);
+    let instances = v["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 2);
+    for (inst, users) in instances.iter().zip(&f.users) {
+        assert_eq!(inst["backend"], "heap");
+        assert_eq!(inst["max_parallelism"], 128);
+        let states = inst["states"].as_array().unwrap();
+        let by_name = |n: &str| states.iter().find(|s| s["name"] == n).unwrap().clone();
+        assert_eq!(by_name("counts")["entries"], *users);
+        assert_eq!(by_name("counts")["value_type"], "u64");
+        assert_eq!(by_name("events")["entries"], *users);
+        assert_eq!(by_name("pages")["entries"], *users);
+        assert_eq!(by_name("pages")["user_key_type"], "alloc::string::String");
+        assert_eq!(inst["files"][0]["shared"], false);
+    }
+    assert_eq!(
+        instances[0]["key_groups"],
+        serde_json::json!({"start": 0, "end": 64})
+    );
+    assert_eq!(
+        instances[1]["key_groups"],
+        serde_json::json!({"start": 64, "end": 128})
+    );
+
+    // A savepoint: file paths relative to its own directory.
+    let o = statectl(&["inspect", p(&f.savepoint_dir), "--json"]);
+    expect_code(&o, 0);
+    let v = json(&o);
+    assert_eq!(v["kind"], "savepoint");
+    let file = v["instances"][0]["files"][0]["path"].as_str().unwrap();
+    assert!(file.ends_with(".sbdf") && !file.contains('/'), "{file}");
+    assert_eq!(
+        v["instances"][1]["states"][0]["entries"], f.users[1],
+        "{v:#}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// verify
+
+#[test]
+fn verify_passes_on_a_good_root_checkpoint_and_savepoint() -> TestResult {
+    let f = HeapFixture::new()?;
+    for path in [f.root.clone(), f.chk_dir(1), f.savepoint_dir.clone()] {
+        let o = statectl(&["verify", p(&path)]);
+        expect_code(&o, 0);
+        assert!(stdout(&o).contains("all good"), "{}", stdout(&o));
+        assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+    }
+    let o = statectl(&["verify", p(&f.root), "--json"]);
+    expect_code(&o, 0);
+    let v = json(&o);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["snapshots"].as_array().unwrap().len(), 3);
+    assert_eq!(v["files_checked"], 6);
+    Ok(())
+}
+
+#[test]
+fn verify_names_a_corrupted_data_file() -> TestResult {
+    let f = HeapFixture::new()?;
+    let entry = &f.chk2.instances[1].files[0];
+    flip_byte(&f.file(entry), 200);
+    for path in [f.root.clone(), f.chk_dir(2)] {
+        let o = statectl(&["verify", p(&path)]);
+        expect_code(&o, 1);
+        let err = stderr(&o);
+        assert!(err.starts_with("error: checksum mismatch in "), "{err}");
+        assert!(err.contains(entry.path.as_str()), "{err}");
+        assert!(stdout(&o).contains("FAILED"), "{}", stdout(&o));
+    }
+    // The other checkpoint is fine on its own.
+    expect_code(&statectl(&["verify", p(&f.chk_dir(1))]), 0);
+    Ok(())
+}
+
+#[test]
+fn verify_names_a_truncated_file() -> TestResult {
+    let f = HeapFixture::new()?;
+    let entry = &f.savepoint.instances[0].files[0];
+    truncate(&f.savepoint_dir.join(entry.path.as_str()), 7);
+    let o = statectl(&["verify", p(&f.savepoint_dir)]);
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert!(err.contains("size mismatch"), "{err}");
+    assert!(err.contains(entry.path.as_str()), "{err}");
+    Ok(())
+}
+
+#[test]
+fn verify_all_reports_every_bad_file() -> TestResult {
+    let f = HeapFixture::new()?;
+    let first = &f.chk1.instances[0].files[0];
+    let second = &f.chk2.instances[1].files[0];
+    flip_byte(&f.file(first), 100);
+    truncate(&f.file(second), 3);
+
+    let o = statectl(&["verify", p(&f.root), "--all"]);
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error: ")).count(),
+        2,
+        "{err}"
+    );
+    assert!(err.contains(first.path.as_str()), "{err}");
+    assert!(err.contains(second.path.as_str()), "{err}");
+    assert!(stdout(&o).contains("2 problems found"), "{}", stdout(&o));
+
+    let o = statectl(&["verify", p(&f.root), "--all", "--json"]);
+    expect_code(&o, 1);
+    let v = json(&o);
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["failures"].as_array().unwrap().len(), 2);
+
+    // Without --all: the first failure only.
+    let o = statectl(&["verify", p(&f.root)]);
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(first.path.as_str()), "{err}");
+    Ok(())
+}
+
+#[test]
+fn verify_names_a_missing_file() -> TestResult {
+    let f = HeapFixture::new()?;
+    let entry = &f.chk2.instances[0].files[0];
+    std::fs::remove_file(f.file(entry))?;
+    let o = statectl(&["verify", p(&f.chk_dir(2))]);
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert!(err.starts_with("error: missing file "), "{err}");
+    assert!(err.contains(entry.path.as_str()), "{err}");
+    Ok(())
+}
+
+#[test]
+fn verify_fails_on_corrupted_metadata() -> TestResult {
+    let f = HeapFixture::new()?;
+    let metadata = f.chk_dir(2).join("_metadata");
+    flip_byte(&metadata, 30);
+    for path in [f.chk_dir(2), f.root.clone()] {
+        let o = statectl(&["verify", p(&path)]);
+        expect_code(&o, 1);
+        let err = stderr(&o);
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(err.contains(p(&metadata)), "{err}");
+    }
+    // inspect cannot read it either.
+    let o = statectl(&["inspect", p(&f.chk_dir(2))]);
+    expect_code(&o, 1);
+    assert!(stderr(&o).contains("_metadata"), "{}", stderr(&o));
+
+    // Truncated to nothing.
+    std::fs::write(&metadata, b"")?;
+    expect_code(&statectl(&["verify", p(&f.chk_dir(2))]), 1);
+    Ok(())
+}
+
+#[test]
+fn verify_of_a_directory_without_snapshots_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = statectl(&["verify", p(tmp.path())]);
+    expect_code(&o, 1);
+    assert!(
+        stderr(&o).contains("no checkpoint or savepoint"),
+        "{}",
+        stderr(&o)
+    );
+    let o = statectl(&["verify", p(&tmp.path().join("nope"))]);
+    expect_code(&o, 1);
+    assert!(
+        !tmp.path().join("nope").exists(),
+        "a read-only command created a directory"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// dump
+
+fn dump_lines(o: &Output) -> Vec<Value> {
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn dump_prints_decoded_json_lines() -> TestResult {
+    let f = HeapFixture::new()?;
+    let o = statectl(&[
+        "dump",
+        p(&f.savepoint_dir),
+        "--state",
+        "counts",
+        "--limit",
+        "3",
+    ]);
+    expect_code(&o, 0);
+    let rows = dump_lines(&o);
+    assert_eq!(rows.len(), 3, "{}", stdout(&o));
+    for row in &rows {
+        let key = row["key"].as_str().expect("string key");
+        let n: u64 = key.strip_prefix("user-").unwrap().parse()?;
+        assert_eq!(row["value"], n, "{row}");
+        assert_eq!(row["namespace"], Value::Null);
+        assert!(row.get("user_key").is_none());
+        assert!(row["key_group"].as_u64().unwrap() < 128);
+    }
+
+    // Every entry, from a heap checkpoint: list values are arrays of elements.
+    let o = statectl(&["dump", p(&f.chk_dir(2)), "--state", "events"]);
+    expect_code(&o, 0);
+    let rows = dump_lines(&o);
+    assert_eq!(rows.len(), 100);
+    for row in &rows {
+        let n = row["key"].as_str().unwrap().strip_prefix("user-").unwrap();
+        assert_eq!(
+            row["value"],
+            serde_json::json!([format!("login-{n}"), format!("click-{n}")])
+        );
+    }
+    let groups: Vec<u64> = rows
+        .iter()
+        .map(|r| r["key_group"].as_u64().unwrap())
+        .collect();
+    assert!(groups.windows(2).all(|w| w[0] <= w[1]), "key-group order");
+
+    // Map states: namespace and user key.
+    let o = statectl(&["dump", p(&f.chk_dir(1)), "--state", "pages", "--limit", "1"]);
+    expect_code(&o, 0);
+    let rows = dump_lines(&o);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["namespace"], 7);
+    assert_eq!(rows[0]["user_key"], "/home");
+    let n: u64 = rows[0]["key"].as_str().unwrap()[5..].parse()?;
+    assert_eq!(rows[0]["value"], n * 10);
+
+    // One key group.
+    let kg = groups[groups.len() / 2];
+    let o = statectl(&[
+        "dump",
+        p(&f.savepoint_dir),
+        "--state",
+        "events",
+        "--key-group",
+        &kg.to_string(),
+    ]);
+    expect_code(&o, 0);
+    let rows = dump_lines(&o);
+    assert_eq!(rows.len(), groups.iter().filter(|g| **g == kg).count());
+    assert!(rows.iter().all(|r| r["key_group"] == kg));
+    Ok(())
+}
+
+#[test]
+fn dump_refuses_unknown_states_and_rocksdb_checkpoints() -> TestResult {
+    let f = HeapFixture::new()?;
+    let o = statectl(&["dump", p(&f.savepoint_dir), "--state", "nope"]);
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains("no state named 'nope'") && err.contains("counts"),
+        "{err}"
+    );
+
+    // A checkpoint whose instance has RocksDB files (forged: this build may have no RocksDB).
+    let mut meta = f.chk2.clone();
+    let instance = &mut meta.instances[0];
+    instance.backend = statebackend::BackendKind::RocksDb;
+    let sst = f
+        .root
+        .join("shared")
+        .join(instance.instance_id.hex())
+        .join("000001.sst");
+    std::fs::create_dir_all(sst.parent().unwrap())?;
+    std::fs::write(&sst, b"not really an sst")?;
+    instance.files = vec![FileEntry {
+        path: format!("shared/{}/000001.sst", instance.instance_id.hex()).parse()?,
+        local_name: "000001.sst".into(),
+        size: 17,
+        crc32: crc32fast::hash(b"not really an sst"),
+        shared: true,
+    }];
+    std::fs::write(f.chk_dir(2).join("_metadata"), meta.encode())?;
+    let o = statectl(&["dump", p(&f.chk_dir(2)), "--state", "counts"]);
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains("rocksdb checkpoint") && err.contains("statectl convert"),
+        "{err}"
+    );
+    // inspect: entry counts of that instance are unknown.
+    let o = statectl(&["inspect", p(&f.chk_dir(2))]);
+    expect_code(&o, 0);
+    assert!(stdout(&o).contains("entries unknown"), "{}", stdout(&o));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// convert
+
+#[test]
+fn convert_writes_a_savepoint_that_verifies() -> TestResult {
+    let f = HeapFixture::new()?;
+    let target = f._tmp.path().join("converted");
+    let o = statectl(&["convert", p(&f.chk_dir(2)), "--to", p(&target)]);
+    expect_code(&o, 0);
+    assert!(
+        stdout(&o).contains("converted checkpoint 2"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = statectl(&["verify", p(&target)]);
+    expect_code(&o, 0);
+    let o = statectl(&["inspect", p(&target), "--json"]);
+    expect_code(&o, 0);
+    let v = json(&o);
+    assert_eq!(v["kind"], "savepoint");
+    assert_eq!(v["instances"].as_array().unwrap().len(), 2);
+    // Canonical: the same state as the savepoint taken directly, byte for byte.
+    for (a, b) in f
+        .savepoint
+        .instances
+        .iter()
+        .zip(&v["instances"].as_array().unwrap()[..])
+    {
+        assert_eq!(b["files"][0]["crc32"], a.files[0].crc32);
+    }
+    let o = statectl(&["dump", p(&target), "--state", "counts"]);
+    expect_code(&o, 0);
+    assert_eq!(dump_lines(&o).len(), 100);
+
+    // Not into a non-empty directory.
+    let o = statectl(&["convert", p(&f.chk_dir(2)), "--to", p(&target)]);
+    expect_code(&o, 1);
+    assert!(stderr(&o).contains("not empty"), "{}", stderr(&o));
+    Ok(())
+}
+
+#[cfg(not(feature = "rocksdb"))]
+#[test]
+fn convert_of_a_rocksdb_checkpoint_fails_without_the_rocksdb_feature() -> TestResult {
+    let f = HeapFixture::new()?;
+    let mut meta = f.chk2.clone();
+    for instance in &mut meta.instances {
+        instance.backend = statebackend::BackendKind::RocksDb;
+    }
+    std::fs::write(f.chk_dir(2).join("_metadata"), meta.encode())?;
+    let target = f._tmp.path().join("converted");
+    let o = statectl(&["convert", p(&f.chk_dir(2)), "--to", p(&target)]);
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("error: cannot restore: this build has no RocksDB backend"),
+        "{err}"
+    );
+    assert!(
+        !target.exists(),
+        "a failed conversion leaves nothing behind"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// gc
+
+#[test]
+fn gc_dry_run_lists_an_orphan_and_gc_deletes_it() -> TestResult {
+    let f = HeapFixture::new()?;
+    let hex = f.chk2.instances[0].instance_id.hex();
+    let orphan = f.root.join("shared").join(&hex).join("000099.sst");
+    std::fs::create_dir_all(orphan.parent().unwrap())?;
+    std::fs::write(&orphan, b"left behind by a failed checkpoint")?;
+    let orphan_path = format!("shared/{hex}/000099.sst");
+
+    let o = statectl(&["gc", p(&f.root), "--dry-run"]);
+    expect_code(&o, 0);
+    let out = stdout(&o);
+    assert!(
+        out.contains(&format!("would delete {orphan_path}")),
+        "{out}"
+    );
+    assert!(out.contains("would delete 1 file"), "{out}");
+    assert!(orphan.exists(), "a dry run deletes nothing");
+
+    let o = statectl(&["gc", p(&f.root), "--dry-run", "--json"]);
+    expect_code(&o, 0);
+    let v = json(&o);
+    assert_eq!(
+        v["deleted"],
+        serde_json::json!([{"path": orphan_path, "size": 34}])
+    );
+    assert_eq!(v["retained_checkpoints"], serde_json::json!([1, 2]));
+
+    let o = statectl(&["gc", p(&f.root)]);
+    expect_code(&o, 0);
+    let out = stdout(&o);
+    assert!(out.contains(&format!("deleted {orphan_path}")), "{out}");
+    assert!(!orphan.exists());
+    // Everything retained still verifies, the savepoint included.
+    expect_code(&statectl(&["verify", p(&f.root)]), 0);
+    Ok(())
+}
+
+#[test]
+fn gc_honours_the_retention() -> TestResult {
+    let f = HeapFixture::new()?;
+    let o = statectl(&["gc", p(&f.root), "--retained", "1", "--dry-run", "--json"]);
+    expect_code(&o, 0);
+    let v = json(&o);
+    assert_eq!(v["dropped_checkpoints"], serde_json::json!([1]));
+    let planned: Vec<String> = v["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        planned.iter().all(|p| p.starts_with("chk-0000000001/")),
+        "{planned:?}"
+    );
+    assert_eq!(planned.len(), 3, "{planned:?}");
+    assert!(f.chk_dir(1).join("_metadata").exists());
+
+    let o = statectl(&["gc", p(&f.root), "--retained", "1", "--json"]);
+    expect_code(&o, 0);
+    let v = json(&o);
+    let deleted: Vec<String> = v["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(deleted, planned, "the dry run predicted the real run");
+    assert!(!f.chk_dir(1).exists());
+    expect_code(&statectl(&["verify", p(&f.root)]), 0);
+
+    // Retaining nothing is a usage error.
+    expect_code(&statectl(&["gc", p(&f.root), "--retained", "0"]), 2);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// usage
+
+#[test]
+fn usage_errors_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["list", p(tmp.path()), "--bogus"],
+        vec!["--bogus"],
+        vec![],
+        vec!["frobnicate"],
+        vec!["dump", p(tmp.path())],
+        vec!["convert", p(tmp.path())],
+        vec!["dump", p(tmp.path()), "--state", "x", "--limit", "many"],
+    ] {
+        let o = statectl(&args);
+        expect_code(&o, 2);
+        // clap's own messages: an error, or the overview when no command is given.
+        let err = stderr(&o);
+        assert!(
+            err.starts_with("error: ") || err.contains("Usage: statectl"),
+            "{args:?}: {err}"
+        );
+        assert!(o.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    let o = statectl(&["--help"]);
+    expect_code(&o, 0);
+    for sub in ["list", "inspect", "verify", "dump", "convert", "gc"] {
+        assert!(stdout(&o).contains(sub), "{sub} not in the overview");
+        for args in [vec![sub, "--help"], vec!["help", sub]] {
+            let o = statectl(&args);
+            expect_code(&o, 0);
+            let out = stdout(&o);
+            assert!(out.contains("Usage: statectl"), "{args:?}: {out}");
+            assert!(out.contains(sub), "{args:?}: {out}");
+        }
+    }
+    let o = statectl(&["verify", "--help"]);
+    assert!(stdout(&o).contains("--all"));
+    let o = statectl(&["gc", "--help"]);
+    assert!(stdout(&o).contains("--dry-run") && stdout(&o).contains("--retained"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// RocksDB (incremental checkpoints)
+
+#[cfg(feature = "rocksdb")]
+mod rocksdb_backend {
+    use super::*;
+
+    /// Three incremental RocksDB checkpoints of one instance.
+    fn rocksdb_root(root: &Path) -> statebackend::Result<Vec<SnapshotMetadata>> {
+        let mut coordinator = coordinator(root)?;
+        let mut job = open_job(1, |range| BackendConfig::rocksdb(MAX_PARALLELISM, range))?;
+        let mut metas = Vec::new();
+        for id in 1..=3u64 {
+            fill(&mut job, (id - 1) * 200, id * 200)?;
+            metas.push(checkpoint(&mut job, &mut coordinator, id)?);
+        }
+        Ok(metas)
+    }
+
+    #[test]
+    fn list_reports_incremental_new_bytes() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("root");
+        let metas = rocksdb_root(&root)?;
+        let o = statectl(&["list", p(&root), "--json"]);
+        expect_code(&o, 0);
+        let v = json(&o);
+        let entries = v.as_array().unwrap();
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[0]["new_bytes"], metas[0].total_bytes());
+        for (i, e) in entries.iter().enumerate().skip(1) {
+            let old: HashSet<_> = metas[i - 1].files().map(|f| f.path.clone()).collect();
+            let new_bytes: u64 = metas[i]
+                .files()
+                .filter(|f| !old.contains(&f.path))
+                .map(|f| f.size)
+                .sum();
+            assert_eq!(e["backends"], serde_json::json!(["rocksdb"]));
+            assert_eq!(e["total_bytes"], metas[i].total_bytes());
+            assert_eq!(e["new_bytes"], new_bytes);
+            assert!(
+                new_bytes < metas[i].total_bytes(),
+                "shared files are reused"
+            );
+        }
+        Ok(())
+    }
+
+    /// Issue 13.1: a truncated newest `_metadata` made `gc --dry-run` plan to delete every
+    /// shared file only that checkpoint lists. A root that cannot be fully read is refused,
+    /// by statectl and by the library's coordinator, which keeps all of `shared/`.
+    #[test]
+    fn gc_refuses_a_root_with_an_unreadable_checkpoint_and_keeps_its_files() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("root");
+        let metas = rocksdb_root(&root)?;
+        let newest = root.join("chk-0000000003").join("_metadata");
+        truncate(&newest, 9);
+        let listed: Vec<PathBuf> = metas[2]
+            .files()
+            .map(|f| root.join(f.path.as_str()))
+            .collect();
+        let only_newest: Vec<&PathBuf> = listed
+            .iter()
+            .filter(|f| {
+                metas[..2]
+                    .iter()
+                    .all(|m| m.files().all(|g| root.join(g.path.as_str()) != **f))
+            })
+            .collect();
+        assert!(!only_newest.is_empty(), "checkpoint 3 has files of its own");
+
+        for args in [
+            vec!["gc", p(&root), "--dry-run"],
+            vec!["gc", p(&root), "--retained", "1"],
+        ] {
+            let o = statectl(&args);
+            expect_code(&o, 1);
+            assert!(
+                stderr(&o).contains("checkpoint 3 cannot be read"),
+                "{}",
+                stderr(&o)
+            );
+        }
+        // The job's coordinator opens (it can restore checkpoint 2) but deletes nothing the
+        // unreadable checkpoint may need, even with a retention of 1.
+        let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(&root)?);
+        let coordinator = CheckpointCoordinator::open(storage, 1)?;
+        assert_eq!(coordinator.unreadable().len(), 1);
+        assert_eq!(coordinator.latest().map(|m| m.id), Some(2));
+        for file in &listed {
+            assert!(file.exists(), "{} was deleted", file.display());
+        }
+        expect_code(&statectl(&["verify", p(&root)]), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn verify_and_convert_rocksdb_checkpoints() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("root");
+        let metas = rocksdb_root(&root)?;
+        expect_code(&statectl(&["verify", p(&root)]), 0);
+
+        let chk = root.join("chk-0000000003");
+        let o = statectl(&["inspect", p(&chk)]);
+        expect_code(&o, 0);
+        assert!(stdout(&o).contains("entries unknown"), "{}", stdout(&o));
+        let o = statectl(&["dump", p(&chk), "--state", "counts"]);
+        expect_code(&o, 1);
+        assert!(stderr(&o).contains("statectl convert"), "{}", stderr(&o));
+
+        let target = tmp.path().join("sp");
+        expect_code(&statectl(&["convert", p(&chk), "--to", p(&target)]), 0);
+        expect_code(&statectl(&["verify", p(&target)]), 0);
+        let o = statectl(&["dump", p(&target), "--state", "counts"]);
+        expect_code(&o, 0);
+        assert_eq!(dump_lines(&o).len(), 600);
+
+        // A corrupted shared SST file is named.
+        let sst = metas[2].files().find(|f| f.shared).expect("a shared file");
+        flip_byte(&root.join(sst.path.as_str()), 64);
+        let o = statectl(&["verify", p(&root), "--all"]);
+        expect_code(&o, 1);
+        assert!(stderr(&o).contains(sst.path.as_str()), "{}", stderr(&o));
+        Ok(())
+    }
+}
