@@ -8,7 +8,7 @@
 //!   their own.
 //! - [`heap`]: typed values in copy-on-write maps.
 //! - `rocks`: rows in an embedded RocksDB, incremental checkpoints (feature `rocksdb`).
-//! - [`reference`]: canonical rows in ordered maps, the specification the others are tested
+//! - [`reference`](mod@reference): canonical rows in ordered maps, the specification the others are tested
 //!   against, written against the interface only.
 //! - [`any`]: [`AnyBackend`], the backend chosen at runtime, and [`config`]: [`BackendConfig`].
 //!

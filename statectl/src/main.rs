@@ -58,7 +58,7 @@ enum Command {
     /// Prints the entries of one state of a savepoint or heap checkpoint, one JSON object per
     /// line: {"key_group":..,"key":..,"namespace":..,"user_key":..,"value":..} (`user_key` for
     /// map states only; list values are arrays). Keys, namespaces and values are decoded by the
-    /// state's recorded types (integers, bool, strings, (), Vec<u8> as hex); anything else
+    /// state's recorded types (integers, bool, strings, (), `Vec<u8>` as hex); anything else
     /// prints as {"hex": ...}. RocksDB checkpoints must be converted into a savepoint first.
     Dump(DumpArgs),
     /// Convert a checkpoint into a savepoint, offline

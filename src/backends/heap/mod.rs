@@ -2,7 +2,7 @@
 //!
 //! No serialization on the access path: values are stored as the Rust values the engine put.
 //! The only bytes computed per access are the key's encoding, hashed to find its key group.
-//! Entries are organised per key group ([`table`]), so a snapshot writes key groups
+//! Entries are organised per key group (`table.rs`), so a snapshot writes key groups
 //! independently and a rescaled restore reads only the key groups an instance owns.
 
 mod checkpointed;

@@ -1,7 +1,7 @@
 //! The RocksDB backend: state as serialized rows in an embedded RocksDB.
 //!
 //! One RocksDB instance per backend instance, one column family per state, rows laid out as
-//! [`layout`] describes. The write-ahead log is off: durability comes from checkpoints, as in
+//! `layout.rs` describes. The write-ahead log is off: durability comes from checkpoints, as in
 //! Flink. This is the only module that names RocksDB types.
 
 mod checkpointed;

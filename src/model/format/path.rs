@@ -1,4 +1,4 @@
-//! [`StoragePath`]: the only kind of name a [`CheckpointStorage`](super::CheckpointStorage)
+//! [`StoragePath`]: the only kind of name a [`CheckpointStorage`](crate::storage::CheckpointStorage)
 //! accepts.
 //!
 //! Storage paths come from callers and, on restore, from metadata files that may be corrupt or
@@ -20,7 +20,7 @@ use crate::model::error::{Error, Result};
 ///   (so ASCII only: no backslash, NUL, spaces or other separators) and is neither `.` nor `..`.
 ///
 /// The ordering is byte-wise on the string, which is the order
-/// [`CheckpointStorage::list`](super::CheckpointStorage::list) returns.
+/// [`CheckpointStorage::list`](crate::storage::CheckpointStorage::list) returns.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StoragePath(String);
 

@@ -1,5 +1,5 @@
-//! The keyed-state backend trait engines program against, and [`AnyBackend`], the closed enum
-//! over the backends for choosing one at runtime from configuration.
+//! The keyed-state backend trait engines program against. [`crate::AnyBackend`], the closed
+//! enum over the backends for choosing one at runtime from configuration, implements it too.
 //!
 //! The trait's required methods are the primitive operations every backend implements (cells,
 //! lists, maps, key iteration); typed handles ([`crate::ValueState`] and friends) are built on
