@@ -334,7 +334,7 @@ impl fmt::Display for KeyGroupRange {
 ///
 /// # Errors
 /// [`Error::InvalidOperator`] if it does not.
-pub(crate) fn check_range(max_parallelism: u32, range: KeyGroupRange) -> Result<()> {
+pub fn check_range(max_parallelism: u32, range: KeyGroupRange) -> Result<()> {
     if range.end() > max_parallelism {
         return Err(Error::InvalidOperator {
             max_parallelism,

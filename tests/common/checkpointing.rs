@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use statebackend::checkpoint::{CheckpointCoordinator, SnapshotMetadata, UploadStats};
 use statebackend::storage::CheckpointStorage;
 use statebackend::{
-    AnyBackend, BackendConfig, BackendKind, KeyGroupAssigner, KeyGroupRange, Result,
+    AnyBackend, BackendConfig, BackendKind, KeyGroupAssigner, KeyGroupRange, KeyedStateBackend,
+    Result,
 };
 
 use super::model::{Handles, Model, Observation, OpGenerator, apply};
@@ -47,7 +48,11 @@ pub fn run_ops(
 }
 
 /// Asserts that the backend holds exactly what the model holds.
-pub fn assert_matches_model(b: &mut AnyBackend, h: &Handles, model: &Model) -> Result<()> {
+pub fn assert_matches_model<B: KeyedStateBackend>(
+    b: &mut B,
+    h: &Handles,
+    model: &Model,
+) -> Result<()> {
     let mut model = model.clone();
     for op in model.full_read_ops() {
         let expected = model.apply(&op);
