@@ -77,6 +77,7 @@ pub use key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange};
 pub use model::state::{BackendKind, KeyedStateBackend};
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksDbBackend, RocksDbOptions};
+pub use runtime::driver::{CheckpointDriver, CheckpointReport, DriverOptions};
 pub use state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState,
     ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,

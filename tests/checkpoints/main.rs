@@ -16,6 +16,7 @@ mod checkpoint_restore;
 mod checkpoint_retention_property;
 mod checkpoint_safety;
 mod claim_other_root;
+mod driver;
 mod heap_snapshot_leftovers;
 mod restore_coverage;
 mod restore_crash_sweep;

@@ -590,29 +590,49 @@ impl CheckpointCoordinator {
     /// `_metadata` of a newer format; [`Error::NoRestorableCheckpoint`] if none verifies; the
     /// first error that is not damage.
     pub fn latest_verified(&self) -> Result<&SnapshotMetadata> {
-        let newer_format = |than: u64| {
-            self.state
-                .unreadable
-                .iter()
-                .find(|u| u.id > than && matches!(u.error, Error::UnsupportedFormat { .. }))
-        };
-        for meta in self.state.completed.values().rev() {
-            if let Some(u) = newer_format(meta.id) {
-                return Err(Error::UnreadableCheckpoint {
-                    id: u.id,
-                    reason: u.error.to_string(),
-                });
-            }
-            match self.verify(meta) {
-                Ok(()) => return Ok(meta),
-                Err(e) if e.is_damage() => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(Error::NoRestorableCheckpoint {
-            root: "checkpoint storage".into(),
-        })
+        newest_verified(&self.state, self.storage.as_ref())
     }
+}
+
+/// What [`CheckpointCoordinator::latest_verified`] returns, found without opening a
+/// coordinator: the root is read and verified, and nothing is written or deleted (opening a
+/// coordinator collects garbage). How an engine decides what to restore from at start.
+///
+/// # Errors
+/// As [`CheckpointCoordinator::latest_verified`]; storage errors reading the root.
+pub fn latest_restorable(storage: &dyn CheckpointStorage) -> Result<SnapshotMetadata> {
+    let state = RootState::read(storage)?;
+    newest_verified(&state, storage).cloned()
+}
+
+/// The newest completed checkpoint of `state` whose files all verify in `storage` (see
+/// [`CheckpointCoordinator::latest_verified`]).
+fn newest_verified<'a>(
+    state: &'a RootState,
+    storage: &dyn CheckpointStorage,
+) -> Result<&'a SnapshotMetadata> {
+    let newer_format = |than: u64| {
+        state
+            .unreadable
+            .iter()
+            .find(|u| u.id > than && matches!(u.error, Error::UnsupportedFormat { .. }))
+    };
+    for meta in state.completed.values().rev() {
+        if let Some(u) = newer_format(meta.id) {
+            return Err(Error::UnreadableCheckpoint {
+                id: u.id,
+                reason: u.error.to_string(),
+            });
+        }
+        match verify_files(storage, meta) {
+            Ok(()) => return Ok(meta),
+            Err(e) if e.is_damage() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::NoRestorableCheckpoint {
+        root: "checkpoint storage".into(),
+    })
 }
 
 /// Checks every file of `meta` in `storage`: present, recorded size, recorded crc32. Streams

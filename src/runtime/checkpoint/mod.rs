@@ -21,7 +21,7 @@ pub mod restore;
 pub use crate::backends::interface::{PendingSnapshot, UploadStats};
 pub use crate::model::format::{layout, metadata};
 pub use coordinator::{
-    CheckpointCoordinator, DEFAULT_RETAINED_CHECKPOINTS, GcReport, verify_files,
+    CheckpointCoordinator, DEFAULT_RETAINED_CHECKPOINTS, GcReport, latest_restorable, verify_files,
 };
 pub use metadata::{
     FileEntry, InstanceId, InstanceMetadata, SnapshotKind, SnapshotMetadata, check_partition,

@@ -1,0 +1,353 @@
+//! [`CheckpointDriver`]: the checkpoint protocol in one call per barrier.
+//!
+//! Without it an engine runs the protocol by hand: begin, snapshot each instance, spawn the
+//! uploads, complete, notify each instance with its own part, abort on failure. The driver
+//! does all of it. [`CheckpointDriver::trigger`] is the call at the barrier: it takes every
+//! instance's synchronous part and hands the uploads to a bounded pool of threads, so the
+//! engine goes on processing. [`CheckpointDriver::poll`] (or the blocking
+//! [`CheckpointDriver::finish`]) completes the checkpoint once every upload is done and
+//! notifies each instance by its identity, never by position. A failed or timed-out upload
+//! aborts the checkpoint: no instance is notified, so the previous completed checkpoint stays
+//! the base of the next one. Each completed checkpoint yields a [`CheckpointReport`], figures an
+//! engine can export as metrics; the driver also logs through `tracing`.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::backends::interface::{CheckpointedBackend, PendingSnapshot, UploadStats};
+use crate::model::error::{Error, Result};
+use crate::model::format::metadata::{InstanceMetadata, SnapshotMetadata};
+use crate::runtime::checkpoint::coordinator::CheckpointCoordinator;
+use crate::storage::CheckpointStorage;
+
+/// How the driver runs uploads.
+#[derive(Debug, Clone)]
+pub struct DriverOptions {
+    /// Upload threads per checkpoint, at most: instances beyond it wait for a free thread.
+    pub upload_threads: usize,
+    /// How long the uploads of one checkpoint may take, from the trigger; `None` waits for
+    /// as long as they take. A checkpoint past it is aborted.
+    pub upload_timeout: Option<Duration>,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        Self {
+            upload_threads: 4,
+            upload_timeout: None,
+        }
+    }
+}
+
+/// What one completed checkpoint cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointReport {
+    /// The checkpoint id.
+    pub id: u64,
+    /// Instances in the checkpoint.
+    pub instances: usize,
+    /// Files and bytes uploaded and reused, summed over the instances.
+    pub stats: UploadStats,
+    /// How long the synchronous parts held the engine (all instances).
+    pub sync_pause: Duration,
+    /// From the end of the synchronous parts to the last upload's end.
+    pub upload_time: Duration,
+}
+
+/// Runs checkpoints of a job's instances into one coordinator's root (see the module docs).
+pub struct CheckpointDriver {
+    coordinator: CheckpointCoordinator,
+    options: DriverOptions,
+    in_flight: Option<InFlight>,
+}
+
+/// One triggered checkpoint whose uploads have not all reported.
+struct InFlight {
+    id: u64,
+    sync_pause: Duration,
+    uploads_started: Instant,
+    deadline: Option<Instant>,
+    results: Receiver<(usize, Result<(InstanceMetadata, UploadStats)>)>,
+    parts: Vec<Option<(InstanceMetadata, UploadStats)>>,
+    missing: usize,
+}
+
+impl CheckpointDriver {
+    /// A driver over `coordinator`'s root.
+    pub fn new(coordinator: CheckpointCoordinator, options: DriverOptions) -> Self {
+        Self {
+            coordinator,
+            options,
+            in_flight: None,
+        }
+    }
+
+    /// The coordinator: its completed checkpoints, `latest_verified`, restores.
+    pub fn coordinator(&self) -> &CheckpointCoordinator {
+        &self.coordinator
+    }
+
+    /// The coordinator, to restore through it (`prepare_restore`, `restore_instance`).
+    pub fn coordinator_mut(&mut self) -> &mut CheckpointCoordinator {
+        &mut self.coordinator
+    }
+
+    /// The id of the checkpoint in flight, if any.
+    pub fn in_flight(&self) -> Option<u64> {
+        self.in_flight.as_ref().map(|f| f.id)
+    }
+
+    /// The call at the barrier: begins the next checkpoint, takes the synchronous part of
+    /// every instance in `backends` (the job's instances, in any order), and starts their
+    /// uploads on at most [`DriverOptions::upload_threads`] threads. Returns the checkpoint's
+    /// id; the backends can be used again at once.
+    ///
+    /// # Errors
+    /// [`Error::CheckpointState`] if a checkpoint is still in flight (finish it first) or
+    /// `backends` is empty; the error of a synchronous part, after which the checkpoint is
+    /// aborted.
+    pub fn trigger<B: CheckpointedBackend>(&mut self, backends: &mut [B]) -> Result<u64> {
+        let id = self.coordinator.next_checkpoint_id();
+        if let Some(flight) = &self.in_flight {
+            return Err(Error::CheckpointState {
+                id,
+                reason: format!("checkpoint {} is still in flight", flight.id),
+            });
+        }
+        if backends.is_empty() {
+            return Err(Error::CheckpointState {
+                id,
+                reason: "a checkpoint needs at least one instance".into(),
+            });
+        }
+        self.coordinator.begin(id)?;
+        let started = Instant::now();
+        let mut pending = VecDeque::with_capacity(backends.len());
+        for (index, backend) in backends.iter_mut().enumerate() {
+            match backend.snapshot(id) {
+                Ok(snapshot) => pending.push_back((index, snapshot)),
+                Err(e) => {
+                    self.abort(id, &e);
+                    return Err(e);
+                }
+            }
+        }
+        let sync_pause = started.elapsed();
+        let uploads_started = Instant::now();
+        let results = spawn_uploads(
+            pending,
+            Arc::clone(self.coordinator.storage()),
+            self.options.upload_threads,
+        );
+        tracing::debug!(
+            checkpoint = id,
+            instances = backends.len(),
+            sync_pause_us = sync_pause.as_micros() as u64,
+            "checkpoint triggered"
+        );
+        self.in_flight = Some(InFlight {
+            id,
+            sync_pause,
+            uploads_started,
+            deadline: self.options.upload_timeout.map(|t| started + t),
+            results,
+            parts: (0..backends.len()).map(|_| None).collect(),
+            missing: backends.len(),
+        });
+        Ok(id)
+    }
+
+    /// Completes the checkpoint in flight if every upload has reported, without waiting:
+    /// `Ok(None)` while uploads run (or nothing is in flight), `Ok(Some(report))` once it
+    /// completed and every instance in `backends` was notified with its own part.
+    ///
+    /// # Errors
+    /// The first failed upload, a passed [`DriverOptions::upload_timeout`], or a completion
+    /// error: the checkpoint is aborted and no instance notified. [`Error::ForeignInstance`]
+    /// if a part belongs to no instance in `backends` (after completion: the checkpoint
+    /// exists).
+    pub fn poll<B: CheckpointedBackend>(
+        &mut self,
+        backends: &mut [B],
+    ) -> Result<Option<CheckpointReport>> {
+        self.progress(backends, false)
+    }
+
+    /// Waits for the checkpoint in flight and completes it, as [`CheckpointDriver::poll`].
+    ///
+    /// # Errors
+    /// As [`CheckpointDriver::poll`]; [`Error::CheckpointState`] if nothing is in flight.
+    pub fn finish<B: CheckpointedBackend>(
+        &mut self,
+        backends: &mut [B],
+    ) -> Result<CheckpointReport> {
+        match self.progress(backends, true)? {
+            Some(report) => Ok(report),
+            None => Err(Error::CheckpointState {
+                id: self.coordinator.next_checkpoint_id(),
+                reason: "no checkpoint is in flight".into(),
+            }),
+        }
+    }
+
+    /// [`CheckpointDriver::trigger`] then [`CheckpointDriver::finish`].
+    ///
+    /// # Errors
+    /// As those two.
+    pub fn checkpoint<B: CheckpointedBackend>(
+        &mut self,
+        backends: &mut [B],
+    ) -> Result<CheckpointReport> {
+        self.trigger(backends)?;
+        self.finish(backends)
+    }
+
+    fn progress<B: CheckpointedBackend>(
+        &mut self,
+        backends: &mut [B],
+        block: bool,
+    ) -> Result<Option<CheckpointReport>> {
+        let Some(mut flight) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        while flight.missing > 0 {
+            let received = match (block, flight.deadline) {
+                (false, deadline) => match flight.results.try_recv() {
+                    Ok(result) => Some(result),
+                    Err(mpsc::TryRecvError::Empty) => {
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            None
+                        } else {
+                            self.in_flight = Some(flight);
+                            return Ok(None);
+                        }
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => None,
+                },
+                (true, Some(deadline)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    // Timed out or every upload thread gone: either way no result comes.
+                    flight.results.recv_timeout(left).ok()
+                }
+                (true, None) => flight.results.recv().ok(),
+            };
+            let Some((index, result)) = received else {
+                let error = Error::CheckpointState {
+                    id: flight.id,
+                    reason: match self.options.upload_timeout {
+                        Some(t) => format!("its uploads did not finish within {t:?}"),
+                        None => "an upload thread ended without a result".into(),
+                    },
+                };
+                self.abort(flight.id, &error);
+                return Err(error);
+            };
+            match result {
+                Ok(part) => {
+                    flight.parts[index] = Some(part);
+                    flight.missing -= 1;
+                }
+                Err(e) => {
+                    // The other uploads run on; their files are collected with the aborted
+                    // checkpoint's.
+                    self.abort(flight.id, &e);
+                    return Err(e);
+                }
+            }
+        }
+        let upload_time = flight.uploads_started.elapsed();
+        let mut stats = UploadStats::default();
+        let mut parts = Vec::with_capacity(flight.parts.len());
+        for (part, part_stats) in flight.parts.into_iter().flatten() {
+            stats.add(&part_stats);
+            parts.push(part);
+        }
+        let meta = match self.coordinator.complete(flight.id, parts) {
+            Ok(meta) => meta.clone(),
+            Err(e) => {
+                self.abort(flight.id, &e);
+                return Err(e);
+            }
+        };
+        notify_by_identity(backends, &meta)?;
+        let report = CheckpointReport {
+            id: meta.id,
+            instances: meta.instances.len(),
+            stats,
+            sync_pause: flight.sync_pause,
+            upload_time,
+        };
+        tracing::info!(
+            checkpoint = report.id,
+            instances = report.instances,
+            bytes_uploaded = report.stats.bytes_uploaded,
+            files_uploaded = report.stats.files_uploaded,
+            files_reused = report.stats.files_reused,
+            sync_pause_us = report.sync_pause.as_micros() as u64,
+            upload_ms = report.upload_time.as_millis() as u64,
+            "checkpoint completed"
+        );
+        if let Some(cleanup) = self.coordinator.cleanup_error() {
+            tracing::warn!(
+                checkpoint = report.id,
+                error = cleanup,
+                "checkpoint cleanup failed; retried later"
+            );
+        }
+        Ok(Some(report))
+    }
+
+    /// Aborts checkpoint `id` after `cause`.
+    fn abort(&mut self, id: u64, cause: &Error) {
+        tracing::warn!(checkpoint = id, error = %cause, "checkpoint aborted");
+        // `abort` cannot fail today; a failed cleanup is kept by the coordinator.
+        let _ = self.coordinator.abort(id);
+    }
+}
+
+/// Notifies every instance of `backends` whose part `meta` holds, found by instance id.
+fn notify_by_identity<B: CheckpointedBackend>(
+    backends: &mut [B],
+    meta: &SnapshotMetadata,
+) -> Result<()> {
+    let backends_len = backends.len();
+    for part in &meta.instances {
+        let backend = backends
+            .iter_mut()
+            .find(|b| b.instance_id() == part.instance_id)
+            .ok_or_else(|| Error::ForeignInstance {
+                expected: format!("one of the {} instances given", backends_len),
+                found: part.instance_id.hex(),
+            })?;
+        backend.notify_checkpoint_complete(part)?;
+    }
+    Ok(())
+}
+
+/// Starts at most `threads` threads that upload `pending` to `storage`, each taking the next
+/// snapshot when it is done with one; every result is sent with its instance's index.
+fn spawn_uploads(
+    pending: VecDeque<(usize, PendingSnapshot)>,
+    storage: Arc<dyn CheckpointStorage>,
+    threads: usize,
+) -> Receiver<(usize, Result<(InstanceMetadata, UploadStats)>)> {
+    let (sender, receiver) = mpsc::channel();
+    let workers = threads.clamp(1, pending.len().max(1));
+    let queue = Arc::new(Mutex::new(pending));
+    for _ in 0..workers {
+        let queue = Arc::clone(&queue);
+        let storage = Arc::clone(&storage);
+        let sender = sender.clone();
+        std::thread::spawn(move || {
+            loop {
+                let next = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
+                let Some((index, snapshot)) = next else { break };
+                // A receiver gone (the checkpoint was aborted) only means nobody waits.
+                let _ = sender.send((index, snapshot.upload(storage.as_ref())));
+            }
+        });
+    }
+    receiver
+}
