@@ -46,6 +46,11 @@ pub fn scaled(n: u64) -> u64 {
 pub trait ValueStore {
     fn get(&mut self, k: i64) -> Option<i64>;
     fn put(&mut self, k: i64, v: i64);
+    /// W1's read-modify-write of one key: a record that reads and writes one state.
+    fn update(&mut self, k: i64, f: &dyn Fn(Option<i64>) -> i64) {
+        let c = self.get(k);
+        self.put(k, f(c));
+    }
 }
 
 /// List state of i64 → [i64] (W3).
@@ -94,8 +99,7 @@ pub fn w1_w2(store: &mut dyn ValueStore) -> (Phase, Phase, (u64, i64)) {
         let mut g = SplitMix64::new(42);
         for _ in 0..n {
             let k = g.below(keys) as i64;
-            let c = store.get(k);
-            store.put(k, c.map_or(1, |c| c + 1));
+            store.update(k, &|c| c.map_or(1, |c| c + 1));
         }
     });
     let mut check = (0u64, 0i64);

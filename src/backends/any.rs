@@ -16,6 +16,7 @@ use crate::model::format::metadata::{FetchFile, InstanceId, InstanceMetadata};
 use crate::model::format::view::{RowSource, RowView};
 use crate::model::key_group::{KeyGroupAssigner, KeyGroupRange};
 use crate::model::state::backend::{BackendKind, KeyedStateBackend, MapEntries, StateKeys};
+use crate::model::state::key::KeyRef;
 use crate::model::state::{StateId, StateInfo, StateKey, StateValue, StoredState};
 
 #[cfg(feature = "rocksdb")]
@@ -185,7 +186,7 @@ impl KeyedStateBackend for AnyBackend {
     fn get_cell<K: StateKey, N: StateKey, V: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<Option<V>> {
         dispatch!(self, b => b.get_cell(id, key, ns))
@@ -194,21 +195,26 @@ impl KeyedStateBackend for AnyBackend {
     fn put_cell<K: StateKey, N: StateKey, V: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         value: V,
     ) -> Result<()> {
         dispatch!(self, b => b.put_cell(id, key, ns, value))
     }
 
-    fn clear<K: StateKey, N: StateKey>(&mut self, id: StateId, key: &K, ns: &N) -> Result<()> {
+    fn clear<K: StateKey, N: StateKey>(
+        &mut self,
+        id: StateId,
+        key: KeyRef<'_, K>,
+        ns: &N,
+    ) -> Result<()> {
         dispatch!(self, b => b.clear(id, key, ns))
     }
 
     fn get_list<K: StateKey, N: StateKey, T: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<Vec<T>> {
         dispatch!(self, b => b.get_list(id, key, ns))
@@ -217,7 +223,7 @@ impl KeyedStateBackend for AnyBackend {
     fn append_list<K: StateKey, N: StateKey, T: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         value: T,
     ) -> Result<()> {
@@ -227,7 +233,7 @@ impl KeyedStateBackend for AnyBackend {
     fn replace_list<K: StateKey, N: StateKey, T: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         values: Vec<T>,
     ) -> Result<()> {
@@ -237,7 +243,7 @@ impl KeyedStateBackend for AnyBackend {
     fn get_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<Option<UV>> {
@@ -247,7 +253,7 @@ impl KeyedStateBackend for AnyBackend {
     fn contains_map_key<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<bool> {
@@ -257,7 +263,7 @@ impl KeyedStateBackend for AnyBackend {
     fn put_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: UK,
         value: UV,
@@ -268,7 +274,7 @@ impl KeyedStateBackend for AnyBackend {
     fn remove_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<()> {
@@ -278,7 +284,7 @@ impl KeyedStateBackend for AnyBackend {
     fn map_entries<'a, K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &'a self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<MapEntries<'a, UK, UV>> {
         dispatch!(self, b => b.map_entries(id, key, ns))

@@ -25,6 +25,7 @@ use crate::model::key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange, check_r
 use crate::model::state::backend::{
     BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered,
 };
+use crate::model::state::key::KeyRef;
 use crate::model::state::rows::{decode_list, encode_list_element};
 use crate::model::state::{
     StateId, StateInfo, StateKey, StateValue, StoredState, next_backend_identity,
@@ -75,12 +76,12 @@ impl ReferenceBackend {
     fn locate<K: StateKey, N: StateKey>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<(&StateInfo, &Rows, Vec<u8>)> {
         let slot = self.slot_of(key)?;
         let (info, rows) = self.state(id)?;
-        let prefix = encode_key(&info.name, key, ns)?;
+        let prefix = encode_key(&info.name, key.key(), ns)?;
         Ok((info, &rows[slot], prefix))
     }
 
@@ -88,26 +89,20 @@ impl ReferenceBackend {
     fn locate_mut<K: StateKey, N: StateKey>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<(String, &mut Rows, Vec<u8>)> {
         let slot = self.slot_of(key)?;
         self.state(id)?;
         let index = id.index_in(self.identity)?;
         let name = self.states[index].name.clone();
-        let prefix = encode_key(&name, key, ns)?;
+        let prefix = encode_key(&name, key.key(), ns)?;
         Ok((name, &mut self.rows[index][slot], prefix))
     }
 
     /// The index of `key`'s key group among the owned ones.
-    fn slot_of<K: StateKey>(&self, key: &K) -> Result<usize> {
-        let group = self.key_group_of(key)?;
-        if !self.range.contains(group) {
-            return Err(Error::KeyOutsideRange {
-                key_group: group,
-                range: self.range,
-            });
-        }
+    fn slot_of<K: StateKey>(&self, key: KeyRef<'_, K>) -> Result<usize> {
+        let group = key.checked_group(self.assigner, self.range)?;
         Ok((u32::from(group) - self.range.start()) as usize)
     }
 
@@ -193,7 +188,7 @@ impl KeyedStateBackend for ReferenceBackend {
     fn get_cell<K: StateKey, N: StateKey, V: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<Option<V>> {
         let (info, rows, row) = self.locate(id, key, ns)?;
@@ -203,7 +198,7 @@ impl KeyedStateBackend for ReferenceBackend {
     fn put_cell<K: StateKey, N: StateKey, V: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         value: V,
     ) -> Result<()> {
@@ -212,7 +207,12 @@ impl KeyedStateBackend for ReferenceBackend {
         Ok(())
     }
 
-    fn clear<K: StateKey, N: StateKey>(&mut self, id: StateId, key: &K, ns: &N) -> Result<()> {
+    fn clear<K: StateKey, N: StateKey>(
+        &mut self,
+        id: StateId,
+        key: KeyRef<'_, K>,
+        ns: &N,
+    ) -> Result<()> {
         let (_, rows, prefix) = self.locate_mut(id, key, ns)?;
         // Encodings are self-delimiting: the rows of `(key, ns)` are exactly those whose key
         // starts with its encoding (one row, or one per user key of a map).
@@ -226,7 +226,7 @@ impl KeyedStateBackend for ReferenceBackend {
     fn get_list<K: StateKey, N: StateKey, T: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<Vec<T>> {
         let (info, rows, row) = self.locate(id, key, ns)?;
@@ -240,7 +240,7 @@ impl KeyedStateBackend for ReferenceBackend {
     fn append_list<K: StateKey, N: StateKey, T: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         value: T,
     ) -> Result<()> {
@@ -253,7 +253,7 @@ impl KeyedStateBackend for ReferenceBackend {
     fn replace_list<K: StateKey, N: StateKey, T: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         values: Vec<T>,
     ) -> Result<()> {
@@ -274,7 +274,7 @@ impl KeyedStateBackend for ReferenceBackend {
     fn get_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<Option<UV>> {
@@ -286,7 +286,7 @@ impl KeyedStateBackend for ReferenceBackend {
     fn contains_map_key<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<bool> {
@@ -298,7 +298,7 @@ impl KeyedStateBackend for ReferenceBackend {
     fn put_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: UK,
         value: UV,
@@ -312,7 +312,7 @@ impl KeyedStateBackend for ReferenceBackend {
     fn remove_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<()> {
@@ -325,7 +325,7 @@ impl KeyedStateBackend for ReferenceBackend {
     fn map_entries<'a, K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &'a self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<MapEntries<'a, UK, UV>> {
         let (info, rows, prefix) = self.locate(id, key, ns)?;

@@ -156,6 +156,24 @@ impl KeyGroupAssigner {
         self.max_parallelism
     }
 
+    /// The key group of `key`: its codec encoding streamed through MurmurHash3, never
+    /// materialised (`codec::key_hash`).
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if the key cannot be serialized.
+    #[inline]
+    pub fn key_group_of<K: serde::Serialize + ?Sized>(&self, key: &K) -> Result<KeyGroup> {
+        use crate::model::codec::{Codec, DefaultCodec};
+        let mut hasher = Murmur3Stream::new();
+        DefaultCodec::default()
+            .hash_encoded(key, &mut hasher)
+            .map_err(|e| Error::Encode {
+                state: "<key>".into(),
+                message: e.0,
+            })?;
+        Ok(self.key_group_of_hash(hasher.finish()))
+    }
+
     /// The key group of a key, given its canonical serialized bytes.
     pub fn key_group_of_bytes(&self, key_bytes: &[u8]) -> KeyGroup {
         self.key_group_of_hash(murmur3_32(key_bytes, 0))

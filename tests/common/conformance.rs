@@ -1,9 +1,11 @@
 //! The conformance suite: the behaviour of every state kind, specified once, run by every
 //! backend. A backend's test file calls `conformance_suite!(|max_parallelism, range| open(..))`.
 
+use statebackend::state::KeyContext;
 use statebackend::{
-    AggregatingStateDescriptor, Error, KeyGroupRange, KeyedStateBackend, ListStateDescriptor,
-    MapStateDescriptor, ReducingStateDescriptor, Result, StateKind, ValueStateDescriptor,
+    AggregatingStateDescriptor, Error, KeyGroupAssigner, KeyGroupRange, KeyedStateBackend,
+    ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor, Result, StateKind,
+    ValueStateDescriptor,
 };
 
 use super::model::{Average, Handles, Model, Observation, OpGenerator, apply};
@@ -186,6 +188,59 @@ pub fn key_outside_range_is_an_error<B: KeyedStateBackend>(mut b: B) -> Result<(
     Ok(())
 }
 
+/// A key context (key group computed once) reads and writes exactly what the key itself does,
+/// for every kind; it is refused for a key the backend does not own, and a context made under
+/// another max parallelism or for another instance's key group is refused by every operation.
+pub fn key_context_is_the_key<B: KeyedStateBackend>(mut b: B) -> Result<()> {
+    let range = b.key_group_range();
+    let value = b.value_state(&ValueStateDescriptor::<String, u32, u64>::new("value"))?;
+    let list = b.list_state(&ListStateDescriptor::<String, u32, u8>::new("list"))?;
+    let map = b.map_state(&MapStateDescriptor::<String, u32, u16, i32>::new("map"))?;
+    let sum = b.reducing_state(&ReducingStateDescriptor::<String, u32, u64>::new(
+        "sum",
+        |a: &u64, b: &u64| a + b,
+    ))?;
+    for skip in 0..3 {
+        let key = owned_key(&b, skip);
+        let context = b.key_context(key.clone())?;
+        assert_eq!(context.key(), &key);
+        assert_eq!(context.key_group(), b.key_group_of(&key)?);
+        value.put(&mut b, &context, &1, 10 + skip as u64)?;
+        list.append(&mut b, &context, &1, 1)?;
+        list.append(&mut b, &key, &1, 2)?;
+        map.put(&mut b, &context, &2, 7, -7)?;
+        sum.add(&mut b, &context, &3, 5)?;
+        sum.add(&mut b, &key, &3, 6)?;
+        assert_eq!(value.get(&b, &key, &1)?, Some(10 + skip as u64));
+        assert_eq!(list.get(&b, &context, &1)?, vec![1, 2]);
+        assert_eq!(map.get(&b, &key, &2, &7)?, Some(-7));
+        assert_eq!(sum.get(&b, &context, &3)?, Some(11));
+        value.clear(&mut b, &context, &1)?;
+        assert_eq!(value.get(&b, &key, &1)?, None);
+    }
+    let foreign = (0..)
+        .map(|i| format!("user-{i}"))
+        .find(|k| !range.contains(b.key_group_of(k).unwrap()));
+    if let Some(foreign) = foreign {
+        assert!(matches!(
+            b.key_context(foreign.clone()),
+            Err(Error::KeyOutsideRange { .. })
+        ));
+        // Made where the key is owned, used here: refused by the operation.
+        let elsewhere = KeyContext::new(foreign, b.assigner())?;
+        assert!(matches!(
+            value.put(&mut b, &elsewhere, &1, 1),
+            Err(Error::KeyOutsideRange { .. })
+        ));
+    }
+    let other_parallelism = KeyContext::new(owned_key(&b, 0), KeyGroupAssigner::new(256)?)?;
+    assert!(matches!(
+        value.get(&b, &other_parallelism, &1),
+        Err(Error::Incompatible { .. })
+    ));
+    Ok(())
+}
+
 /// Random operations against the `BTreeMap` model, every read compared.
 pub fn model_based_random_operations<B: KeyedStateBackend>(
     mut b: B,
@@ -263,6 +318,10 @@ macro_rules! conformance_suite {
         #[test]
         fn key_outside_range_is_an_error() -> statebackend::Result<()> {
             suite::key_outside_range_is_an_error(open(suite::partial_range()))
+        }
+        #[test]
+        fn key_context_is_the_key() -> statebackend::Result<()> {
+            suite::key_context_is_the_key(open(suite::partial_range()))
         }
         #[test]
         fn model_based_random_operations() -> statebackend::Result<()> {

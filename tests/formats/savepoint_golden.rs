@@ -78,15 +78,21 @@ fn golden_savepoint_restores_into_every_backend() -> Result<()> {
     for kind in kinds() {
         let mut b = restore_savepoint(&storage, &meta, &config(kind, KeyGroupRange::all(128)?))?;
         let g = register(&mut b)?;
-        assert_eq!(g.balances.get(&b, &"account-0".into(), &())?, Some(-1_000));
-        assert_eq!(g.balances.get(&b, &"account-39".into(), &())?, Some(2_900));
+        assert_eq!(
+            g.balances.get(&b, &String::from("account-0"), &())?,
+            Some(-1_000)
+        );
+        assert_eq!(
+            g.balances.get(&b, &String::from("account-39"), &())?,
+            Some(2_900)
+        );
         assert_eq!(
             g.events.get(&b, &7, &())?,
             vec!["event-7-0", "event-7-1", "event-7-2"]
         );
         assert!(g.events.get(&b, &8, &())?.is_empty());
-        assert_eq!(g.prices.get(&b, &"item-5".into(), &1, &5)?, Some(51));
-        assert_eq!(g.prices.get(&b, &"item-5".into(), &2, &5)?, None);
+        assert_eq!(g.prices.get(&b, &String::from("item-5"), &1, &5)?, Some(51));
+        assert_eq!(g.prices.get(&b, &String::from("item-5"), &2, &5)?, None);
         assert_eq!(b.keys::<String, ()>(g.balances.id(), None)?.count(), 40);
     }
     Ok(())

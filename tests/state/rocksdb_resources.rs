@@ -1,6 +1,7 @@
 //! RocksDB backend resources: directories, locks, reopen, and typed decode errors.
 #![cfg(feature = "rocksdb")]
 
+use statebackend::state::KeyRef;
 use statebackend::{
     Error, KeyGroupRange, KeyedStateBackend, ListStateDescriptor, Result, RocksDbBackend,
     ValueStateDescriptor,
@@ -30,17 +31,17 @@ fn explicit_directory_is_kept_and_reopens_with_its_states() -> Result<()> {
         let mut b = RocksDbBackend::open(128, all(), Some(dir.clone()), Default::default())?;
         let v = b.value_state(&ValueStateDescriptor::<String, (), u64>::new("v"))?;
         let l = b.list_state(&ListStateDescriptor::<String, (), u8>::new("l"))?;
-        v.put(&mut b, &"k".into(), &(), 42)?;
-        l.append(&mut b, &"k".into(), &(), 1)?;
-        l.append(&mut b, &"k".into(), &(), 2)?;
+        v.put(&mut b, &String::from("k"), &(), 42)?;
+        l.append(&mut b, &String::from("k"), &(), 1)?;
+        l.append(&mut b, &String::from("k"), &(), 2)?;
     }
     assert!(dir.join("db").exists());
     let mut b = RocksDbBackend::open(128, all(), Some(dir.clone()), Default::default())?;
     assert_eq!(b.states().len(), 2);
     let v = b.value_state(&ValueStateDescriptor::<String, (), u64>::new("v"))?;
     let l = b.list_state(&ListStateDescriptor::<String, (), u8>::new("l"))?;
-    assert_eq!(v.get(&b, &"k".into(), &())?, Some(42));
-    assert_eq!(l.get(&b, &"k".into(), &())?, vec![1, 2]);
+    assert_eq!(v.get(&b, &String::from("k"), &())?, Some(42));
+    assert_eq!(l.get(&b, &String::from("k"), &())?, vec![1, 2]);
     // Reopened states keep their types.
     let wrong = b.value_state(&ValueStateDescriptor::<String, (), i8>::new("v"));
     assert!(matches!(wrong, Err(Error::StateMismatch { .. })));
@@ -67,7 +68,7 @@ fn bytes_of_another_type_are_a_decode_error_naming_the_state() -> Result<()> {
     let s = b.value_state(&ValueStateDescriptor::<u32, (), u64>::new("counters"))?;
     s.put(&mut b, &7, &(), 300)?;
     // Read the stored u64 through the primitive API as another type.
-    let read = b.get_cell::<u32, (), String>(s.id(), &7, &());
+    let read = b.get_cell::<u32, (), String>(s.id(), KeyRef::new(&7, b.assigner())?, &());
     match read {
         Err(Error::Decode { state, .. }) => assert_eq!(state, "counters"),
         other => panic!("expected a decode error, got {other:?}"),
@@ -83,7 +84,7 @@ fn a_directory_reopens_only_with_the_parallelism_and_key_groups_it_was_written_f
     {
         let mut b = RocksDbBackend::open(128, all(), Some(dir.clone()), Default::default())?;
         let v = b.value_state(&descriptor)?;
-        v.put(&mut b, &"k".into(), &(), 7)?;
+        v.put(&mut b, &String::from("k"), &(), 7)?;
     }
     // Another max parallelism maps keys to other key groups; another range would leave rows
     // unreachable or foreign: both are refused, and the refusal changes nothing.
@@ -103,7 +104,7 @@ fn a_directory_reopens_only_with_the_parallelism_and_key_groups_it_was_written_f
     }
     let mut b = RocksDbBackend::open(128, all(), Some(dir), Default::default())?;
     let v = b.value_state(&descriptor)?;
-    assert_eq!(v.get(&b, &"k".into(), &())?, Some(7));
+    assert_eq!(v.get(&b, &String::from("k"), &())?, Some(7));
     Ok(())
 }
 
@@ -116,7 +117,7 @@ fn a_restore_marker_without_a_database_does_not_block_opening() -> Result<()> {
     std::fs::write(dir.join("db.restore-incomplete"), b"").unwrap();
     let mut b = RocksDbBackend::open(128, all(), Some(dir.clone()), Default::default())?;
     let v = b.value_state(&ValueStateDescriptor::<String, (), u64>::new("v"))?;
-    v.put(&mut b, &"k".into(), &(), 1)?;
+    v.put(&mut b, &String::from("k"), &(), 1)?;
     assert!(!dir.join("db.restore-incomplete").exists());
     Ok(())
 }

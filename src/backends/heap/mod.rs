@@ -19,6 +19,7 @@ use crate::model::key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange, check_r
 use crate::model::state::backend::{
     BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered,
 };
+use crate::model::state::key::KeyRef;
 use crate::model::state::rows::{FastMap, KeyNs};
 use crate::model::state::{
     Cell, ListCell, MapCell, StateId, StateInfo, StateKey, StateValue, StoredState,
@@ -81,11 +82,12 @@ impl HeapBackend {
         self.states.iter().map(|s| s.table.len()).sum()
     }
 
-    /// Index of `key`'s key group in this instance's tables.
+    /// Index of `key`'s key group in this instance's tables (its key group already computed:
+    /// two comparisons).
     #[inline]
-    fn group_index<K: StateKey>(&self, key: &K) -> Result<usize> {
-        let group = self.key_group_of(key)?;
-        self.index_of_group(group)
+    fn group_index<K: StateKey>(&self, key: KeyRef<'_, K>) -> Result<usize> {
+        let group = key.checked_group(self.assigner, self.range)?;
+        Ok((u32::from(group) - self.range.start()) as usize)
     }
 
     #[inline]
@@ -275,37 +277,47 @@ impl KeyedStateBackend for HeapBackend {
     fn get_cell<K: StateKey, N: StateKey, V: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<Option<V>> {
         let group = self.group_index(key)?;
         let table = self.table::<K, N, Cell<V>>(id)?;
-        Ok(table.group(group).get(&KeyNs(key, ns)).map(|c| c.0.clone()))
+        Ok(table
+            .group(group)
+            .get(&KeyNs(key.key(), ns))
+            .map(|c| c.0.clone()))
     }
 
     #[inline]
     fn put_cell<K: StateKey, N: StateKey, V: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         value: V,
     ) -> Result<()> {
         let group = self.group_index(key)?;
         let map = self.table_mut::<K, N, Cell<V>>(id)?.group_mut(group);
-        match map.get_mut(&KeyNs(key, ns)) {
+        match map.get_mut(&KeyNs(key.key(), ns)) {
             Some(cell) => cell.0 = value,
             None => {
-                map.insert((key.clone(), ns.clone()), Cell(value));
+                map.insert((key.key().clone(), ns.clone()), Cell(value));
             }
         }
         Ok(())
     }
 
     #[inline]
-    fn clear<K: StateKey, N: StateKey>(&mut self, id: StateId, key: &K, ns: &N) -> Result<()> {
+    fn clear<K: StateKey, N: StateKey>(
+        &mut self,
+        id: StateId,
+        key: KeyRef<'_, K>,
+        ns: &N,
+    ) -> Result<()> {
         let group = self.group_index(key)?;
-        self.state_mut(id)?.table.remove_erased(group, key, ns);
+        self.state_mut(id)?
+            .table
+            .remove_erased(group, key.key(), ns);
         Ok(())
     }
 
@@ -313,14 +325,14 @@ impl KeyedStateBackend for HeapBackend {
     fn get_list<K: StateKey, N: StateKey, T: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<Vec<T>> {
         let group = self.group_index(key)?;
         let table = self.table::<K, N, ListCell<T>>(id)?;
         Ok(table
             .group(group)
-            .get(&KeyNs(key, ns))
+            .get(&KeyNs(key.key(), ns))
             .map(|l| l.0.clone())
             .unwrap_or_default())
     }
@@ -329,16 +341,16 @@ impl KeyedStateBackend for HeapBackend {
     fn append_list<K: StateKey, N: StateKey, T: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         value: T,
     ) -> Result<()> {
         let group = self.group_index(key)?;
         let map = self.table_mut::<K, N, ListCell<T>>(id)?.group_mut(group);
-        match map.get_mut(&KeyNs(key, ns)) {
+        match map.get_mut(&KeyNs(key.key(), ns)) {
             Some(list) => list.0.push(value),
             None => {
-                map.insert((key.clone(), ns.clone()), ListCell(vec![value]));
+                map.insert((key.key().clone(), ns.clone()), ListCell(vec![value]));
             }
         }
         Ok(())
@@ -348,16 +360,16 @@ impl KeyedStateBackend for HeapBackend {
     fn replace_list<K: StateKey, N: StateKey, T: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         values: Vec<T>,
     ) -> Result<()> {
         let group = self.group_index(key)?;
         let map = self.table_mut::<K, N, ListCell<T>>(id)?.group_mut(group);
         if values.is_empty() {
-            map.remove(&KeyNs(key, ns));
+            map.remove(&KeyNs(key.key(), ns));
         } else {
-            map.insert((key.clone(), ns.clone()), ListCell(values));
+            map.insert((key.key().clone(), ns.clone()), ListCell(values));
         }
         Ok(())
     }
@@ -366,7 +378,7 @@ impl KeyedStateBackend for HeapBackend {
     fn get_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<Option<UV>> {
@@ -374,7 +386,7 @@ impl KeyedStateBackend for HeapBackend {
         let table = self.table::<K, N, MapCell<UK, UV>>(id)?;
         Ok(table
             .group(group)
-            .get(&KeyNs(key, ns))
+            .get(&KeyNs(key.key(), ns))
             .and_then(|m| m.0.get(user_key).cloned()))
     }
 
@@ -382,7 +394,7 @@ impl KeyedStateBackend for HeapBackend {
     fn contains_map_key<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<bool> {
@@ -390,7 +402,7 @@ impl KeyedStateBackend for HeapBackend {
         let table = self.table::<K, N, MapCell<UK, UV>>(id)?;
         Ok(table
             .group(group)
-            .get(&KeyNs(key, ns))
+            .get(&KeyNs(key.key(), ns))
             .is_some_and(|m| m.0.contains_key(user_key)))
     }
 
@@ -398,7 +410,7 @@ impl KeyedStateBackend for HeapBackend {
     fn put_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: UK,
         value: UV,
@@ -407,14 +419,14 @@ impl KeyedStateBackend for HeapBackend {
         let map = self
             .table_mut::<K, N, MapCell<UK, UV>>(id)?
             .group_mut(group);
-        match map.get_mut(&KeyNs(key, ns)) {
+        match map.get_mut(&KeyNs(key.key(), ns)) {
             Some(m) => {
                 m.0.insert(user_key, value);
             }
             None => {
                 let mut m = FastMap::new();
                 m.insert(user_key, value);
-                map.insert((key.clone(), ns.clone()), MapCell(m));
+                map.insert((key.key().clone(), ns.clone()), MapCell(m));
             }
         }
         Ok(())
@@ -424,7 +436,7 @@ impl KeyedStateBackend for HeapBackend {
     fn remove_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<()> {
@@ -432,15 +444,15 @@ impl KeyedStateBackend for HeapBackend {
         let table = self.table_mut::<K, N, MapCell<UK, UV>>(id)?;
         let holds = table
             .group(group)
-            .get(&KeyNs(key, ns))
+            .get(&KeyNs(key.key(), ns))
             .is_some_and(|m| m.0.contains_key(user_key));
         if holds {
             let map = table.group_mut(group);
-            if let Some(m) = map.get_mut(&KeyNs(key, ns)) {
+            if let Some(m) = map.get_mut(&KeyNs(key.key(), ns)) {
                 m.0.remove(user_key);
                 if m.0.is_empty() {
                     // An empty map is no entry, as on RocksDB where it has no rows.
-                    map.remove(&KeyNs(key, ns));
+                    map.remove(&KeyNs(key.key(), ns));
                 }
             }
         }
@@ -450,12 +462,12 @@ impl KeyedStateBackend for HeapBackend {
     fn map_entries<'a, K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &'a self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<MapEntries<'a, UK, UV>> {
         let group = self.group_index(key)?;
         let table = self.table::<K, N, MapCell<UK, UV>>(id)?;
-        match table.group(group).get(&KeyNs(key, ns)) {
+        match table.group(group).get(&KeyNs(key.key(), ns)) {
             Some(m) => Ok(Box::new(
                 m.0.iter().map(|(k, v)| Ok((k.clone(), v.clone()))),
             )),

@@ -22,6 +22,7 @@ use crate::model::key_group::{KeyGroupAssigner, KeyGroupRange};
 use crate::model::state::backend::{
     BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered,
 };
+use crate::model::state::key::KeyRef;
 use crate::model::state::rows::{decode_list, encode_list_element};
 use crate::model::state::{
     StateId, StateInfo, StateKey, StateKind, StateValue, StoredState, next_backend_identity,
@@ -574,7 +575,7 @@ impl RocksDbBackend {
     fn locate<K: StateKey, N: StateKey>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<(&RocksState, &ColumnFamily, Vec<u8>)> {
         let (state, cf) = self.state(id)?;
@@ -587,32 +588,23 @@ impl RocksDbBackend {
     fn row_prefix<K: StateKey, N: StateKey>(
         &self,
         state: &str,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         out: &mut Vec<u8>,
     ) -> Result<()> {
+        let group = key.checked_group(self.assigner, self.range)?;
         let codec = DefaultCodec::default();
         let enc = encode_err(state);
         out.clear();
-        out.extend_from_slice(&[0; layout::KEY_GROUP_PREFIX_LEN]);
-        codec.encode_into(key, out).map_err(&enc)?;
-        let group = self
-            .assigner
-            .key_group_of_bytes(&out[layout::KEY_GROUP_PREFIX_LEN..]);
-        if !self.range.contains(group) {
-            return Err(Error::KeyOutsideRange {
-                key_group: group,
-                range: self.range,
-            });
-        }
-        out[..layout::KEY_GROUP_PREFIX_LEN].copy_from_slice(&layout::key_group_prefix(group));
+        out.extend_from_slice(&layout::key_group_prefix(group));
+        codec.encode_into(key.key(), out).map_err(&enc)?;
         codec.encode_into(ns, out).map_err(enc)
     }
 
     fn map_row<K: StateKey, N: StateKey, UK: StateKey>(
         &self,
         state: &str,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<Vec<u8>> {
@@ -687,7 +679,7 @@ impl KeyedStateBackend for RocksDbBackend {
     fn get_cell<K: StateKey, N: StateKey, V: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<Option<V>> {
         let (state, cf, row) = self.locate(id, key, ns)?;
@@ -700,7 +692,7 @@ impl KeyedStateBackend for RocksDbBackend {
     fn put_cell<K: StateKey, N: StateKey, V: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         value: V,
     ) -> Result<()> {
@@ -713,7 +705,12 @@ impl KeyedStateBackend for RocksDbBackend {
             .map_err(self.rocks())
     }
 
-    fn clear<K: StateKey, N: StateKey>(&mut self, id: StateId, key: &K, ns: &N) -> Result<()> {
+    fn clear<K: StateKey, N: StateKey>(
+        &mut self,
+        id: StateId,
+        key: KeyRef<'_, K>,
+        ns: &N,
+    ) -> Result<()> {
         let (state, cf, row) = self.locate(id, key, ns)?;
         if state.info.kind != StateKind::Map {
             return self
@@ -738,7 +735,7 @@ impl KeyedStateBackend for RocksDbBackend {
     fn get_list<K: StateKey, N: StateKey, T: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<Vec<T>> {
         let (state, cf, row) = self.locate(id, key, ns)?;
@@ -753,7 +750,7 @@ impl KeyedStateBackend for RocksDbBackend {
     fn append_list<K: StateKey, N: StateKey, T: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         value: T,
     ) -> Result<()> {
@@ -769,7 +766,7 @@ impl KeyedStateBackend for RocksDbBackend {
     fn replace_list<K: StateKey, N: StateKey, T: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         values: Vec<T>,
     ) -> Result<()> {
@@ -793,7 +790,7 @@ impl KeyedStateBackend for RocksDbBackend {
     fn get_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<Option<UV>> {
@@ -808,7 +805,7 @@ impl KeyedStateBackend for RocksDbBackend {
     fn contains_map_key<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<bool> {
@@ -820,7 +817,7 @@ impl KeyedStateBackend for RocksDbBackend {
     fn put_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: UK,
         value: UV,
@@ -838,7 +835,7 @@ impl KeyedStateBackend for RocksDbBackend {
     fn remove_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<()> {
@@ -852,7 +849,7 @@ impl KeyedStateBackend for RocksDbBackend {
     fn map_entries<'a, K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &'a self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<MapEntries<'a, UK, UV>> {
         let (state, cf, prefix) = self.locate(id, key, ns)?;

@@ -10,9 +10,9 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use crate::model::codec::{Codec, DefaultCodec};
 use crate::model::error::{Error, Result};
-use crate::model::key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange, Murmur3Stream};
+use crate::model::key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange};
+use crate::model::state::key::{KeyContext, KeyRef};
 use crate::model::state::{
     AggregatingState, AggregatingStateDescriptor, Cell, ListCell, ListState, ListStateDescriptor,
     MapCell, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor, StateId,
@@ -99,7 +99,7 @@ pub trait KeyedStateBackend {
     fn get_cell<K: StateKey, N: StateKey, V: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<Option<V>>;
 
@@ -110,7 +110,7 @@ pub trait KeyedStateBackend {
     fn put_cell<K: StateKey, N: StateKey, V: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         value: V,
     ) -> Result<()>;
@@ -119,7 +119,12 @@ pub trait KeyedStateBackend {
     ///
     /// # Errors
     /// As [`KeyedStateBackend::get_cell`].
-    fn clear<K: StateKey, N: StateKey>(&mut self, id: StateId, key: &K, ns: &N) -> Result<()>;
+    fn clear<K: StateKey, N: StateKey>(
+        &mut self,
+        id: StateId,
+        key: KeyRef<'_, K>,
+        ns: &N,
+    ) -> Result<()>;
 
     /// The list of `(key, ns)`; empty if none.
     ///
@@ -128,7 +133,7 @@ pub trait KeyedStateBackend {
     fn get_list<K: StateKey, N: StateKey, T: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<Vec<T>>;
 
@@ -139,7 +144,7 @@ pub trait KeyedStateBackend {
     fn append_list<K: StateKey, N: StateKey, T: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         value: T,
     ) -> Result<()>;
@@ -151,7 +156,7 @@ pub trait KeyedStateBackend {
     fn replace_list<K: StateKey, N: StateKey, T: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         values: Vec<T>,
     ) -> Result<()>;
@@ -163,7 +168,7 @@ pub trait KeyedStateBackend {
     fn get_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<Option<UV>>;
@@ -175,7 +180,7 @@ pub trait KeyedStateBackend {
     fn contains_map_key<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<bool>;
@@ -187,7 +192,7 @@ pub trait KeyedStateBackend {
     fn put_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: UK,
         value: UV,
@@ -200,7 +205,7 @@ pub trait KeyedStateBackend {
     fn remove_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &mut self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<()>;
@@ -212,7 +217,7 @@ pub trait KeyedStateBackend {
     fn map_entries<'a, K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &'a self,
         id: StateId,
-        key: &K,
+        key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<MapEntries<'a, UK, UV>>;
 
@@ -233,14 +238,27 @@ pub trait KeyedStateBackend {
     /// [`Error::Encode`] if the key cannot be serialized.
     #[inline]
     fn key_group_of<K: StateKey>(&self, key: &K) -> Result<KeyGroup> {
-        let mut hasher = Murmur3Stream::new();
-        DefaultCodec::default()
-            .hash_encoded(key, &mut hasher)
-            .map_err(|e| Error::Encode {
-                state: "<key>".into(),
-                message: e.0,
-            })?;
-        Ok(self.assigner().key_group_of_hash(hasher.finish()))
+        self.assigner().key_group_of(key)
+    }
+
+    /// The key of the record being processed, with its key group computed and checked once:
+    /// pass `&context` to every handle call for this record instead of the key
+    /// ([`crate::model::state::key`]).
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if the key cannot be serialized; [`Error::KeyOutsideRange`] if this
+    /// instance does not own its key group.
+    #[inline]
+    fn key_context<K: StateKey>(&self, key: K) -> Result<KeyContext<K>> {
+        let context = KeyContext::new(key, self.assigner())?;
+        let range = self.key_group_range();
+        if !range.contains(context.key_group()) {
+            return Err(Error::KeyOutsideRange {
+                key_group: context.key_group(),
+                range,
+            });
+        }
+        Ok(context)
     }
 
     /// Registers (or looks up) a value state.

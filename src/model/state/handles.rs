@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::model::error::Result;
 use crate::model::state::backend::KeyedStateBackend;
 use crate::model::state::descriptor::{AggregateFunction, ReduceFn};
+use crate::model::state::key::AsKey;
 use crate::model::state::{StateKey, StateValue};
 
 /// A registered state: its index within its backend, and the identity of the backend object
@@ -101,8 +102,13 @@ impl<K: StateKey, N: StateKey, V: StateValue> ValueState<K, N, V> {
     /// [`crate::Error::ForeignHandle`] if `backend` did not issue this handle (another backend,
     /// or one a restore returned); a decode error if the stored bytes do not match `V`; backend
     /// errors.
-    pub fn get<B: KeyedStateBackend>(&self, backend: &B, key: &K, ns: &N) -> Result<Option<V>> {
-        backend.get_cell(self.id, key, ns)
+    pub fn get<B: KeyedStateBackend>(
+        &self,
+        backend: &B,
+        key: &impl AsKey<K>,
+        ns: &N,
+    ) -> Result<Option<V>> {
+        backend.get_cell(self.id, key.key_ref(backend)?, ns)
     }
 
     /// Sets the value of `(key, ns)`.
@@ -112,19 +118,24 @@ impl<K: StateKey, N: StateKey, V: StateValue> ValueState<K, N, V> {
     pub fn put<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
-        key: &K,
+        key: &impl AsKey<K>,
         ns: &N,
         value: V,
     ) -> Result<()> {
-        backend.put_cell(self.id, key, ns, value)
+        backend.put_cell(self.id, key.key_ref(backend)?, ns, value)
     }
 
     /// Removes the value of `(key, ns)`.
     ///
     /// # Errors
     /// As [`ValueState::get`].
-    pub fn clear<B: KeyedStateBackend>(&self, backend: &mut B, key: &K, ns: &N) -> Result<()> {
-        backend.clear(self.id, key, ns)
+    pub fn clear<B: KeyedStateBackend>(
+        &self,
+        backend: &mut B,
+        key: &impl AsKey<K>,
+        ns: &N,
+    ) -> Result<()> {
+        backend.clear(self.id, key.key_ref(backend)?, ns)
     }
 }
 
@@ -153,8 +164,13 @@ impl<K: StateKey, N: StateKey, T: StateValue> ListState<K, N, T> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
-    pub fn get<B: KeyedStateBackend>(&self, backend: &B, key: &K, ns: &N) -> Result<Vec<T>> {
-        backend.get_list(self.id, key, ns)
+    pub fn get<B: KeyedStateBackend>(
+        &self,
+        backend: &B,
+        key: &impl AsKey<K>,
+        ns: &N,
+    ) -> Result<Vec<T>> {
+        backend.get_list(self.id, key.key_ref(backend)?, ns)
     }
 
     /// Appends one element. On RocksDB this is a merge: no read of the existing list.
@@ -164,11 +180,11 @@ impl<K: StateKey, N: StateKey, T: StateValue> ListState<K, N, T> {
     pub fn append<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
-        key: &K,
+        key: &impl AsKey<K>,
         ns: &N,
         value: T,
     ) -> Result<()> {
-        backend.append_list(self.id, key, ns, value)
+        backend.append_list(self.id, key.key_ref(backend)?, ns, value)
     }
 
     /// Replaces the elements of `(key, ns)`; an empty vector clears it.
@@ -178,19 +194,24 @@ impl<K: StateKey, N: StateKey, T: StateValue> ListState<K, N, T> {
     pub fn replace<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
-        key: &K,
+        key: &impl AsKey<K>,
         ns: &N,
         values: Vec<T>,
     ) -> Result<()> {
-        backend.replace_list(self.id, key, ns, values)
+        backend.replace_list(self.id, key.key_ref(backend)?, ns, values)
     }
 
     /// Removes all elements of `(key, ns)`.
     ///
     /// # Errors
     /// As [`ValueState::get`].
-    pub fn clear<B: KeyedStateBackend>(&self, backend: &mut B, key: &K, ns: &N) -> Result<()> {
-        backend.clear(self.id, key, ns)
+    pub fn clear<B: KeyedStateBackend>(
+        &self,
+        backend: &mut B,
+        key: &impl AsKey<K>,
+        ns: &N,
+    ) -> Result<()> {
+        backend.clear(self.id, key.key_ref(backend)?, ns)
     }
 }
 
@@ -222,11 +243,11 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> MapState<K, N, UK, 
     pub fn get<B: KeyedStateBackend>(
         &self,
         backend: &B,
-        key: &K,
+        key: &impl AsKey<K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<Option<UV>> {
-        backend.get_map_value::<K, N, UK, UV>(self.id, key, ns, user_key)
+        backend.get_map_value::<K, N, UK, UV>(self.id, key.key_ref(backend)?, ns, user_key)
     }
 
     /// Sets `user_key` to `value` in the map of `(key, ns)`.
@@ -236,12 +257,12 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> MapState<K, N, UK, 
     pub fn put<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
-        key: &K,
+        key: &impl AsKey<K>,
         ns: &N,
         user_key: UK,
         value: UV,
     ) -> Result<()> {
-        backend.put_map_value(self.id, key, ns, user_key, value)
+        backend.put_map_value(self.id, key.key_ref(backend)?, ns, user_key, value)
     }
 
     /// Removes `user_key` from the map of `(key, ns)`.
@@ -251,11 +272,11 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> MapState<K, N, UK, 
     pub fn remove<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
-        key: &K,
+        key: &impl AsKey<K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<()> {
-        backend.remove_map_value::<K, N, UK, UV>(self.id, key, ns, user_key)
+        backend.remove_map_value::<K, N, UK, UV>(self.id, key.key_ref(backend)?, ns, user_key)
     }
 
     /// Whether the map of `(key, ns)` holds `user_key`.
@@ -265,11 +286,11 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> MapState<K, N, UK, 
     pub fn contains<B: KeyedStateBackend>(
         &self,
         backend: &B,
-        key: &K,
+        key: &impl AsKey<K>,
         ns: &N,
         user_key: &UK,
     ) -> Result<bool> {
-        backend.contains_map_key::<K, N, UK, UV>(self.id, key, ns, user_key)
+        backend.contains_map_key::<K, N, UK, UV>(self.id, key.key_ref(backend)?, ns, user_key)
     }
 
     /// The entries of the map of `(key, ns)`, in no specified order.
@@ -279,10 +300,10 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> MapState<K, N, UK, 
     pub fn entries<'b, B: KeyedStateBackend>(
         &self,
         backend: &'b B,
-        key: &K,
+        key: &impl AsKey<K>,
         ns: &N,
     ) -> Result<Box<dyn Iterator<Item = Result<(UK, UV)>> + 'b>> {
-        backend.map_entries::<K, N, UK, UV>(self.id, key, ns)
+        backend.map_entries::<K, N, UK, UV>(self.id, key.key_ref(backend)?, ns)
     }
 
     /// The user keys of the map of `(key, ns)`, in no specified order.
@@ -292,7 +313,7 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> MapState<K, N, UK, 
     pub fn keys<'b, B: KeyedStateBackend>(
         &self,
         backend: &'b B,
-        key: &K,
+        key: &impl AsKey<K>,
         ns: &N,
     ) -> Result<impl Iterator<Item = Result<UK>> + 'b> {
         Ok(self.entries(backend, key, ns)?.map(|e| e.map(|(k, _)| k)))
@@ -305,7 +326,7 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> MapState<K, N, UK, 
     pub fn values<'b, B: KeyedStateBackend>(
         &self,
         backend: &'b B,
-        key: &K,
+        key: &impl AsKey<K>,
         ns: &N,
     ) -> Result<impl Iterator<Item = Result<UV>> + 'b> {
         Ok(self.entries(backend, key, ns)?.map(|e| e.map(|(_, v)| v)))
@@ -315,7 +336,12 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> MapState<K, N, UK, 
     ///
     /// # Errors
     /// As [`MapState::entries`].
-    pub fn is_empty<B: KeyedStateBackend>(&self, backend: &B, key: &K, ns: &N) -> Result<bool> {
+    pub fn is_empty<B: KeyedStateBackend>(
+        &self,
+        backend: &B,
+        key: &impl AsKey<K>,
+        ns: &N,
+    ) -> Result<bool> {
         match self.entries(backend, key, ns)?.next() {
             None => Ok(true),
             Some(entry) => entry.map(|_| false),
@@ -326,8 +352,13 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> MapState<K, N, UK, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
-    pub fn clear<B: KeyedStateBackend>(&self, backend: &mut B, key: &K, ns: &N) -> Result<()> {
-        backend.clear(self.id, key, ns)
+    pub fn clear<B: KeyedStateBackend>(
+        &self,
+        backend: &mut B,
+        key: &impl AsKey<K>,
+        ns: &N,
+    ) -> Result<()> {
+        backend.clear(self.id, key.key_ref(backend)?, ns)
     }
 }
 
@@ -358,8 +389,13 @@ impl<K: StateKey, N: StateKey, V: StateValue> ReducingState<K, N, V> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
-    pub fn get<B: KeyedStateBackend>(&self, backend: &B, key: &K, ns: &N) -> Result<Option<V>> {
-        backend.get_cell(self.id, key, ns)
+    pub fn get<B: KeyedStateBackend>(
+        &self,
+        backend: &B,
+        key: &impl AsKey<K>,
+        ns: &N,
+    ) -> Result<Option<V>> {
+        backend.get_cell(self.id, key.key_ref(backend)?, ns)
     }
 
     /// Folds `value` into `(key, ns)`: the first value is stored as is, later ones are reduced
@@ -370,10 +406,12 @@ impl<K: StateKey, N: StateKey, V: StateValue> ReducingState<K, N, V> {
     pub fn add<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
-        key: &K,
+        key: &impl AsKey<K>,
         ns: &N,
         value: V,
     ) -> Result<()> {
+        // One key-group computation for the read and the write.
+        let key = key.key_ref(backend)?;
         let next = match backend.get_cell::<K, N, V>(self.id, key, ns)? {
             Some(current) => (self.reduce)(&current, &value),
             None => value,
@@ -385,8 +423,13 @@ impl<K: StateKey, N: StateKey, V: StateValue> ReducingState<K, N, V> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
-    pub fn clear<B: KeyedStateBackend>(&self, backend: &mut B, key: &K, ns: &N) -> Result<()> {
-        backend.clear(self.id, key, ns)
+    pub fn clear<B: KeyedStateBackend>(
+        &self,
+        backend: &mut B,
+        key: &impl AsKey<K>,
+        ns: &N,
+    ) -> Result<()> {
+        backend.clear(self.id, key.key_ref(backend)?, ns)
     }
 }
 
@@ -417,9 +460,14 @@ impl<K: StateKey, N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<K, N, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
-    pub fn get<B: KeyedStateBackend>(&self, backend: &B, key: &K, ns: &N) -> Result<Option<OUT>> {
+    pub fn get<B: KeyedStateBackend>(
+        &self,
+        backend: &B,
+        key: &impl AsKey<K>,
+        ns: &N,
+    ) -> Result<Option<OUT>> {
         Ok(backend
-            .get_cell::<K, N, ACC>(self.id, key, ns)?
+            .get_cell::<K, N, ACC>(self.id, key.key_ref(backend)?, ns)?
             .map(|acc| self.function.get_result(&acc)))
     }
 
@@ -430,10 +478,11 @@ impl<K: StateKey, N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<K, N, 
     pub fn add<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
-        key: &K,
+        key: &impl AsKey<K>,
         ns: &N,
         value: &IN,
     ) -> Result<()> {
+        let key = key.key_ref(backend)?;
         let acc = match backend.get_cell::<K, N, ACC>(self.id, key, ns)? {
             Some(acc) => acc,
             None => self.function.create_accumulator(),
@@ -445,7 +494,12 @@ impl<K: StateKey, N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<K, N, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
-    pub fn clear<B: KeyedStateBackend>(&self, backend: &mut B, key: &K, ns: &N) -> Result<()> {
-        backend.clear(self.id, key, ns)
+    pub fn clear<B: KeyedStateBackend>(
+        &self,
+        backend: &mut B,
+        key: &impl AsKey<K>,
+        ns: &N,
+    ) -> Result<()> {
+        backend.clear(self.id, key.key_ref(backend)?, ns)
     }
 }

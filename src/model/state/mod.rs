@@ -9,6 +9,7 @@
 pub mod backend;
 mod descriptor;
 mod handles;
+pub mod key;
 pub mod rows;
 
 pub use backend::{BackendKind, KeyedStateBackend, MapEntries, StateKeys};
@@ -18,6 +19,7 @@ pub use descriptor::{
 };
 pub use handles::next_backend_identity;
 pub use handles::{AggregatingState, ListState, MapState, ReducingState, StateId, ValueState};
+pub use key::{AsKey, KeyContext, KeyRef};
 pub use rows::{Cell, ListCell, MapCell, StoredState};
 
 use std::hash::Hash;
