@@ -84,7 +84,7 @@ impl HeapBackend {
 
     /// Index of `key`'s key group in this instance's tables (its key group already computed:
     /// two comparisons).
-    #[inline]
+    #[inline(always)]
     fn group_index<K: StateKey>(&self, key: KeyRef<'_, K>) -> Result<usize> {
         let group = key.checked_group(self.assigner, self.range)?;
         Ok((u32::from(group) - self.range.start()) as usize)
@@ -273,7 +273,7 @@ impl KeyedStateBackend for HeapBackend {
         Ok(id)
     }
 
-    #[inline]
+    #[inline(always)]
     fn get_cell<K: StateKey, N: StateKey, V: StateValue>(
         &self,
         id: StateId,
@@ -288,7 +288,7 @@ impl KeyedStateBackend for HeapBackend {
             .map(|c| c.0.clone()))
     }
 
-    #[inline]
+    #[inline(always)]
     fn put_cell<K: StateKey, N: StateKey, V: StateValue>(
         &mut self,
         id: StateId,
@@ -321,7 +321,7 @@ impl KeyedStateBackend for HeapBackend {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn get_list<K: StateKey, N: StateKey, T: StateValue>(
         &self,
         id: StateId,
@@ -337,7 +337,7 @@ impl KeyedStateBackend for HeapBackend {
             .unwrap_or_default())
     }
 
-    #[inline]
+    #[inline(always)]
     fn append_list<K: StateKey, N: StateKey, T: StateValue>(
         &mut self,
         id: StateId,
@@ -374,7 +374,7 @@ impl KeyedStateBackend for HeapBackend {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn get_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &self,
         id: StateId,
@@ -406,7 +406,7 @@ impl KeyedStateBackend for HeapBackend {
             .is_some_and(|m| m.0.contains_key(user_key)))
     }
 
-    #[inline]
+    #[inline(always)]
     fn put_map_value<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
         &mut self,
         id: StateId,

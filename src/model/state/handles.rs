@@ -102,6 +102,7 @@ impl<K: StateKey, N: StateKey, V: StateValue> ValueState<K, N, V> {
     /// [`crate::Error::ForeignHandle`] if `backend` did not issue this handle (another backend,
     /// or one a restore returned); a decode error if the stored bytes do not match `V`; backend
     /// errors.
+    #[inline]
     pub fn get<B: KeyedStateBackend>(
         &self,
         backend: &B,
@@ -115,6 +116,7 @@ impl<K: StateKey, N: StateKey, V: StateValue> ValueState<K, N, V> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn put<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -129,6 +131,7 @@ impl<K: StateKey, N: StateKey, V: StateValue> ValueState<K, N, V> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn clear<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -164,6 +167,7 @@ impl<K: StateKey, N: StateKey, T: StateValue> ListState<K, N, T> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn get<B: KeyedStateBackend>(
         &self,
         backend: &B,
@@ -177,6 +181,7 @@ impl<K: StateKey, N: StateKey, T: StateValue> ListState<K, N, T> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn append<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -191,6 +196,7 @@ impl<K: StateKey, N: StateKey, T: StateValue> ListState<K, N, T> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn replace<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -205,6 +211,7 @@ impl<K: StateKey, N: StateKey, T: StateValue> ListState<K, N, T> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn clear<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -240,6 +247,7 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> MapState<K, N, UK, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn get<B: KeyedStateBackend>(
         &self,
         backend: &B,
@@ -254,6 +262,7 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> MapState<K, N, UK, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn put<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -269,6 +278,7 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> MapState<K, N, UK, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn remove<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -283,6 +293,7 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> MapState<K, N, UK, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn contains<B: KeyedStateBackend>(
         &self,
         backend: &B,
@@ -352,6 +363,7 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> MapState<K, N, UK, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn clear<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -389,6 +401,7 @@ impl<K: StateKey, N: StateKey, V: StateValue> ReducingState<K, N, V> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn get<B: KeyedStateBackend>(
         &self,
         backend: &B,
@@ -403,6 +416,7 @@ impl<K: StateKey, N: StateKey, V: StateValue> ReducingState<K, N, V> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn add<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -423,6 +437,7 @@ impl<K: StateKey, N: StateKey, V: StateValue> ReducingState<K, N, V> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn clear<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -460,6 +475,7 @@ impl<K: StateKey, N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<K, N, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn get<B: KeyedStateBackend>(
         &self,
         backend: &B,
@@ -475,6 +491,7 @@ impl<K: StateKey, N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<K, N, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn add<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -494,6 +511,7 @@ impl<K: StateKey, N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<K, N, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn clear<B: KeyedStateBackend>(
         &self,
         backend: &mut B,

@@ -81,7 +81,7 @@ impl<'a, K: StateKey> KeyRef<'a, K> {
     /// # Errors
     /// [`Error::Incompatible`] for a key group computed under another max parallelism;
     /// [`Error::KeyOutsideRange`] for a key group outside `range`.
-    #[inline]
+    #[inline(always)]
     pub fn checked_group(
         &self,
         assigner: KeyGroupAssigner,
@@ -91,15 +91,15 @@ impl<'a, K: StateKey> KeyRef<'a, K> {
             return Err(self.other_parallelism(assigner));
         }
         if !range.contains(self.key_group) {
-            return Err(Error::KeyOutsideRange {
-                key_group: self.key_group,
-                range,
-            });
+            return Err(outside(self.key_group, range));
         }
         Ok(self.key_group)
     }
 
+    // The error paths stay out of line: `checked_group` is on every state access, and a small
+    // body keeps the backends' accessors inlined into the handles.
     #[cold]
+    #[inline(never)]
     fn other_parallelism(&self, assigner: KeyGroupAssigner) -> Error {
         Error::Incompatible {
             reason: format!(
@@ -109,6 +109,12 @@ impl<'a, K: StateKey> KeyRef<'a, K> {
             ),
         }
     }
+}
+
+#[cold]
+#[inline(never)]
+fn outside(key_group: KeyGroup, range: crate::model::key_group::KeyGroupRange) -> Error {
+    Error::KeyOutsideRange { key_group, range }
 }
 
 /// The key of the record being processed, with its key group computed and checked once
