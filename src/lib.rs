@@ -78,6 +78,7 @@ pub use model::state::{BackendKind, KeyedStateBackend};
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksDbBackend, RocksDbOptions};
 pub use runtime::driver::{CheckpointDriver, CheckpointReport, DriverOptions};
+pub use runtime::timers::{Timer, TimerService};
 pub use state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState,
     ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,

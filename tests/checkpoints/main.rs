@@ -20,3 +20,4 @@ mod driver;
 mod heap_snapshot_leftovers;
 mod restore_coverage;
 mod restore_crash_sweep;
+mod timers;

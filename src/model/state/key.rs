@@ -174,6 +174,13 @@ impl<K: StateKey> AsKey<K> for K {
     }
 }
 
+impl<K: StateKey> AsKey<K> for KeyRef<'_, K> {
+    #[inline]
+    fn key_ref<B: KeyedStateBackend + ?Sized>(&self, _backend: &B) -> Result<KeyRef<'_, K>> {
+        Ok(*self)
+    }
+}
+
 impl<K: StateKey> AsKey<K> for KeyContext<K> {
     #[inline]
     fn key_ref<B: KeyedStateBackend + ?Sized>(&self, _backend: &B) -> Result<KeyRef<'_, K>> {
