@@ -261,6 +261,7 @@ mod tests {
             id: 7,
             created_ms: 1,
             instances: Vec::new(),
+            engine: Default::default(),
         };
         let good = meta.encode();
         let mut bad = good.clone();

@@ -8,7 +8,9 @@
 
 use crate::backends::config::BackendConfig;
 use crate::backends::heap::HeapBackend;
-use crate::backends::interface::{CheckpointedBackend, PendingSavepoint, PendingSnapshot};
+use crate::backends::interface::{
+    CheckpointedBackend, PendingSavepoint, PendingSnapshot, SnapshotUpload,
+};
 use crate::backends::reference::ReferenceBackend;
 #[cfg_attr(feature = "rocksdb", allow(unused_imports))]
 use crate::model::error::{Error, Result};
@@ -17,6 +19,7 @@ use crate::model::format::view::{RowSource, RowView};
 use crate::model::key_group::{KeyGroupAssigner, KeyGroupRange};
 use crate::model::state::backend::{BackendKind, KeyedStateBackend, MapEntries, StateKeys};
 use crate::model::state::key::KeyRef;
+use crate::model::state::operator::OperatorState;
 use crate::model::state::{StateId, StateInfo, StateKey, StateValue, StoredState};
 
 #[cfg(feature = "rocksdb")]
@@ -133,8 +136,16 @@ impl CheckpointedBackend for AnyBackend {
         dispatch!(self, b => CheckpointedBackend::instance_id(b))
     }
 
-    fn snapshot(&mut self, checkpoint_id: u64) -> Result<PendingSnapshot> {
-        dispatch!(self, b => CheckpointedBackend::snapshot(b, checkpoint_id))
+    fn operator_state(&self) -> &OperatorState {
+        dispatch!(self, b => b.operator_state())
+    }
+
+    fn operator_state_mut(&mut self) -> &mut OperatorState {
+        dispatch!(self, b => b.operator_state_mut())
+    }
+
+    fn snapshot_state(&mut self, checkpoint_id: u64) -> Result<Box<dyn SnapshotUpload>> {
+        dispatch!(self, b => b.snapshot_state(checkpoint_id))
     }
 
     fn notify_checkpoint_complete(&mut self, part: &InstanceMetadata) -> Result<()> {

@@ -5,9 +5,7 @@
 //! then all it takes ([`snapshot`], [`restore`]).
 
 use crate::backends::config::BackendConfig;
-use crate::backends::interface::{
-    CheckpointedBackend, PendingSnapshot, SnapshotUpload, UploadStats,
-};
+use crate::backends::interface::{CheckpointedBackend, SnapshotUpload, UploadStats};
 use crate::model::codec::{Codec, DefaultCodec};
 use crate::model::error::{Error, Result};
 use crate::model::format::data_file::open_instance_data_file;
@@ -15,20 +13,21 @@ use crate::model::format::layout::private_path;
 use crate::model::format::metadata::{FetchFile, FileEntry, InstanceMetadata};
 use crate::model::format::view::{DataFileRows, RowView, write_data_file};
 use crate::model::state::StateInfo;
+use crate::model::state::operator::OperatorState;
 use crate::storage::CheckpointStorage;
 
 /// The file name of a full snapshot inside the checkpoint's instance directory.
 pub const FULL_SNAPSHOT_FILE: &str = "state.sbdf";
 
 /// The synchronous part of a full-snapshot checkpoint of `backend`: its frozen rows, written
-/// and uploaded by [`PendingSnapshot::upload`].
+/// and uploaded by the returned task ([`CheckpointedBackend::snapshot_state`]).
 ///
 /// # Errors
 /// What [`CheckpointedBackend::row_view`] returns.
 pub fn snapshot<B: CheckpointedBackend>(
     backend: &mut B,
     checkpoint_id: u64,
-) -> Result<PendingSnapshot> {
+) -> Result<Box<dyn SnapshotUpload>> {
     // The metadata lists states in registration order, as the backend does.
     let states = backend.states();
     let task = FullSnapshot {
@@ -41,10 +40,11 @@ pub fn snapshot<B: CheckpointedBackend>(
             key_groups: backend.key_group_range(),
             states,
             files: Vec::new(),
+            operator_state: OperatorState::default(),
         },
         view: backend.row_view()?,
     };
-    Ok(PendingSnapshot::new(Box::new(task)))
+    Ok(Box::new(task))
 }
 
 /// A frozen view, ready to be written as one data file.

@@ -18,6 +18,7 @@ use crate::model::format::metadata::{FetchFile, FileEntry, InstanceId, InstanceM
 use crate::model::format::path::StoragePath;
 use crate::model::format::view::{RowSource, RowView, write_data_file};
 use crate::model::state::KeyedStateBackend;
+use crate::model::state::operator::OperatorState;
 use crate::storage::CheckpointStorage;
 
 /// A backend the runtime can checkpoint, savepoint and restore.
@@ -36,13 +37,33 @@ pub trait CheckpointedBackend: KeyedStateBackend + Sized {
     /// This instance's lineage id: what identifies its part of a checkpoint's metadata.
     fn instance_id(&self) -> InstanceId;
 
-    /// The synchronous part of checkpoint `checkpoint_id`, called at the barrier: it must be
-    /// short, and the backend can be used again as soon as it returns.
+    /// The instance's operator (non-keyed) state: part of every checkpoint and savepoint of
+    /// the instance, redistributed by mode on a restore at another parallelism.
+    fn operator_state(&self) -> &OperatorState;
+
+    /// The instance's operator state, to change.
+    fn operator_state_mut(&mut self) -> &mut OperatorState;
+
+    /// The keyed part of the synchronous part of checkpoint `checkpoint_id`: the task that
+    /// uploads the keyed state. [`CheckpointedBackend::snapshot`] adds the operator state.
     ///
     /// # Errors
     /// [`crate::Error::CheckpointState`] if ids do not grow (where the backend relies on it);
     /// the backend's errors.
-    fn snapshot(&mut self, checkpoint_id: u64) -> Result<PendingSnapshot>;
+    fn snapshot_state(&mut self, checkpoint_id: u64) -> Result<Box<dyn SnapshotUpload>>;
+
+    /// The synchronous part of checkpoint `checkpoint_id`, called at the barrier: it must be
+    /// short, and the backend can be used again as soon as it returns. Keyed state as the
+    /// backend snapshots it, operator state copied.
+    ///
+    /// # Errors
+    /// As [`CheckpointedBackend::snapshot_state`].
+    fn snapshot(&mut self, checkpoint_id: u64) -> Result<PendingSnapshot> {
+        Ok(PendingSnapshot {
+            task: self.snapshot_state(checkpoint_id)?,
+            operator_state: self.operator_state().clone(),
+        })
+    }
 
     /// Tells the backend that a checkpoint it took completed; `part` is its part of the
     /// metadata.
@@ -88,6 +109,7 @@ pub trait CheckpointedBackend: KeyedStateBackend + Sized {
             instance_id: self.instance_id(),
             backend: self.backend_kind(),
             view: self.row_view()?,
+            operator_state: self.operator_state().clone(),
         })
     }
 }
@@ -129,14 +151,12 @@ pub trait SnapshotUpload: Send {
 }
 
 /// The synchronous part's result: [`PendingSnapshot::upload`] finishes it, on any thread.
-pub struct PendingSnapshot(Box<dyn SnapshotUpload>);
+pub struct PendingSnapshot {
+    task: Box<dyn SnapshotUpload>,
+    operator_state: OperatorState,
+}
 
 impl PendingSnapshot {
-    /// Wraps a backend's upload task.
-    pub fn new(task: Box<dyn SnapshotUpload>) -> Self {
-        Self(task)
-    }
-
     /// The asynchronous part: writes to `storage`, returns the instance's metadata and what
     /// was written.
     ///
@@ -146,7 +166,9 @@ impl PendingSnapshot {
         self,
         storage: &dyn CheckpointStorage,
     ) -> Result<(InstanceMetadata, UploadStats)> {
-        self.0.upload(storage)
+        let (mut instance, stats) = self.task.upload(storage)?;
+        instance.operator_state = self.operator_state;
+        Ok((instance, stats))
     }
 }
 
@@ -161,6 +183,7 @@ pub struct PendingSavepoint {
     view: Box<dyn RowView>,
     instance_id: InstanceId,
     backend: crate::model::state::BackendKind,
+    operator_state: OperatorState,
 }
 
 impl PendingSavepoint {
@@ -193,6 +216,7 @@ impl PendingSavepoint {
                 crc32: summary.crc32,
                 shared: false,
             }],
+            operator_state: self.operator_state,
         })
     }
 }

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::backends::config::BackendConfig;
 use crate::backends::full_snapshot;
-use crate::backends::interface::{CheckpointedBackend, PendingSnapshot};
+use crate::backends::interface::{CheckpointedBackend, SnapshotUpload};
 use crate::model::codec::{Codec, CodecError, DefaultCodec};
 use crate::model::error::{Error, Result};
 use crate::model::format::metadata::{FetchFile, InstanceId, InstanceMetadata};
@@ -26,6 +26,7 @@ use crate::model::state::backend::{
     BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered,
 };
 use crate::model::state::key::KeyRef;
+use crate::model::state::operator::OperatorState;
 use crate::model::state::rows::{decode_list, encode_list_element};
 use crate::model::state::{
     StateId, StateInfo, StateKey, StateValue, StoredState, next_backend_identity,
@@ -43,6 +44,7 @@ pub struct ReferenceBackend {
     states: Vec<StateInfo>,
     /// Per state, per owned key group (index = key group − range start).
     rows: Vec<Vec<Rows>>,
+    operator_state: OperatorState,
 }
 
 impl ReferenceBackend {
@@ -58,6 +60,7 @@ impl ReferenceBackend {
             range,
             instance_id: InstanceId::random(),
             identity: next_backend_identity(),
+            operator_state: OperatorState::default(),
             states: Vec::new(),
             rows: Vec::new(),
         })
@@ -391,7 +394,15 @@ impl CheckpointedBackend for ReferenceBackend {
         self.instance_id
     }
 
-    fn snapshot(&mut self, checkpoint_id: u64) -> Result<PendingSnapshot> {
+    fn operator_state(&self) -> &OperatorState {
+        &self.operator_state
+    }
+
+    fn operator_state_mut(&mut self) -> &mut OperatorState {
+        &mut self.operator_state
+    }
+
+    fn snapshot_state(&mut self, checkpoint_id: u64) -> Result<Box<dyn SnapshotUpload>> {
         full_snapshot::snapshot(self, checkpoint_id)
     }
 

@@ -11,7 +11,7 @@
 //! the base of the next one. Each completed checkpoint yields a [`CheckpointReport`], figures an
 //! engine can export as metrics; the driver also logs through `tracing`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -72,6 +72,7 @@ struct InFlight {
     results: Receiver<(usize, Result<(InstanceMetadata, UploadStats)>)>,
     parts: Vec<Option<(InstanceMetadata, UploadStats)>>,
     missing: usize,
+    engine: BTreeMap<String, Vec<u8>>,
 }
 
 impl CheckpointDriver {
@@ -109,6 +110,20 @@ impl CheckpointDriver {
     /// `backends` is empty; the error of a synchronous part, after which the checkpoint is
     /// aborted.
     pub fn trigger<B: CheckpointedBackend>(&mut self, backends: &mut [B]) -> Result<u64> {
+        self.trigger_with(backends, BTreeMap::new())
+    }
+
+    /// [`CheckpointDriver::trigger`], keeping `engine` (the engine's metadata at this barrier:
+    /// job id, watermarks, source positions that are not operator state) in the checkpoint;
+    /// a restore reads it back as [`SnapshotMetadata::engine`].
+    ///
+    /// # Errors
+    /// As [`CheckpointDriver::trigger`].
+    pub fn trigger_with<B: CheckpointedBackend>(
+        &mut self,
+        backends: &mut [B],
+        engine: BTreeMap<String, Vec<u8>>,
+    ) -> Result<u64> {
         let id = self.coordinator.next_checkpoint_id();
         if let Some(flight) = &self.in_flight {
             return Err(Error::CheckpointState {
@@ -155,6 +170,7 @@ impl CheckpointDriver {
             results,
             parts: (0..backends.len()).map(|_| None).collect(),
             missing: backends.len(),
+            engine,
         });
         Ok(id)
     }
@@ -264,7 +280,10 @@ impl CheckpointDriver {
             stats.add(&part_stats);
             parts.push(part);
         }
-        let meta = match self.coordinator.complete(flight.id, parts) {
+        let meta = match self
+            .coordinator
+            .complete_with(flight.id, parts, flight.engine)
+        {
             Ok(meta) => meta.clone(),
             Err(e) => {
                 self.abort(flight.id, &e);

@@ -12,6 +12,8 @@
 
 pub use crate::model::format::data_file;
 
+use std::collections::BTreeMap;
+
 use crate::backends::any::AnyBackend;
 use crate::backends::config::BackendConfig;
 use crate::backends::interface::CheckpointedBackend;
@@ -42,7 +44,19 @@ pub fn complete_savepoint(
     storage: &dyn CheckpointStorage,
     instances: Vec<InstanceMetadata>,
 ) -> Result<SnapshotMetadata> {
-    write_savepoint_metadata(storage, 0, instances)
+    write_savepoint_metadata(storage, 0, instances, BTreeMap::new())
+}
+
+/// [`complete_savepoint`], keeping the engine's metadata `engine` in the savepoint.
+///
+/// # Errors
+/// As [`complete_savepoint`].
+pub fn complete_savepoint_with(
+    storage: &dyn CheckpointStorage,
+    instances: Vec<InstanceMetadata>,
+    engine: BTreeMap<String, Vec<u8>>,
+) -> Result<SnapshotMetadata> {
+    write_savepoint_metadata(storage, 0, instances, engine)
 }
 
 /// Writes `_metadata` for savepoint `id` (the source checkpoint's id, or 0).
@@ -50,6 +64,7 @@ fn write_savepoint_metadata(
     storage: &dyn CheckpointStorage,
     id: u64,
     mut instances: Vec<InstanceMetadata>,
+    engine: BTreeMap<String, Vec<u8>>,
 ) -> Result<SnapshotMetadata> {
     instances.sort_by_key(|i| i.key_groups.start());
     check_partition(&instances, "savepoint")?;
@@ -58,6 +73,7 @@ fn write_savepoint_metadata(
         id,
         created_ms: now_ms(),
         instances,
+        engine,
     };
     storage.put(&StoragePath::parse(METADATA_FILE)?, &meta.encode())?;
     remove_temporary_leftovers(storage);
@@ -156,7 +172,9 @@ pub fn restore_savepoint_into<B: CheckpointedBackend>(
         .iter()
         .map(|instance| open_instance_data_file(instance, dir.path(), &mut fetch))
         .collect::<Result<Vec<_>>>()?;
-    B::restore_rows(config, &mut DataFileRows::new(readers, config.key_groups)?)
+    let mut backend = B::restore_rows(config, &mut DataFileRows::new(readers, config.key_groups)?)?;
+    *backend.operator_state_mut() = meta.operator_state_for(config.key_groups);
+    Ok(backend)
 }
 
 /// Converts a checkpoint (either backend's) into a savepoint in `target`, offline: each
@@ -188,5 +206,5 @@ pub fn convert_checkpoint(
         instances.push(backend.savepoint()?.write(target)?);
         progress(i + 1, total);
     }
-    write_savepoint_metadata(target, checkpoint.id, instances)
+    write_savepoint_metadata(target, checkpoint.id, instances, checkpoint.engine.clone())
 }

@@ -194,7 +194,8 @@ fn copy_dir(from: &Path, to: &Path) {
 fn make_newer_version(root: &Path, id: u64) {
     let path = root.join(format!("chk-{id:010}")).join("_metadata");
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[4..6].copy_from_slice(&2u16.to_le_bytes());
+    let newer = statebackend::checkpoint::metadata::METADATA_VERSION + 1;
+    bytes[4..6].copy_from_slice(&newer.to_le_bytes());
     std::fs::write(&path, bytes).unwrap();
 }
 

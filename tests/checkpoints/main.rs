@@ -18,6 +18,7 @@ mod checkpoint_safety;
 mod claim_other_root;
 mod driver;
 mod heap_snapshot_leftovers;
+mod operator_state;
 mod restore_coverage;
 mod restore_crash_sweep;
 mod timers;

@@ -150,6 +150,7 @@ fn savepoint_with_value(dir: &Path, value: &[u8]) -> Result<LocalDirStorage> {
                 crc32: summary.crc32,
                 shared: false,
             }],
+            operator_state: Default::default(),
         }],
     )?;
     Ok(storage)
@@ -276,6 +277,7 @@ fn metadata_read_round_trips_and_faults_apply() -> Result<()> {
         id: 3,
         created_ms: 1,
         instances: Vec::new(),
+        engine: Default::default(),
     };
     let path = StoragePath::parse("chk-0000000003/_metadata")?;
     storage.put(&path, &meta.encode())?;

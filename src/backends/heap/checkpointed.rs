@@ -5,10 +5,11 @@ use crate::backends::config::BackendConfig;
 use crate::backends::full_snapshot;
 use crate::backends::heap::HeapBackend;
 use crate::backends::heap::view::HeapView;
-use crate::backends::interface::{CheckpointedBackend, PendingSnapshot};
+use crate::backends::interface::{CheckpointedBackend, SnapshotUpload};
 use crate::model::error::Result;
 use crate::model::format::metadata::{FetchFile, InstanceId, InstanceMetadata};
 use crate::model::format::view::{RowSource, RowView};
+use crate::model::state::operator::OperatorState;
 use crate::model::state::{BackendKind, KeyedStateBackend};
 
 impl CheckpointedBackend for HeapBackend {
@@ -20,7 +21,15 @@ impl CheckpointedBackend for HeapBackend {
         HeapBackend::instance_id(self)
     }
 
-    fn snapshot(&mut self, checkpoint_id: u64) -> Result<PendingSnapshot> {
+    fn operator_state(&self) -> &OperatorState {
+        &self.operator_state
+    }
+
+    fn operator_state_mut(&mut self) -> &mut OperatorState {
+        &mut self.operator_state
+    }
+
+    fn snapshot_state(&mut self, checkpoint_id: u64) -> Result<Box<dyn SnapshotUpload>> {
         full_snapshot::snapshot(self, checkpoint_id)
     }
 

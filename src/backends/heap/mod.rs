@@ -20,6 +20,7 @@ use crate::model::state::backend::{
     BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered,
 };
 use crate::model::state::key::KeyRef;
+use crate::model::state::operator::OperatorState;
 use crate::model::state::rows::{FastMap, KeyNs};
 use crate::model::state::{
     Cell, ListCell, MapCell, StateId, StateInfo, StateKey, StateValue, StoredState,
@@ -52,6 +53,8 @@ pub struct HeapBackend {
     instance_id: InstanceId,
     /// Stamped into every handle this backend issues ([`StateId`]).
     identity: u64,
+    /// The instance's operator (non-keyed) state.
+    pub(crate) operator_state: OperatorState,
 }
 
 impl HeapBackend {
@@ -69,6 +72,7 @@ impl HeapBackend {
             states: Vec::new(),
             instance_id: InstanceId::random(),
             identity: next_backend_identity(),
+            operator_state: OperatorState::default(),
         })
     }
 

@@ -3,14 +3,13 @@
 //! and restores from canonical rows by SST ingestion.
 
 use crate::backends::config::BackendConfig;
-use crate::backends::interface::{
-    CheckpointedBackend, PendingSnapshot, SnapshotUpload, UploadStats,
-};
+use crate::backends::interface::{CheckpointedBackend, SnapshotUpload, UploadStats};
 use crate::backends::rocks::{RocksDbBackend, RocksDbSnapshot};
 use crate::model::error::{Error, Result};
 use crate::model::format::metadata::{FetchFile, InstanceId, InstanceMetadata};
 use crate::model::format::view::{RowSource, RowView};
 use crate::model::key_group::KeyGroupRange;
+use crate::model::state::operator::OperatorState;
 use crate::model::state::{KeyedStateBackend, StateInfo};
 use crate::storage::CheckpointStorage;
 
@@ -37,11 +36,16 @@ impl CheckpointedBackend for RocksDbBackend {
         RocksDbBackend::instance_id(self)
     }
 
-    fn snapshot(&mut self, checkpoint_id: u64) -> Result<PendingSnapshot> {
-        Ok(PendingSnapshot::new(Box::new(RocksDbBackend::snapshot(
-            self,
-            checkpoint_id,
-        )?)))
+    fn operator_state(&self) -> &OperatorState {
+        &self.operator_state
+    }
+
+    fn operator_state_mut(&mut self) -> &mut OperatorState {
+        &mut self.operator_state
+    }
+
+    fn snapshot_state(&mut self, checkpoint_id: u64) -> Result<Box<dyn SnapshotUpload>> {
+        Ok(Box::new(RocksDbBackend::snapshot(self, checkpoint_id)?))
     }
 
     fn notify_checkpoint_complete(&mut self, part: &InstanceMetadata) -> Result<()> {

@@ -197,6 +197,8 @@ pub struct RocksDbBackend {
     identity: u64,
     incremental: IncrementalState,
     dir: WorkingDir,
+    /// The instance's operator (non-keyed) state.
+    pub(crate) operator_state: crate::model::state::operator::OperatorState,
 }
 
 impl Drop for RocksDbBackend {
@@ -380,6 +382,7 @@ impl RocksDbBackend {
             states: Vec::new(),
             instance_id: InstanceId::random(),
             identity: next_backend_identity(),
+            operator_state: Default::default(),
             incremental: IncrementalState::default(),
             dir,
         };

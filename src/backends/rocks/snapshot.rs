@@ -129,6 +129,8 @@ impl RocksDbBackend {
             key_groups: self.range,
             states: self.states.iter().map(|s| s.info.clone()).collect(),
             files,
+            // Taken at the barrier by `CheckpointedBackend::snapshot`, set on upload.
+            operator_state: Default::default(),
         }
     }
 

@@ -5,6 +5,7 @@
 //! A checkpoint or savepoint exists exactly when its `_metadata` exists: it is written last,
 //! atomically (temporary name, fsync, rename), after every file it lists.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::model::codec::CodecId;
@@ -15,11 +16,14 @@ use crate::model::format::{ByteReader, ByteWriter, check_trailing_crc};
 use crate::model::key_group::{KeyGroupRange, MAX_MAX_PARALLELISM};
 use crate::model::state::StateInfo;
 use crate::model::state::backend::BackendKind;
+use crate::model::state::operator::{OperatorState, OperatorStateEntry, OperatorStateMode};
 
 /// Magic at the start of a `_metadata` file.
 pub const METADATA_MAGIC: [u8; 4] = *b"SBMD";
-/// The metadata format version this build writes and reads.
-pub const METADATA_VERSION: u16 = 1;
+/// The newest metadata format version this build writes and reads. Version 2 adds operator
+/// state per instance and the engine's metadata; a snapshot that has neither is written as
+/// version 1, byte for byte what earlier releases wrote and read.
+pub const METADATA_VERSION: u16 = 2;
 /// Name of the metadata file in a checkpoint or savepoint directory.
 pub const METADATA_FILE: &str = "_metadata";
 
@@ -123,6 +127,8 @@ pub struct InstanceMetadata {
     pub states: Vec<StateInfo>,
     /// Every file needed to restore the instance.
     pub files: Vec<FileEntry>,
+    /// The instance's operator (non-keyed) state, taken at the barrier.
+    pub operator_state: OperatorState,
 }
 
 impl InstanceMetadata {
@@ -178,6 +184,9 @@ pub struct SnapshotMetadata {
     pub created_ms: u64,
     /// The backend instances, ordered by key-group start.
     pub instances: Vec<InstanceMetadata>,
+    /// What the engine chose to keep with the snapshot (job id, watermarks, source positions
+    /// that are not operator state), by key; returned on restore as written.
+    pub engine: BTreeMap<String, Vec<u8>>,
 }
 
 impl SnapshotMetadata {
@@ -254,8 +263,31 @@ impl SnapshotMetadata {
         Ok(sources)
     }
 
+    /// The operator state of a new instance owning `range`, from every instance's (not only
+    /// the overlapping ones: union and split lists draw on all of them), by each state's mode
+    /// ([`OperatorState::redistribute`]).
+    pub fn operator_state_for(&self, range: KeyGroupRange) -> OperatorState {
+        let parts: Vec<(KeyGroupRange, &OperatorState)> = self
+            .instances
+            .iter()
+            .map(|i| (i.key_groups, &i.operator_state))
+            .collect();
+        let max_parallelism = self.instances.first().map_or(0, |i| i.max_parallelism);
+        OperatorState::redistribute(&parts, range, max_parallelism)
+    }
+
     /// Serializes to the `_metadata` byte format.
     pub fn encode(&self) -> Vec<u8> {
+        let version = if self.engine.is_empty()
+            && self
+                .instances
+                .iter()
+                .all(|i| i.operator_state.entries().is_empty())
+        {
+            1
+        } else {
+            2
+        };
         let mut body = ByteWriter::new();
         body.u8(self.kind as u8)
             .u64(self.id)
@@ -280,10 +312,19 @@ impl SnapshotMetadata {
                     .u32(f.crc32)
                     .u8(u8::from(f.shared));
             }
+            if version >= 2 {
+                write_operator_state(&mut body, &inst.operator_state);
+            }
+        }
+        if version >= 2 {
+            body.u32(self.engine.len() as u32);
+            for (key, value) in &self.engine {
+                body.str(key).bytes(value);
+            }
         }
         let mut w = ByteWriter::new();
         w.raw(&METADATA_MAGIC)
-            .u16(METADATA_VERSION)
+            .u16(version)
             .bytes(&body.into_inner())
             .crc_of_all();
         w.into_inner()
@@ -308,13 +349,14 @@ impl SnapshotMetadata {
                 supported: format!("magic {METADATA_MAGIC:02x?}"),
             });
         }
+        let mut version = METADATA_VERSION;
         if data.len() >= 6 {
-            let version = u16::from_le_bytes([data[4], data[5]]);
-            if version != METADATA_VERSION {
+            version = u16::from_le_bytes([data[4], data[5]]);
+            if !(1..=METADATA_VERSION).contains(&version) {
                 return Err(Error::UnsupportedFormat {
                     file: file.to_owned(),
                     found: format!("metadata version {version}"),
-                    supported: format!("metadata version {METADATA_VERSION}"),
+                    supported: format!("metadata versions 1 to {METADATA_VERSION}"),
                 });
             }
         }
@@ -334,7 +376,37 @@ impl SnapshotMetadata {
         let n = r.count(38, "instances")?;
         let mut instances = Vec::with_capacity(n);
         for _ in 0..n {
-            instances.push(read_instance(&mut r)?);
+            instances.push(read_instance(&mut r, version)?);
+        }
+        let mut engine = BTreeMap::new();
+        if version >= 2 {
+            let entries = r.count(9, "engine metadata entries")?;
+            for _ in 0..entries {
+                let key = r.str(255, "engine metadata key")?;
+                if key.is_empty() {
+                    return Err(r.corrupt("an empty engine metadata key"));
+                }
+                let value = r
+                    .bytes(MAX_METADATA_BYTES, "engine metadata value")?
+                    .to_vec();
+                // Ascending, each once: the one encoding of a map.
+                if engine
+                    .last_key_value()
+                    .is_some_and(|(last, _)| *last >= key)
+                {
+                    return Err(r.corrupt("engine metadata keys out of order or repeated"));
+                }
+                engine.insert(key, value);
+            }
+            if engine.is_empty()
+                && instances
+                    .iter()
+                    .all(|i| i.operator_state.entries().is_empty())
+            {
+                return Err(r.corrupt(
+                    "version 2 without operator state or engine metadata (written as version 1)",
+                ));
+            }
         }
         r.expect_end("the instances")?;
         Ok(SnapshotMetadata {
@@ -342,6 +414,7 @@ impl SnapshotMetadata {
             id,
             created_ms,
             instances,
+            engine,
         })
     }
 }
@@ -393,7 +466,60 @@ pub fn check_partition(instances: &[InstanceMetadata], what: &str) -> Result<()>
     Ok(())
 }
 
-fn read_instance(r: &mut ByteReader<'_>) -> Result<InstanceMetadata> {
+/// Writes an instance's operator state section (version 2).
+fn write_operator_state(w: &mut ByteWriter, state: &OperatorState) {
+    w.u32(state.entries().len() as u32);
+    for (name, entry) in state.entries() {
+        w.str(name)
+            .u8(entry.mode.code())
+            .str(&entry.type_name)
+            .u32(entry.elements.len() as u32);
+        for element in &entry.elements {
+            w.bytes(element);
+        }
+    }
+}
+
+/// Reads an instance's operator state section (version 2).
+fn read_operator_state(r: &mut ByteReader<'_>) -> Result<OperatorState> {
+    let mut state = OperatorState::default();
+    let n = r.count(14, "operator states")?;
+    for _ in 0..n {
+        let name = r.str(255, "operator state name")?;
+        let in_order = state
+            .entries()
+            .last_key_value()
+            .is_none_or(|(last, _)| *last < name);
+        if name.is_empty() || !in_order {
+            return Err(r.corrupt(format!(
+                "operator state name {name:?} empty, out of order or repeated"
+            )));
+        }
+        let code = r.u8("operator state mode")?;
+        let mode = OperatorStateMode::from_code(code)
+            .ok_or_else(|| r.corrupt(format!("unknown operator state mode {code}")))?;
+        let type_name = r.str(65_536, "operator state type name")?;
+        let count = r.count(4, "operator state elements")?;
+        let mut elements = Vec::with_capacity(count);
+        for _ in 0..count {
+            elements.push(
+                r.bytes(MAX_METADATA_BYTES, "operator state element")?
+                    .to_vec(),
+            );
+        }
+        state.insert_entry(
+            name,
+            OperatorStateEntry {
+                mode,
+                type_name,
+                elements,
+            },
+        );
+    }
+    Ok(state)
+}
+
+fn read_instance(r: &mut ByteReader<'_>, version: u16) -> Result<InstanceMetadata> {
     let mut id = [0u8; 16];
     id.copy_from_slice(r.take(16, "instance id")?);
     let backend_code = r.u8("backend kind")?;
@@ -442,6 +568,11 @@ fn read_instance(r: &mut ByteReader<'_>) -> Result<InstanceMetadata> {
             shared,
         });
     }
+    let operator_state = if version >= 2 {
+        read_operator_state(r)?
+    } else {
+        OperatorState::default()
+    };
     Ok(InstanceMetadata {
         instance_id: InstanceId(id),
         backend,
@@ -450,6 +581,7 @@ fn read_instance(r: &mut ByteReader<'_>) -> Result<InstanceMetadata> {
         key_groups,
         states,
         files,
+        operator_state,
     })
 }
 

@@ -10,6 +10,7 @@ pub mod backend;
 mod descriptor;
 mod handles;
 pub mod key;
+pub mod operator;
 pub mod rows;
 
 pub use backend::{BackendKind, KeyedStateBackend, MapEntries, StateKeys};
@@ -20,6 +21,9 @@ pub use descriptor::{
 pub use handles::next_backend_identity;
 pub use handles::{AggregatingState, ListState, MapState, ReducingState, StateId, ValueState};
 pub use key::{AsKey, KeyContext, KeyRef};
+pub use operator::{
+    BroadcastState, OperatorListState, OperatorState, OperatorStateEntry, OperatorStateMode,
+};
 pub use rows::{Cell, ListCell, MapCell, StoredState};
 
 use std::hash::Hash;

@@ -361,7 +361,22 @@ impl CheckpointCoordinator {
     pub fn complete(
         &mut self,
         id: u64,
+        instances: Vec<InstanceMetadata>,
+    ) -> Result<&SnapshotMetadata> {
+        self.complete_with(id, instances, BTreeMap::new())
+    }
+
+    /// [`CheckpointCoordinator::complete`], keeping `engine` (the engine's metadata: job id,
+    /// watermarks, source positions that are not operator state) in the checkpoint's
+    /// `_metadata`, returned on restore as [`SnapshotMetadata::engine`].
+    ///
+    /// # Errors
+    /// As [`CheckpointCoordinator::complete`].
+    pub fn complete_with(
+        &mut self,
+        id: u64,
         mut instances: Vec<InstanceMetadata>,
+        engine: BTreeMap<String, Vec<u8>>,
     ) -> Result<&SnapshotMetadata> {
         if !self.pending.contains(&id) {
             return Err(Error::CheckpointState {
@@ -401,6 +416,7 @@ impl CheckpointCoordinator {
             id,
             created_ms: now_ms(),
             instances,
+            engine,
         };
         let path = metadata_path(id)?;
         let bytes = meta.encode();
