@@ -1,6 +1,8 @@
 //! The whole lifecycle of `statebackend` in one job: keyed state on several parallel RocksDB
-//! instances, periodic incremental checkpoints, an injected crash with restore, and a
-//! savepoint restored into the heap backend at another parallelism. Every step is checked.
+//! instances, tumbling windows closed by event-time timers, the source position in operator
+//! state, incremental checkpoints run by the checkpoint driver while the job keeps processing,
+//! a crash in the middle of a checkpoint with restore, and a savepoint restored into the heap
+//! backend at another parallelism. Every step is checked against a run without a crash.
 //!
 //! ```text
 //! cargo run --example demo                      # about a minute on 2 cores
@@ -8,22 +10,22 @@
 //! cargo run --example demo -- --dir /tmp/demo   # keep checkpoints and savepoint for statectl
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use statebackend::checkpoint::{
-    CheckpointCoordinator, InstanceMetadata, RestoreMode, UploadStats, restore_instance,
+    CheckpointCoordinator, RestoreMode, latest_restorable, restore_instance,
 };
 use statebackend::savepoint::{complete_savepoint, read_savepoint, restore_savepoint};
 use statebackend::storage::{CheckpointStorage, LocalDirStorage};
 use statebackend::{
-    AnyBackend, BackendConfig, BackendKind, KeyGroupRange, KeyedStateBackend, ListState,
+    AnyBackend, BackendConfig, BackendKind, CheckpointDriver, CheckpointReport,
+    CheckpointedBackend, DriverOptions, KeyGroupRange, KeyedStateBackend, ListState,
     ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
-    Result, ValueState, ValueStateDescriptor,
+    Result, TimerService, ValueState, ValueStateDescriptor,
 };
 
 const MAX_PARALLELISM: u32 = 128;
@@ -116,17 +118,19 @@ fn event(i: u64) -> Event {
     }
 }
 
-/// The job's state handles on one instance.
-struct Operator {
-    backend: AnyBackend,
+/// The state handles of one instance (registration is by name, so every instance's are
+/// equal in kind and types).
+struct Handles {
     events: ValueState<u64, (), u64>,
     views: MapState<u64, u64, u16, u32>,
     recent: ListState<u64, u64, u16>,
     last_seen: ReducingState<u64, (), u64>,
+    /// Per user: windows closed by their timer, and the page views they held.
+    closed: ValueState<u64, (), (u64, u64)>,
 }
 
-impl Operator {
-    fn new(mut backend: AnyBackend) -> Result<Self> {
+impl Handles {
+    fn register(backend: &mut AnyBackend) -> Result<Self> {
         Ok(Self {
             events: backend.value_state(&ValueStateDescriptor::new("events-per-user"))?,
             views: backend.map_state(&MapStateDescriptor::new("page-views-per-window"))?,
@@ -135,49 +139,143 @@ impl Operator {
                 "last-seen",
                 |a: &u64, b: &u64| *a.max(b),
             ))?,
-            backend,
+            closed: backend.value_state(&ValueStateDescriptor::new("closed-windows"))?,
+        })
+    }
+}
+
+/// The job: its instances (backends), their handles and timer services.
+struct Job {
+    backends: Vec<AnyBackend>,
+    handles: Vec<Handles>,
+    timers: Vec<TimerService<u64, u64>>,
+}
+
+impl Job {
+    fn new(mut backends: Vec<AnyBackend>) -> Result<Self> {
+        let mut handles = Vec::new();
+        let mut timers = Vec::new();
+        for b in &mut backends {
+            handles.push(Handles::register(b)?);
+            // Created on a restored backend, it finds the timers the checkpoint holds.
+            timers.push(TimerService::new(b, "window-end")?);
+        }
+        Ok(Self {
+            backends,
+            handles,
+            timers,
         })
     }
 
+    fn parallelism(&self) -> u32 {
+        self.backends.len() as u32
+    }
+
+    /// One event: routed to the instance that owns its key group, its key set once, four
+    /// states updated, and a timer for the end of its window.
     fn process(&mut self, e: Event) -> Result<()> {
-        let b = &mut self.backend;
+        let group = self.backends[0].key_group_of(&e.user)?;
+        let index =
+            KeyGroupRange::operator_for_key_group(MAX_PARALLELISM, self.parallelism(), group)?;
+        let (b, h) = (
+            &mut self.backends[index as usize],
+            &self.handles[index as usize],
+        );
         let window = e.time / WINDOW;
-        let n = self.events.get(b, &e.user, &())?.unwrap_or(0);
-        self.events.put(b, &e.user, &(), n + 1)?;
-        let v = self.views.get(b, &e.user, &window, &e.page)?.unwrap_or(0);
-        self.views.put(b, &e.user, &window, e.page, v + 1)?;
-        self.recent.append(b, &e.user, &window, e.page)?;
-        self.last_seen.add(b, &e.user, &(), e.time)
+        let user = b.key_context(e.user)?;
+        let n = h.events.get(b, &user, &())?.unwrap_or(0);
+        h.events.put(b, &user, &(), n + 1)?;
+        let v = h.views.get(b, &user, &window, &e.page)?.unwrap_or(0);
+        h.views.put(b, &user, &window, e.page, v + 1)?;
+        h.recent.append(b, &user, &window, e.page)?;
+        h.last_seen.add(b, &user, &(), e.time)?;
+        let window_end = (window + 1) * WINDOW - 1;
+        self.timers[index as usize].register_event_time_timer(b, &user, &window, window_end as i64)
     }
-}
 
-/// Per user: events, last seen, page views summed over windows, list entries over windows.
-type Summary = BTreeMap<u64, (u64, u64, u64, u64)>;
-
-fn summarize(ops: &[Operator]) -> Result<Summary> {
-    let mut out = Summary::new();
-    for op in ops {
-        let b = &op.backend;
-        for item in b.keys::<u64, ()>(op.events.id(), None)? {
-            let (user, ()) = item?;
-            let entry = out.entry(user).or_default();
-            entry.0 = op.events.get(b, &user, &())?.unwrap_or(0);
-            entry.1 = op.last_seen.get(b, &user, &())?.unwrap_or(0);
-        }
-        for item in b.keys::<u64, u64>(op.views.id(), None)? {
-            let (user, window) = item?;
-            let mut views = 0u64;
-            for e in op.views.entries(b, &user, &window)? {
-                views += u64::from(e?.1);
+    /// Event time reached `watermark`: every window that ended fires. Its page views are added
+    /// to the user's closed windows and its list of pages is dropped.
+    fn advance(&mut self, watermark: u64) -> Result<()> {
+        for ((b, h), timers) in self
+            .backends
+            .iter_mut()
+            .zip(&self.handles)
+            .zip(&mut self.timers)
+        {
+            for timer in timers.advance_watermark(b, watermark as i64)? {
+                let (user, window) = (&timer.key, &timer.namespace);
+                let mut views = 0u64;
+                for entry in h.views.entries(b, user, window)? {
+                    views += u64::from(entry?.1);
+                }
+                let (windows, total) = h.closed.get(b, user, &())?.unwrap_or((0, 0));
+                h.closed.put(b, user, &(), (windows + 1, total + views))?;
+                h.recent.clear(b, user, window)?;
             }
-            let listed = op.recent.get(b, &user, &window)?.len() as u64;
-            let entry = out.entry(user).or_default();
-            entry.2 += views;
-            entry.3 += listed;
         }
+        Ok(())
     }
-    Ok(out)
+
+    /// Records the source's position in every instance's operator state (broadcast: each
+    /// holds the same), so that a checkpoint taken now holds it.
+    fn set_position(&mut self, position: u64) -> Result<()> {
+        for b in &mut self.backends {
+            let operator = b.operator_state_mut();
+            let source = operator.broadcast_state::<String, u64>("source")?;
+            source.put(operator, "position".into(), position)?;
+        }
+        Ok(())
+    }
+
+    /// The source position a restored job resumes from.
+    fn position(&mut self) -> Result<u64> {
+        let operator = self.backends[0].operator_state_mut();
+        let source = operator.broadcast_state::<String, u64>("source")?;
+        Ok(source.get(operator, &"position".into())?.unwrap_or(0))
+    }
+
+    /// Runs events `from..to`; at each window's end the watermark passes it.
+    fn run(&mut self, from: u64, to: u64) -> Result<()> {
+        for i in from..to {
+            self.process(event(i))?;
+            if (i + 1) % WINDOW == 0 {
+                self.advance(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Per user: events, last seen, page views summed over windows, list entries of windows
+    /// still open, and (windows closed, views in them).
+    fn summarize(&self) -> Result<Summary> {
+        let mut out = Summary::new();
+        for (b, h) in self.backends.iter().zip(&self.handles) {
+            for item in b.keys::<u64, ()>(h.events.id(), None)? {
+                let (user, ()) = item?;
+                let entry = out.entry(user).or_default();
+                entry.0 = h.events.get(b, &user, &())?.unwrap_or(0);
+                entry.1 = h.last_seen.get(b, &user, &())?.unwrap_or(0);
+                entry.4 = h.closed.get(b, &user, &())?.unwrap_or((0, 0));
+            }
+            for item in b.keys::<u64, u64>(h.views.id(), None)? {
+                let (user, window) = item?;
+                let mut views = 0u64;
+                for e in h.views.entries(b, &user, &window)? {
+                    views += u64::from(e?.1);
+                }
+                let listed = h.recent.get(b, &user, &window)?.len() as u64;
+                let entry = out.entry(user).or_default();
+                entry.2 += views;
+                entry.3 += listed;
+            }
+        }
+        Ok(out)
+    }
 }
+
+/// Per user: events, last seen, page views summed over windows, list entries of open windows,
+/// (windows closed, views in them).
+type Summary = BTreeMap<u64, (u64, u64, u64, u64, (u64, u64))>;
 
 fn ranges(parallelism: u32) -> Result<Vec<KeyGroupRange>> {
     (0..parallelism)
@@ -191,92 +289,18 @@ fn config(kind: BackendKind, range: KeyGroupRange) -> BackendConfig {
     c
 }
 
-/// Runs events `from..to` through the operators, routing each by its key group.
-fn run(ops: &mut [Operator], parallelism: u32, from: u64, to: u64) -> Result<()> {
-    for i in from..to {
-        let e = event(i);
-        let group = ops[0].backend.key_group_of(&e.user)?;
-        let index = KeyGroupRange::operator_for_key_group(MAX_PARALLELISM, parallelism, group)?;
-        ops[index as usize].process(e)?;
-    }
-    Ok(())
-}
-
-/// A checkpoint whose uploads run on background threads while processing continues.
-struct InFlight {
-    id: u64,
-    offset: u64,
-    sync_pause: Duration,
-    uploads: Vec<JoinHandle<Result<(InstanceMetadata, UploadStats, Duration)>>>,
-}
-
-fn start_checkpoint(
-    ops: &mut [Operator],
-    coordinator: &mut CheckpointCoordinator,
-    offset: u64,
-) -> Result<InFlight> {
-    let id = coordinator.next_checkpoint_id();
-    coordinator.begin(id)?;
-    let started = Instant::now();
-    let mut pending = Vec::new();
-    for op in ops.iter_mut() {
-        pending.push(op.backend.snapshot(id)?);
-    }
-    let sync_pause = started.elapsed();
-    let uploads = pending
-        .into_iter()
-        .map(|p| {
-            let storage = Arc::clone(coordinator.storage());
-            std::thread::spawn(move || {
-                let t = Instant::now();
-                let (meta, stats) = p.upload(storage.as_ref())?;
-                Ok((meta, stats, t.elapsed()))
-            })
-        })
-        .collect();
-    Ok(InFlight {
-        id,
-        offset,
-        sync_pause,
-        uploads,
-    })
-}
-
-fn finish_checkpoint(
-    flight: InFlight,
-    ops: &mut [Operator],
-    coordinator: &mut CheckpointCoordinator,
-    offsets: &mut HashMap<u64, u64>,
-) -> Result<()> {
-    let mut instances = Vec::new();
-    let mut stats = UploadStats::default();
-    let mut async_time = Duration::ZERO;
-    for handle in flight.uploads {
-        let (meta, s, t) = handle.join().expect("upload thread panicked")?;
-        stats.add(&s);
-        async_time = async_time.max(t);
-        instances.push(meta);
-    }
-    let meta = coordinator.complete(flight.id, instances)?.clone();
-    for op in ops.iter_mut() {
-        // Each instance gets its own part (`complete` orders parts by key group).
-        let id = op.backend.instance_id();
-        let part = meta.instances.iter().find(|i| i.instance_id == id);
-        let part = part.expect("every instance is in the checkpoint");
-        op.backend.notify_checkpoint_complete(part)?;
-    }
-    offsets.insert(flight.id, flight.offset);
+fn print_checkpoint(report: &CheckpointReport, driver: &CheckpointDriver) {
+    let size = driver.coordinator().latest().map_or(0, |m| m.total_bytes());
     println!(
         "  {:>4} {:>12} {:>14} {:>9} {:>9} {:>10.1} {:>11.1}",
-        flight.id,
-        human(meta.total_bytes()),
-        human(stats.bytes_uploaded),
-        stats.files_uploaded,
-        stats.files_reused,
-        flight.sync_pause.as_secs_f64() * 1e3,
-        async_time.as_secs_f64() * 1e3,
+        report.id,
+        human(size),
+        human(report.stats.bytes_uploaded),
+        report.stats.files_uploaded,
+        report.stats.files_reused,
+        report.sync_pause.as_secs_f64() * 1e3,
+        report.upload_time.as_secs_f64() * 1e3,
     );
-    Ok(())
 }
 
 fn human(bytes: u64) -> String {
@@ -312,12 +336,14 @@ fn demo(o: &Options) -> std::result::Result<(), Box<dyn std::error::Error>> {
 
     // 1. Reference run: the same events on the heap backend, no checkpoints, no crash.
     let t = Instant::now();
-    let mut reference: Vec<Operator> = ranges(p)?
-        .into_iter()
-        .map(|r| AnyBackend::open(&config(BackendKind::Heap, r)).and_then(Operator::new))
-        .collect::<Result<_>>()?;
-    run(&mut reference, p, 0, o.events)?;
-    let expected = summarize(&reference)?;
+    let mut reference = Job::new(
+        ranges(p)?
+            .into_iter()
+            .map(|r| AnyBackend::open(&config(BackendKind::Heap, r)))
+            .collect::<Result<_>>()?,
+    )?;
+    reference.run(0, o.events)?;
+    let expected = reference.summarize()?;
     drop(reference);
     println!(
         "\n1. reference run on the heap backend: {} users in {:.1} s",
@@ -325,58 +351,62 @@ fn demo(o: &Options) -> std::result::Result<(), Box<dyn std::error::Error>> {
         t.elapsed().as_secs_f64()
     );
 
-    // 2. The job on RocksDB with periodic incremental checkpoints and a crash.
+    // 2. The job on RocksDB, checkpointed by the driver while it keeps processing.
     println!("\n2. RocksDB job with incremental checkpoints (uploads overlap processing)");
     println!(
         "  {:>4} {:>12} {:>14} {:>9} {:>9} {:>10} {:>11}",
         "id", "state size", "uploaded", "files up", "reused", "sync ms", "async ms"
     );
     let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(&root)?);
-    let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 3)?;
-    let mut ops: Vec<Operator> = ranges(p)?
-        .into_iter()
-        .map(|r| AnyBackend::open(&config(BackendKind::RocksDb, r)).and_then(Operator::new))
-        .collect::<Result<_>>()?;
+    let open_driver = || -> Result<CheckpointDriver> {
+        Ok(CheckpointDriver::new(
+            CheckpointCoordinator::open(Arc::clone(&storage), 3)?,
+            DriverOptions::default(),
+        ))
+    };
+    let mut driver = open_driver()?;
+    let mut job = Job::new(
+        ranges(p)?
+            .into_iter()
+            .map(|r| AnyBackend::open(&config(BackendKind::RocksDb, r)))
+            .collect::<Result<_>>()?,
+    )?;
     let interval = o.events / (o.checkpoints + 1);
     let crash_at = interval * (o.checkpoints / 2) + interval / 2;
-    let mut offsets = HashMap::new();
     let mut position = 0;
-    let mut in_flight: Option<InFlight> = None;
     let mut crashed = false;
+    let mut recorded = 0;
     while position < o.events {
         let next_checkpoint = (position / interval + 1) * interval;
         let stop = next_checkpoint.min(o.events);
         if !crashed && position < crash_at && crash_at < stop {
-            run(&mut ops, p, position, crash_at)?;
-            // 3. The crash: the process dies; in-flight uploads never complete.
-            println!("  -- crash at event {crash_at}: every instance and the coordinator are lost");
-            if let Some(flight) = in_flight.take() {
-                for u in flight.uploads {
-                    let _ = u.join();
-                }
-            }
-            drop(ops);
-            drop(coordinator);
+            job.run(position, crash_at)?;
+            // The crash: the process dies with a checkpoint in flight, which never completes.
+            println!(
+                "  -- crash at event {crash_at}, checkpoint {} in flight: every instance and the coordinator are lost",
+                driver
+                    .in_flight()
+                    .map_or("none".into(), |id| id.to_string())
+            );
+            drop(job);
+            drop(driver);
             crashed = true;
-            coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 3)?;
-            let latest = coordinator
-                .latest()
-                .ok_or("no completed checkpoint to restore")?
-                .clone();
+            // What to restore, found without touching the root; then the root's coordinator.
+            let latest = latest_restorable(storage.as_ref())?;
+            driver = open_driver()?;
             let t = Instant::now();
-            ops = ranges(p)?
-                .into_iter()
-                .map(|r| {
-                    restore_instance(
-                        storage.as_ref(),
-                        &latest,
-                        &config(BackendKind::RocksDb, r),
-                        RestoreMode::Claim,
-                    )
-                    .and_then(Operator::new)
-                })
-                .collect::<Result<_>>()?;
-            position = offsets[&latest.id];
+            job = Job::new(
+                ranges(p)?
+                    .into_iter()
+                    .map(|r| {
+                        let mut config = config(BackendKind::RocksDb, r);
+                        config.replace_existing = true;
+                        restore_instance(storage.as_ref(), &latest, &config, RestoreMode::Claim)
+                    })
+                    .collect::<Result<_>>()?,
+            )?;
+            // The source resumes where the checkpoint says: its position is operator state.
+            position = job.position()?;
             println!(
                 "  -- restored checkpoint {} in {:.0} ms; replaying from event {position}",
                 latest.id,
@@ -384,24 +414,29 @@ fn demo(o: &Options) -> std::result::Result<(), Box<dyn std::error::Error>> {
             );
             continue;
         }
-        run(&mut ops, p, position, stop)?;
+        job.run(position, stop)?;
         position = stop;
-        if let Some(flight) = in_flight.take() {
-            finish_checkpoint(flight, &mut ops, &mut coordinator, &mut offsets)?;
+        if driver.in_flight().is_some() {
+            let report = driver.finish(&mut job.backends)?;
+            print_checkpoint(&report, &driver);
         }
         if position < o.events {
-            in_flight = Some(start_checkpoint(&mut ops, &mut coordinator, position)?);
+            job.set_position(position)?;
+            recorded = position;
+            driver.trigger(&mut job.backends)?;
         }
     }
-    if let Some(flight) = in_flight.take() {
-        finish_checkpoint(flight, &mut ops, &mut coordinator, &mut offsets)?;
+    if driver.in_flight().is_some() {
+        let report = driver.finish(&mut job.backends)?;
+        print_checkpoint(&report, &driver);
     }
-    let after_crash = summarize(&ops)?;
+    let after_crash = job.summarize()?;
     println!("\n3. exactly-once check after crash and restore");
     check(
         &format!(
-            "RocksDB job with a crash == heap reference run ({} users)",
-            after_crash.len()
+            "RocksDB job with a crash == heap reference run ({} users, {} windows closed by timers)",
+            after_crash.len(),
+            after_crash.values().map(|u| u.4.0).sum::<u64>()
         ),
         after_crash == expected,
     )?;
@@ -412,8 +447,8 @@ fn demo(o: &Options) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let sp_storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(&savepoint_dir)?);
     let t = Instant::now();
     let mut written = Vec::new();
-    for op in ops.iter_mut() {
-        written.push(op.backend.savepoint()?.write(sp_storage.as_ref())?);
+    for b in job.backends.iter_mut() {
+        written.push(b.savepoint()?.write(sp_storage.as_ref())?);
     }
     let meta = complete_savepoint(sp_storage.as_ref(), written)?;
     println!(
@@ -423,26 +458,25 @@ fn demo(o: &Options) -> std::result::Result<(), Box<dyn std::error::Error>> {
         t.elapsed().as_secs_f64() * 1e3,
         savepoint_dir.display()
     );
-    drop(ops);
+    drop(job);
     let meta = read_savepoint(sp_storage.as_ref())?;
     let t = Instant::now();
-    let restored: Vec<Operator> = ranges(q)?
-        .into_iter()
-        .map(|r| {
-            restore_savepoint(sp_storage.as_ref(), &meta, &config(BackendKind::Heap, r))
-                .and_then(Operator::new)
-        })
-        .collect::<Result<_>>()?;
+    let mut restored = Job::new(
+        ranges(q)?
+            .into_iter()
+            .map(|r| restore_savepoint(sp_storage.as_ref(), &meta, &config(BackendKind::Heap, r)))
+            .collect::<Result<_>>()?,
+    )?;
     println!(
         "  restored into {q} heap instances in {:.0} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
-    for (i, op) in restored.iter().enumerate() {
-        let range = op.backend.key_group_range();
+    for (i, (b, h)) in restored.backends.iter().zip(&restored.handles).enumerate() {
+        let range = b.key_group_range();
         let mut own = true;
-        for item in op.backend.keys::<u64, ()>(op.events.id(), None)? {
+        for item in b.keys::<u64, ()>(h.events.id(), None)? {
             let (user, ()) = item?;
-            own &= range.contains(op.backend.key_group_of(&user)?);
+            own &= range.contains(b.key_group_of(&user)?);
         }
         check(
             &format!("heap instance {i} holds only its key groups {range}"),
@@ -451,7 +485,11 @@ fn demo(o: &Options) -> std::result::Result<(), Box<dyn std::error::Error>> {
     }
     check(
         "rescaled heap state == reference run",
-        summarize(&restored)? == expected,
+        restored.summarize()? == expected,
+    )?;
+    check(
+        &format!("the source position ({recorded}) came through the savepoint, in operator state"),
+        restored.position()? == recorded,
     )?;
     println!("\ndone in {:.1} s", started.elapsed().as_secs_f64());
     if o.dir.is_some() {
