@@ -34,11 +34,12 @@ impl<B: KeyedStateBackend> ValueStore for OurValue<B> {
     fn put(&mut self, k: i64, v: i64) {
         self.s.put(&mut self.b, &k, &(), v).unwrap()
     }
-    /// As an engine does per record: the key context once, then the read and the write.
+    /// As an engine does per record: the key context once, then one read-modify-write.
     fn update(&mut self, k: i64, f: &dyn Fn(Option<i64>) -> i64) {
         let key = self.b.key_context(k).unwrap();
-        let c = self.s.get(&self.b, &key, &()).unwrap();
-        self.s.put(&mut self.b, &key, &(), f(c)).unwrap()
+        self.s
+            .update(&mut self.b, &key, &(), |c| Some(f(c.copied())))
+            .unwrap()
     }
 }
 

@@ -213,6 +213,32 @@ impl KeyedStateBackend for AnyBackend {
         dispatch!(self, b => b.put_cell(id, key, ns, value))
     }
 
+    fn with_cell<K, N, V, R, F>(&self, id: StateId, key: KeyRef<'_, K>, ns: &N, f: F) -> Result<R>
+    where
+        K: StateKey,
+        N: StateKey,
+        V: StateValue,
+        F: FnOnce(Option<&V>) -> R,
+    {
+        dispatch!(self, b => b.with_cell(id, key, ns, f))
+    }
+
+    fn update_cell<K, N, V, F>(
+        &mut self,
+        id: StateId,
+        key: KeyRef<'_, K>,
+        ns: &N,
+        f: F,
+    ) -> Result<()>
+    where
+        K: StateKey,
+        N: StateKey,
+        V: StateValue,
+        F: FnOnce(Option<&V>) -> Option<V>,
+    {
+        dispatch!(self, b => b.update_cell(id, key, ns, f))
+    }
+
     fn clear<K: StateKey, N: StateKey>(
         &mut self,
         id: StateId,

@@ -241,6 +241,38 @@ pub fn key_context_is_the_key<B: KeyedStateBackend>(mut b: B) -> Result<()> {
     Ok(())
 }
 
+/// `update` inserts, changes and removes in one call, `with` reads without copying out, on
+/// every backend; reducing and aggregating states (built on `update`) fold the same as before.
+pub fn update_and_with_read_modify_write<B: KeyedStateBackend>(mut b: B) -> Result<()> {
+    let s = b.value_state(&ValueStateDescriptor::<String, u32, Vec<u64>>::new("v"))?;
+    let key = owned_key(&b, 0);
+    s.update(&mut b, &key, &1, |old| {
+        assert!(old.is_none());
+        Some(vec![1])
+    })?;
+    let context = b.key_context(key.clone())?;
+    s.update(&mut b, &context, &1, |old| {
+        let mut next = old.cloned().unwrap();
+        next.push(2);
+        Some(next)
+    })?;
+    assert_eq!(s.get(&b, &key, &1)?, Some(vec![1, 2]));
+    assert_eq!(s.with(&b, &context, &1, |v| v.map(Vec::len))?, Some(2));
+    assert!(s.with(&b, &key, &2, |v| v.is_none())?);
+    // Another namespace is another value; `None` removes.
+    s.update(&mut b, &key, &2, |_| Some(vec![9]))?;
+    s.update(&mut b, &key, &1, |_| None)?;
+    assert_eq!(s.get(&b, &key, &1)?, None);
+    assert_eq!(s.get(&b, &key, &2)?, Some(vec![9]));
+    s.update(&mut b, &key, &3, |_| None)?;
+    assert_eq!(s.get(&b, &key, &3)?, None);
+    let keys: Vec<_> = b
+        .keys::<String, u32>(s.id(), None)?
+        .collect::<Result<_>>()?;
+    assert_eq!(keys, vec![(key.clone(), 2)]);
+    Ok(())
+}
+
 /// Random operations against the `BTreeMap` model, every read compared.
 pub fn model_based_random_operations<B: KeyedStateBackend>(
     mut b: B,
@@ -322,6 +354,10 @@ macro_rules! conformance_suite {
         #[test]
         fn key_context_is_the_key() -> statebackend::Result<()> {
             suite::key_context_is_the_key(open(suite::partial_range()))
+        }
+        #[test]
+        fn update_and_with_read_modify_write() -> statebackend::Result<()> {
+            suite::update_and_with_read_modify_write(open(suite::partial_range()))
         }
         #[test]
         fn model_based_random_operations() -> statebackend::Result<()> {

@@ -311,6 +311,55 @@ impl KeyedStateBackend for HeapBackend {
         Ok(())
     }
 
+    #[inline(always)]
+    fn with_cell<K, N, V, R, F>(&self, id: StateId, key: KeyRef<'_, K>, ns: &N, f: F) -> Result<R>
+    where
+        K: StateKey,
+        N: StateKey,
+        V: StateValue,
+        F: FnOnce(Option<&V>) -> R,
+    {
+        let group = self.group_index(key)?;
+        let table = self.table::<K, N, Cell<V>>(id)?;
+        Ok(f(table
+            .group(group)
+            .get(&KeyNs(key.key(), ns))
+            .map(|c| &c.0)))
+    }
+
+    /// One probe when the value exists: the new value is written through the entry found.
+    #[inline(always)]
+    fn update_cell<K, N, V, F>(
+        &mut self,
+        id: StateId,
+        key: KeyRef<'_, K>,
+        ns: &N,
+        f: F,
+    ) -> Result<()>
+    where
+        K: StateKey,
+        N: StateKey,
+        V: StateValue,
+        F: FnOnce(Option<&V>) -> Option<V>,
+    {
+        let group = self.group_index(key)?;
+        let map = self.table_mut::<K, N, Cell<V>>(id)?.group_mut(group);
+        match map.get_mut(&KeyNs(key.key(), ns)) {
+            Some(cell) => match f(Some(&cell.0)) {
+                Some(value) => cell.0 = value,
+                None => {
+                    map.remove(&KeyNs(key.key(), ns));
+                }
+            },
+            None => {
+                if let Some(value) = f(None) {
+                    map.insert((key.key().clone(), ns.clone()), Cell(value));
+                }
+            }
+        }
+        Ok(())
+    }
+
     #[inline]
     fn clear<K: StateKey, N: StateKey>(
         &mut self,

@@ -115,6 +115,50 @@ pub trait KeyedStateBackend {
         value: V,
     ) -> Result<()>;
 
+    /// Calls `f` with the value of `(key, ns)` borrowed (no copy where the backend holds typed
+    /// values) and returns its result.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::get_cell`].
+    #[inline]
+    fn with_cell<K, N, V, R, F>(&self, id: StateId, key: KeyRef<'_, K>, ns: &N, f: F) -> Result<R>
+    where
+        K: StateKey,
+        N: StateKey,
+        V: StateValue,
+        F: FnOnce(Option<&V>) -> R,
+    {
+        Ok(f(self.get_cell::<K, N, V>(id, key, ns)?.as_ref()))
+    }
+
+    /// Read-modify-write of the value of `(key, ns)`: `f` gets the current value and returns
+    /// the new one (`None` removes it). The heap backend does it with one lookup when the
+    /// value exists; the default reads and then writes.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::get_cell`].
+    #[inline]
+    fn update_cell<K, N, V, F>(
+        &mut self,
+        id: StateId,
+        key: KeyRef<'_, K>,
+        ns: &N,
+        f: F,
+    ) -> Result<()>
+    where
+        K: StateKey,
+        N: StateKey,
+        V: StateValue,
+        F: FnOnce(Option<&V>) -> Option<V>,
+    {
+        let current = self.get_cell::<K, N, V>(id, key, ns)?;
+        match f(current.as_ref()) {
+            Some(value) => self.put_cell(id, key, ns, value),
+            None if current.is_some() => self.clear(id, key, ns),
+            None => Ok(()),
+        }
+    }
+
     /// Removes everything `(key, ns)` holds in state `id`, whatever its kind.
     ///
     /// # Errors

@@ -127,6 +127,40 @@ impl<K: StateKey, N: StateKey, V: StateValue> ValueState<K, N, V> {
         backend.put_cell(self.id, key.key_ref(backend)?, ns, value)
     }
 
+    /// Calls `f` with the value of `(key, ns)` borrowed, without copying it where the backend
+    /// holds typed values (the heap backend), and returns what `f` returns.
+    ///
+    /// # Errors
+    /// As [`ValueState::get`].
+    #[inline]
+    pub fn with<B: KeyedStateBackend, R>(
+        &self,
+        backend: &B,
+        key: &impl AsKey<K>,
+        ns: &N,
+        f: impl FnOnce(Option<&V>) -> R,
+    ) -> Result<R> {
+        backend.with_cell::<K, N, V, R, _>(self.id, key.key_ref(backend)?, ns, f)
+    }
+
+    /// Read-modify-write: `f` gets the current value of `(key, ns)` and returns the new one
+    /// (`None` removes it). One lookup on the heap backend when the value exists, where `get`
+    /// then `put` take two and copy the value out.
+    ///
+    /// # Errors
+    /// As [`ValueState::get`].
+    #[inline]
+    pub fn update<B: KeyedStateBackend>(
+        &self,
+        backend: &mut B,
+        key: &impl AsKey<K>,
+        ns: &N,
+        f: impl FnOnce(Option<&V>) -> Option<V>,
+    ) -> Result<()> {
+        let key = key.key_ref(backend)?;
+        backend.update_cell::<K, N, V, _>(self.id, key, ns, f)
+    }
+
     /// Removes the value of `(key, ns)`.
     ///
     /// # Errors
@@ -424,13 +458,14 @@ impl<K: StateKey, N: StateKey, V: StateValue> ReducingState<K, N, V> {
         ns: &N,
         value: V,
     ) -> Result<()> {
-        // One key-group computation for the read and the write.
+        // One read-modify-write: one lookup on the heap backend.
         let key = key.key_ref(backend)?;
-        let next = match backend.get_cell::<K, N, V>(self.id, key, ns)? {
-            Some(current) => (self.reduce)(&current, &value),
-            None => value,
-        };
-        backend.put_cell(self.id, key, ns, next)
+        backend.update_cell::<K, N, V, _>(self.id, key, ns, |current| {
+            Some(match current {
+                Some(current) => (self.reduce)(current, &value),
+                None => value,
+            })
+        })
     }
 
     /// Removes the value of `(key, ns)`.
@@ -500,11 +535,13 @@ impl<K: StateKey, N: StateKey, IN, ACC: StateValue, OUT> AggregatingState<K, N, 
         value: &IN,
     ) -> Result<()> {
         let key = key.key_ref(backend)?;
-        let acc = match backend.get_cell::<K, N, ACC>(self.id, key, ns)? {
-            Some(acc) => acc,
-            None => self.function.create_accumulator(),
-        };
-        backend.put_cell(self.id, key, ns, self.function.add(value, acc))
+        backend.update_cell::<K, N, ACC, _>(self.id, key, ns, |acc| {
+            let acc = match acc {
+                Some(acc) => acc.clone(),
+                None => self.function.create_accumulator(),
+            };
+            Some(self.function.add(value, acc))
+        })
     }
 
     /// Removes the accumulator of `(key, ns)`.
