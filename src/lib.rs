@@ -77,7 +77,7 @@ pub use key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange};
 pub use model::state::{BackendKind, KeyedStateBackend};
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksDbBackend, RocksDbOptions};
-pub use runtime::driver::{CheckpointDriver, CheckpointReport, DriverOptions};
+pub use runtime::driver::{CheckpointDriver, CheckpointReport, DriverOptions, OperatorInstances};
 pub use runtime::timers::{Timer, TimerService};
 pub use state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState,

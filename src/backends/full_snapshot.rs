@@ -41,6 +41,7 @@ pub fn snapshot<B: CheckpointedBackend>(
             states,
             files: Vec::new(),
             operator_state: OperatorState::default(),
+            operator: String::new(),
         },
         view: backend.row_view()?,
     };

@@ -217,6 +217,8 @@ impl PendingSavepoint {
                 shared: false,
             }],
             operator_state: self.operator_state,
+            // The caller names the operator (`complete_savepoint` takes parts of any).
+            operator: String::new(),
         })
     }
 }

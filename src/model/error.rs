@@ -223,6 +223,21 @@ pub enum Error {
         /// Why it cannot be read.
         reason: String,
     },
+    /// A snapshot has no instance of the operator asked for.
+    #[error("no operator {operator:?} in the snapshot (it holds {found:?})")]
+    OperatorNotFound {
+        /// The operator id asked for.
+        operator: String,
+        /// The operators the snapshot holds.
+        found: Vec<String>,
+    },
+    /// A snapshot holds operators the new job does not have, and dropping their state was not
+    /// allowed (`allow_non_restored`).
+    #[error("the snapshot holds state of operators {operators:?} that the job does not have")]
+    NonRestoredState {
+        /// The snapshot's operators the job lacks.
+        operators: Vec<String>,
+    },
     /// Metadata of one backend instance was given to another (for example
     /// `notify_checkpoint_complete` with another instance's part of a checkpoint).
     #[error("metadata of instance {found} was given to instance {expected}")]

@@ -56,6 +56,21 @@ pub struct CheckpointReport {
     pub upload_time: Duration,
 }
 
+/// The instances of one operator of a job: its stable id and its backends.
+pub struct OperatorInstances<'a, B> {
+    /// The operator's id, recorded with each instance's part (empty for a single-operator job).
+    pub id: &'a str,
+    /// Its instances.
+    pub instances: &'a mut [B],
+}
+
+impl<'a, B> OperatorInstances<'a, B> {
+    /// The instances of a single-operator job (id empty).
+    pub fn single(instances: &'a mut [B]) -> Self {
+        Self { id: "", instances }
+    }
+}
+
 /// Runs checkpoints of a job's instances into one coordinator's root (see the module docs).
 pub struct CheckpointDriver {
     coordinator: CheckpointCoordinator,
@@ -72,6 +87,8 @@ struct InFlight {
     results: Receiver<(usize, Result<(InstanceMetadata, UploadStats)>)>,
     parts: Vec<Option<(InstanceMetadata, UploadStats)>>,
     missing: usize,
+    /// Per part: its operator's id.
+    operator_of: Vec<String>,
     engine: BTreeMap<String, Vec<u8>>,
 }
 
@@ -124,14 +141,31 @@ impl CheckpointDriver {
         backends: &mut [B],
         engine: BTreeMap<String, Vec<u8>>,
     ) -> Result<u64> {
+        self.trigger_job(&mut [OperatorInstances::single(backends)], engine)
+    }
+
+    /// The call at the barrier for a job of several operators: every instance of every
+    /// operator in one checkpoint, each instance's part recorded under its operator's id
+    /// ([`InstanceMetadata::operator`]); the instances of each operator partition that
+    /// operator's key groups, with its own parallelism and max parallelism. `engine` as for
+    /// [`CheckpointDriver::trigger_with`].
+    ///
+    /// # Errors
+    /// As [`CheckpointDriver::trigger`].
+    pub fn trigger_job<B: CheckpointedBackend>(
+        &mut self,
+        operators: &mut [OperatorInstances<'_, B>],
+        engine: BTreeMap<String, Vec<u8>>,
+    ) -> Result<u64> {
         let id = self.coordinator.next_checkpoint_id();
+        let count: usize = operators.iter().map(|o| o.instances.len()).sum();
         if let Some(flight) = &self.in_flight {
             return Err(Error::CheckpointState {
                 id,
                 reason: format!("checkpoint {} is still in flight", flight.id),
             });
         }
-        if backends.is_empty() {
+        if count == 0 {
             return Err(Error::CheckpointState {
                 id,
                 reason: "a checkpoint needs at least one instance".into(),
@@ -139,14 +173,18 @@ impl CheckpointDriver {
         }
         self.coordinator.begin(id)?;
         let started = Instant::now();
-        let mut pending = VecDeque::with_capacity(backends.len());
-        for (index, backend) in backends.iter_mut().enumerate() {
-            match backend.snapshot(id) {
-                Ok(snapshot) => pending.push_back((index, snapshot)),
-                Err(e) => {
-                    self.abort(id, &e);
-                    return Err(e);
+        let mut pending = VecDeque::with_capacity(count);
+        let mut operator_of = Vec::with_capacity(count);
+        for operator in operators.iter_mut() {
+            for backend in operator.instances.iter_mut() {
+                match backend.snapshot(id) {
+                    Ok(snapshot) => pending.push_back((operator_of.len(), snapshot)),
+                    Err(e) => {
+                        self.abort(id, &e);
+                        return Err(e);
+                    }
                 }
+                operator_of.push(operator.id.to_owned());
             }
         }
         let sync_pause = started.elapsed();
@@ -158,7 +196,7 @@ impl CheckpointDriver {
         );
         tracing::debug!(
             checkpoint = id,
-            instances = backends.len(),
+            instances = count,
             sync_pause_us = sync_pause.as_micros() as u64,
             "checkpoint triggered"
         );
@@ -168,8 +206,9 @@ impl CheckpointDriver {
             uploads_started,
             deadline: self.options.upload_timeout.map(|t| started + t),
             results,
-            parts: (0..backends.len()).map(|_| None).collect(),
-            missing: backends.len(),
+            parts: (0..count).map(|_| None).collect(),
+            missing: count,
+            operator_of,
             engine,
         });
         Ok(id)
@@ -188,7 +227,37 @@ impl CheckpointDriver {
         &mut self,
         backends: &mut [B],
     ) -> Result<Option<CheckpointReport>> {
-        self.progress(backends, false)
+        self.progress(&mut [OperatorInstances::single(backends)], false)
+    }
+
+    /// [`CheckpointDriver::poll`] for a checkpoint triggered with
+    /// [`CheckpointDriver::trigger_job`].
+    ///
+    /// # Errors
+    /// As [`CheckpointDriver::poll`].
+    pub fn poll_job<B: CheckpointedBackend>(
+        &mut self,
+        operators: &mut [OperatorInstances<'_, B>],
+    ) -> Result<Option<CheckpointReport>> {
+        self.progress(operators, false)
+    }
+
+    /// [`CheckpointDriver::finish`] for a checkpoint triggered with
+    /// [`CheckpointDriver::trigger_job`].
+    ///
+    /// # Errors
+    /// As [`CheckpointDriver::finish`].
+    pub fn finish_job<B: CheckpointedBackend>(
+        &mut self,
+        operators: &mut [OperatorInstances<'_, B>],
+    ) -> Result<CheckpointReport> {
+        match self.progress(operators, true)? {
+            Some(report) => Ok(report),
+            None => Err(Error::CheckpointState {
+                id: self.coordinator.next_checkpoint_id(),
+                reason: "no checkpoint is in flight".into(),
+            }),
+        }
     }
 
     /// Waits for the checkpoint in flight and completes it, as [`CheckpointDriver::poll`].
@@ -199,13 +268,7 @@ impl CheckpointDriver {
         &mut self,
         backends: &mut [B],
     ) -> Result<CheckpointReport> {
-        match self.progress(backends, true)? {
-            Some(report) => Ok(report),
-            None => Err(Error::CheckpointState {
-                id: self.coordinator.next_checkpoint_id(),
-                reason: "no checkpoint is in flight".into(),
-            }),
-        }
+        self.finish_job(&mut [OperatorInstances::single(backends)])
     }
 
     /// [`CheckpointDriver::trigger`] then [`CheckpointDriver::finish`].
@@ -222,7 +285,7 @@ impl CheckpointDriver {
 
     fn progress<B: CheckpointedBackend>(
         &mut self,
-        backends: &mut [B],
+        operators: &mut [OperatorInstances<'_, B>],
         block: bool,
     ) -> Result<Option<CheckpointReport>> {
         let Some(mut flight) = self.in_flight.take() else {
@@ -276,9 +339,12 @@ impl CheckpointDriver {
         let upload_time = flight.uploads_started.elapsed();
         let mut stats = UploadStats::default();
         let mut parts = Vec::with_capacity(flight.parts.len());
-        for (part, part_stats) in flight.parts.into_iter().flatten() {
-            stats.add(&part_stats);
-            parts.push(part);
+        for (part, operator) in flight.parts.into_iter().zip(flight.operator_of) {
+            if let Some((mut part, part_stats)) = part {
+                stats.add(&part_stats);
+                part.operator = operator;
+                parts.push(part);
+            }
         }
         let meta = match self
             .coordinator
@@ -290,7 +356,7 @@ impl CheckpointDriver {
                 return Err(e);
             }
         };
-        notify_by_identity(backends, &meta)?;
+        notify_by_identity(operators, &meta)?;
         let report = CheckpointReport {
             id: meta.id,
             instances: meta.instances.len(),
@@ -328,13 +394,14 @@ impl CheckpointDriver {
 
 /// Notifies every instance of `backends` whose part `meta` holds, found by instance id.
 fn notify_by_identity<B: CheckpointedBackend>(
-    backends: &mut [B],
+    operators: &mut [OperatorInstances<'_, B>],
     meta: &SnapshotMetadata,
 ) -> Result<()> {
-    let backends_len = backends.len();
+    let backends_len: usize = operators.iter().map(|o| o.instances.len()).sum();
     for part in &meta.instances {
-        let backend = backends
+        let backend = operators
             .iter_mut()
+            .flat_map(|o| o.instances.iter_mut())
             .find(|b| b.instance_id() == part.instance_id)
             .ok_or_else(|| Error::ForeignInstance {
                 expected: format!("one of the {} instances given", backends_len),

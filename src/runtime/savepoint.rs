@@ -66,7 +66,10 @@ fn write_savepoint_metadata(
     mut instances: Vec<InstanceMetadata>,
     engine: BTreeMap<String, Vec<u8>>,
 ) -> Result<SnapshotMetadata> {
-    instances.sort_by_key(|i| i.key_groups.start());
+    instances.sort_by(|a, b| {
+        (a.operator.as_str(), a.key_groups.start())
+            .cmp(&(b.operator.as_str(), b.key_groups.start()))
+    });
     check_partition(&instances, "savepoint")?;
     let meta = SnapshotMetadata {
         kind: SnapshotKind::Savepoint,
@@ -161,6 +164,7 @@ pub fn restore_savepoint_into<B: CheckpointedBackend>(
     meta: &SnapshotMetadata,
     config: &BackendConfig,
 ) -> Result<B> {
+    meta.check_single_operator()?;
     meta.check_max_parallelism(config.max_parallelism)?;
     let sources = meta.instances_covering(config.key_groups)?;
     let dir = tempfile::Builder::new()
@@ -189,9 +193,10 @@ pub fn convert_checkpoint(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<SnapshotMetadata> {
     // Checked before any data file is written, not only when `_metadata` is.
-    let mut sorted = checkpoint.instances.clone();
-    sorted.sort_by_key(|i| i.key_groups.start());
-    check_partition(&sorted, &format!("checkpoint {}", checkpoint.id))?;
+    check_partition(
+        &checkpoint.instances,
+        &format!("checkpoint {}", checkpoint.id),
+    )?;
     let mut instances = Vec::new();
     let total = checkpoint.instances.len();
     for (i, instance) in checkpoint.instances.iter().enumerate() {
@@ -199,11 +204,13 @@ pub fn convert_checkpoint(
         config.kind = instance.backend;
         let mut backend = restore_instance(
             checkpoint_storage,
-            checkpoint,
+            &checkpoint.for_operator(&instance.operator)?,
             &config,
             RestoreMode::NoClaim,
         )?;
-        instances.push(backend.savepoint()?.write(target)?);
+        let mut part = backend.savepoint()?.write(target)?;
+        part.operator = instance.operator.clone();
+        instances.push(part);
         progress(i + 1, total);
     }
     write_savepoint_metadata(target, checkpoint.id, instances, checkpoint.engine.clone())

@@ -19,6 +19,7 @@ mod claim_other_root;
 mod driver;
 mod heap_snapshot_leftovers;
 mod operator_state;
+mod operators;
 mod restore_coverage;
 mod restore_crash_sweep;
 mod timers;

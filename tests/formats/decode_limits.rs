@@ -151,6 +151,7 @@ fn savepoint_with_value(dir: &Path, value: &[u8]) -> Result<LocalDirStorage> {
                 shared: false,
             }],
             operator_state: Default::default(),
+            operator: String::new(),
         }],
     )?;
     Ok(storage)

@@ -131,6 +131,7 @@ impl RocksDbBackend {
             files,
             // Taken at the barrier by `CheckpointedBackend::snapshot`, set on upload.
             operator_state: Default::default(),
+            operator: String::new(),
         }
     }
 

@@ -129,6 +129,10 @@ pub struct InstanceMetadata {
     pub files: Vec<FileEntry>,
     /// The instance's operator (non-keyed) state, taken at the barrier.
     pub operator_state: OperatorState,
+    /// The operator the instance belongs to (a stable id the engine chooses); empty for the one
+    /// operator of a single-operator job. A snapshot's instances partition the key groups per
+    /// operator, each operator with its own parallelism and max parallelism.
+    pub operator: String,
 }
 
 impl InstanceMetadata {
@@ -224,6 +228,77 @@ impl SnapshotMetadata {
         }
     }
 
+    /// The operators of the snapshot, in order (a single-operator job's is the empty id).
+    pub fn operators(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = self.instances.iter().map(|i| i.operator.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The snapshot restricted to operator `id`: what every restore of that operator's
+    /// instances takes. A restore given a snapshot of several operators refuses it.
+    ///
+    /// # Errors
+    /// [`Error::OperatorNotFound`] if the snapshot has no instance of operator `id`.
+    pub fn for_operator(&self, id: &str) -> Result<SnapshotMetadata> {
+        let instances: Vec<InstanceMetadata> = self
+            .instances
+            .iter()
+            .filter(|i| i.operator == id)
+            .cloned()
+            .collect();
+        if instances.is_empty() {
+            return Err(Error::OperatorNotFound {
+                operator: id.to_owned(),
+                found: self.operators().iter().map(|o| o.to_string()).collect(),
+            });
+        }
+        Ok(SnapshotMetadata {
+            instances,
+            ..self.clone()
+        })
+    }
+
+    /// Checks that a new job with `operators` can restore this snapshot: every operator of the
+    /// snapshot must be one of them, unless `allow_non_restored` (Flink's
+    /// `--allowNonRestoredState`) lets its state be dropped. Operators of the new job that the
+    /// snapshot lacks start empty.
+    ///
+    /// # Errors
+    /// [`Error::NonRestoredState`] naming the snapshot's operators that the job lacks.
+    pub fn check_operators(&self, operators: &[&str], allow_non_restored: bool) -> Result<()> {
+        let missing: Vec<String> = self
+            .operators()
+            .into_iter()
+            .filter(|o| !operators.contains(o))
+            .map(str::to_owned)
+            .collect();
+        if missing.is_empty() || allow_non_restored {
+            Ok(())
+        } else {
+            Err(Error::NonRestoredState { operators: missing })
+        }
+    }
+
+    /// [`Error::Incompatible`] if the snapshot holds more than one operator: a restore works on
+    /// one operator's instances ([`SnapshotMetadata::for_operator`]).
+    ///
+    /// # Errors
+    /// As described.
+    pub fn check_single_operator(&self) -> Result<()> {
+        let operators = self.operators();
+        if operators.len() > 1 {
+            return Err(Error::Incompatible {
+                reason: format!(
+                    "{} {} holds operators {operators:?}: restore each with for_operator",
+                    self.kind, self.id
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The instances whose key groups overlap `range`, ordered by key group, after checking
     /// that together they hold every key group of `range` exactly once. Every restore path
     /// selects its sources through this check, so a snapshot missing an instance is an error,
@@ -282,7 +357,7 @@ impl SnapshotMetadata {
             && self
                 .instances
                 .iter()
-                .all(|i| i.operator_state.entries().is_empty())
+                .all(|i| i.operator_state.entries().is_empty() && i.operator.is_empty())
         {
             1
         } else {
@@ -314,6 +389,7 @@ impl SnapshotMetadata {
             }
             if version >= 2 {
                 write_operator_state(&mut body, &inst.operator_state);
+                body.str(&inst.operator);
             }
         }
         if version >= 2 {
@@ -401,7 +477,7 @@ impl SnapshotMetadata {
             if engine.is_empty()
                 && instances
                     .iter()
-                    .all(|i| i.operator_state.entries().is_empty())
+                    .all(|i| i.operator_state.entries().is_empty() && i.operator.is_empty())
             {
                 return Err(r.corrupt(
                     "version 2 without operator state or engine metadata (written as version 1)",
@@ -427,6 +503,33 @@ impl SnapshotMetadata {
 /// # Errors
 /// [`Error::KeyGroupCoverage`] for no instances, mixed max parallelisms, a gap or an overlap.
 pub fn check_partition(instances: &[InstanceMetadata], what: &str) -> Result<()> {
+    if instances.is_empty() {
+        return Err(Error::KeyGroupCoverage {
+            what: what.to_owned(),
+            reason: "no instances".into(),
+        });
+    }
+    let mut operators: BTreeMap<&str, Vec<&InstanceMetadata>> = BTreeMap::new();
+    for instance in instances {
+        operators
+            .entry(instance.operator.as_str())
+            .or_default()
+            .push(instance);
+    }
+    for (operator, mut group) in operators {
+        group.sort_by_key(|i| i.key_groups.start());
+        let what = if operator.is_empty() {
+            what.to_owned()
+        } else {
+            format!("{what}, operator {operator:?}")
+        };
+        check_operator_partition(&group, &what)?;
+    }
+    Ok(())
+}
+
+/// [`check_partition`] for the instances of one operator, sorted by key-group start.
+fn check_operator_partition(instances: &[&InstanceMetadata], what: &str) -> Result<()> {
     let coverage = |reason: String| Error::KeyGroupCoverage {
         what: what.to_owned(),
         reason,
@@ -568,10 +671,10 @@ fn read_instance(r: &mut ByteReader<'_>, version: u16) -> Result<InstanceMetadat
             shared,
         });
     }
-    let operator_state = if version >= 2 {
-        read_operator_state(r)?
+    let (operator_state, operator) = if version >= 2 {
+        (read_operator_state(r)?, r.str(255, "operator id")?)
     } else {
-        OperatorState::default()
+        (OperatorState::default(), String::new())
     };
     Ok(InstanceMetadata {
         instance_id: InstanceId(id),
@@ -582,6 +685,7 @@ fn read_instance(r: &mut ByteReader<'_>, version: u16) -> Result<InstanceMetadat
         states,
         files,
         operator_state,
+        operator,
     })
 }
 

@@ -392,7 +392,10 @@ impl CheckpointCoordinator {
                 reason: "subsumed by a newer completed checkpoint".into(),
             });
         }
-        instances.sort_by_key(|i| i.key_groups.start());
+        instances.sort_by(|a, b| {
+            (a.operator.as_str(), a.key_groups.start())
+                .cmp(&(b.operator.as_str(), b.key_groups.start()))
+        });
         check_partition(&instances, &format!("checkpoint {id}"))?;
         for file in instances.iter().flat_map(|i| i.files.iter()) {
             match self.storage.size(&file.path)? {

@@ -55,6 +55,7 @@ pub fn restore_instance_into<B: CheckpointedBackend>(
     config: &BackendConfig,
     mode: RestoreMode,
 ) -> Result<B> {
+    meta.check_single_operator()?;
     meta.check_max_parallelism(config.max_parallelism)?;
     let sources = meta.instances_covering(config.key_groups)?;
     if let Some(other) = sources.iter().find(|i| i.backend != config.kind) {
