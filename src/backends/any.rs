@@ -213,6 +213,15 @@ impl KeyedStateBackend for AnyBackend {
         dispatch!(self, b => b.put_cell(id, key, ns, value))
     }
 
+    fn get_cells<K: StateKey, N: StateKey, V: StateValue>(
+        &self,
+        id: StateId,
+        keys: &[KeyRef<'_, K>],
+        ns: &N,
+    ) -> Result<Vec<Option<V>>> {
+        dispatch!(self, b => b.get_cells(id, keys, ns))
+    }
+
     fn with_cell<K, N, V, R, F>(&self, id: StateId, key: KeyRef<'_, K>, ns: &N, f: F) -> Result<R>
     where
         K: StateKey,

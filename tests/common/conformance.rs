@@ -273,6 +273,42 @@ pub fn update_and_with_read_modify_write<B: KeyedStateBackend>(mut b: B) -> Resu
     Ok(())
 }
 
+/// `get_many` returns what `get` returns for each key, in order, missing keys as `None`; a key
+/// of another instance fails the call.
+pub fn get_many_is_get_per_key<B: KeyedStateBackend>(mut b: B) -> Result<()> {
+    let s = b.value_state(&ValueStateDescriptor::<String, u8, u64>::new("v"))?;
+    let keys: Vec<String> = (0..40).map(|i| owned_key(&b, i)).collect();
+    for (i, key) in keys.iter().enumerate().filter(|(i, _)| i % 3 != 0) {
+        s.put(&mut b, key, &1, i as u64)?;
+    }
+    let many = s.get_many(&b, &keys, &1)?;
+    let each: Vec<Option<u64>> = keys
+        .iter()
+        .map(|k| s.get(&b, k, &1))
+        .collect::<Result<_>>()?;
+    assert_eq!(many, each);
+    assert_eq!(many.iter().filter(|v| v.is_none()).count(), 14);
+    assert!(s.get_many(&b, &keys, &2)?.iter().all(Option::is_none));
+    let contexts: Vec<_> = keys
+        .iter()
+        .map(|k| b.key_context(k.clone()))
+        .collect::<Result<_>>()?;
+    assert_eq!(s.get_many(&b, &contexts, &1)?, each);
+    let range = b.key_group_range();
+    if let Some(foreign) = (0..)
+        .map(|i| format!("user-{i}"))
+        .take(10_000)
+        .find(|k| !range.contains(b.key_group_of(k).unwrap()))
+    {
+        let mixed = [keys[0].clone(), foreign];
+        assert!(matches!(
+            s.get_many(&b, &mixed, &1),
+            Err(Error::KeyOutsideRange { .. })
+        ));
+    }
+    Ok(())
+}
+
 /// Random operations against the `BTreeMap` model, every read compared.
 pub fn model_based_random_operations<B: KeyedStateBackend>(
     mut b: B,
@@ -358,6 +394,10 @@ macro_rules! conformance_suite {
         #[test]
         fn update_and_with_read_modify_write() -> statebackend::Result<()> {
             suite::update_and_with_read_modify_write(open(suite::partial_range()))
+        }
+        #[test]
+        fn get_many_is_get_per_key() -> statebackend::Result<()> {
+            suite::get_many_is_get_per_key(open(suite::partial_range()))
         }
         #[test]
         fn model_based_random_operations() -> statebackend::Result<()> {

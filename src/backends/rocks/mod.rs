@@ -692,6 +692,31 @@ impl KeyedStateBackend for RocksDbBackend {
         }
     }
 
+    /// One batched multi-get for all keys (RocksDB sorts the lookups and reads each block
+    /// once).
+    fn get_cells<K: StateKey, N: StateKey, V: StateValue>(
+        &self,
+        id: StateId,
+        keys: &[KeyRef<'_, K>],
+        ns: &N,
+    ) -> Result<Vec<Option<V>>> {
+        let (state, cf) = self.state(id)?;
+        let mut rows = Vec::with_capacity(keys.len());
+        for key in keys {
+            let mut row = Vec::with_capacity(32);
+            self.row_prefix(&state.info.name, *key, ns, &mut row)?;
+            rows.push(row);
+        }
+        self.db
+            .batched_multi_get_cf(cf, &rows, false)
+            .into_iter()
+            .map(|found| match found.map_err(self.rocks())? {
+                Some(bytes) => Ok(Some(Self::decode(&state.info.name, &bytes)?)),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
     fn put_cell<K: StateKey, N: StateKey, V: StateValue>(
         &mut self,
         id: StateId,

@@ -115,6 +115,20 @@ pub trait KeyedStateBackend {
         value: V,
     ) -> Result<()>;
 
+    /// The values of many keys of one state and namespace, in the order of `keys`: one call
+    /// for a container of records (RocksDB answers it with one batched multi-get).
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::get_cell`], for the first key that fails.
+    fn get_cells<K: StateKey, N: StateKey, V: StateValue>(
+        &self,
+        id: StateId,
+        keys: &[KeyRef<'_, K>],
+        ns: &N,
+    ) -> Result<Vec<Option<V>>> {
+        keys.iter().map(|key| self.get_cell(id, *key, ns)).collect()
+    }
+
     /// Calls `f` with the value of `(key, ns)` borrowed (no copy where the backend holds typed
     /// values) and returns its result.
     ///

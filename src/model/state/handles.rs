@@ -127,6 +127,24 @@ impl<K: StateKey, N: StateKey, V: StateValue> ValueState<K, N, V> {
         backend.put_cell(self.id, key.key_ref(backend)?, ns, value)
     }
 
+    /// The values of `keys` in namespace `ns`, in order: one call for a container of
+    /// records (one batched multi-get on RocksDB). Keys may be keys or key contexts.
+    ///
+    /// # Errors
+    /// As [`ValueState::get`], for the first key that fails.
+    pub fn get_many<'k, B: KeyedStateBackend, Q: AsKey<K> + 'k>(
+        &self,
+        backend: &B,
+        keys: impl IntoIterator<Item = &'k Q>,
+        ns: &N,
+    ) -> Result<Vec<Option<V>>> {
+        let keys = keys
+            .into_iter()
+            .map(|key| key.key_ref(backend))
+            .collect::<Result<Vec<_>>>()?;
+        backend.get_cells(self.id, &keys, ns)
+    }
+
     /// Calls `f` with the value of `(key, ns)` borrowed, without copying it where the backend
     /// holds typed values (the heap backend), and returns what `f` returns.
     ///
