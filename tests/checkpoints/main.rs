@@ -23,3 +23,4 @@ mod operators;
 mod restore_coverage;
 mod restore_crash_sweep;
 mod timers;
+mod type_names;

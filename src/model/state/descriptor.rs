@@ -60,8 +60,9 @@ impl fmt::Display for StateKind {
 
 /// What a backend records about a registered state, and what checkpoints and savepoints store.
 ///
-/// Type names are Rust's `std::any::type_name`s: registering the same name with other types is
-/// an error, and restoring a state into other types is refused.
+/// Type names are Rust's `std::any::type_name`s unless the descriptor names the types itself
+/// ([`TypeNames`], `with_type_names`): registering the same name with other types is an error,
+/// and restoring a state into other types is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StateInfo {
     /// Unique name of the state within a backend.
@@ -95,6 +96,18 @@ impl StateInfo {
         }
     }
 
+    /// This info with the type names `names` chose (the user key only for map states).
+    #[must_use]
+    pub fn with_type_names(mut self, names: &TypeNames) -> StateInfo {
+        self.key_type.clone_from(&names.key);
+        self.namespace_type.clone_from(&names.namespace);
+        if self.kind == StateKind::Map {
+            self.user_key_type.clone_from(&names.user_key);
+        }
+        self.value_type.clone_from(&names.value);
+        self
+    }
+
     /// The kind and types, as error messages show them.
     pub fn describe(&self) -> String {
         if self.kind == StateKind::Map {
@@ -111,6 +124,56 @@ impl StateInfo {
     }
 }
 
+/// Type names chosen by the user instead of Rust's `std::any::type_name` (which the compiler
+/// is free to change between versions): stable identities such as `"user-id"` or
+/// `"order/v2"`, versioned as the user decides. What a state records and what a restore
+/// compares; a checkpoint written with them restores whatever compiler built the reader.
+///
+/// ```
+/// use statebackend::{HeapBackend, KeyGroupRange, KeyedStateBackend, ValueStateDescriptor};
+/// use statebackend::state::TypeNames;
+/// let mut backend = HeapBackend::new(128, KeyGroupRange::all(128)?)?;
+/// let counts = ValueStateDescriptor::<String, (), u64>::new("counts")
+///     .with_type_names(TypeNames::new("user-id", "none", "count/v1"));
+/// assert_eq!(counts.info().value_type, "count/v1");
+/// let handle = backend.value_state(&counts)?;
+/// # Ok::<(), statebackend::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TypeNames {
+    /// The key type's name.
+    pub key: String,
+    /// The namespace type's name.
+    pub namespace: String,
+    /// The map user key type's name (map states only).
+    pub user_key: String,
+    /// The value type's name (list element, map value, accumulator).
+    pub value: String,
+}
+
+impl TypeNames {
+    /// Names for the key, namespace and value types.
+    pub fn new(
+        key: impl Into<String>,
+        namespace: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            namespace: namespace.into(),
+            user_key: String::new(),
+            value: value.into(),
+        }
+    }
+
+    /// These names with `user_key` for a map state's user keys.
+    #[must_use]
+    pub fn with_user_key(mut self, user_key: impl Into<String>) -> Self {
+        self.user_key = user_key.into();
+        self
+    }
+}
+
 /// Describes a value state: one `V` per (key `K`, namespace `N`).
 ///
 /// # Examples
@@ -124,6 +187,7 @@ impl StateInfo {
 /// ```
 pub struct ValueStateDescriptor<K, N, V> {
     pub(crate) name: String,
+    type_names: Option<TypeNames>,
     _types: PhantomData<fn() -> (K, N, V)>,
 }
 
@@ -132,19 +196,33 @@ impl<K, N, V> ValueStateDescriptor<K, N, V> {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
+            type_names: None,
             _types: PhantomData,
         }
     }
 
     /// The registration info.
     pub fn info(&self) -> StateInfo {
-        StateInfo::of::<K, N, (), V>(&self.name, StateKind::Value)
+        let info = StateInfo::of::<K, N, (), V>(&self.name, StateKind::Value);
+        match &self.type_names {
+            Some(names) => info.with_type_names(names),
+            None => info,
+        }
+    }
+
+    /// This descriptor with the type names `names` instead of Rust's type names
+    /// ([`TypeNames`]).
+    #[must_use]
+    pub fn with_type_names(mut self, names: TypeNames) -> Self {
+        self.type_names = Some(names);
+        self
     }
 }
 
 /// Describes a list state: a `Vec<T>` per (key `K`, namespace `N`).
 pub struct ListStateDescriptor<K, N, T> {
     pub(crate) name: String,
+    type_names: Option<TypeNames>,
     _types: PhantomData<fn() -> (K, N, T)>,
 }
 
@@ -153,19 +231,33 @@ impl<K, N, T> ListStateDescriptor<K, N, T> {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
+            type_names: None,
             _types: PhantomData,
         }
     }
 
     /// The registration info.
     pub fn info(&self) -> StateInfo {
-        StateInfo::of::<K, N, (), T>(&self.name, StateKind::List)
+        let info = StateInfo::of::<K, N, (), T>(&self.name, StateKind::List);
+        match &self.type_names {
+            Some(names) => info.with_type_names(names),
+            None => info,
+        }
+    }
+
+    /// This descriptor with the type names `names` instead of Rust's type names
+    /// ([`TypeNames`]).
+    #[must_use]
+    pub fn with_type_names(mut self, names: TypeNames) -> Self {
+        self.type_names = Some(names);
+        self
     }
 }
 
 /// Describes a map state: a map `UK → UV` per (key `K`, namespace `N`).
 pub struct MapStateDescriptor<K, N, UK, UV> {
     pub(crate) name: String,
+    type_names: Option<TypeNames>,
     _types: PhantomData<fn() -> (K, N, UK, UV)>,
 }
 
@@ -174,13 +266,26 @@ impl<K, N, UK, UV> MapStateDescriptor<K, N, UK, UV> {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
+            type_names: None,
             _types: PhantomData,
         }
     }
 
     /// The registration info.
     pub fn info(&self) -> StateInfo {
-        StateInfo::of::<K, N, UK, UV>(&self.name, StateKind::Map)
+        let info = StateInfo::of::<K, N, UK, UV>(&self.name, StateKind::Map);
+        match &self.type_names {
+            Some(names) => info.with_type_names(names),
+            None => info,
+        }
+    }
+
+    /// This descriptor with the type names `names` instead of Rust's type names
+    /// ([`TypeNames`]).
+    #[must_use]
+    pub fn with_type_names(mut self, names: TypeNames) -> Self {
+        self.type_names = Some(names);
+        self
     }
 }
 
@@ -190,6 +295,7 @@ pub type ReduceFn<V> = Arc<dyn Fn(&V, &V) -> V + Send + Sync>;
 /// Describes a reducing state: one `V` per (key, namespace), `add` folds with `reduce`.
 pub struct ReducingStateDescriptor<K, N, V> {
     pub(crate) name: String,
+    type_names: Option<TypeNames>,
     pub(crate) reduce: ReduceFn<V>,
     _types: PhantomData<fn() -> (K, N)>,
 }
@@ -202,6 +308,7 @@ impl<K, N, V> ReducingStateDescriptor<K, N, V> {
     ) -> Self {
         Self {
             name: name.into(),
+            type_names: None,
             reduce: Arc::new(reduce),
             _types: PhantomData,
         }
@@ -209,7 +316,19 @@ impl<K, N, V> ReducingStateDescriptor<K, N, V> {
 
     /// The registration info.
     pub fn info(&self) -> StateInfo {
-        StateInfo::of::<K, N, (), V>(&self.name, StateKind::Reducing)
+        let info = StateInfo::of::<K, N, (), V>(&self.name, StateKind::Reducing);
+        match &self.type_names {
+            Some(names) => info.with_type_names(names),
+            None => info,
+        }
+    }
+
+    /// This descriptor with the type names `names` instead of Rust's type names
+    /// ([`TypeNames`]).
+    #[must_use]
+    pub fn with_type_names(mut self, names: TypeNames) -> Self {
+        self.type_names = Some(names);
+        self
     }
 }
 
@@ -227,6 +346,7 @@ pub trait AggregateFunction<IN, ACC, OUT>: Send + Sync {
 /// Describes an aggregating state: one accumulator `ACC` per (key, namespace).
 pub struct AggregatingStateDescriptor<K, N, IN, ACC, OUT> {
     pub(crate) name: String,
+    type_names: Option<TypeNames>,
     pub(crate) function: Arc<dyn AggregateFunction<IN, ACC, OUT>>,
     _types: PhantomData<fn() -> (K, N)>,
 }
@@ -239,6 +359,7 @@ impl<K, N, IN, ACC, OUT> AggregatingStateDescriptor<K, N, IN, ACC, OUT> {
     ) -> Self {
         Self {
             name: name.into(),
+            type_names: None,
             function: Arc::new(function),
             _types: PhantomData,
         }
@@ -246,6 +367,18 @@ impl<K, N, IN, ACC, OUT> AggregatingStateDescriptor<K, N, IN, ACC, OUT> {
 
     /// The registration info. The stored type is the accumulator.
     pub fn info(&self) -> StateInfo {
-        StateInfo::of::<K, N, (), ACC>(&self.name, StateKind::Aggregating)
+        let info = StateInfo::of::<K, N, (), ACC>(&self.name, StateKind::Aggregating);
+        match &self.type_names {
+            Some(names) => info.with_type_names(names),
+            None => info,
+        }
+    }
+
+    /// This descriptor with the type names `names` instead of Rust's type names
+    /// ([`TypeNames`]).
+    #[must_use]
+    pub fn with_type_names(mut self, names: TypeNames) -> Self {
+        self.type_names = Some(names);
+        self
     }
 }

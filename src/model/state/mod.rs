@@ -16,7 +16,7 @@ pub mod rows;
 pub use backend::{BackendKind, KeyedStateBackend, MapEntries, StateKeys};
 pub use descriptor::{
     AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor,
-    ReducingStateDescriptor, StateInfo, StateKind, ValueStateDescriptor,
+    ReducingStateDescriptor, StateInfo, StateKind, TypeNames, ValueStateDescriptor,
 };
 pub use handles::next_backend_identity;
 pub use handles::{AggregatingState, ListState, MapState, ReducingState, StateId, ValueState};
