@@ -10,7 +10,7 @@ use crate::cli::snapshot::{LoadedSnapshot, is_data_file, load};
 use crate::cli::{CliResult, format_time_ms, human_bytes};
 use crate::model::error::Result;
 use crate::model::format::data_file::DataFileReader;
-use crate::model::state::StateKind;
+use crate::model::state::{OperatorStateMode, StateKind};
 use crate::runtime::checkpoint::InstanceMetadata;
 
 /// A key-group range `[start, end)`.
@@ -58,9 +58,25 @@ pub struct FileReport {
     pub shared: bool,
 }
 
+/// One operator (non-keyed) state of an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OperatorStateReport {
+    /// The state name.
+    pub name: String,
+    /// `split-list`, `union-list` or `broadcast`.
+    pub mode: &'static str,
+    /// The element type's name.
+    pub element_type: String,
+    /// Number of elements (broadcast: entries).
+    pub elements: usize,
+}
+
 /// One backend instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InstanceReport {
+    /// The operator the instance belongs to (omitted for a single-operator job).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub operator: String,
     /// The instance id (hex).
     pub instance_id: String,
     /// `heap` or `rocksdb`.
@@ -77,6 +93,9 @@ pub struct InstanceReport {
     pub files: Vec<FileReport>,
     /// Their total size.
     pub total_bytes: u64,
+    /// Its operator state.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub operator_states: Vec<OperatorStateReport>,
 }
 
 /// What `inspect` shows.
@@ -100,6 +119,9 @@ pub struct InspectReport {
     pub total_bytes: u64,
     /// The instances, by key-group start.
     pub instances: Vec<InstanceReport>,
+    /// The engine's metadata: keys and value sizes in bytes (the values are the engine's).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub engine_metadata: BTreeMap<String, usize>,
     /// Problems met while counting entries (the metadata itself was readable).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -186,7 +208,24 @@ pub fn inspect(path: &Path) -> CliResult<InspectReport> {
                 shared: f.shared,
             })
             .collect();
+        let operator_states = instance
+            .operator_state
+            .entries()
+            .iter()
+            .map(|(name, entry)| OperatorStateReport {
+                name: name.clone(),
+                mode: match entry.mode {
+                    OperatorStateMode::SplitList => "split-list",
+                    OperatorStateMode::UnionList => "union-list",
+                    OperatorStateMode::Broadcast => "broadcast",
+                },
+                element_type: entry.type_name.clone(),
+                elements: entry.elements.len(),
+            })
+            .collect();
         instances.push(InstanceReport {
+            operator: instance.operator.clone(),
+            operator_states,
             instance_id: instance.instance_id.hex(),
             backend: instance.backend.to_string(),
             codec,
@@ -210,6 +249,11 @@ pub fn inspect(path: &Path) -> CliResult<InspectReport> {
         codecs,
         total_bytes: meta.total_bytes(),
         instances,
+        engine_metadata: meta
+            .engine
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect(),
         warnings,
     })
 }
@@ -240,6 +284,9 @@ impl InspectReport {
         for (n, i) in self.instances.iter().enumerate() {
             writeln!(out)?;
             writeln!(out, "instance {n}: {}", i.instance_id)?;
+            if !i.operator.is_empty() {
+                writeln!(out, "  operator:        {}", i.operator)?;
+            }
             writeln!(out, "  backend:         {}", i.backend)?;
             writeln!(out, "  codec:           {}", i.codec)?;
             writeln!(
@@ -276,6 +323,27 @@ impl InspectReport {
                     f.crc32,
                     if f.shared { "shared" } else { "private" }
                 )?;
+            }
+            if !i.operator_states.is_empty() {
+                writeln!(out, "  operator states ({}):", i.operator_states.len())?;
+                for s in &i.operator_states {
+                    writeln!(
+                        out,
+                        "    {} ({}, {}): {} element{}",
+                        s.name,
+                        s.mode,
+                        s.element_type,
+                        s.elements,
+                        crate::cli::plural(s.elements as u64)
+                    )?;
+                }
+            }
+        }
+        if !self.engine_metadata.is_empty() {
+            writeln!(out)?;
+            writeln!(out, "engine metadata:")?;
+            for (key, size) in &self.engine_metadata {
+                writeln!(out, "  {key}: {size} bytes")?;
             }
         }
         Ok(())

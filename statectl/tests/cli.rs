@@ -958,3 +958,67 @@ mod rocksdb_backend {
         Ok(())
     }
 }
+
+#[test]
+fn inspect_shows_operators_operator_state_and_engine_metadata() -> TestResult {
+    use statebackend::{CheckpointDriver, CheckpointedBackend, DriverOptions, OperatorInstances};
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("root");
+    let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(&root)?);
+    let mut driver = CheckpointDriver::new(
+        CheckpointCoordinator::open(Arc::clone(&storage), 2)?,
+        DriverOptions::default(),
+    );
+    let mut sources = vec![AnyBackend::open(&BackendConfig::heap(
+        16,
+        KeyGroupRange::all(16)?,
+    ))?];
+    let operator = sources[0].operator_state_mut();
+    let offsets = operator.list_state::<u64>("offsets")?;
+    offsets.update(operator, vec![1, 2, 3])?;
+    let mut windows: Vec<AnyBackend> = heap_job(2)?.into_iter().map(|i| i.backend).collect();
+    let engine = std::collections::BTreeMap::from([("job".to_string(), b"clicks".to_vec())]);
+    driver.trigger_job(
+        &mut [
+            OperatorInstances {
+                id: "source",
+                instances: &mut sources,
+            },
+            OperatorInstances {
+                id: "window",
+                instances: &mut windows,
+            },
+        ],
+        engine,
+    )?;
+    driver.finish_job(&mut [
+        OperatorInstances {
+            id: "source",
+            instances: &mut sources,
+        },
+        OperatorInstances {
+            id: "window",
+            instances: &mut windows,
+        },
+    ])?;
+    let dir = root.join("chk-0000000001");
+    let o = statectl(&["inspect", p(&dir)]);
+    expect_code(&o, 0);
+    let out = stdout(&o);
+    for needle in [
+        "format version: 2",
+        "operator:        source",
+        "operator:        window",
+        "offsets (split-list, u64): 3 elements",
+        "engine metadata:",
+        "job: 6 bytes",
+    ] {
+        assert!(out.contains(needle), "{needle:?} not in:\n{out}");
+    }
+    let v = json(&statectl(&["inspect", p(&dir), "--json"]));
+    assert_eq!(v["format_version"], 2);
+    assert_eq!(v["instances"][0]["operator"], "source");
+    assert_eq!(v["instances"][0]["operator_states"][0]["elements"], 3);
+    assert_eq!(v["engine_metadata"]["job"], 6);
+    Ok(())
+}
