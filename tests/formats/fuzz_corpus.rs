@@ -190,6 +190,29 @@ fn write_fuzz_seeds() -> Result<()> {
     }
     let meta = complete_savepoint(&storage, instances)?;
     write("metadata", "savepoint-3", &meta.encode());
+    // Version 2: operator ids, operator state of every mode, engine metadata.
+    let mut v2 = meta.clone();
+    v2.engine.insert("job".into(), b"fuzz".to_vec());
+    v2.engine
+        .insert("watermark".into(), 42i64.to_le_bytes().to_vec());
+    for (i, instance) in v2.instances.iter_mut().enumerate() {
+        instance.operator = if i == 0 {
+            "source".into()
+        } else {
+            "window".into()
+        };
+        let state = &mut instance.operator_state;
+        state
+            .list_state::<u64>("offsets")?
+            .update(state, vec![i as u64, 7])?;
+        state
+            .union_list_state::<String>("seen")?
+            .add(state, &format!("from-{i}"))?;
+        state
+            .broadcast_state::<String, u32>("rules")?
+            .put(state, "max".into(), 10)?;
+    }
+    write("metadata", "savepoint-3-v2", &v2.encode());
     for (i, file) in meta.files().enumerate() {
         write(
             "data_file",
