@@ -223,6 +223,14 @@ pub enum Error {
         /// Why it cannot be read.
         reason: String,
     },
+    /// An object store request failed (after the store's own retries).
+    #[error("object store error on {path}: {message}")]
+    ObjectStore {
+        /// The storage path concerned.
+        path: String,
+        /// The store's error.
+        message: String,
+    },
     /// A snapshot has no instance of the operator asked for.
     #[error("no operator {operator:?} in the snapshot (it holds {found:?})")]
     OperatorNotFound {

@@ -24,11 +24,18 @@
 mod faulty;
 mod formats;
 mod local;
+#[cfg(feature = "object-store")]
+mod object;
 
 pub use crate::model::format::path::StoragePath;
 pub use faulty::{FaultMode, FaultyStorage};
 pub use formats::{fetch_verified, verified_fetcher};
 pub use local::LocalDirStorage;
+#[cfg(feature = "object-store")]
+pub use object::{MULTIPART_THRESHOLD, ObjectStorage};
+/// The `object_store` crate, for building the stores [`ObjectStorage`] runs on.
+#[cfg(feature = "object-store")]
+pub use object_store;
 
 #[cfg(feature = "rocksdb")]
 pub(crate) use local::sync_dir;

@@ -18,6 +18,7 @@ mod checkpoint_safety;
 mod claim_other_root;
 mod driver;
 mod heap_snapshot_leftovers;
+mod object_storage;
 mod operator_state;
 mod operators;
 mod restore_coverage;

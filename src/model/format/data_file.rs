@@ -581,7 +581,11 @@ pub fn open_instance_data_file(
         ));
     };
     validate_local_name(&entry.local_name)?;
-    let local = dir.join(&entry.local_name);
+    // One directory per instance: full-snapshot checkpoints name every instance's file
+    // `state.sbdf`, and a restore reads several at once.
+    let instance_dir = dir.join(instance.instance_id.hex());
+    std::fs::create_dir_all(&instance_dir).map_err(|e| Error::io(&instance_dir, e))?;
+    let local = instance_dir.join(&entry.local_name);
     fetch(entry, &local)?;
     let reader = DataFileReader::open(&local, entry.path.as_str())?;
     reader.check_instance(instance)?;

@@ -1,0 +1,267 @@
+//! [`ObjectStorage`]: checkpoint storage on an object store (S3, GCS, Azure, a local
+//! directory, memory) through the `object_store` crate (feature `object-store`).
+//!
+//! `object_store` is async; this storage owns a small tokio runtime and blocks on it, so the
+//! crate's API stays synchronous for engines that are not async. (Calling it from inside
+//! another tokio runtime's worker thread would block that thread: use `spawn_blocking`.)
+//!
+//! Object stores have no rename: an object becomes visible when its single PUT or its
+//! multipart upload completes, whole, which is the atomicity [`CheckpointStorage::put`]
+//! promises. Files above [`MULTIPART_THRESHOLD`] are uploaded in parts streamed from disk,
+//! never held in memory whole; downloads stream to disk the same way.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+
+use crate::model::error::{Error, Result};
+use crate::model::format::path::StoragePath;
+use crate::storage::{CheckpointStorage, ObjectMeta};
+
+/// Files larger than this (8 MiB) are uploaded as multipart uploads.
+pub const MULTIPART_THRESHOLD: u64 = 8 << 20;
+
+/// Size of one part of a multipart upload (what is buffered per part in flight).
+const PART_SIZE: usize = 8 << 20;
+
+/// Parts of one file uploaded at once.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// Checkpoint storage on an object store, under a prefix (see the module docs).
+pub struct ObjectStorage {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for ObjectStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectStorage({} under {:?})", self.store, self.prefix)
+    }
+}
+
+impl ObjectStorage {
+    /// Storage on `store`, every path under `prefix` (`""` for the store's root; otherwise
+    /// slash-separated segments, such as `jobs/clicks/checkpoints`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidPath`] for a prefix with empty segments; an I/O error if the runtime
+    /// cannot start.
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Result<Self> {
+        let prefix = prefix.trim_matches('/').to_owned();
+        if prefix.split('/').any(str::is_empty) && !prefix.is_empty() {
+            return Err(Error::InvalidPath {
+                path: prefix,
+                reason: "an object store prefix has no empty segments",
+            });
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("statebackend-object-store")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("<object store runtime>", e))?;
+        Ok(Self {
+            store,
+            prefix,
+            runtime,
+        })
+    }
+
+    /// Storage in memory (`object_store`'s in-memory store): for tests and examples.
+    ///
+    /// # Errors
+    /// As [`ObjectStorage::new`].
+    pub fn in_memory() -> Result<Self> {
+        Self::new(Arc::new(object_store::memory::InMemory::new()), "")
+    }
+
+    /// The object store underneath.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    fn location(&self, path: &StoragePath) -> ObjectPath {
+        if self.prefix.is_empty() {
+            ObjectPath::from(path.as_str())
+        } else {
+            ObjectPath::from(format!("{}/{}", self.prefix, path.as_str()))
+        }
+    }
+
+    /// The storage path of an object location under the prefix, if it is one of ours.
+    fn storage_path(&self, location: &ObjectPath) -> Option<StoragePath> {
+        let full = location.as_ref();
+        let relative = if self.prefix.is_empty() {
+            full
+        } else {
+            full.strip_prefix(self.prefix.as_str())?.strip_prefix('/')?
+        };
+        StoragePath::parse(relative).ok()
+    }
+
+    fn error(path: &StoragePath, e: object_store::Error) -> Error {
+        match e {
+            object_store::Error::NotFound { .. } => Error::MissingFile {
+                file: path.to_string(),
+            },
+            other => Error::ObjectStore {
+                path: path.to_string(),
+                message: other.to_string(),
+            },
+        }
+    }
+
+    async fn upload_parts(&self, path: &StoragePath, local: &Path) -> Result<u64> {
+        let location = self.location(path);
+        let upload = self
+            .store
+            .put_multipart(&location)
+            .await
+            .map_err(|e| Self::error(path, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let result = async {
+            let mut file = std::fs::File::open(local).map_err(|e| Error::io(local, e))?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            loop {
+                let n = file.read(&mut buf).map_err(|e| Error::io(local, e))?;
+                if n == 0 {
+                    break;
+                }
+                writer
+                    .wait_for_capacity(PARTS_IN_FLIGHT)
+                    .await
+                    .map_err(|e| Self::error(path, e))?;
+                writer.write(&buf[..n]);
+                total += n as u64;
+            }
+            Ok(total)
+        }
+        .await;
+        match result {
+            Ok(total) => {
+                writer.finish().await.map_err(|e| Self::error(path, e))?;
+                Ok(total)
+            }
+            Err(e) => {
+                // Nothing becomes visible; the parts uploaded so far are discarded.
+                let _ = writer.abort().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl CheckpointStorage for ObjectStorage {
+    fn put(&self, path: &StoragePath, data: &[u8]) -> Result<()> {
+        let location = self.location(path);
+        self.runtime
+            .block_on(self.store.put(&location, PutPayload::from(data.to_vec())))
+            .map(|_| ())
+            .map_err(|e| Self::error(path, e))
+    }
+
+    fn put_file(&self, path: &StoragePath, local: &Path) -> Result<u64> {
+        let size = std::fs::metadata(local)
+            .map_err(|e| Error::io(local, e))?
+            .len();
+        if size > MULTIPART_THRESHOLD {
+            return self.runtime.block_on(self.upload_parts(path, local));
+        }
+        let data = std::fs::read(local).map_err(|e| Error::io(local, e))?;
+        self.put(path, &data)?;
+        Ok(data.len() as u64)
+    }
+
+    fn get(&self, path: &StoragePath) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_to(path, &mut out)?;
+        Ok(out)
+    }
+
+    /// Streams into a new file beside `local`, then renames it over `local`: a reader that
+    /// has `local` open keeps the file it opened, and a failed download leaves no partial file.
+    fn get_to_file(&self, path: &StoragePath, local: &Path) -> Result<u64> {
+        let parent = local.parent().unwrap_or(Path::new("."));
+        let mut file = tempfile::NamedTempFile::new_in(parent).map_err(|e| Error::io(parent, e))?;
+        let written = self.read_to(path, file.as_file_mut())?;
+        file.as_file().sync_all().map_err(|e| Error::io(local, e))?;
+        file.persist(local).map_err(|e| Error::io(local, e.error))?;
+        Ok(written)
+    }
+
+    fn read_to(&self, path: &StoragePath, sink: &mut dyn Write) -> Result<u64> {
+        let location = self.location(path);
+        self.runtime.block_on(async {
+            let result = self
+                .store
+                .get(&location)
+                .await
+                .map_err(|e| Self::error(path, e))?;
+            let mut stream = result.into_stream();
+            let mut total = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| Self::error(path, e))?;
+                sink.write_all(&chunk)
+                    .map_err(|e| Error::io(path.as_str(), e))?;
+                total += chunk.len() as u64;
+            }
+            Ok(total)
+        })
+    }
+
+    fn list(&self, prefix: Option<&StoragePath>) -> Result<Vec<ObjectMeta>> {
+        let location = match prefix {
+            Some(p) => Some(self.location(p)),
+            None if self.prefix.is_empty() => None,
+            None => Some(ObjectPath::from(self.prefix.as_str())),
+        };
+        let what = prefix.map_or_else(|| "<root>".to_owned(), |p| p.to_string());
+        self.runtime.block_on(async {
+            let mut stream = self.store.list(location.as_ref());
+            let mut out = Vec::new();
+            while let Some(meta) = stream.next().await {
+                let meta = meta.map_err(|e| Error::ObjectStore {
+                    path: what.clone(),
+                    message: e.to_string(),
+                })?;
+                // Objects whose names are not storage paths are not ours: never listed, so
+                // never collected.
+                if let Some(path) = self.storage_path(&meta.location) {
+                    out.push(ObjectMeta {
+                        path,
+                        size: meta.size,
+                    });
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+    }
+
+    fn delete(&self, path: &StoragePath) -> Result<()> {
+        let location = self.location(path);
+        match self.runtime.block_on(self.store.delete(&location)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Self::error(path, e)),
+        }
+    }
+
+    fn exists(&self, path: &StoragePath) -> Result<bool> {
+        Ok(self.size(path)?.is_some())
+    }
+
+    fn size(&self, path: &StoragePath) -> Result<Option<u64>> {
+        let location = self.location(path);
+        match self.runtime.block_on(self.store.head(&location)) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Self::error(path, e)),
+        }
+    }
+}
