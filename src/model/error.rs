@@ -223,6 +223,12 @@ pub enum Error {
         /// Why it cannot be read.
         reason: String,
     },
+    /// A create-if-absent write found the file already there (another writer made it).
+    #[error("{path} already exists")]
+    AlreadyExists {
+        /// The storage path.
+        path: String,
+    },
     /// An object store request failed (after the store's own retries).
     #[error("object store error on {path}: {message}")]
     ObjectStore {

@@ -168,6 +168,25 @@ impl<S: CheckpointStorage> CheckpointStorage for FaultyStorage<S> {
     }
 
     /// Counts as a mutating operation.
+    fn put_new(&self, path: &StoragePath, data: &[u8]) -> Result<()> {
+        match self.mutation() {
+            Gate::Proceed => {
+                self.inner.put_new(path, data)?;
+                self.bytes_written
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Gate::Fail(op) => Err(Error::InjectedFault { op }),
+            Gate::Crash { op, leftover } => {
+                if leftover {
+                    self.leave_leftover(path, &data[..data.len() / 2]);
+                }
+                Err(Error::InjectedFault { op })
+            }
+        }
+    }
+
+    /// Counts as a mutating operation.
     fn put_file(&self, path: &StoragePath, local: &Path) -> Result<u64> {
         match self.mutation() {
             Gate::Proceed => {

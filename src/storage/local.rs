@@ -282,6 +282,30 @@ impl CheckpointStorage for LocalDirStorage {
         Ok(())
     }
 
+    /// The file is written under a temporary name and hard-linked to `path`; linking fails
+    /// if `path` exists, which makes the create atomic.
+    fn put_new(&self, path: &StoragePath, data: &[u8]) -> Result<()> {
+        temporary_path(path, 0)?;
+        self.ensure_parent(path)?;
+        let target = self.local_path(path);
+        let (temp, mut file) = self.create_temp(path)?;
+        let written = file
+            .write_all(data)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io(&temp, e));
+        drop(file);
+        let linked = written.and_then(|()| match fs::hard_link(&temp, &target) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::AlreadyExists {
+                path: path.to_string(),
+            }),
+            Err(e) => Err(Error::io(&target, e)),
+        });
+        let _ = fs::remove_file(&temp);
+        linked?;
+        sync_parent_dir(&target)
+    }
+
     fn put_file(&self, path: &StoragePath, local: &Path) -> Result<u64> {
         // Opened first so that a missing source leaves no temp file behind.
         let mut src = File::open(local).map_err(|e| Error::io(local, e))?;

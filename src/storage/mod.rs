@@ -79,6 +79,26 @@ pub trait CheckpointStorage: Send + Sync {
     /// temporary sibling, see [`temporary_path`]).
     fn put(&self, path: &StoragePath, data: &[u8]) -> Result<()>;
 
+    /// Writes `data` at `path` only if nothing is there, atomically: of two writers, one
+    /// succeeds and the other gets [`Error::AlreadyExists`], and the file is never replaced.
+    /// How `_metadata` is written, so that a second coordinator of the root (a zombie after a
+    /// failover) can never overwrite a completed checkpoint.
+    ///
+    /// The default checks and then writes, which is not atomic; storages that can do better
+    /// (local directories: a hard link that fails on an existing name; object stores: a
+    /// conditional PUT) override it.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`]; as [`CheckpointStorage::put`].
+    fn put_new(&self, path: &StoragePath, data: &[u8]) -> Result<()> {
+        if self.exists(path)? {
+            return Err(Error::AlreadyExists {
+                path: path.to_string(),
+            });
+        }
+        self.put(path, data)
+    }
+
     /// Uploads the local file `local` to `path`, with the same atomicity as
     /// [`put`](Self::put), streaming instead of reading the file into memory. Returns the number
     /// of bytes written.
@@ -178,6 +198,9 @@ macro_rules! forward_storage {
         impl<T: CheckpointStorage + ?Sized> CheckpointStorage for $ptr {
             fn put(&self, path: &StoragePath, data: &[u8]) -> Result<()> {
                 (**self).put(path, data)
+            }
+            fn put_new(&self, path: &StoragePath, data: &[u8]) -> Result<()> {
+                (**self).put_new(path, data)
             }
             fn put_file(&self, path: &StoragePath, local: &Path) -> Result<u64> {
                 (**self).put_file(path, local)

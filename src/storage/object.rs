@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 
 use crate::model::error::{Error, Result};
 use crate::model::format::path::StoragePath;
@@ -164,6 +164,26 @@ impl CheckpointStorage for ObjectStorage {
             .block_on(self.store.put(&location, PutPayload::from(data.to_vec())))
             .map(|_| ())
             .map_err(|e| Self::error(path, e))
+    }
+
+    /// A conditional PUT (`PutMode::Create`): the store refuses it if the object exists.
+    fn put_new(&self, path: &StoragePath, data: &[u8]) -> Result<()> {
+        let location = self.location(path);
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self.runtime.block_on(self.store.put_opts(
+            &location,
+            PutPayload::from(data.to_vec()),
+            options,
+        )) {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(Error::AlreadyExists {
+                path: path.to_string(),
+            }),
+            Err(e) => Err(Self::error(path, e)),
+        }
     }
 
     fn put_file(&self, path: &StoragePath, local: &Path) -> Result<u64> {

@@ -23,5 +23,6 @@ mod operator_state;
 mod operators;
 mod restore_coverage;
 mod restore_crash_sweep;
+mod stale_coordinator;
 mod timers;
 mod type_names;

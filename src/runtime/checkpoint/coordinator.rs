@@ -423,12 +423,24 @@ impl CheckpointCoordinator {
         };
         let path = metadata_path(id)?;
         let bytes = meta.encode();
-        if let Err(e) = self.storage.put(&path, &bytes) {
+        // Created only if absent: a second coordinator of this root (a zombie after a
+        // failover) can never replace a completed checkpoint.
+        if let Err(e) = self.storage.put_new(&path, &bytes) {
             // A write can fail after the file is in place (the directory sync, a lost
             // response): then the checkpoint exists, and a restart would restore it, so
-            // completion must not be reported as failed.
-            if self.storage.size(&path).ok().flatten() != Some(bytes.len() as u64) {
-                return Err(e);
+            // completion must not be reported as failed. A file with other bytes is another
+            // coordinator's.
+            match self.storage.get(&path) {
+                Ok(found) if found == bytes => {}
+                Ok(_) if matches!(e, Error::AlreadyExists { .. }) => {
+                    return Err(Error::CheckpointState {
+                        id,
+                        reason: "another coordinator completed a checkpoint of this id in this \
+                                 root; this coordinator is stale"
+                            .into(),
+                    });
+                }
+                _ => return Err(e),
             }
         }
         self.pending.remove(&id);
