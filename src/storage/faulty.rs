@@ -138,6 +138,31 @@ impl<S: CheckpointStorage> FaultyStorage<S> {
         }
     }
 
+    /// One whole-data write through the gate: `write` runs on the inner storage unless the
+    /// operation fails or crashes here (a crash may leave half of `data` as a temporary file).
+    fn gated_write(
+        &self,
+        path: &StoragePath,
+        data: &[u8],
+        write: impl FnOnce(&S) -> Result<()>,
+    ) -> Result<()> {
+        match self.mutation() {
+            Gate::Proceed => {
+                write(&self.inner)?;
+                self.bytes_written
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Gate::Fail(op) => Err(Error::InjectedFault { op }),
+            Gate::Crash { op, leftover } => {
+                if leftover {
+                    self.leave_leftover(path, &data[..data.len() / 2]);
+                }
+                Err(Error::InjectedFault { op })
+            }
+        }
+    }
+
     /// Writes the truncated temporary file of a write interrupted by a crash. Best effort: a
     /// crash makes no promises, so failures are ignored.
     fn leave_leftover(&self, path: &StoragePath, partial: &[u8]) {
@@ -150,40 +175,12 @@ impl<S: CheckpointStorage> FaultyStorage<S> {
 impl<S: CheckpointStorage> CheckpointStorage for FaultyStorage<S> {
     /// Counts as a mutating operation.
     fn put(&self, path: &StoragePath, data: &[u8]) -> Result<()> {
-        match self.mutation() {
-            Gate::Proceed => {
-                self.inner.put(path, data)?;
-                self.bytes_written
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                Ok(())
-            }
-            Gate::Fail(op) => Err(Error::InjectedFault { op }),
-            Gate::Crash { op, leftover } => {
-                if leftover {
-                    self.leave_leftover(path, &data[..data.len() / 2]);
-                }
-                Err(Error::InjectedFault { op })
-            }
-        }
+        self.gated_write(path, data, |inner| inner.put(path, data))
     }
 
     /// Counts as a mutating operation.
     fn put_new(&self, path: &StoragePath, data: &[u8]) -> Result<()> {
-        match self.mutation() {
-            Gate::Proceed => {
-                self.inner.put_new(path, data)?;
-                self.bytes_written
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                Ok(())
-            }
-            Gate::Fail(op) => Err(Error::InjectedFault { op }),
-            Gate::Crash { op, leftover } => {
-                if leftover {
-                    self.leave_leftover(path, &data[..data.len() / 2]);
-                }
-                Err(Error::InjectedFault { op })
-            }
-        }
+        self.gated_write(path, data, |inner| inner.put_new(path, data))
     }
 
     /// Counts as a mutating operation.
