@@ -96,6 +96,15 @@ impl StateInfo {
         }
     }
 
+    /// [`StateInfo::of`], with the type names `names` chose if any: what descriptors register.
+    fn named<K, N, UK, V>(name: &str, kind: StateKind, names: Option<&TypeNames>) -> StateInfo {
+        let info = StateInfo::of::<K, N, UK, V>(name, kind);
+        match names {
+            Some(names) => info.with_type_names(names),
+            None => info,
+        }
+    }
+
     /// This info with the type names `names` chose (the user key only for map states).
     #[must_use]
     pub fn with_type_names(mut self, names: &TypeNames) -> StateInfo {
@@ -203,11 +212,7 @@ impl<K, N, V> ValueStateDescriptor<K, N, V> {
 
     /// The registration info.
     pub fn info(&self) -> StateInfo {
-        let info = StateInfo::of::<K, N, (), V>(&self.name, StateKind::Value);
-        match &self.type_names {
-            Some(names) => info.with_type_names(names),
-            None => info,
-        }
+        StateInfo::named::<K, N, (), V>(&self.name, StateKind::Value, self.type_names.as_ref())
     }
 
     /// This descriptor with the type names `names` instead of Rust's type names
@@ -238,11 +243,7 @@ impl<K, N, T> ListStateDescriptor<K, N, T> {
 
     /// The registration info.
     pub fn info(&self) -> StateInfo {
-        let info = StateInfo::of::<K, N, (), T>(&self.name, StateKind::List);
-        match &self.type_names {
-            Some(names) => info.with_type_names(names),
-            None => info,
-        }
+        StateInfo::named::<K, N, (), T>(&self.name, StateKind::List, self.type_names.as_ref())
     }
 
     /// This descriptor with the type names `names` instead of Rust's type names
@@ -273,11 +274,7 @@ impl<K, N, UK, UV> MapStateDescriptor<K, N, UK, UV> {
 
     /// The registration info.
     pub fn info(&self) -> StateInfo {
-        let info = StateInfo::of::<K, N, UK, UV>(&self.name, StateKind::Map);
-        match &self.type_names {
-            Some(names) => info.with_type_names(names),
-            None => info,
-        }
+        StateInfo::named::<K, N, UK, UV>(&self.name, StateKind::Map, self.type_names.as_ref())
     }
 
     /// This descriptor with the type names `names` instead of Rust's type names
@@ -316,11 +313,7 @@ impl<K, N, V> ReducingStateDescriptor<K, N, V> {
 
     /// The registration info.
     pub fn info(&self) -> StateInfo {
-        let info = StateInfo::of::<K, N, (), V>(&self.name, StateKind::Reducing);
-        match &self.type_names {
-            Some(names) => info.with_type_names(names),
-            None => info,
-        }
+        StateInfo::named::<K, N, (), V>(&self.name, StateKind::Reducing, self.type_names.as_ref())
     }
 
     /// This descriptor with the type names `names` instead of Rust's type names
@@ -367,11 +360,11 @@ impl<K, N, IN, ACC, OUT> AggregatingStateDescriptor<K, N, IN, ACC, OUT> {
 
     /// The registration info. The stored type is the accumulator.
     pub fn info(&self) -> StateInfo {
-        let info = StateInfo::of::<K, N, (), ACC>(&self.name, StateKind::Aggregating);
-        match &self.type_names {
-            Some(names) => info.with_type_names(names),
-            None => info,
-        }
+        StateInfo::named::<K, N, (), ACC>(
+            &self.name,
+            StateKind::Aggregating,
+            self.type_names.as_ref(),
+        )
     }
 
     /// This descriptor with the type names `names` instead of Rust's type names

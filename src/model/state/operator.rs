@@ -86,11 +86,6 @@ pub struct OperatorState {
 }
 
 impl OperatorState {
-    /// Whether no state holds anything (a snapshot then writes the version-1 `_metadata`).
-    pub fn is_empty(&self) -> bool {
-        self.states.values().all(|s| s.elements.is_empty())
-    }
-
     /// The states by name.
     pub fn entries(&self) -> &BTreeMap<String, OperatorStateEntry> {
         &self.states
