@@ -229,6 +229,15 @@ pub enum Error {
         /// The storage path.
         path: String,
     },
+    /// A newer coordinator opened this checkpoint root: this one is stale (a zombie after a
+    /// failover) and may neither complete checkpoints nor delete anything.
+    #[error("coordinator epoch {epoch} is fenced: epoch {newer} opened the root since")]
+    Fenced {
+        /// This coordinator's epoch.
+        epoch: u64,
+        /// The newer epoch found.
+        newer: u64,
+    },
     /// An object store request failed (after the store's own retries).
     #[error("object store error on {path}: {message}")]
     ObjectStore {

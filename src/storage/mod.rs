@@ -32,7 +32,7 @@ pub use faulty::{FaultMode, FaultyStorage};
 pub use formats::{fetch_verified, verified_fetcher};
 pub use local::LocalDirStorage;
 #[cfg(feature = "object-store")]
-pub use object::{MULTIPART_THRESHOLD, ObjectStorage};
+pub use object::{DEFAULT_TRANSFER_CONCURRENCY, MULTIPART_THRESHOLD, ObjectStorage};
 /// The `object_store` crate, for building the stores [`ObjectStorage`] runs on.
 #[cfg(feature = "object-store")]
 pub use object_store;
@@ -189,6 +189,13 @@ pub trait CheckpointStorage: Send + Sync {
     /// [`Error::Io`] when that cannot be determined; [`Error::InvalidPath`] when the
     /// implementation refuses the path.
     fn size(&self, path: &StoragePath) -> Result<Option<u64>>;
+
+    /// How many files of one checkpoint to transfer at once ([`for_each_concurrently`]):
+    /// 1 for a local disk (the default), more for a store whose requests each wait on the
+    /// network.
+    fn transfer_concurrency(&self) -> usize {
+        1
+    }
 }
 
 /// Forwards [`CheckpointStorage`] through a pointer type, so that `&S`, `Box<dyn …>` and
@@ -226,11 +233,60 @@ macro_rules! forward_storage {
             fn size(&self, path: &StoragePath) -> Result<Option<u64>> {
                 (**self).size(path)
             }
+            fn transfer_concurrency(&self) -> usize {
+                (**self).transfer_concurrency()
+            }
         }
     )*};
 }
 
 forward_storage!(&T, Box<T>, Arc<T>);
+
+/// Runs `transfer` on every item, `concurrency` at a time on scoped threads (in the caller's
+/// thread when 1), and returns the results in the order of `items`. After the first failure no
+/// new transfer starts; the first error (in item order) is returned.
+///
+/// # Errors
+/// The first error of `transfer`.
+pub fn for_each_concurrently<T: Sync, R: Send>(
+    items: &[T],
+    concurrency: usize,
+    transfer: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let workers = concurrency.clamp(1, items.len().max(1));
+    if workers == 1 {
+        return items.iter().map(transfer).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<Result<R>>>> =
+        Mutex::new(std::iter::repeat_with(|| None).take(items.len()).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let result = transfer(item);
+                    if result.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(result);
+                }
+            });
+        }
+    });
+    // Items start in order, so every item not started comes after the one that failed: the
+    // first error in item order is met before any gap.
+    results
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .flatten()
+        .collect()
+}
 
 /// Buffer size of streaming reads.
 const READ_BUFFER: usize = 64 * 1024;

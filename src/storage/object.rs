@@ -9,6 +9,19 @@
 //! multipart upload completes, whole, which is the atomicity [`CheckpointStorage::put`]
 //! promises. Files above [`MULTIPART_THRESHOLD`] are uploaded in parts streamed from disk,
 //! never held in memory whole; downloads stream to disk the same way.
+//!
+//! Retries with backoff on throttling, 5xx and timeouts are the cloud clients' own
+//! (`object_store`'s `RetryConfig`); after the last one a request fails with
+//! [`Error::ObjectStore`]. The files of one checkpoint are transferred
+//! [`transfer_concurrency`](CheckpointStorage::transfer_concurrency) at a time.
+//!
+//! # Roots as URLs
+//!
+//! [`ObjectStorage::from_url`] takes `s3://bucket/prefix` (feature `aws`), `gs://bucket/prefix`
+//! (feature `gcp`), `az://container/prefix` (feature `azure`) or `memory:///`; credentials,
+//! region and endpoint come from the clouds' standard environment variables (`AWS_*` as the AWS
+//! tools read them, `GOOGLE_*`, `AZURE_*`; `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP=true` for an
+//! S3-compatible server).
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -31,11 +44,15 @@ const PART_SIZE: usize = 8 << 20;
 /// Parts of one file uploaded at once.
 const PARTS_IN_FLIGHT: usize = 4;
 
+/// Files of one checkpoint transferred at once unless set otherwise.
+pub const DEFAULT_TRANSFER_CONCURRENCY: usize = 8;
+
 /// Checkpoint storage on an object store, under a prefix (see the module docs).
 pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     runtime: tokio::runtime::Runtime,
+    transfer_concurrency: usize,
 }
 
 impl std::fmt::Debug for ObjectStorage {
@@ -69,7 +86,62 @@ impl ObjectStorage {
             store,
             prefix,
             runtime,
+            transfer_concurrency: DEFAULT_TRANSFER_CONCURRENCY,
         })
+    }
+
+    /// Storage at `url` (see the module docs for the schemes and their configuration).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] for a URL that does not parse, a scheme this build has no
+    /// client for, or a client that cannot be configured (missing bucket, bad endpoint).
+    pub fn from_url(url: &str) -> Result<Self> {
+        use object_store::ObjectStoreScheme;
+        let invalid = |reason: String| Error::InvalidOptions {
+            reason: format!("checkpoint root {url:?}: {reason}"),
+        };
+        let parsed = url::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+        let (scheme, prefix) =
+            ObjectStoreScheme::parse(&parsed).map_err(|e| invalid(e.to_string()))?;
+        let client = |e: object_store::Error| invalid(e.to_string());
+        let store: Arc<dyn ObjectStore> = match scheme {
+            ObjectStoreScheme::Memory => Arc::new(object_store::memory::InMemory::new()),
+            #[cfg(feature = "aws")]
+            ObjectStoreScheme::AmazonS3 => Arc::new(
+                object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .build()
+                    .map_err(client)?,
+            ),
+            #[cfg(feature = "gcp")]
+            ObjectStoreScheme::GoogleCloudStorage => Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .build()
+                    .map_err(client)?,
+            ),
+            #[cfg(feature = "azure")]
+            ObjectStoreScheme::MicrosoftAzure => Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .build()
+                    .map_err(client)?,
+            ),
+            other => {
+                let _ = client;
+                return Err(invalid(format!(
+                    "this build has no client for {other:?} (cargo features aws, gcp, azure)"
+                )));
+            }
+        };
+        Self::new(store, prefix.as_ref())
+    }
+
+    /// Sets how many files of one checkpoint are transferred at once (at least 1).
+    #[must_use]
+    pub fn with_transfer_concurrency(mut self, files: usize) -> Self {
+        self.transfer_concurrency = files.max(1);
+        self
     }
 
     /// Storage in memory (`object_store`'s in-memory store): for tests and examples.
@@ -158,6 +230,10 @@ impl ObjectStorage {
 }
 
 impl CheckpointStorage for ObjectStorage {
+    fn transfer_concurrency(&self) -> usize {
+        self.transfer_concurrency
+    }
+
     fn put(&self, path: &StoragePath, data: &[u8]) -> Result<()> {
         let location = self.location(path);
         self.runtime

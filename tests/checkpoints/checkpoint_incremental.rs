@@ -8,7 +8,7 @@ use std::sync::Arc;
 use common::SplitMix64;
 use common::checkpointing::checkpoint;
 use statebackend::checkpoint::CheckpointCoordinator;
-use statebackend::storage::{CheckpointStorage, LocalDirStorage};
+use statebackend::storage::CheckpointStorage;
 use statebackend::{
     AnyBackend, BackendConfig, KeyGroupRange, KeyedStateBackend, Result, ValueStateDescriptor,
 };
@@ -35,8 +35,7 @@ fn one_percent_update_uploads_a_small_fraction() -> Result<()> {
     );
     const KEYS: u64 = 1_000_000;
     let tmp = tempfile::tempdir().unwrap();
-    let storage: Arc<dyn CheckpointStorage> =
-        Arc::new(LocalDirStorage::new(tmp.path().join("root"))?);
+    let storage: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path().join("root"))?;
     let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 3)?;
     let mut b = AnyBackend::open(&BackendConfig::rocksdb(128, KeyGroupRange::all(128)?))?;
     let state = b.value_state(&ValueStateDescriptor::<i64, (), Vec<u8>>::new("values"))?;

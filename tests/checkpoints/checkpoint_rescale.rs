@@ -8,7 +8,7 @@ use std::sync::Arc;
 use common::checkpointing::{assert_matches_model, config, key_group, kinds, random_job};
 use common::model::{Handles, Model};
 use statebackend::checkpoint::{CheckpointCoordinator, RestoreMode, restore_instance};
-use statebackend::storage::{CheckpointStorage, LocalDirStorage};
+use statebackend::storage::CheckpointStorage;
 use statebackend::{KeyGroupRange, KeyedStateBackend, Result};
 
 #[test]
@@ -16,7 +16,7 @@ fn checkpoints_restore_at_another_parallelism() -> Result<()> {
     for kind in kinds() {
         for (p, q) in [(1u32, 4u32), (4, 1), (3, 2)] {
             let tmp = tempfile::tempdir().unwrap();
-            let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(tmp.path())?);
+            let storage: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path())?;
             let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 2)?;
             let (mut backends, union) = random_job(kind, p, 60, 1_200)?;
             // Two checkpoints, so the second one is incremental for RocksDB.
@@ -70,7 +70,7 @@ fn two_instance_checkpoint(
     Model,
 )> {
     use statebackend::BackendKind;
-    let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(root.join("storage"))?);
+    let storage: Arc<dyn CheckpointStorage> = crate::root::open(root.join("storage"))?;
     let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 2)?;
     let (mut backends, union) = random_job(BackendKind::RocksDb, 2, seed, 800)?;
     coordinator.begin(1)?;
@@ -152,8 +152,7 @@ fn an_interrupted_rescaled_restore_is_refused_on_open_and_replaced_by_a_retry() 
 #[cfg(feature = "rocksdb")]
 fn crash_right_after_a_rescaled_restore(root: &std::path::Path) -> ! {
     use statebackend::BackendKind;
-    let storage: Arc<dyn CheckpointStorage> =
-        Arc::new(LocalDirStorage::new(root.join("storage")).unwrap());
+    let storage: Arc<dyn CheckpointStorage> = crate::root::open(root.join("storage")).unwrap();
     let coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 2).unwrap();
     let meta = coordinator.latest().unwrap().clone();
     let mut whole = config(BackendKind::RocksDb, KeyGroupRange::all(128).unwrap());
@@ -197,8 +196,7 @@ fn a_crash_after_a_rescaled_restore_needs_a_replacing_restore() -> Result<()> {
         "{:?}",
         reopened.err()
     );
-    let storage: Arc<dyn CheckpointStorage> =
-        Arc::new(LocalDirStorage::new(tmp.path().join("storage"))?);
+    let storage: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path().join("storage"))?;
     let meta = CheckpointCoordinator::open(Arc::clone(&storage), 2)?
         .latest()
         .unwrap()

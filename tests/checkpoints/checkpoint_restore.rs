@@ -7,14 +7,14 @@ use std::sync::Arc;
 use common::checkpointing::{assert_matches_model, checkpoint, config, kinds, run_ops};
 use common::model::{Handles, Model, OpGenerator};
 use statebackend::checkpoint::{CheckpointCoordinator, RestoreMode, restore_instance};
-use statebackend::storage::{CheckpointStorage, LocalDirStorage};
+use statebackend::storage::CheckpointStorage;
 use statebackend::{AnyBackend, KeyGroupRange, KeyedStateBackend, Result};
 
 #[test]
 fn restored_state_equals_state_at_checkpoint_time() -> Result<()> {
     for kind in kinds() {
         let tmp = tempfile::tempdir().unwrap();
-        let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(tmp.path())?);
+        let storage: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path())?;
         let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 3)?;
         let range = KeyGroupRange::all(128)?;
         let mut b = AnyBackend::open(&config(kind, range))?;
@@ -59,7 +59,7 @@ fn a_restored_instance_keeps_checkpointing() -> Result<()> {
     for kind in kinds() {
         for mode in [RestoreMode::Claim, RestoreMode::NoClaim] {
             let tmp = tempfile::tempdir().unwrap();
-            let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(tmp.path())?);
+            let storage: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path())?;
             let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 2)?;
             let range = KeyGroupRange::all(128)?;
             let mut b = AnyBackend::open(&config(kind, range))?;

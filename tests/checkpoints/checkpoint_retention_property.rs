@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use statebackend::checkpoint::{
     CheckpointCoordinator, RestoreMode, restore_instance, verify_files,
 };
-use statebackend::storage::{CheckpointStorage, LocalDirStorage};
+use statebackend::storage::CheckpointStorage;
 use statebackend::{AnyBackend, BackendKind, Error, KeyGroupRange, Result};
 
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ fn check_invariants(coordinator: &CheckpointCoordinator, retained: usize) -> Res
 fn run(kind: BackendKind, actions: &[Action]) -> Result<()> {
     const RETAINED: usize = 2;
     let tmp = tempfile::tempdir().unwrap();
-    let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(tmp.path())?);
+    let storage: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path())?;
     let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), RETAINED)?;
     let range = KeyGroupRange::all(128)?;
     let mut b = AnyBackend::open(&config(kind, range))?;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use statebackend::checkpoint::{
     CheckpointCoordinator, RestoreMode, SnapshotMetadata, UploadStats, restore_instance,
 };
-use statebackend::storage::{CheckpointStorage, LocalDirStorage};
+use statebackend::storage::CheckpointStorage;
 use statebackend::{
     AnyBackend, BackendConfig, Error, KeyGroupRange, KeyedStateBackend, Result,
     ValueStateDescriptor,
@@ -82,7 +82,7 @@ fn take(
 }
 
 fn root(path: &std::path::Path) -> Result<(Arc<dyn CheckpointStorage>, CheckpointCoordinator)> {
-    let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(path)?);
+    let storage: Arc<dyn CheckpointStorage> = crate::root::open(path)?;
     let coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 3)?;
     Ok((storage, coordinator))
 }
@@ -225,8 +225,13 @@ fn a_claimed_restore_checkpoints_into_another_root_without_the_old_roots_files()
         );
         meta
     };
-    let storage_a = LocalDirStorage::new(tmp.path().join("a"))?;
-    let mut b = restore_instance(&storage_a, &restored_from, &config, RestoreMode::Claim)?;
+    let storage_a = crate::root::open(tmp.path().join("a"))?;
+    let mut b = restore_instance(
+        storage_a.as_ref(),
+        &restored_from,
+        &config,
+        RestoreMode::Claim,
+    )?;
     assert_holds(&mut b, &expected)?;
 
     // Root B: the first checkpoint uploads what B does not hold (all of it), the next ones are
@@ -249,7 +254,10 @@ fn a_claimed_restore_checkpoints_into_another_root_without_the_old_roots_files()
     drop(b);
 
     // Root A can go: B's checkpoints stand alone.
-    std::fs::remove_dir_all(tmp.path().join("a")).unwrap();
+    for object in storage_a.list(None)? {
+        storage_a.delete(&object.path)?;
+    }
+    assert!(storage_a.list(None)?.is_empty());
     assert_eq!(coordinator_b.latest_verified()?.id, 4);
     let first_in_b = coordinator_b
         .completed()

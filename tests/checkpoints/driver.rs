@@ -13,9 +13,7 @@ use common::model::Handles;
 use statebackend::checkpoint::{
     CheckpointCoordinator, RestoreMode, latest_restorable, restore_instance,
 };
-use statebackend::storage::{
-    CheckpointStorage, FaultMode, FaultyStorage, LocalDirStorage, ObjectMeta, StoragePath,
-};
+use statebackend::storage::{CheckpointStorage, FaultMode, FaultyStorage, ObjectMeta, StoragePath};
 use statebackend::{BackendKind, CheckpointDriver, DriverOptions, Error, KeyGroupRange, Result};
 
 fn driver(storage: Arc<dyn CheckpointStorage>, options: DriverOptions) -> Result<CheckpointDriver> {
@@ -29,7 +27,7 @@ fn driver(storage: Arc<dyn CheckpointStorage>, options: DriverOptions) -> Result
 fn one_call_per_barrier_checkpoints_every_instance_and_notifies_each_by_identity() -> Result<()> {
     for kind in kinds() {
         let tmp = tempfile::tempdir().unwrap();
-        let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(tmp.path())?);
+        let storage: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path())?;
         let mut driver = driver(Arc::clone(&storage), DriverOptions::default())?;
         let (mut backends, union) = random_job(kind, 3, 5, 600)?;
         // Not in key-group order: notification must find each instance by its id.
@@ -75,7 +73,7 @@ fn a_failed_upload_aborts_the_checkpoint_and_the_next_one_succeeds() -> Result<(
     for kind in kinds() {
         let tmp = tempfile::tempdir().unwrap();
         let faulty = Arc::new(FaultyStorage::new(
-            LocalDirStorage::new(tmp.path())?,
+            crate::root::open(tmp.path())?,
             FaultMode::None,
         ));
         let storage: Arc<dyn CheckpointStorage> = faulty.clone();
@@ -115,9 +113,8 @@ fn a_failed_upload_aborts_the_checkpoint_and_the_next_one_succeeds() -> Result<(
 
 /// A storage whose `put_file` waits while the gate is closed, and that counts how many
 /// `put_file` calls run at once.
-#[derive(Debug)]
 struct GatedStorage {
-    inner: LocalDirStorage,
+    inner: Arc<dyn CheckpointStorage>,
     closed: Mutex<bool>,
     opened: Condvar,
     running: AtomicUsize,
@@ -128,7 +125,7 @@ struct GatedStorage {
 impl GatedStorage {
     fn new(dir: &Path, closed: bool) -> Result<Self> {
         Ok(Self {
-            inner: LocalDirStorage::new(dir)?,
+            inner: crate::root::open(dir)?,
             closed: Mutex::new(closed),
             opened: Condvar::new(),
             running: AtomicUsize::new(0),
@@ -254,7 +251,7 @@ fn uploads_run_on_at_most_the_configured_threads() -> Result<()> {
 #[test]
 fn latest_restorable_deletes_nothing() -> Result<()> {
     let tmp = tempfile::tempdir().unwrap();
-    let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(tmp.path())?);
+    let storage: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path())?;
     let mut driver = driver(Arc::clone(&storage), DriverOptions::default())?;
     let (mut backends, _) = random_job(BackendKind::Heap, 1, 1, 100)?;
     driver.checkpoint(&mut backends)?;

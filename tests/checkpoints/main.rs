@@ -7,6 +7,21 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+/// The checkpoint roots the shared suites run on: local directories here. The `s3-loopback`
+/// crate compiles the same suites over an in-memory object store and an S3 server on loopback.
+mod root {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use statebackend::Result;
+    use statebackend::storage::{CheckpointStorage, LocalDirStorage};
+
+    /// The root for `dir`: the same `dir` opens the same root again.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Arc<dyn CheckpointStorage>> {
+        Ok(Arc::new(LocalDirStorage::new(dir.as_ref())?))
+    }
+}
+
 mod checkpoint_concurrency;
 mod checkpoint_crash_sweep;
 mod checkpoint_fault_property;

@@ -11,7 +11,7 @@ use statebackend::checkpoint::{
     CheckpointCoordinator, RestoreMode, SnapshotMetadata, latest_restorable, restore_instance,
 };
 use statebackend::savepoint::{complete_savepoint_with, read_savepoint, restore_savepoint};
-use statebackend::storage::{CheckpointStorage, LocalDirStorage, StoragePath};
+use statebackend::storage::{CheckpointStorage, StoragePath};
 use statebackend::{
     AnyBackend, BackendKind, CheckpointDriver, CheckpointedBackend, DriverOptions, Error,
     KeyGroupRange, Result,
@@ -90,7 +90,7 @@ fn operator_state_is_redistributed_by_mode_from_checkpoints_and_savepoints() -> 
         for (p, q) in [(1u32, 3u32), (3, 2), (2, 2)] {
             let tmp = tempfile::tempdir().unwrap();
             let storage: Arc<dyn CheckpointStorage> =
-                Arc::new(LocalDirStorage::new(tmp.path().join("checkpoints"))?);
+                crate::root::open(tmp.path().join("checkpoints"))?;
             let mut driver = CheckpointDriver::new(
                 CheckpointCoordinator::open(Arc::clone(&storage), 2)?,
                 DriverOptions::default(),
@@ -117,8 +117,7 @@ fn operator_state_is_redistributed_by_mode_from_checkpoints_and_savepoints() -> 
             check_redistributed(p, &mut restored)?;
 
             // The same through a savepoint, restored into the heap backend.
-            let sp: Arc<dyn CheckpointStorage> =
-                Arc::new(LocalDirStorage::new(tmp.path().join("savepoint"))?);
+            let sp: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path().join("savepoint"))?;
             let mut fresh = job(kind, p)?;
             let parts = fresh
                 .iter_mut()
@@ -142,7 +141,7 @@ fn operator_state_is_redistributed_by_mode_from_checkpoints_and_savepoints() -> 
 #[test]
 fn metadata_stays_version_1_without_operator_state_or_engine_metadata() -> Result<()> {
     let tmp = tempfile::tempdir().unwrap();
-    let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(tmp.path())?);
+    let storage: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path())?;
     let mut driver = CheckpointDriver::new(
         CheckpointCoordinator::open(Arc::clone(&storage), 2)?,
         DriverOptions::default(),
@@ -188,12 +187,12 @@ fn opening_an_operator_state_with_another_mode_or_type_is_refused() -> Result<()
 fn version_2_metadata_round_trips_and_every_truncation_or_flip_is_a_typed_result() -> Result<()> {
     let mut b = job(BackendKind::Heap, 2)?;
     let tmp = tempfile::tempdir().unwrap();
-    let storage = LocalDirStorage::new(tmp.path())?;
+    let storage = crate::root::open(tmp.path())?;
     let parts = b
         .iter_mut()
-        .map(|b| b.savepoint()?.write(&storage))
+        .map(|b| b.savepoint()?.write(storage.as_ref()))
         .collect::<Result<Vec<_>>>()?;
-    let meta = complete_savepoint_with(&storage, parts, engine())?;
+    let meta = complete_savepoint_with(storage.as_ref(), parts, engine())?;
     let bytes = meta.encode();
     assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 2);
     assert_eq!(SnapshotMetadata::decode(&bytes, "m")?, meta);

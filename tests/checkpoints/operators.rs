@@ -13,7 +13,7 @@ use statebackend::checkpoint::{
     CheckpointCoordinator, RestoreMode, latest_restorable, restore_instance,
 };
 use statebackend::savepoint::{complete_savepoint, read_savepoint, restore_savepoint};
-use statebackend::storage::{CheckpointStorage, LocalDirStorage};
+use statebackend::storage::CheckpointStorage;
 use statebackend::{
     AnyBackend, BackendConfig, CheckpointDriver, DriverOptions, Error, KeyGroupRange,
     KeyedStateBackend, OperatorInstances, Result, ValueStateDescriptor,
@@ -45,7 +45,7 @@ fn check_source(b: &mut AnyBackend) -> Result<()> {
 fn two_operators_of_different_parallelism_checkpoint_together_and_restore_by_id() -> Result<()> {
     for kind in kinds() {
         let tmp = tempfile::tempdir().unwrap();
-        let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(tmp.path())?);
+        let storage: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path())?;
         let mut driver = CheckpointDriver::new(
             CheckpointCoordinator::open(Arc::clone(&storage), 2)?,
             DriverOptions::default(),
@@ -134,7 +134,7 @@ fn two_operators_of_different_parallelism_checkpoint_together_and_restore_by_id(
 #[test]
 fn completion_checks_the_key_groups_of_each_operator() -> Result<()> {
     let tmp = tempfile::tempdir().unwrap();
-    let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(tmp.path())?);
+    let storage: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path())?;
     let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 2)?;
     let mut source = source()?;
     let (mut windows, _) = random_job(kinds()[0], 2, 5, 100)?;
@@ -164,7 +164,7 @@ fn completion_checks_the_key_groups_of_each_operator() -> Result<()> {
 fn a_savepoint_of_two_operators_restores_each_by_id() -> Result<()> {
     for kind in kinds() {
         let tmp = tempfile::tempdir().unwrap();
-        let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(tmp.path())?);
+        let storage: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path())?;
         let mut source = source()?;
         let (mut windows, model) = random_job(kind, 2, 9, 400)?;
         let mut parts = Vec::new();

@@ -1,6 +1,7 @@
-//! A second coordinator on one root (a zombie after a failover) cannot replace a checkpoint the
-//! live one completed: `_metadata` is created only if absent (`CheckpointStorage::put_new`), on a
-//! local directory and on an object store.
+//! A second coordinator on one root (a zombie after a failover) cannot complete a checkpoint or
+//! delete what the live one wrote: opening the root fences every older coordinator, and
+//! `_metadata` is created only if absent (`CheckpointStorage::put_new`); on a local directory and
+//! on an object store.
 use crate::common;
 
 use std::sync::Arc;
@@ -27,11 +28,14 @@ fn stale_coordinator_cannot_replace_a_completed_checkpoint(
     let part = live_job[0].snapshot(1)?.upload(storage.as_ref())?.0;
     live.complete(1, vec![part])?;
     let stale = zombie_job[0].snapshot(1)?.upload(storage.as_ref())?.0;
+    // The live coordinator opened the root after the zombie: the zombie is fenced.
     let refused = zombie.complete(1, vec![stale]);
     assert!(
-        matches!(&refused, Err(Error::CheckpointState { id: 1, reason }) if reason.contains("stale")),
+        matches!(&refused, Err(Error::Fenced { epoch: 1, newer: 2 })),
         "{refused:?}"
     );
+    zombie.abort(1)?;
+    assert!(zombie.cleanup_error().is_some_and(|e| e.contains("fenced")));
     // What the live coordinator completed is what restores.
     let meta = latest_restorable(storage.as_ref())?;
     let mut restored = restore_instance(

@@ -11,7 +11,7 @@ use common::checkpointing::{config, kinds};
 use statebackend::checkpoint::{
     CheckpointCoordinator, RestoreMode, latest_restorable, restore_instance,
 };
-use statebackend::storage::{CheckpointStorage, LocalDirStorage};
+use statebackend::storage::CheckpointStorage;
 use statebackend::{
     AnyBackend, BackendConfig, CheckpointDriver, DriverOptions, KeyGroupRange, KeyedStateBackend,
     Result, Timer, TimerService, ValueStateDescriptor,
@@ -102,7 +102,7 @@ fn every_timer_fires_exactly_once_across_checkpoint_crash_and_rescale() -> Resul
     for kind in kinds() {
         for (p, q) in [(2u32, 3u32), (3, 1)] {
             let tmp = tempfile::tempdir().unwrap();
-            let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(tmp.path())?);
+            let storage: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path())?;
             let mut driver = CheckpointDriver::new(
                 CheckpointCoordinator::open(Arc::clone(&storage), 2)?,
                 DriverOptions::default(),

@@ -11,7 +11,7 @@ use statebackend::checkpoint::{
 };
 use statebackend::savepoint::{complete_savepoint, read_savepoint, restore_savepoint};
 use statebackend::state::TypeNames;
-use statebackend::storage::{CheckpointStorage, LocalDirStorage};
+use statebackend::storage::CheckpointStorage;
 use statebackend::{
     AnyBackend, BackendKind, CheckpointDriver, DriverOptions, Error, KeyGroupRange,
     KeyedStateBackend, MapStateDescriptor, Result, ValueStateDescriptor,
@@ -43,8 +43,7 @@ fn states_with_chosen_type_names_restore_by_those_names() -> Result<()> {
             p.put(&mut b, &user, &7, i as u16, i * 2)?;
         }
         let tmp = tempfile::tempdir().unwrap();
-        let storage: Arc<dyn CheckpointStorage> =
-            Arc::new(LocalDirStorage::new(tmp.path().join("root"))?);
+        let storage: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path().join("root"))?;
         let mut driver = CheckpointDriver::new(
             CheckpointCoordinator::open(Arc::clone(&storage), 2)?,
             DriverOptions::default(),
@@ -83,7 +82,7 @@ fn states_with_chosen_type_names_restore_by_those_names() -> Result<()> {
         }
 
         // Through a savepoint into the heap backend.
-        let sp: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(tmp.path().join("sp"))?);
+        let sp: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path().join("sp"))?;
         let part = b.savepoint()?.write(sp.as_ref())?;
         complete_savepoint(sp.as_ref(), vec![part])?;
         let meta = read_savepoint(sp.as_ref())?;

@@ -100,6 +100,9 @@ impl<S: CheckpointStorage> CheckpointStorage for ReadFaults<S> {
         self.read()?;
         self.inner.list(prefix)
     }
+    fn put_new(&self, path: &StoragePath, data: &[u8]) -> Result<()> {
+        self.inner.put_new(path, data)
+    }
     fn delete(&self, path: &StoragePath) -> Result<()> {
         self.inner.delete(path)
     }

@@ -26,7 +26,7 @@ use crate::model::format::metadata::{FetchFile, FileEntry, InstanceId, InstanceM
 use crate::model::key_group::KeyGroupRange;
 use crate::model::state::StateInfo;
 use crate::model::state::backend::{BackendKind, KeyedStateBackend};
-use crate::storage::CheckpointStorage;
+use crate::storage::{CheckpointStorage, for_each_concurrently};
 
 /// What the backend remembers between checkpoints.
 #[derive(Debug, Default)]
@@ -429,36 +429,43 @@ impl RocksDbSnapshot {
             names.push(name);
         }
         names.sort();
-        let mut stats = UploadStats::default();
-        let mut files = Vec::with_capacity(names.len());
         let id = self.instance.instance_id;
-        for name in names {
-            let local = self.staging.join(&name);
+        // Each file is reused from the base or uploaded, `transfer_concurrency` at a time.
+        let outcomes = for_each_concurrently(&names, storage.transfer_concurrency(), |name| {
+            let local = self.staging.join(name);
             let is_sst = name.ends_with(".sst");
             if is_sst {
-                if let Some(reused) = self.reusable(&name, &local, storage)? {
-                    stats.files_reused += 1;
-                    stats.bytes_reused += reused.size;
-                    files.push(reused.clone());
-                    continue;
+                if let Some(reused) = self.reusable(name, &local, storage)? {
+                    return Ok((reused.clone(), false));
                 }
             }
             let (size, crc32) = file_size_and_crc32(&local)?;
             let path = if is_sst {
-                shared_path(id, &name)?
+                shared_path(id, name)?
             } else {
-                private_path(self.checkpoint_id, id, &name)?
+                private_path(self.checkpoint_id, id, name)?
             };
             storage.put_file(&path, &local)?;
-            stats.files_uploaded += 1;
-            stats.bytes_uploaded += size;
-            files.push(FileEntry {
+            let entry = FileEntry {
                 path,
-                local_name: name,
+                local_name: name.clone(),
                 size,
                 crc32,
                 shared: is_sst,
-            });
+            };
+            Ok((entry, true))
+        })?;
+        let mut stats = UploadStats::default();
+        let mut files = Vec::with_capacity(outcomes.len());
+        for (entry, uploaded) in outcomes {
+            if uploaded {
+                stats.files_uploaded += 1;
+                stats.bytes_uploaded += entry.size;
+            } else {
+                stats.files_reused += 1;
+                stats.bytes_reused += entry.size;
+            }
+            files.push(entry);
         }
         let mut instance = self.instance.clone();
         instance.files = files;

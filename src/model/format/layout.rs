@@ -5,6 +5,7 @@
 //! <root>/chk-<id>/_no-claim                          restored in no-claim mode: never deleted
 //! <root>/chk-<id>/<instance id>/<file>               files private to the checkpoint
 //! <root>/shared/<instance id>/<file>.sst             immutable files several checkpoints share
+//! <root>/_coordinator/epoch-<n, 20 digits>           one per coordinator that opened the root
 //! ```
 
 use crate::model::error::Result;
@@ -19,6 +20,27 @@ pub const NO_CLAIM_MARKER: &str = "_no-claim";
 pub const CHECKPOINT_DIR_PREFIX: &str = "chk-";
 /// The shared area.
 pub const SHARED_DIR: &str = "shared";
+
+/// The directory of coordinator epochs: each coordinator that opens the root creates the next
+/// `epoch-<n>` in it; one whose successor exists is stale (fenced).
+pub const COORDINATOR_DIR: &str = "_coordinator";
+
+/// Prefix of epoch file names in [`COORDINATOR_DIR`].
+const EPOCH_PREFIX: &str = "epoch-";
+
+/// `_coordinator/epoch-<n as 20 digits>`.
+pub fn epoch_path(epoch: u64) -> Result<StoragePath> {
+    StoragePath::parse(&format!("{COORDINATOR_DIR}/{EPOCH_PREFIX}{epoch:020}"))
+}
+
+/// The epoch an epoch file's name stands for (canonical spelling only).
+pub fn parse_epoch_file(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(EPOCH_PREFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
 
 /// The directory name of checkpoint `id`.
 pub fn checkpoint_dir_name(id: u64) -> String {
@@ -77,5 +99,18 @@ mod tests {
         assert_eq!(parse_checkpoint_dir("shared"), None);
         assert_eq!(parse_checkpoint_dir("chk-00000000x2"), None);
         assert_eq!(parse_checkpoint_dir("chk-00000000042"), None);
+    }
+
+    #[test]
+    fn epoch_files_round_trip() {
+        let path = epoch_path(7).unwrap();
+        assert_eq!(path.as_str(), "_coordinator/epoch-00000000000000000007");
+        assert_eq!(parse_epoch_file(path.file_name()), Some(7));
+        assert_eq!(parse_epoch_file("epoch-7"), None);
+        assert_eq!(parse_epoch_file("epoch-0000000000000000000x"), None);
+        assert_eq!(
+            parse_epoch_file(epoch_path(u64::MAX).unwrap().file_name()),
+            Some(u64::MAX)
+        );
     }
 }

@@ -8,12 +8,20 @@
 //! share.
 //!
 //! Safety rules, in the order they are checked (`docs/checkpoint-layout.md` §5):
+//! - a coordinator claims an epoch when it opens the root ([`fence`](super::fence)); once a
+//!   newer one has opened it, it completes nothing and deletes nothing ([`Error::Fenced`]);
 //! - a read error while opening a root fails the open: nothing is deleted on a partial view;
 //! - a `_metadata` that cannot be understood (damaged, truncated, a newer format) makes its
 //!   checkpoint *unreadable*: its directory and the whole `shared/` area are kept, because any
 //!   shared file may be one it lists;
 //! - completion requires instances that partition the job's key groups, and reports success
 //!   once `_metadata` is durable: cleanup failures after that are kept apart and retried.
+//!
+//! Request cost: a completion deletes only what the checkpoints it drops listed and no kept one
+//! lists, without listing the root (on an object store a listing of thousands of objects is the
+//! dominant request cost). The root is listed, to find leftovers of failed checkpoints, when it
+//! is opened and at the first quiet moment (nothing in flight) after an abort or a failed
+//! cleanup: only failures leave such leftovers.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -28,6 +36,7 @@ use crate::model::format::layout::{
 use crate::model::format::metadata::{
     InstanceMetadata, METADATA_FILE, SnapshotKind, SnapshotMetadata, check_partition,
 };
+use crate::runtime::checkpoint::fence::Epoch;
 use crate::runtime::checkpoint::restore::{RestoreMode, restore_instance};
 use crate::storage::{CheckpointStorage, ObjectMeta, StoragePath, checksum};
 
@@ -262,23 +271,30 @@ pub struct CheckpointCoordinator {
     state: RootState,
     pending: BTreeSet<u64>,
     cleanup_error: Option<String>,
+    epoch: Epoch,
+    /// Whether the root may hold leftovers that only a listing finds (after an abort or a
+    /// failed cleanup): the next cleanup with nothing in flight lists the root.
+    sweep_needed: bool,
 }
 
 impl CheckpointCoordinator {
-    /// Opens the root: reads every completed checkpoint's `_metadata`, drops those beyond the
-    /// newest `retained`, and deletes every file no retained checkpoint references (leftovers
-    /// of failed or interrupted checkpoints). A failure of that cleanup does not fail the open;
-    /// it is kept for [`CheckpointCoordinator::cleanup_error`] and retried later.
+    /// Opens the root: claims the next coordinator epoch (which fences every coordinator that
+    /// opened the root before, see [`fence`](super::fence)), reads every completed checkpoint's
+    /// `_metadata`, drops those beyond the newest `retained`, and deletes every file no
+    /// retained checkpoint references (leftovers of failed or interrupted checkpoints). A
+    /// failure of that cleanup does not fail the open; it is kept for
+    /// [`CheckpointCoordinator::cleanup_error`] and retried later.
     ///
     /// # Errors
-    /// [`Error::Incompatible`] if `retained` is 0; any storage error while reading the root
-    /// (nothing is deleted then).
+    /// [`Error::Incompatible`] if `retained` is 0; any storage error while claiming the epoch
+    /// or reading the root (nothing is deleted then).
     pub fn open(storage: Arc<dyn CheckpointStorage>, retained: usize) -> Result<Self> {
         if retained == 0 {
             return Err(Error::Incompatible {
                 reason: "at least one completed checkpoint must be retained".into(),
             });
         }
+        let epoch = Epoch::claim(storage.as_ref())?;
         let state = RootState::read(storage.as_ref())?;
         let mut coordinator = Self {
             storage,
@@ -286,6 +302,8 @@ impl CheckpointCoordinator {
             state,
             pending: BTreeSet::new(),
             cleanup_error: None,
+            epoch,
+            sweep_needed: true,
         };
         coordinator.cleanup();
         Ok(coordinator)
@@ -294,6 +312,11 @@ impl CheckpointCoordinator {
     /// The storage of the root.
     pub fn storage(&self) -> &Arc<dyn CheckpointStorage> {
         &self.storage
+    }
+
+    /// The epoch this coordinator claimed when it opened the root.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.epoch()
     }
 
     /// The retained completed checkpoints (no-claim ones included), oldest first.
@@ -354,6 +377,7 @@ impl CheckpointCoordinator {
     ///
     /// # Errors
     /// [`Error::CheckpointState`] if `id` is not in flight or a newer checkpoint completed;
+    /// [`Error::Fenced`] if a newer coordinator opened the root;
     /// [`Error::KeyGroupCoverage`] unless the instances hold every key group of the job exactly
     /// once under one max parallelism; [`Error::MissingFile`] / [`Error::SizeMismatch`] for a
     /// file that is not in storage as listed; storage errors writing `_metadata`. On error
@@ -423,6 +447,7 @@ impl CheckpointCoordinator {
         };
         let path = metadata_path(id)?;
         let bytes = meta.encode();
+        self.epoch.check(self.storage.as_ref())?;
         // Created only if absent: a second coordinator of this root (a zombie after a
         // failover) can never replace a completed checkpoint.
         if let Err(e) = self.storage.put_new(&path, &bytes) {
@@ -456,6 +481,8 @@ impl CheckpointCoordinator {
     /// None today; the `Result` leaves room for storages that must be told.
     pub fn abort(&mut self, id: u64) -> Result<()> {
         self.pending.remove(&id);
+        // Its uploads are listed nowhere: only a listing finds them.
+        self.sweep_needed = true;
         self.cleanup();
         Ok(())
     }
@@ -527,12 +554,14 @@ impl CheckpointCoordinator {
         self.state.no_claim.iter().copied()
     }
 
-    /// Runs retention and garbage collection now, as completion does, and returns what was
-    /// deleted.
+    /// Runs retention and garbage collection of the whole root now (listing it), and returns
+    /// what was deleted.
     ///
     /// # Errors
-    /// The cleanup's failure (also kept for [`CheckpointCoordinator::cleanup_error`]).
+    /// The cleanup's failure (also kept for [`CheckpointCoordinator::cleanup_error`]);
+    /// [`Error::Fenced`] if a newer coordinator opened the root (nothing is deleted).
     pub fn collect_orphans(&mut self) -> Result<GcReport> {
+        self.sweep_needed = true;
         let listing = match self.storage.list(None) {
             Ok(listing) => listing,
             Err(e) => {
@@ -545,7 +574,13 @@ impl CheckpointCoordinator {
         let (report, error) = self.execute(&plan);
         match error {
             Some(e) => Err(e),
-            None => Ok(report),
+            None => {
+                // A sweep with something in flight keeps `shared/`: not a full one.
+                if self.pending.is_empty() {
+                    self.sweep_needed = false;
+                }
+                Ok(report)
+            }
         }
     }
 
@@ -564,13 +599,18 @@ impl CheckpointCoordinator {
             .collect())
     }
 
-    /// Retention, and garbage collection of the whole root when nothing is in flight; failures
-    /// are kept, not returned.
+    /// Retention, and garbage collection of the whole root when it may hold leftovers and
+    /// nothing is in flight; failures are kept, not returned.
     fn cleanup(&mut self) {
-        let result = if self.pending.is_empty() {
+        let result = if self.pending.is_empty() && self.sweep_needed {
             self.collect_orphans().map(|_| ())
         } else {
             let plan = plan_collection(&self.state, self.retained, &self.pending, None);
+            if !self.pending.is_empty() && !plan.dropped.is_empty() {
+                // `shared/` is kept while anything is in flight: what the dropped checkpoints
+                // alone used waits for the next sweep.
+                self.sweep_needed = true;
+            }
             match self.execute(&plan).1 {
                 Some(e) => Err(e),
                 None => Ok(()),
@@ -581,8 +621,15 @@ impl CheckpointCoordinator {
         }
     }
 
-    /// Executes `plan` and forgets the dropped checkpoints whose `_metadata` is gone.
+    /// Executes `plan` (after checking the fence, if it deletes anything) and forgets the
+    /// dropped checkpoints whose `_metadata` is gone.
     fn execute(&mut self, plan: &GcPlan) -> (GcReport, Option<Error>) {
+        if !plan.deletable.is_empty() {
+            if let Err(e) = self.epoch.check(self.storage.as_ref()) {
+                self.cleanup_error = Some(format!("cleanup refused: {e}"));
+                return (GcReport::default(), Some(e));
+            }
+        }
         let (report, error) = execute_plan(self.storage.as_ref(), plan);
         let deleted: HashSet<&StoragePath> = report.deleted.iter().collect();
         for id in &plan.dropped {
@@ -592,6 +639,7 @@ impl CheckpointCoordinator {
         }
         if let Some(e) = &error {
             self.cleanup_error = Some(format!("cleanup failed, retried later: {e}"));
+            self.sweep_needed = true;
         }
         (report, error)
     }

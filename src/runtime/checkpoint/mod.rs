@@ -1,6 +1,8 @@
 //! Checkpoints: the library's own, frequent, automatic recovery snapshots.
 //!
 //! - [`coordinator`]: completing checkpoints (`_metadata`), retention and garbage collection.
+//! - [`fence`]: coordinator epochs, so that a stale coordinator can neither complete nor
+//!   delete.
 //! - [`restore`]: restoring an instance into any [`CheckpointedBackend`], with file
 //!   verification and key-group coverage checks.
 //! - [`metadata`] (the `_metadata` format) and [`layout`] (names in a checkpoint root) live in
@@ -16,6 +18,7 @@
 //! [`AnyBackend::snapshot`]: crate::AnyBackend::snapshot
 
 pub mod coordinator;
+pub mod fence;
 pub mod restore;
 
 pub use crate::backends::interface::{PendingSnapshot, UploadStats};

@@ -1,0 +1,330 @@
+//! What the S3 protocol adds to the storage contract: conditional creates, multipart uploads,
+//! throttling and errors retried, lost responses, lost create races, slowness, a stale second
+//! coordinator, and how many requests garbage collection makes. Each test starts its own server
+//! (faults and counts are per server).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::checkpointing::{assert_matches_model, config, kinds, random_job};
+use crate::common::model::Handles;
+use statebackend::checkpoint::{
+    CheckpointCoordinator, RestoreMode, latest_restorable, restore_instance,
+};
+use statebackend::storage::{CheckpointStorage, MULTIPART_THRESHOLD, StoragePath};
+use statebackend::{BackendKind, CheckpointDriver, DriverOptions, Error, KeyGroupRange, Result};
+use statebackend_s3_loopback::{Fault, FaultRule, LoopbackS3, RequestKind};
+
+fn sp(path: &str) -> StoragePath {
+    StoragePath::parse(path).unwrap()
+}
+
+fn start() -> LoopbackS3 {
+    LoopbackS3::start().expect("start the loopback S3 server")
+}
+
+#[test]
+fn the_storage_contract_holds_over_s3() -> Result<()> {
+    let server = start();
+    let storage = server.storage("root")?;
+    storage.put(&sp("chk-0000000001/_metadata"), b"one")?;
+    storage.put(&sp("chk-0000000001/_metadata"), b"two")?;
+    assert_eq!(storage.get(&sp("chk-0000000001/_metadata"))?, b"two");
+    storage.put_new(&sp("chk-0000000002/_metadata"), b"first")?;
+    assert!(matches!(
+        storage.put_new(&sp("chk-0000000002/_metadata"), b"second"),
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert_eq!(storage.get(&sp("chk-0000000002/_metadata"))?, b"first");
+    assert!(matches!(
+        storage.get(&sp("shared/missing.sst")),
+        Err(Error::MissingFile { .. })
+    ));
+    assert_eq!(storage.size(&sp("shared/missing.sst"))?, None);
+    storage.put(&sp("chk-00000000010/x"), b"x")?;
+    assert_eq!(storage.list(Some(&sp("chk-0000000001")))?.len(), 1);
+    storage.delete(&sp("chk-0000000001/_metadata"))?;
+    storage.delete(&sp("chk-0000000001/_metadata"))?;
+    assert!(!storage.exists(&sp("chk-0000000001/_metadata"))?);
+    // Another prefix of the bucket is another root.
+    let other = server.storage("other")?;
+    assert!(other.list(None)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_large_file_goes_up_in_parts_streamed_and_comes_back_whole() -> Result<()> {
+    let server = start();
+    let storage = server.storage("root")?;
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("big.sst");
+    let size = MULTIPART_THRESHOLD as usize + 5 * 1024 * 1024 + 3;
+    let data: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
+    std::fs::write(&local, &data).unwrap();
+    let before = server.counts();
+    assert_eq!(
+        storage.put_file(&sp("shared/a/big.sst"), &local)?,
+        size as u64
+    );
+    let upload = server.counts().since(&before);
+    assert_eq!(upload.of(RequestKind::CreateMultipart), 1, "{upload:?}");
+    assert_eq!(upload.of(RequestKind::UploadPart), 2, "{upload:?}");
+    assert_eq!(upload.of(RequestKind::CompleteMultipart), 1, "{upload:?}");
+    assert_eq!(upload.of(RequestKind::Put), 0, "{upload:?}");
+    assert_eq!(upload.bytes_in, size as u64);
+    let back = tmp.path().join("back.sst");
+    assert_eq!(
+        storage.get_to_file(&sp("shared/a/big.sst"), &back)?,
+        size as u64
+    );
+    assert!(std::fs::read(&back).unwrap() == data);
+    // A failed part abandons the upload: nothing appears.
+    server.inject(
+        FaultRule::new(Fault::Reject(500))
+            .on(RequestKind::UploadPart)
+            .times(50),
+    );
+    assert!(matches!(
+        storage.put_file(&sp("shared/a/failed.sst"), &local),
+        Err(Error::ObjectStore { .. })
+    ));
+    server.clear_faults();
+    assert_eq!(storage.size(&sp("shared/a/failed.sst"))?, None);
+    Ok(())
+}
+
+#[test]
+fn throttling_and_server_errors_are_retried_and_the_last_failure_is_typed() -> Result<()> {
+    let server = start();
+    let storage = server.storage_with_retries("root", 3)?;
+    server.inject(
+        FaultRule::new(Fault::Reject(503))
+            .on(RequestKind::Put)
+            .times(2),
+    );
+    let before = server.counts();
+    storage.put(&sp("chk-0000000001/a"), b"a")?;
+    let counts = server.counts().since(&before);
+    assert_eq!(
+        counts.of(RequestKind::Put),
+        3,
+        "two throttled, then served: {counts:?}"
+    );
+    assert_eq!(counts.faulted, 2);
+    assert_eq!(storage.get(&sp("chk-0000000001/a"))?, b"a");
+
+    // More failures than retries: a typed error, and nothing half done.
+    server.inject(
+        FaultRule::new(Fault::Reject(500))
+            .on(RequestKind::Get)
+            .times(10),
+    );
+    let failed = storage.get(&sp("chk-0000000001/a"));
+    assert!(
+        matches!(failed, Err(Error::ObjectStore { .. })),
+        "{failed:?}"
+    );
+    server.clear_faults();
+    assert_eq!(storage.get(&sp("chk-0000000001/a"))?, b"a");
+    Ok(())
+}
+
+/// The `_metadata` create takes effect but its response is lost: the client's retry finds the
+/// object (412), and the coordinator, finding its own bytes there, reports the checkpoint
+/// complete, as it is. Without retries the same holds through the coordinator's own check.
+#[test]
+fn a_lost_response_to_the_metadata_create_still_completes_the_checkpoint() -> Result<()> {
+    for retries in [0, 2] {
+        let server = start();
+        let storage: Arc<dyn CheckpointStorage> =
+            Arc::new(server.storage_with_retries("root", retries)?);
+        let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 2)?;
+        let (mut job, model) = random_job(BackendKind::Heap, 2, 5, 300)?;
+        coordinator.begin(1)?;
+        let parts = job
+            .iter_mut()
+            .map(|b| Ok(b.snapshot(1)?.upload(storage.as_ref())?.0))
+            .collect::<Result<Vec<_>>>()?;
+        server.inject(
+            FaultRule::new(Fault::LoseResponse(500))
+                .on(RequestKind::Put)
+                .key_contains("_metadata"),
+        );
+        coordinator.complete(1, parts)?;
+        assert_eq!(server.counts().faulted, 1);
+        let meta = latest_restorable(storage.as_ref())?;
+        assert_eq!(meta.id, 1);
+        let all = KeyGroupRange::all(128)?;
+        let mut b = restore_instance(
+            storage.as_ref(),
+            &meta,
+            &config(BackendKind::Heap, all),
+            RestoreMode::NoClaim,
+        )?;
+        let h = Handles::register(&mut b)?;
+        assert_matches_model(&mut b, &h, &model)?;
+    }
+    Ok(())
+}
+
+/// Another writer creates `_metadata` between the coordinator's decision and its PUT: the
+/// conditional create fails, the other writer's object stays, and the coordinator reports
+/// itself stale.
+#[test]
+fn a_lost_create_race_is_a_typed_error_and_replaces_nothing() -> Result<()> {
+    let server = start();
+    let storage: Arc<dyn CheckpointStorage> = Arc::new(server.storage("root")?);
+    let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 2)?;
+    let (mut job, _) = random_job(BackendKind::Heap, 1, 9, 100)?;
+    coordinator.begin(1)?;
+    let part = job[0].snapshot(1)?.upload(storage.as_ref())?.0;
+    server.inject(
+        FaultRule::new(Fault::RaceCreate(b"the other writer's".to_vec()))
+            .on(RequestKind::Put)
+            .key_contains("_metadata"),
+    );
+    let refused = coordinator.complete(1, vec![part]);
+    assert!(
+        matches!(&refused, Err(Error::CheckpointState { id: 1, reason }) if reason.contains("stale")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        storage.get(&sp("chk-0000000001/_metadata"))?,
+        b"the other writer's"
+    );
+    Ok(())
+}
+
+/// Two coordinators on one root: the zombie (opened first) and the live one (opened after a
+/// failover). The zombie can neither complete a checkpoint nor delete anything, whatever ids
+/// it uses; the live one's checkpoints restore.
+#[test]
+fn a_stale_coordinator_can_neither_complete_nor_delete() -> Result<()> {
+    let server = start();
+    let storage: Arc<dyn CheckpointStorage> = Arc::new(server.storage("root")?);
+    let all = KeyGroupRange::all(128)?;
+    let mut zombie = CheckpointCoordinator::open(Arc::clone(&storage), 1)?;
+    let (mut zombie_job, model) = random_job(BackendKind::Heap, 1, 1, 200)?;
+    for id in 1..=2 {
+        zombie.begin(id)?;
+        let part = zombie_job[0].snapshot(id)?.upload(storage.as_ref())?.0;
+        zombie.complete(id, vec![part])?;
+    }
+    // Failover: the live coordinator opens the root and restores the zombie's checkpoint 2.
+    let mut live = CheckpointCoordinator::open(Arc::clone(&storage), 1)?;
+    assert!(live.epoch() > zombie.epoch());
+    let meta = live.prepare_restore(2, RestoreMode::Claim)?;
+    let mut live_b = restore_instance(
+        storage.as_ref(),
+        &meta,
+        &config(BackendKind::Heap, all),
+        RestoreMode::Claim,
+    )?;
+    live.begin(3)?;
+    let live_part = live_b.snapshot(3)?.upload(storage.as_ref())?.0;
+    live.complete(3, vec![live_part])?;
+    live_b.notify_checkpoint_complete(&live.latest().unwrap().instances[0])?;
+    let files_before: Vec<_> = storage.list(None)?;
+
+    // The zombie goes on: a new id, and the id the live coordinator used.
+    for id in [3, 4] {
+        let begun = zombie.begin(id);
+        if begun.is_err() {
+            continue;
+        }
+        let part = zombie_job[0].snapshot(id)?.upload(storage.as_ref())?.0;
+        let refused = zombie.complete(id, vec![part]);
+        assert!(
+            matches!(refused, Err(Error::Fenced { .. })),
+            "zombie completed {id}: {refused:?}"
+        );
+        zombie.abort(id)?;
+    }
+    let refused = zombie.collect_orphans();
+    assert!(matches!(refused, Err(Error::Fenced { .. })), "{refused:?}");
+    // Nothing the live coordinator wrote is gone, and no zombie checkpoint appeared.
+    let files_after = storage.list(None)?;
+    for file in &files_before {
+        assert!(files_after.contains(file), "{} deleted", file.path);
+    }
+    let restorable = latest_restorable(storage.as_ref())?;
+    assert_eq!(restorable.id, 3);
+    let mut restored = restore_instance(
+        storage.as_ref(),
+        &restorable,
+        &config(BackendKind::Heap, all),
+        RestoreMode::NoClaim,
+    )?;
+    let h = Handles::register(&mut restored)?;
+    assert_matches_model(&mut restored, &h, &model)?;
+    Ok(())
+}
+
+/// Completions list nothing: retention deletes what the dropped checkpoints listed. Only an
+/// abort (whose uploads nothing lists) makes the next quiet completion list the root, once.
+#[test]
+fn garbage_collection_lists_the_root_only_after_failures() -> Result<()> {
+    for kind in kinds() {
+        let server = start();
+        let storage: Arc<dyn CheckpointStorage> = Arc::new(server.storage("root")?);
+        let mut driver = CheckpointDriver::new(
+            CheckpointCoordinator::open(Arc::clone(&storage), 1)?,
+            DriverOptions::default(),
+        );
+        let (mut job, _) = random_job(kind, 2, 3, 400)?;
+        let after_open = server.counts();
+        for _ in 0..5 {
+            driver.checkpoint(&mut job)?;
+        }
+        let counts = server.counts().since(&after_open);
+        assert_eq!(counts.of(RequestKind::List), 0, "{kind}: {counts:?}");
+        assert!(counts.of(RequestKind::Delete) > 0, "{kind}: {counts:?}");
+        // Only the newest checkpoint's files are left (and the coordinator's epoch).
+        let newest = driver.coordinator().latest().unwrap().clone();
+        let mut expected: Vec<String> = newest.files().map(|f| f.path.to_string()).collect();
+        expected.push(format!("chk-{:010}/_metadata", newest.id));
+        expected.push("_coordinator/epoch-00000000000000000001".into());
+        expected.sort();
+        let mut found: Vec<String> = storage
+            .list(None)?
+            .into_iter()
+            .map(|o| o.path.to_string())
+            .collect();
+        found.sort();
+        assert_eq!(found, expected, "{kind}");
+    }
+    Ok(())
+}
+
+/// With a slow server, the files of one checkpoint go up several at a time (bounded by the
+/// storage's transfer concurrency), and one at a time when it is 1.
+#[test]
+fn the_files_of_one_checkpoint_are_transferred_concurrently_within_the_bound() -> Result<()> {
+    if !cfg!(feature = "rocksdb") {
+        // Only RocksDB checkpoints have several files per instance.
+        return Ok(());
+    }
+    for (concurrency, expect_parallel) in [(1, false), (4, true)] {
+        let server = start();
+        server.set_latency(Duration::from_millis(30));
+        let storage: Arc<dyn CheckpointStorage> = Arc::new(
+            server
+                .storage("root")?
+                .with_transfer_concurrency(concurrency),
+        );
+        let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 1)?;
+        let (mut job, _) = random_job(BackendKind::RocksDb, 1, 4, 500)?;
+        let before = server.counts();
+        coordinator.begin(1)?;
+        let part = job[0].snapshot(1)?.upload(storage.as_ref())?.0;
+        coordinator.complete(1, vec![part])?;
+        let counts = server.counts().since(&before);
+        if expect_parallel {
+            assert!(counts.max_in_flight > 1, "{counts:?}");
+            assert!(counts.max_in_flight <= concurrency as u64 + 1, "{counts:?}");
+        } else {
+            assert_eq!(counts.max_in_flight, 1, "{counts:?}");
+        }
+    }
+    Ok(())
+}
