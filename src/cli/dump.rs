@@ -2,10 +2,10 @@
 //! data files of a savepoint or a heap checkpoint, decoded as [`crate::cli::decode`] says.
 
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::cli::decode::decode_row;
-use crate::cli::snapshot::{is_data_file, load};
+use crate::cli::snapshot::{Location, is_data_file, load};
 use crate::cli::{CliError, CliResult};
 use crate::model::error::Error;
 use crate::model::format::data_file::DataFileReader;
@@ -29,7 +29,7 @@ pub struct DumpOptions {
 /// # Errors
 /// [`CliError::Failed`] for a RocksDB checkpoint (convert it to a savepoint first), an
 /// unknown state or a key group no instance owns; I/O and format errors naming the file.
-pub fn dump(path: &Path, options: &DumpOptions, out: &mut dyn Write) -> CliResult<u64> {
+pub fn dump(path: &Location, options: &DumpOptions, out: &mut dyn Write) -> CliResult<u64> {
     let snapshot = load(path)?;
     let meta = &snapshot.meta;
     if let Some(instance) = meta

@@ -11,15 +11,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Write};
-use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cli::snapshot::require_dir;
+use crate::cli::snapshot::Location;
 use crate::cli::{CliResult, human_bytes, plural};
 use crate::model::error::Error;
 use crate::runtime::checkpoint::coordinator::{RootState, execute_plan, plan_collection};
-use crate::storage::{CheckpointStorage, LocalDirStorage, ObjectMeta, StoragePath};
+use crate::storage::{ObjectMeta, StoragePath};
 
 /// How to collect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,23 +67,22 @@ pub struct GcReport {
 /// `retained` is 0; [`Error::UnreadableCheckpoint`] if a checkpoint's `_metadata` cannot be
 /// understood (which shared files it needs is unknown: nothing is deleted until an operator
 /// repairs it or removes its directory); storage errors.
-pub fn gc(root: &Path, options: GcOptions) -> CliResult<GcReport> {
-    require_dir(root)?;
+pub fn gc(root: &Location, options: GcOptions) -> CliResult<GcReport> {
+    let storage = root.open()?;
     if options.retained == 0 {
         return Err(Error::Incompatible {
             reason: "at least one completed checkpoint must be retained".into(),
         }
         .into());
     }
-    let storage = LocalDirStorage::new(root)?;
-    let state = RootState::read(&storage)?;
+    let state = RootState::read(storage.as_ref())?;
     state.require_readable()?;
     let listing = storage.list(None)?;
     let plan = plan_collection(&state, options.retained, &BTreeSet::new(), Some(&listing));
     let deleted = if options.dry_run {
         plan.deletable.clone()
     } else {
-        let (report, error) = execute_plan(&storage, &plan);
+        let (report, error) = execute_plan(storage.as_ref(), &plan);
         if let Some(e) = error {
             return Err(e.into());
         }
@@ -107,7 +105,7 @@ pub fn gc(root: &Path, options: GcOptions) -> CliResult<GcReport> {
         })
         .collect();
     Ok(GcReport {
-        root: root.display().to_string(),
+        root: root.display(),
         dry_run: options.dry_run,
         retained: options.retained,
         retained_checkpoints: plan.kept,

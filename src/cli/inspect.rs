@@ -2,11 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cli::snapshot::{LoadedSnapshot, is_data_file, load};
+use crate::cli::snapshot::{LoadedSnapshot, Location, is_data_file, load};
 use crate::cli::{CliResult, format_time_ms, human_bytes};
 use crate::model::error::Result;
 use crate::model::format::data_file::DataFileReader;
@@ -164,7 +163,7 @@ fn count_rows(
 /// # Errors
 /// I/O and format errors of the `_metadata`. Unreadable data files only leave their counts
 /// unknown, with a warning.
-pub fn inspect(path: &Path) -> CliResult<InspectReport> {
+pub fn inspect(path: &Location) -> CliResult<InspectReport> {
     let snapshot = load(path)?;
     let meta = &snapshot.meta;
     let mut warnings = Vec::new();
@@ -240,7 +239,7 @@ pub fn inspect(path: &Path) -> CliResult<InspectReport> {
         });
     }
     Ok(InspectReport {
-        path: path.display().to_string(),
+        path: path.display(),
         format_version: snapshot.format_version,
         kind: meta.kind.to_string(),
         id: meta.id,

@@ -6,11 +6,10 @@
 
 use std::collections::HashSet;
 use std::io::{self, Write};
-use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cli::snapshot::{LoadedSnapshot, has_metadata, scan_root};
+use crate::cli::snapshot::{LoadedSnapshot, Location, has_metadata, scan_root};
 use crate::cli::{CliError, CliResult, format_time_ms, human_bytes};
 use crate::model::error::Result;
 use crate::model::format::layout::parse_checkpoint_dir;
@@ -59,11 +58,11 @@ pub struct ListReport {
 fn entry(
     kind: SnapshotKind,
     id: u64,
-    path: &Path,
+    path: &Location,
     loaded: &Result<LoadedSnapshot>,
     previous: Option<&HashSet<StoragePath>>,
 ) -> ListEntry {
-    let path = path.display().to_string();
+    let path = path.display();
     match loaded {
         Ok(s) => {
             let mut backends: Vec<String> = Vec::new();
@@ -124,15 +123,11 @@ fn kind_name(kind: SnapshotKind) -> &'static str {
 /// # Errors
 /// [`crate::Error::Io`] if `root` is not a readable directory; [`CliError::Failed`] if it is a
 /// checkpoint directory rather than a root.
-pub fn list(root: &Path) -> CliResult<ListReport> {
+pub fn list(root: &Location) -> CliResult<ListReport> {
     let scan = scan_root(root)?;
     if scan.checkpoints.is_empty()
         && scan.savepoints.is_empty()
-        && root
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(parse_checkpoint_dir)
-            .is_some()
+        && root.name().and_then(parse_checkpoint_dir).is_some()
         && has_metadata(root)
     {
         return Err(CliError::Failed(format!(

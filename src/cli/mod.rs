@@ -1,8 +1,9 @@
 //! The logic of the `statectl` command-line tool (feature `cli`), kept apart from its argument
 //! parsing (`statectl/src/main.rs`) so that it can be called and tested as a library.
 //!
-//! Every command reads checkpoint roots, checkpoints and savepoints on the local filesystem
-//! through [`LocalDirStorage`](crate::storage::LocalDirStorage) and the library's own readers:
+//! Every command reads checkpoint roots, checkpoints and savepoints in a local directory or,
+//! given a URL (`s3://bucket/prefix`; features `aws`, `gcp`, `azure`), on an object store
+//! ([`location::Location`]), through the library's storage and its own readers:
 //!
 //! - [`list`]: the checkpoints and savepoints under a checkpoint root;
 //! - [`inspect`]: what one checkpoint or savepoint holds;
@@ -25,6 +26,7 @@ pub mod dump;
 pub mod gc;
 pub mod inspect;
 pub mod list;
+pub mod location;
 pub mod progress;
 pub mod snapshot;
 pub mod verify;

@@ -1,48 +1,61 @@
-//! Finding and loading checkpoints and savepoints on the local filesystem, read-only.
+//! Finding and loading checkpoints and savepoints, read-only, in a local directory or on an
+//! object store ([`Location`]).
 //!
 //! A checkpoint directory (`<root>/chk-<id>/`) holds a `_metadata` whose file paths are relative
 //! to the checkpoint root, its parent. A savepoint directory holds a `_metadata` (kind savepoint)
 //! whose file paths are relative to the savepoint directory itself.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
+pub use crate::cli::location::{Location, require_dir};
 use crate::model::error::{Error, Result};
 use crate::model::format::layout::{CHECKPOINT_DIR_PREFIX, SHARED_DIR, parse_checkpoint_dir};
 use crate::model::format::metadata::{MAX_METADATA_BYTES, METADATA_FILE};
 use crate::runtime::checkpoint::{FileEntry, SnapshotKind, SnapshotMetadata};
-use crate::storage::{CheckpointStorage, LocalDirStorage};
+use crate::storage::{CheckpointStorage, StoragePath};
 
 /// Suffix of canonical data files (heap checkpoints, savepoints).
 pub const DATA_FILE_SUFFIX: &str = ".sbdf";
 
-/// How deep [`scan_root`] looks for savepoints below a root.
+/// How deep [`scan_root`] looks for savepoints below a local root.
 const MAX_SCAN_DEPTH: usize = 32;
 
 /// A checkpoint or savepoint whose `_metadata` was read.
-#[derive(Debug)]
 pub struct LoadedSnapshot {
     /// The directory holding `_metadata`.
-    pub dir: PathBuf,
-    /// The storage the metadata's file paths are relative to: the checkpoint root (the
-    /// parent of [`dir`](Self::dir)) for a checkpoint, the directory itself for a savepoint.
-    pub storage: LocalDirStorage,
+    pub dir: Location,
+    /// The directory the metadata's file paths are relative to: the checkpoint root (the parent
+    /// of [`dir`](Self::dir)) for a checkpoint, the directory itself for a savepoint.
+    pub base: Location,
+    /// The storage rooted at [`base`](Self::base).
+    pub storage: Arc<dyn CheckpointStorage>,
     /// The parsed metadata.
     pub meta: SnapshotMetadata,
     /// The format version in the `_metadata` header.
     pub format_version: u16,
+    /// Files of an object store downloaded for reading, by storage path.
+    downloads: Mutex<Option<(tempfile::TempDir, HashMap<StoragePath, PathBuf>)>>,
+}
+
+impl std::fmt::Debug for LoadedSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedSnapshot")
+            .field("dir", &self.dir)
+            .field("base", &self.base)
+            .field("meta", &self.meta)
+            .field("format_version", &self.format_version)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LoadedSnapshot {
-    /// Where the file of `entry` is on the local filesystem.
-    pub fn local_path(&self, entry: &FileEntry) -> PathBuf {
-        self.storage.local_path(&entry.path)
-    }
-
-    /// How messages name the file of `entry`: its full local path.
+    /// How messages name the file of `entry`: its full local path or URL.
     pub fn file_name(&self, entry: &FileEntry) -> String {
-        self.local_path(entry).display().to_string()
+        self.base.file_name(entry.path.as_str())
     }
 
     /// The size of the file of `entry` in storage; [`Error::MissingFile`] (naming the full
@@ -58,16 +71,24 @@ impl LoadedSnapshot {
             })
     }
 
-    /// Opens the file of `entry` for reading, after checking that it is in storage.
+    /// Opens the file of `entry` for reading, after checking that it is in storage. A file of
+    /// an object store is downloaded once (streamed to a temporary file) and read from there.
     ///
     /// # Errors
-    /// As [`LoadedSnapshot::stored_size`]; I/O errors.
+    /// As [`LoadedSnapshot::stored_size`]; I/O and storage errors.
     pub fn open_file(&self, entry: &FileEntry) -> Result<(File, u64)> {
         let size = self.stored_size(entry)?;
-        let local = self.local_path(entry);
+        let local = match self.base.local() {
+            Some(dir) => {
+                let mut local = dir.to_owned();
+                local.extend(entry.path.components());
+                local
+            }
+            None => self.download(entry)?,
+        };
         let file = File::open(&local).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::MissingFile {
-                file: local.display().to_string(),
+                file: self.file_name(entry),
             },
             _ => Error::Io {
                 path: local.clone(),
@@ -75,6 +96,27 @@ impl LoadedSnapshot {
             },
         })?;
         Ok((file, size))
+    }
+
+    fn download(&self, entry: &FileEntry) -> Result<PathBuf> {
+        let mut downloads = self.downloads.lock().unwrap_or_else(|p| p.into_inner());
+        if downloads.is_none() {
+            let dir = tempfile::Builder::new()
+                .prefix("statectl-")
+                .tempdir()
+                .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+            *downloads = Some((dir, HashMap::new()));
+        }
+        let Some((dir, files)) = downloads.as_mut() else {
+            unreachable!("set above");
+        };
+        if let Some(local) = files.get(&entry.path) {
+            return Ok(local.clone());
+        }
+        let local = dir.path().join(files.len().to_string());
+        self.storage.get_to_file(&entry.path, &local)?;
+        files.insert(entry.path.clone(), local.clone());
+        Ok(local)
     }
 
     /// The name of the snapshot for people: `checkpoint 7` or `savepoint <dir>`.
@@ -91,26 +133,16 @@ pub fn is_data_file(entry: &FileEntry) -> bool {
     entry.local_name.ends_with(DATA_FILE_SUFFIX)
 }
 
-/// Whether `dir` holds a `_metadata` file (not following a symlink).
-pub fn has_metadata(dir: &Path) -> bool {
-    std::fs::symlink_metadata(dir.join(METADATA_FILE)).is_ok_and(|m| m.is_file())
-}
-
-/// Fails with an [`Error::Io`] unless `dir` is an existing directory (the storage would create
-/// a missing one; a read-only tool must not).
-///
-/// # Errors
-/// [`Error::Io`] naming `dir`.
-pub fn require_dir(dir: &Path) -> Result<()> {
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(Error::Io {
-            path: dir.to_owned(),
-            source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
-        }),
-        Err(e) => Err(Error::Io {
-            path: dir.to_owned(),
-            source: e,
+/// Whether `dir` holds a `_metadata` file (locally: not following a symlink).
+pub fn has_metadata(dir: &Location) -> bool {
+    match dir {
+        Location::Dir(dir) => {
+            std::fs::symlink_metadata(dir.join(METADATA_FILE)).is_ok_and(|m| m.is_file())
+        }
+        Location::Url(_) => dir.open().is_ok_and(|storage| {
+            StoragePath::parse(METADATA_FILE)
+                .and_then(|p| storage.exists(&p))
+                .unwrap_or(false)
         }),
     }
 }
@@ -118,8 +150,21 @@ pub fn require_dir(dir: &Path) -> Result<()> {
 /// Reads and parses `dir/_metadata`; errors name the full path of the file.
 ///
 /// # Errors
-/// I/O errors; the format errors of [`SnapshotMetadata::decode`].
-pub fn read_metadata(dir: &Path) -> Result<(SnapshotMetadata, u16)> {
+/// I/O and storage errors; the format errors of [`SnapshotMetadata::decode`].
+pub fn read_metadata(dir: &Location) -> Result<(SnapshotMetadata, u16)> {
+    let Location::Dir(dir) = dir else {
+        let storage = dir.open()?;
+        let meta = SnapshotMetadata::read(storage.as_ref(), &StoragePath::parse(METADATA_FILE)?)?;
+        // Every accepted `_metadata` has one encoding (the readers check it): its version is
+        // that of the re-encoded bytes.
+        let bytes = meta.encode();
+        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+        return Ok((meta, version));
+    };
+    read_local_metadata(dir)
+}
+
+fn read_local_metadata(dir: &Path) -> Result<(SnapshotMetadata, u16)> {
     let path = dir.join(METADATA_FILE);
     let name = path.display().to_string();
     let io_error = |e: io::Error| match e.kind() {
@@ -161,14 +206,13 @@ pub fn read_metadata(dir: &Path) -> Result<(SnapshotMetadata, u16)> {
 ///
 /// # Errors
 /// I/O and format errors naming the `_metadata` file.
-pub fn load(dir: &Path) -> Result<LoadedSnapshot> {
-    require_dir(dir)?;
+pub fn load(dir: &Location) -> Result<LoadedSnapshot> {
+    if let Location::Dir(path) = dir {
+        require_dir(path)?;
+    }
     let (meta, format_version) = read_metadata(dir)?;
-    let metadata_name = dir.join(METADATA_FILE).display().to_string();
-    let dir_id = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(parse_checkpoint_dir);
+    let metadata_name = dir.file_name(METADATA_FILE);
+    let dir_id = dir.name().and_then(parse_checkpoint_dir);
     if let Some(id) = dir_id.filter(|id| meta.kind != SnapshotKind::Checkpoint || meta.id != *id) {
         return Err(Error::Corrupt {
             file: metadata_name,
@@ -178,28 +222,24 @@ pub fn load(dir: &Path) -> Result<LoadedSnapshot> {
             ),
         });
     }
-    let storage = match meta.kind {
-        SnapshotKind::Checkpoint => {
-            let absolute = std::path::absolute(dir).map_err(|e| Error::Io {
-                path: dir.to_owned(),
-                source: e,
-            })?;
-            let root = absolute.parent().ok_or_else(|| Error::Corrupt {
-                file: metadata_name.clone(),
-                reason: "a checkpoint directory must lie in a checkpoint root".into(),
-            })?;
-            LocalDirStorage::new(root)?
-        }
+    let base = match meta.kind {
+        SnapshotKind::Checkpoint => dir.parent().ok_or_else(|| Error::Corrupt {
+            file: metadata_name.clone(),
+            reason: "a checkpoint directory must lie in a checkpoint root".into(),
+        })?,
         SnapshotKind::Savepoint => {
             crate::runtime::savepoint::check_self_contained(&meta)?;
-            LocalDirStorage::new(dir)?
+            dir.clone()
         }
     };
+    let storage = base.open()?;
     Ok(LoadedSnapshot {
-        dir: dir.to_owned(),
+        dir: dir.clone(),
+        base,
         storage,
         meta,
         format_version,
+        downloads: Mutex::new(None),
     })
 }
 
@@ -209,7 +249,7 @@ pub struct ScannedCheckpoint {
     /// The id its directory name gives.
     pub id: u64,
     /// The directory.
-    pub dir: PathBuf,
+    pub dir: Location,
     /// The loaded checkpoint, or why its `_metadata` cannot be used.
     pub loaded: Result<LoadedSnapshot>,
 }
@@ -218,7 +258,7 @@ pub struct ScannedCheckpoint {
 #[derive(Debug)]
 pub struct ScannedSavepoint {
     /// The directory.
-    pub dir: PathBuf,
+    pub dir: Location,
     /// The loaded savepoint, or why its `_metadata` cannot be used.
     pub loaded: Result<LoadedSnapshot>,
 }
@@ -229,18 +269,29 @@ pub struct RootScan {
     /// Checkpoint directories with a `_metadata`, by ascending id.
     pub checkpoints: Vec<ScannedCheckpoint>,
     /// Checkpoint directories without `_metadata` (in flight, failed or half deleted), by id.
-    pub incomplete: Vec<(u64, PathBuf)>,
+    pub incomplete: Vec<(u64, Location)>,
     /// Savepoints found anywhere below the root, by path.
     pub savepoints: Vec<ScannedSavepoint>,
 }
 
 /// Scans `root`: its `chk-<id>` directories, and savepoints (directories with a `_metadata`
 /// that is not a checkpoint's) anywhere below it, outside the `chk-*` and `shared` areas. Never
-/// follows symlinks.
+/// follows symlinks. On an object store, one listing of the root.
 ///
 /// # Errors
-/// [`Error::Io`] if `root` is not a readable directory.
-pub fn scan_root(root: &Path) -> Result<RootScan> {
+/// [`Error::Io`] if a local `root` is not a readable directory; storage errors listing it.
+pub fn scan_root(root: &Location) -> Result<RootScan> {
+    let mut scan = match root {
+        Location::Dir(path) => scan_local_root(path)?,
+        Location::Url(_) => scan_listed_root(root)?,
+    };
+    scan.checkpoints.sort_by_key(|c| c.id);
+    scan.incomplete.sort_by_key(|(id, _)| *id);
+    scan.savepoints.sort_by_key(|s| s.dir.display());
+    Ok(scan)
+}
+
+fn scan_local_root(root: &Path) -> Result<RootScan> {
     require_dir(root)?;
     let mut scan = RootScan::default();
     let mut subdirs = Vec::new();
@@ -249,34 +300,79 @@ pub fn scan_root(root: &Path) -> Result<RootScan> {
         if !is_dir {
             continue;
         }
+        let dir = Location::Dir(path.clone());
         if let Some(id) = parse_checkpoint_dir(&name) {
-            if has_metadata(&path) {
-                let loaded = load(&path);
-                scan.checkpoints.push(ScannedCheckpoint {
-                    id,
-                    dir: path,
-                    loaded,
-                });
+            if has_metadata(&dir) {
+                let loaded = load(&dir);
+                scan.checkpoints.push(ScannedCheckpoint { id, dir, loaded });
             } else {
-                scan.incomplete.push((id, path));
+                scan.incomplete.push((id, dir));
             }
         } else if name != SHARED_DIR && !name.starts_with(CHECKPOINT_DIR_PREFIX) {
             subdirs.push(path);
         }
     }
-    if has_metadata(root) {
-        push_savepoint(&mut scan, root);
+    let root = Location::Dir(root.to_owned());
+    if has_metadata(&root) {
+        push_savepoint(&mut scan, &root);
     }
     for dir in subdirs {
         find_savepoints(&dir, 1, &mut scan)?;
     }
-    scan.checkpoints.sort_by_key(|c| c.id);
-    scan.incomplete.sort();
-    scan.savepoints.sort_by(|a, b| a.dir.cmp(&b.dir));
     Ok(scan)
 }
 
-fn push_savepoint(scan: &mut RootScan, dir: &Path) {
+/// [`scan_root`] of a root whose storage can only be listed (an object store).
+fn scan_listed_root(root: &Location) -> Result<RootScan> {
+    let storage = root.open()?;
+    let mut checkpoints: BTreeMap<u64, bool> = BTreeMap::new();
+    let mut savepoint_dirs: Vec<String> = Vec::new();
+    for object in storage.list(None)? {
+        let path = object.path.as_str();
+        let top = object.path.components().next().unwrap_or_default();
+        if let Some(id) = parse_checkpoint_dir(top) {
+            let metadata = path == format!("{top}/{METADATA_FILE}");
+            *checkpoints.entry(id).or_insert(false) |= metadata;
+        } else if top != SHARED_DIR && !top.starts_with(CHECKPOINT_DIR_PREFIX) {
+            if let Some(dir) = path.strip_suffix(METADATA_FILE) {
+                if dir.is_empty() || dir.ends_with('/') {
+                    savepoint_dirs.push(dir.trim_end_matches('/').to_owned());
+                }
+            }
+        }
+    }
+    let mut scan = RootScan::default();
+    for (id, has_metadata) in checkpoints {
+        let dir = root.join(&crate::model::format::layout::checkpoint_dir_name(id));
+        if has_metadata {
+            let loaded = load(&dir);
+            scan.checkpoints.push(ScannedCheckpoint { id, dir, loaded });
+        } else {
+            scan.incomplete.push((id, dir));
+        }
+    }
+    // As in a local scan, a savepoint's own directory is not searched further.
+    savepoint_dirs.sort();
+    let mut taken: Vec<&str> = Vec::new();
+    for dir in &savepoint_dirs {
+        let inside_taken = taken
+            .iter()
+            .any(|t| t.is_empty() || dir.strip_prefix(t).is_some_and(|r| r.starts_with('/')));
+        if inside_taken {
+            continue;
+        }
+        taken.push(dir);
+        let location = if dir.is_empty() {
+            root.clone()
+        } else {
+            root.join(dir)
+        };
+        push_savepoint(&mut scan, &location);
+    }
+    Ok(scan)
+}
+
+fn push_savepoint(scan: &mut RootScan, dir: &Location) {
     let loaded = load(dir);
     // A checkpoint's `_metadata` outside the root's `chk-*` directories belongs to another
     // root (or is a copy): not a savepoint of this one.
@@ -284,14 +380,15 @@ fn push_savepoint(scan: &mut RootScan, dir: &Path) {
         return;
     }
     scan.savepoints.push(ScannedSavepoint {
-        dir: dir.to_owned(),
+        dir: dir.clone(),
         loaded,
     });
 }
 
 fn find_savepoints(dir: &Path, depth: usize, scan: &mut RootScan) -> Result<()> {
-    if has_metadata(dir) {
-        push_savepoint(scan, dir);
+    let location = Location::Dir(dir.to_owned());
+    if has_metadata(&location) {
+        push_savepoint(scan, &location);
         return Ok(());
     }
     if depth >= MAX_SCAN_DEPTH {

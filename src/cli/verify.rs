@@ -7,13 +7,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
 use serde::Serialize;
 
 use crate::cli::progress::bytes_bar;
-use crate::cli::snapshot::{LoadedSnapshot, has_metadata, is_data_file, load, scan_root};
+use crate::cli::snapshot::{LoadedSnapshot, Location, has_metadata, is_data_file, load, scan_root};
 use crate::cli::{CliError, CliResult, human_bytes, plural};
 use crate::model::error::{Error, Result};
 use crate::model::format::data_file::DataFileReader;
@@ -75,7 +74,7 @@ pub struct VerifyReport {
 struct Target {
     kind: SnapshotKind,
     id: u64,
-    dir: PathBuf,
+    dir: Location,
     loaded: Result<LoadedSnapshot>,
 }
 
@@ -87,7 +86,7 @@ struct Target {
 /// # Errors
 /// [`Error::Io`] if `path` is not a readable directory; [`CliError::Failed`] if a root holds no
 /// checkpoint or savepoint.
-pub fn verify(path: &Path, options: VerifyOptions) -> CliResult<VerifyReport> {
+pub fn verify(path: &Location, options: VerifyOptions) -> CliResult<VerifyReport> {
     let mut report = VerifyReport::default();
     let targets = if has_metadata(path) {
         let loaded = load(path);
@@ -95,8 +94,7 @@ pub fn verify(path: &Path, options: VerifyOptions) -> CliResult<VerifyReport> {
             Ok(s) => (s.meta.kind, s.meta.id),
             Err(_) => {
                 let id = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
+                    .name()
                     .and_then(crate::model::format::layout::parse_checkpoint_dir);
                 match id {
                     Some(id) => (SnapshotKind::Checkpoint, id),
@@ -107,7 +105,7 @@ pub fn verify(path: &Path, options: VerifyOptions) -> CliResult<VerifyReport> {
         vec![Target {
             kind,
             id,
-            dir: path.to_owned(),
+            dir: path.clone(),
             loaded,
         }]
     } else {
@@ -115,7 +113,7 @@ pub fn verify(path: &Path, options: VerifyOptions) -> CliResult<VerifyReport> {
         report.skipped = scan
             .incomplete
             .iter()
-            .map(|(_, dir)| dir.display().to_string())
+            .map(|(_, dir)| dir.display())
             .collect();
         let mut targets: Vec<Target> = scan
             .checkpoints
@@ -148,7 +146,7 @@ pub fn verify(path: &Path, options: VerifyOptions) -> CliResult<VerifyReport> {
     for t in &targets {
         if let Ok(s) = &t.loaded {
             for f in s.meta.files() {
-                if seen.insert(s.local_path(f)) {
+                if seen.insert(s.file_name(f)) {
                     total += f.size;
                 }
             }
@@ -156,13 +154,13 @@ pub fn verify(path: &Path, options: VerifyOptions) -> CliResult<VerifyReport> {
     }
     let bar = bytes_bar(total);
     bar.set_message("verifying");
-    let mut verdicts: HashMap<(PathBuf, u64, u32), bool> = HashMap::new();
+    let mut verdicts: HashMap<(String, u64, u32), bool> = HashMap::new();
 
     'targets: for t in &targets {
         let mut verdict = VerifiedSnapshot {
             kind: t.kind.to_string(),
             id: t.id,
-            path: t.dir.display().to_string(),
+            path: t.dir.display(),
             files: 0,
             bytes: 0,
             ok: true,
@@ -173,7 +171,7 @@ pub fn verify(path: &Path, options: VerifyOptions) -> CliResult<VerifyReport> {
                 verdict.ok = false;
                 report.snapshots.push(verdict);
                 report.failures.push(VerifyFailure {
-                    file: t.dir.join(METADATA_FILE).display().to_string(),
+                    file: t.dir.file_name(METADATA_FILE),
                     message: e.to_string(),
                 });
                 if options.all {
@@ -187,7 +185,7 @@ pub fn verify(path: &Path, options: VerifyOptions) -> CliResult<VerifyReport> {
         report.snapshots.push(verdict);
         for instance in &s.meta.instances {
             for entry in &instance.files {
-                let key = (s.local_path(entry), entry.size, entry.crc32);
+                let key = (s.file_name(entry), entry.size, entry.crc32);
                 let good = match verdicts.get(&key) {
                     Some(good) => *good,
                     None => {
@@ -248,7 +246,7 @@ fn verify_file(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 return Err(Error::Io {
-                    path: s.local_path(entry),
+                    path: name.clone().into(),
                     source: e,
                 });
             }
@@ -285,7 +283,8 @@ fn verify_data_file(
     entry: &FileEntry,
 ) -> Result<()> {
     let name = s.file_name(entry);
-    let mut reader = DataFileReader::open(&s.local_path(entry), &name)?;
+    let (file, _) = s.open_file(entry)?;
+    let mut reader = DataFileReader::new(file, &name)?;
     reader.check_instance(instance)?;
     let header = reader.header().clone();
     let mut ours = header.states.clone();

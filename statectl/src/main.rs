@@ -5,7 +5,6 @@
 //! 1 failure (the message on stderr as `error: ...`), 2 usage error.
 
 use std::io::{self, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -16,13 +15,18 @@ use statebackend::cli::dump::{DumpOptions, dump};
 use statebackend::cli::gc::{GcOptions, gc};
 use statebackend::cli::inspect::inspect;
 use statebackend::cli::list::list;
+use statebackend::cli::location::Location;
 use statebackend::cli::verify::{VerifyOptions, verify};
 use statebackend::key_group::KeyGroup;
 
 /// Inspect, verify, dump, convert and garbage-collect statebackend checkpoints and savepoints.
 ///
 /// A checkpoint root holds `chk-<id>/_metadata` directories and a `shared/` area; a savepoint
-/// is a directory holding a `_metadata` and one `.sbdf` data file per backend instance.
+/// is a directory holding a `_metadata` and one `.sbdf` data file per backend instance. Every
+/// directory argument is a local path or, in a build with the features `aws`, `gcp` or `azure`,
+/// an object store URL (`s3://bucket/prefix`, `gs://…`, `az://…`; credentials and endpoint from
+/// the standard environment variables: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_REGION`, `AWS_ENDPOINT_URL`, …).
 #[derive(Debug, Parser)]
 #[command(name = "statectl", version, propagate_version = true)]
 struct Cli {
@@ -79,7 +83,7 @@ enum Command {
 #[derive(Debug, Args)]
 struct ListArgs {
     /// The checkpoint root.
-    root: PathBuf,
+    root: Location,
     /// Print one JSON array instead of a table.
     #[arg(long)]
     json: bool,
@@ -88,7 +92,7 @@ struct ListArgs {
 #[derive(Debug, Args)]
 struct InspectArgs {
     /// A checkpoint directory (`<root>/chk-<id>`) or a savepoint directory.
-    path: PathBuf,
+    path: Location,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -97,7 +101,7 @@ struct InspectArgs {
 #[derive(Debug, Args)]
 struct VerifyArgs {
     /// A checkpoint directory, a savepoint directory, or a root to verify everything under.
-    path: PathBuf,
+    path: Location,
     /// Report every problem instead of stopping at the first.
     #[arg(long)]
     all: bool,
@@ -109,7 +113,7 @@ struct VerifyArgs {
 #[derive(Debug, Args)]
 struct DumpArgs {
     /// A savepoint directory or a heap checkpoint directory.
-    path: PathBuf,
+    path: Location,
     /// The state's name.
     #[arg(long)]
     state: String,
@@ -124,10 +128,10 @@ struct DumpArgs {
 #[derive(Debug, Args)]
 struct ConvertArgs {
     /// The checkpoint directory (`<root>/chk-<id>`).
-    checkpoint: PathBuf,
+    checkpoint: Location,
     /// The savepoint directory to create (new or empty).
     #[arg(long, value_name = "SAVEPOINT_DIR")]
-    to: PathBuf,
+    to: Location,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -136,7 +140,7 @@ struct ConvertArgs {
 #[derive(Debug, Args)]
 struct GcArgs {
     /// The checkpoint root.
-    root: PathBuf,
+    root: Location,
     /// Only list what would be deleted.
     #[arg(long)]
     dry_run: bool,

@@ -1022,3 +1022,23 @@ fn inspect_shows_operators_operator_state_and_engine_metadata() -> TestResult {
     assert_eq!(v["engine_metadata"]["job"], 6);
     Ok(())
 }
+
+/// A URL whose client this build lacks is a clear error (exit 1), not a local path: the
+/// object-store commands themselves are tested in `s3-loopback/tests/statectl.rs`.
+#[cfg(not(feature = "gcp"))]
+#[test]
+fn a_url_without_its_cloud_feature_is_refused_with_the_feature_named() {
+    for command in [
+        vec!["list", "gs://bucket/root"],
+        vec!["verify", "gs://bucket/root"],
+        vec!["gc", "gs://bucket/root", "--dry-run"],
+    ] {
+        let o = statectl(&command);
+        expect_code(&o, 1);
+        assert!(stderr(&o).contains("gcp"), "{command:?}: {}", stderr(&o));
+        assert!(
+            !Path::new("gs:").exists(),
+            "{command:?} created a local directory"
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! `statectl`'s commands on an S3 root given as a URL, configured from the environment as the
+//! AWS tools are: list, inspect, verify (clean and with a damaged object), dump, convert into a
+//! savepoint on the store, and gc. One test in its own binary: it sets the process's
+//! environment.
+
+use std::sync::Arc;
+
+use statebackend::checkpoint::CheckpointCoordinator;
+use statebackend::cli::dump::{DumpOptions, dump};
+use statebackend::cli::gc::{GcOptions, gc};
+use statebackend::cli::inspect::inspect;
+use statebackend::cli::list::list;
+use statebackend::cli::location::Location;
+use statebackend::cli::verify::{VerifyOptions, verify};
+use statebackend::savepoint::complete_savepoint;
+use statebackend::storage::CheckpointStorage;
+use statebackend::{
+    AnyBackend, BackendConfig, KeyGroupRange, KeyedStateBackend, Result, ValueState,
+    ValueStateDescriptor,
+};
+use statebackend_s3_loopback::{ACCESS_KEY, BUCKET, LoopbackS3, SECRET_KEY};
+
+#[test]
+fn every_command_works_on_an_s3_url() -> Result<()> {
+    let server = LoopbackS3::start().expect("start the loopback S3 server");
+    // SAFETY: the only test of this binary, and nothing else reads the environment meanwhile.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+        std::env::set_var("AWS_REGION", "us-east-1");
+        std::env::set_var("AWS_ENDPOINT_URL", server.endpoint());
+        std::env::set_var("AWS_ALLOW_HTTP", "true");
+    }
+    let root_url = format!("s3://{BUCKET}/jobs/clicks");
+    let root = Location::parse(&root_url);
+
+    // A job of one heap instance: three checkpoints, then a savepoint of the same state.
+    let storage: Arc<dyn CheckpointStorage> = Arc::new(server.storage("jobs/clicks")?);
+    let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 3)?;
+    let all = KeyGroupRange::all(128)?;
+    let mut b = AnyBackend::open(&BackendConfig::heap(128, all))?;
+    let counts: ValueState<String, (), u64> =
+        b.value_state(&ValueStateDescriptor::new("counts"))?;
+    for id in 1..=3u64 {
+        for k in 0..50 * id {
+            counts.put(&mut b, &format!("user-{k}"), &(), k * id)?;
+        }
+        coordinator.begin(id)?;
+        let part = b.snapshot(id)?.upload(storage.as_ref())?.0;
+        coordinator.complete(id, vec![part])?;
+    }
+    let savepoint_storage = server.storage("jobs/clicks/savepoints/sp-1")?;
+    let part = b.savepoint()?.write(&savepoint_storage)?;
+    complete_savepoint(&savepoint_storage, vec![part])?;
+
+    let listed = list(&root).map_err(to_error)?;
+    let kinds: Vec<(&str, &str)> = listed.entries.iter().map(|e| (e.kind, e.state)).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("checkpoint", "completed"),
+            ("checkpoint", "completed"),
+            ("checkpoint", "completed"),
+            ("savepoint", "completed")
+        ],
+        "{listed:?}"
+    );
+    assert_eq!(
+        listed.entries[3].path,
+        format!("{root_url}/savepoints/sp-1")
+    );
+
+    let checkpoint_3 = root.join("chk-0000000003");
+    let inspected = inspect(&checkpoint_3).map_err(to_error)?;
+    assert_eq!((inspected.kind.as_str(), inspected.id), ("checkpoint", 3));
+    assert_eq!(inspected.instances.len(), 1);
+
+    let verified = verify(&root, VerifyOptions { all: true }).map_err(to_error)?;
+    assert!(verified.ok, "{verified:?}");
+    assert_eq!(verified.snapshots.len(), 4);
+    assert_eq!(verified.files_checked, 4);
+
+    // Convert checkpoint 3 into a savepoint on the store: it dumps as the savepoint taken of
+    // the same state does.
+    let converted = root.join("converted/sp-3");
+    statebackend::cli::convert::convert(&checkpoint_3, &converted).map_err(to_error)?;
+    let options = DumpOptions {
+        state: "counts".into(),
+        key_group: None,
+        limit: None,
+    };
+    let (mut from_checkpoint, mut from_savepoint) = (Vec::new(), Vec::new());
+    let n = dump(&converted, &options, &mut from_checkpoint).map_err(to_error)?;
+    let m = dump(&root.join("savepoints/sp-1"), &options, &mut from_savepoint).map_err(to_error)?;
+    assert_eq!((n, m), (150, 150));
+    assert!(from_checkpoint == from_savepoint);
+    // Converting into the checkpoint area is refused.
+    assert!(
+        statebackend::cli::convert::convert(&checkpoint_3, &root.join("chk-0000000009")).is_err()
+    );
+
+    // A damaged object is found and named by its URL.
+    let data_file = inspected.instances[0].files[0].path.clone();
+    let damaged = statebackend::storage::StoragePath::parse(&data_file)?;
+    let mut bytes = storage.get(&damaged)?;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    storage.put(&damaged, &bytes)?;
+    let verified = verify(&checkpoint_3, VerifyOptions { all: true }).map_err(to_error)?;
+    assert!(!verified.ok);
+    assert_eq!(verified.failures[0].file, format!("{root_url}/{data_file}"));
+
+    // gc keeps the newest checkpoint only; the savepoints below the root stay.
+    let options = GcOptions {
+        dry_run: true,
+        retained: 1,
+    };
+    let planned = gc(&root, options).map_err(to_error)?;
+    assert_eq!(planned.dropped_checkpoints, [1, 2]);
+    let done = gc(
+        &root,
+        GcOptions {
+            dry_run: false,
+            ..options
+        },
+    )
+    .map_err(to_error)?;
+    assert_eq!(done.deleted, planned.deleted);
+    let listed = list(&root).map_err(to_error)?;
+    let ids: Vec<(&str, u64)> = listed.entries.iter().map(|e| (e.kind, e.id)).collect();
+    assert_eq!(
+        ids,
+        [("checkpoint", 3), ("savepoint", 3), ("savepoint", 0)],
+        "{listed:?}"
+    );
+    Ok(())
+}
+
+fn to_error(e: statebackend::cli::CliError) -> statebackend::Error {
+    match e {
+        statebackend::cli::CliError::Library(e) => e,
+        statebackend::cli::CliError::Failed(message) => {
+            statebackend::Error::InvalidOptions { reason: message }
+        }
+    }
+}
