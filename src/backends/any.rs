@@ -159,7 +159,7 @@ impl CheckpointedBackend for AnyBackend {
     fn restore_checkpoint(
         config: &BackendConfig,
         sources: &[&InstanceMetadata],
-        fetch: &mut FetchFile<'_>,
+        fetch: &FetchFile<'_>,
         claim: bool,
     ) -> Result<Self> {
         by_kind!(config, B => <B as CheckpointedBackend>::restore_checkpoint(config, sources, fetch, claim))

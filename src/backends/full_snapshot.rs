@@ -14,7 +14,7 @@ use crate::model::format::metadata::{FetchFile, FileEntry, InstanceMetadata};
 use crate::model::format::view::{DataFileRows, RowView, write_data_file};
 use crate::model::state::StateInfo;
 use crate::model::state::operator::OperatorState;
-use crate::storage::CheckpointStorage;
+use crate::storage::{CheckpointStorage, for_each_concurrently};
 
 /// The file name of a full snapshot inside the checkpoint's instance directory.
 pub const FULL_SNAPSHOT_FILE: &str = "state.sbdf";
@@ -99,16 +99,17 @@ impl SnapshotUpload for FullSnapshot {
 pub fn restore<B: CheckpointedBackend>(
     config: &BackendConfig,
     sources: &[&InstanceMetadata],
-    fetch: &mut FetchFile<'_>,
+    fetch: &FetchFile<'_>,
 ) -> Result<B> {
     let dir = tempfile::Builder::new()
         .prefix("statebackend-restore-")
         .tempdir()
         .map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    let readers = sources
-        .iter()
-        .map(|instance| open_instance_data_file(instance, dir.path(), fetch))
-        .collect::<Result<Vec<_>>>()?;
+    // The instances' files are fetched `fetch.concurrency()` at a time (a rescaled restore
+    // reads several).
+    let readers = for_each_concurrently(sources, fetch.concurrency(), |instance| {
+        open_instance_data_file(instance, dir.path(), fetch, config.key_groups)
+    })?;
     let backend = B::restore_rows(config, &mut DataFileRows::new(readers, config.key_groups)?)?;
     let exact = match sources {
         [only] if only.key_groups == config.key_groups => Some(*only),

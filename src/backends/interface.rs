@@ -88,7 +88,7 @@ pub trait CheckpointedBackend: KeyedStateBackend + Sized {
     fn restore_checkpoint(
         config: &BackendConfig,
         sources: &[&InstanceMetadata],
-        fetch: &mut FetchFile<'_>,
+        fetch: &FetchFile<'_>,
         claim: bool,
     ) -> Result<Self>;
 

@@ -430,7 +430,7 @@ impl CheckpointedBackend for ReferenceBackend {
     fn restore_checkpoint(
         config: &BackendConfig,
         sources: &[&InstanceMetadata],
-        fetch: &mut FetchFile<'_>,
+        fetch: &FetchFile<'_>,
         _claim: bool,
     ) -> Result<Self> {
         full_snapshot::restore(config, sources, fetch)

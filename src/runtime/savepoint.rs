@@ -171,10 +171,10 @@ pub fn restore_savepoint_into<B: CheckpointedBackend>(
         .prefix("statebackend-restore-")
         .tempdir()
         .map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    let mut fetch = verified_fetcher(storage);
+    let fetch = verified_fetcher(storage);
     let readers = sources
         .iter()
-        .map(|instance| open_instance_data_file(instance, dir.path(), &mut fetch))
+        .map(|instance| open_instance_data_file(instance, dir.path(), &fetch, config.key_groups))
         .collect::<Result<Vec<_>>>()?;
     let mut backend = B::restore_rows(config, &mut DataFileRows::new(readers, config.key_groups)?)?;
     *backend.operator_state_mut() = meta.operator_state_for(config.key_groups);

@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use crate::model::error::{Error, Result};
-use crate::model::format::metadata::{FileEntry, MAX_METADATA_BYTES, SnapshotMetadata};
+use crate::model::format::metadata::{
+    FetchFile, FileEntry, MAX_METADATA_BYTES, RandomAccess, SnapshotMetadata,
+};
 use crate::model::format::path::StoragePath;
 use crate::model::format::verify_local_file;
 use crate::storage::CheckpointStorage;
@@ -64,10 +66,17 @@ pub fn fetch_verified(
 }
 
 /// [`fetch_verified`] from `storage`, as the closure restores take.
-pub fn verified_fetcher(
-    storage: &dyn CheckpointStorage,
-) -> impl FnMut(&FileEntry, &Path) -> Result<()> + '_ {
-    move |entry, local| fetch_verified(storage, entry, local)
+pub fn verified_fetcher(storage: &dyn CheckpointStorage) -> FetchFile<'_> {
+    let fetch = FetchFile::new(storage.transfer_concurrency(), move |entry, local| {
+        fetch_verified(storage, entry, local)
+    });
+    if !storage.prefers_ranged_reads() {
+        return fetch;
+    }
+    fetch.with_ranged_reads(move |entry| {
+        let reader = crate::storage::RangedReader::open(storage, &entry.path, entry.size)?;
+        Ok(Box::new(reader) as Box<dyn RandomAccess>)
+    })
 }
 
 /// A `Write` collecting at most `limit` bytes; writing more fails and sets `exceeded`.

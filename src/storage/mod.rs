@@ -26,6 +26,7 @@ mod formats;
 mod local;
 #[cfg(feature = "object-store")]
 mod object;
+mod ranged;
 
 pub use crate::model::format::path::StoragePath;
 pub use faulty::{FaultMode, FaultyStorage};
@@ -36,6 +37,7 @@ pub use object::{DEFAULT_TRANSFER_CONCURRENCY, MULTIPART_THRESHOLD, ObjectStorag
 /// The `object_store` crate, for building the stores [`ObjectStorage`] runs on.
 #[cfg(feature = "object-store")]
 pub use object_store;
+pub use ranged::RangedReader;
 
 #[cfg(feature = "rocksdb")]
 pub(crate) use local::sync_dir;
@@ -190,6 +192,50 @@ pub trait CheckpointStorage: Send + Sync {
     /// implementation refuses the path.
     fn size(&self, path: &StoragePath) -> Result<Option<u64>>;
 
+    /// Reads bytes `range` of the file at `path`. The range must lie within the file (callers
+    /// know its size): past its end, a store returns fewer bytes or an error. The provided
+    /// implementation streams the file from its start and keeps the range; stores with ranged
+    /// requests override it.
+    ///
+    /// # Errors
+    /// As [`read_to`](Self::read_to).
+    fn read_range(&self, path: &StoragePath, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        struct Window {
+            range: std::ops::Range<u64>,
+            at: u64,
+            out: Vec<u8>,
+        }
+        impl Write for Window {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let start = self.at;
+                self.at += buf.len() as u64;
+                let from = self.range.start.clamp(start, self.at);
+                let to = self.range.end.clamp(start, self.at);
+                self.out
+                    .extend_from_slice(&buf[(from - start) as usize..(to - start) as usize]);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut window = Window {
+            range,
+            at: 0,
+            out: Vec::new(),
+        };
+        self.read_to(path, &mut window)?;
+        Ok(window.out)
+    }
+
+    /// Whether restores should read only the parts of a file they need
+    /// ([`read_range`](Self::read_range)) rather than fetch it whole: true where a request
+    /// costs a round trip and bytes cost transfer (object stores), false for a local disk,
+    /// where a whole file is a hard link away and its checksum is verified on the way.
+    fn prefers_ranged_reads(&self) -> bool {
+        false
+    }
+
     /// How many files of one checkpoint to transfer at once ([`for_each_concurrently`]):
     /// 1 for a local disk (the default), more for a store whose requests each wait on the
     /// network.
@@ -232,6 +278,16 @@ macro_rules! forward_storage {
             }
             fn size(&self, path: &StoragePath) -> Result<Option<u64>> {
                 (**self).size(path)
+            }
+            fn read_range(
+                &self,
+                path: &StoragePath,
+                range: std::ops::Range<u64>,
+            ) -> Result<Vec<u8>> {
+                (**self).read_range(path, range)
+            }
+            fn prefers_ranged_reads(&self) -> bool {
+                (**self).prefers_ranged_reads()
             }
             fn transfer_concurrency(&self) -> usize {
                 (**self).transfer_concurrency()

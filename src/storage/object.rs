@@ -234,6 +234,22 @@ impl CheckpointStorage for ObjectStorage {
         self.transfer_concurrency
     }
 
+    fn prefers_ranged_reads(&self) -> bool {
+        true
+    }
+
+    /// One ranged GET.
+    fn read_range(&self, path: &StoragePath, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let location = self.location(path);
+        self.runtime
+            .block_on(self.store.get_range(&location, range))
+            .map(|bytes| bytes.to_vec())
+            .map_err(|e| Self::error(path, e))
+    }
+
     fn put(&self, path: &StoragePath, data: &[u8]) -> Result<()> {
         let location = self.location(path);
         self.runtime

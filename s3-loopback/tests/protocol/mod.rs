@@ -328,3 +328,62 @@ fn the_files_of_one_checkpoint_are_transferred_concurrently_within_the_bound() -
     }
     Ok(())
 }
+
+/// A rescaled restore of a savepoint reads only the ranges of the data file that hold its key
+/// groups (plus header, index and footer), and restores exactly those key groups.
+#[test]
+fn a_rescaled_savepoint_restore_reads_only_its_key_groups() -> Result<()> {
+    use statebackend::savepoint::{complete_savepoint, restore_savepoint};
+    use statebackend::{AnyBackend, KeyedStateBackend, ValueState, ValueStateDescriptor};
+
+    const KEYS: u64 = 20_000;
+    let value = |k: u64| -> Vec<u8> { (0..200).map(|i| (k * 31 + i) as u8).collect() };
+    let descriptor = ValueStateDescriptor::new("values");
+    let server = start();
+    let storage = server.storage("savepoints/sp-1")?;
+    let all = KeyGroupRange::all(128)?;
+    let mut b = AnyBackend::open(&config(BackendKind::Heap, all))?;
+    let values: ValueState<u64, (), Vec<u8>> = b.value_state(&descriptor)?;
+    for k in 0..KEYS {
+        values.put(&mut b, &k, &(), value(k))?;
+    }
+    let part = b.savepoint()?.write(&storage)?;
+    let meta = complete_savepoint(&storage, vec![part])?;
+    let file_bytes = meta.total_bytes();
+    assert!(file_bytes > 3 << 20, "{file_bytes}: several read windows");
+
+    let mut restored_keys = 0;
+    let mut read_in_all = 0;
+    for i in 0..4 {
+        let range = KeyGroupRange::for_operator(128, 4, i)?;
+        let before = server.counts();
+        let mut r = restore_savepoint(&storage, &meta, &config(BackendKind::Heap, range))?;
+        let read = server.counts().since(&before);
+        // A quarter of the key groups, read in 1 MiB windows: well under the whole file.
+        assert!(read.bytes_out < file_bytes / 2, "{read:?} of {file_bytes}");
+        read_in_all += read.bytes_out;
+        println!(
+            "key groups {range:?}: {} GETs, {} of {file_bytes} bytes",
+            read.of(RequestKind::Get),
+            read.bytes_out
+        );
+        let values: ValueState<u64, (), Vec<u8>> = r.value_state(&descriptor)?;
+        for k in 0..KEYS {
+            let context = match r.key_context(k) {
+                Ok(context) => context,
+                Err(_) => continue,
+            };
+            assert_eq!(values.get(&r, &context, &())?, Some(value(k)), "key {k}");
+            restored_keys += 1;
+        }
+    }
+    assert_eq!(restored_keys, KEYS);
+    assert!(read_in_all >= file_bytes, "{read_in_all} of {file_bytes}");
+    // Restoring every key group downloads the file whole (and verifies its crc32).
+    let before = server.counts();
+    restore_savepoint(&storage, &meta, &config(BackendKind::Heap, all))?;
+    let read = server.counts().since(&before);
+    assert_eq!(read.of(RequestKind::Get), 1, "{read:?}");
+    assert_eq!(read.bytes_out, file_bytes);
+    Ok(())
+}

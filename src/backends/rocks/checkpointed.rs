@@ -65,7 +65,7 @@ impl CheckpointedBackend for RocksDbBackend {
     fn restore_checkpoint(
         config: &BackendConfig,
         sources: &[&InstanceMetadata],
-        fetch: &mut FetchFile<'_>,
+        fetch: &FetchFile<'_>,
         claim: bool,
     ) -> Result<Self> {
         match sources {
@@ -105,7 +105,7 @@ impl CheckpointedBackend for RocksDbBackend {
 fn restore_rescaled(
     config: &BackendConfig,
     sources: &[&InstanceMetadata],
-    fetch: &mut FetchFile<'_>,
+    fetch: &FetchFile<'_>,
 ) -> Result<RocksDbBackend> {
     let range = config.key_groups;
     let mut overlapping = sources.to_vec();

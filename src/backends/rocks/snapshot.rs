@@ -160,7 +160,7 @@ impl RocksDbBackend {
         options: super::RocksDbOptions,
         claim: bool,
         complete: bool,
-        fetch: &mut FetchFile<'_>,
+        fetch: &FetchFile<'_>,
     ) -> Result<Self> {
         let target = target.into();
         let dir = super::WorkingDir::create(target.working_dir)?;
@@ -251,13 +251,16 @@ impl RocksDbBackend {
         db_path: &Path,
         options: super::RocksDbOptions,
         claim: bool,
-        fetch: &mut FetchFile<'_>,
+        fetch: &FetchFile<'_>,
     ) -> Result<Self> {
         for entry in &metadata.files {
             crate::model::format::metadata::validate_local_name(&entry.local_name)?;
-            // `fetch` verifies the file's size and crc32.
-            fetch(entry, &staging.join(&entry.local_name))?;
         }
+        // `fetch` verifies each file's size and crc32; several files at once where the
+        // storage allows.
+        for_each_concurrently(&metadata.files, fetch.concurrency(), |entry| {
+            fetch.fetch(entry, &staging.join(&entry.local_name))
+        })?;
         // The marker is durable before `db/` can exist, and removed only when the caller
         // declares the DB complete: a crash in between leaves a `db/` that reopening refuses
         // and a restore that asks to replaces.

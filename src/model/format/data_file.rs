@@ -11,7 +11,9 @@ use std::path::Path;
 
 use crate::model::codec::CodecId;
 use crate::model::error::{Error, Result};
-use crate::model::format::metadata::{FetchFile, InstanceMetadata, validate_local_name};
+use crate::model::format::metadata::{
+    FetchFile, InstanceMetadata, RandomAccess, validate_local_name,
+};
 use crate::model::format::{ByteReader, ByteWriter, check_trailing_crc};
 use crate::model::key_group::{KeyGroup, KeyGroupRange};
 use crate::model::state::{StateInfo, StateKind};
@@ -556,20 +558,30 @@ impl<R: Read + Seek> DataFileReader<R> {
     }
 }
 
-/// Fetches the data file of `instance` (a savepoint's or a full-snapshot checkpoint's
-/// instance, which lists exactly one file) into `dir` (under its local name) with `fetch`,
-/// which verifies its size and crc32, opens it and checks that its header belongs to `instance`
-/// ([`DataFileReader::check_instance`]). The one way restores open a data file: full-snapshot
-/// checkpoints (same parallelism and rescaled) and savepoints into any backend.
+/// A data file opened by [`open_instance_data_file`]: a local copy or ranged reads of the
+/// stored file.
+pub type InstanceDataFile<'a> = DataFileReader<Box<dyn RandomAccess + 'a>>;
+
+/// Opens the data file of `instance` (a savepoint's or a full-snapshot checkpoint's instance,
+/// which lists exactly one file) for a restore of the key groups `wanted`, and checks that its
+/// header belongs to `instance` ([`DataFileReader::check_instance`]). The one way restores open
+/// a data file: full-snapshot checkpoints (same parallelism and rescaled) and savepoints into
+/// any backend.
+///
+/// When the instance holds key groups outside `wanted` and `fetch` offers ranged reads (an
+/// object store), the file is read in ranges: header, index and footer, then only the blocks
+/// of the wanted key groups, each checked against its crc32. Otherwise it is fetched whole into
+/// `dir` (under its local name), its size and crc32 verified.
 ///
 /// # Errors
 /// [`Error::Corrupt`] if the instance does not list exactly one file; [`Error::InvalidPath`]
 /// for a bad local name; what `fetch` returns; format errors; [`Error::KeyGroupsMismatch`].
-pub fn open_instance_data_file(
+pub fn open_instance_data_file<'a>(
     instance: &InstanceMetadata,
     dir: &Path,
-    fetch: &mut FetchFile<'_>,
-) -> Result<DataFileReader<File>> {
+    fetch: &FetchFile<'a>,
+    wanted: KeyGroupRange,
+) -> Result<InstanceDataFile<'a>> {
     // No file would restore the instance's key groups empty; a second one has no meaning.
     let [entry] = instance.files.as_slice() else {
         return Err(Error::corrupt(
@@ -581,13 +593,23 @@ pub fn open_instance_data_file(
         ));
     };
     validate_local_name(&entry.local_name)?;
+    let partial = !(wanted.start() <= instance.key_groups.start()
+        && instance.key_groups.end() <= wanted.end());
+    if partial {
+        if let Some(ranged) = fetch.open_ranged(entry) {
+            let reader = DataFileReader::new(ranged?, entry.path.as_str())?;
+            reader.check_instance(instance)?;
+            return Ok(reader);
+        }
+    }
     // One directory per instance: full-snapshot checkpoints name every instance's file
     // `state.sbdf`, and a restore reads several at once.
     let instance_dir = dir.join(instance.instance_id.hex());
     std::fs::create_dir_all(&instance_dir).map_err(|e| Error::io(&instance_dir, e))?;
     let local = instance_dir.join(&entry.local_name);
-    fetch(entry, &local)?;
-    let reader = DataFileReader::open(&local, entry.path.as_str())?;
+    fetch.fetch(entry, &local)?;
+    let file = File::open(&local).map_err(|e| Error::io(&local, e))?;
+    let reader = DataFileReader::new(Box::new(file) as Box<dyn RandomAccess>, entry.path.as_str())?;
     reader.check_instance(instance)?;
     Ok(reader)
 }

@@ -31,8 +31,66 @@ pub const METADATA_FILE: &str = "_metadata";
 pub const MAX_METADATA_BYTES: usize = 64 << 20;
 
 /// Puts the file a [`FileEntry`] names at a local path and verifies it against the entry (size
-/// and crc32): how restores receive files, whatever storage they come from.
-pub type FetchFile<'a> = dyn FnMut(&FileEntry, &std::path::Path) -> Result<()> + 'a;
+/// and crc32): how restores receive files, whatever storage they come from. One restore may
+/// fetch up to [`concurrency`](FetchFile::concurrency) files at once, from several threads.
+pub struct FetchFile<'a> {
+    fetch: Box<dyn Fn(&FileEntry, &std::path::Path) -> Result<()> + Sync + 'a>,
+    ranged: Option<Box<OpenRanged<'a>>>,
+    concurrency: usize,
+}
+
+/// A stored file opened for random access, read in ranges.
+pub trait RandomAccess: std::io::Read + std::io::Seek + Send {}
+
+impl<T: std::io::Read + std::io::Seek + Send> RandomAccess for T {}
+
+/// Opens the file of an entry for ranged reads.
+type OpenRanged<'a> = dyn Fn(&FileEntry) -> Result<Box<dyn RandomAccess + 'a>> + Sync + 'a;
+
+impl<'a> FetchFile<'a> {
+    /// A fetcher running `fetch(entry, local)`, at most `concurrency` (at least 1) at once.
+    pub fn new(
+        concurrency: usize,
+        fetch: impl Fn(&FileEntry, &std::path::Path) -> Result<()> + Sync + 'a,
+    ) -> Self {
+        Self {
+            fetch: Box::new(fetch),
+            ranged: None,
+            concurrency: concurrency.max(1),
+        }
+    }
+
+    /// Also offers ranged reads: `open(entry)` gives random access to the stored file
+    /// (checked to have the entry's size), for a restore that needs only some key groups of a
+    /// data file. Such a read checks each block's crc32, not the whole file's.
+    #[must_use]
+    pub fn with_ranged_reads(
+        mut self,
+        open: impl Fn(&FileEntry) -> Result<Box<dyn RandomAccess + 'a>> + Sync + 'a,
+    ) -> Self {
+        self.ranged = Some(Box::new(open));
+        self
+    }
+
+    /// Random access to the file of `entry`, if this fetcher offers ranged reads.
+    pub fn open_ranged(&self, entry: &FileEntry) -> Option<Result<Box<dyn RandomAccess + 'a>>> {
+        self.ranged.as_ref().map(|open| open(entry))
+    }
+
+    /// Puts the file of `entry` at `local`, verified.
+    ///
+    /// # Errors
+    /// The storage's errors; [`Error::SizeMismatch`] or [`Error::ChecksumMismatch`] for a file
+    /// that is not the one the entry describes.
+    pub fn fetch(&self, entry: &FileEntry, local: &std::path::Path) -> Result<()> {
+        (self.fetch)(entry, local)
+    }
+
+    /// How many files may be fetched at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+}
 
 /// Whether a `_metadata` describes a checkpoint (owned by the library) or a savepoint (owned
 /// by the user).

@@ -69,7 +69,7 @@ pub fn restore_instance_into<B: CheckpointedBackend>(
     let mut backend = B::restore_checkpoint(
         config,
         &sources,
-        &mut verified_fetcher(storage),
+        &verified_fetcher(storage),
         mode == RestoreMode::Claim,
     )?;
     *backend.operator_state_mut() = meta.operator_state_for(config.key_groups);
