@@ -18,6 +18,9 @@ mod root {
     use statebackend::storage::object_store::{ObjectStore, memory::InMemory};
     use statebackend::storage::{CheckpointStorage, ObjectStorage};
 
+    /// Each process has its own memory.
+    pub const SEEN_BY_OTHER_PROCESSES: bool = false;
+
     pub fn open(dir: impl AsRef<Path>) -> Result<Arc<dyn CheckpointStorage>> {
         static STORES: OnceLock<Mutex<HashMap<PathBuf, Arc<dyn ObjectStore>>>> = OnceLock::new();
         let store = STORES

@@ -30,6 +30,9 @@ mod root {
     use statebackend::Result;
     use statebackend::storage::CheckpointStorage;
 
+    /// A child process would start a server of its own.
+    pub const SEEN_BY_OTHER_PROCESSES: bool = false;
+
     pub fn open(dir: impl AsRef<Path>) -> Result<Arc<dyn CheckpointStorage>> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         dir.as_ref().hash(&mut hasher);

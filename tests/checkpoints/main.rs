@@ -16,6 +16,9 @@ mod root {
     use statebackend::Result;
     use statebackend::storage::{CheckpointStorage, LocalDirStorage};
 
+    /// Whether a child process opening the same `dir` sees the same root.
+    pub const SEEN_BY_OTHER_PROCESSES: bool = true;
+
     /// The root for `dir`: the same `dir` opens the same root again.
     pub fn open(dir: impl AsRef<Path>) -> Result<Arc<dyn CheckpointStorage>> {
         Ok(Arc::new(LocalDirStorage::new(dir.as_ref())?))

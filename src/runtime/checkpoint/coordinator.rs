@@ -34,11 +34,11 @@ use crate::model::format::layout::{
     parse_checkpoint_dir,
 };
 use crate::model::format::metadata::{
-    InstanceMetadata, METADATA_FILE, SnapshotKind, SnapshotMetadata, check_partition,
+    FileEntry, InstanceMetadata, METADATA_FILE, SnapshotKind, SnapshotMetadata, check_partition,
 };
 use crate::runtime::checkpoint::fence::Epoch;
 use crate::runtime::checkpoint::restore::{RestoreMode, restore_instance};
-use crate::storage::{CheckpointStorage, ObjectMeta, StoragePath, checksum};
+use crate::storage::{CheckpointStorage, ObjectMeta, StoragePath, checksum, for_each_concurrently};
 
 /// Default number of completed checkpoints kept.
 pub const DEFAULT_RETAINED_CHECKPOINTS: usize = 3;
@@ -248,20 +248,46 @@ pub fn plan_collection(
     }
 }
 
-/// Deletes the files of `plan` in order. Stops at the first failure and returns what was
-/// deleted until then with the error.
+/// Deletes the files of `plan`: every `_metadata` first, one by one, stopping at the first
+/// failure; then the other files, `transfer_concurrency` at a time. Returns what was deleted
+/// with the first error, if any.
 pub fn execute_plan(storage: &dyn CheckpointStorage, plan: &GcPlan) -> (GcReport, Option<Error>) {
     let mut report = GcReport::default();
-    for object in &plan.deletable {
-        match storage.delete(&object.path) {
-            Ok(()) | Err(Error::MissingFile { .. }) => {
+    let delete = |object: &ObjectMeta| match storage.delete(&object.path) {
+        Ok(()) | Err(Error::MissingFile { .. }) => Ok(()),
+        Err(e) => Err(e),
+    };
+    let split = plan
+        .deletable
+        .iter()
+        .position(|o| o.path.file_name() != METADATA_FILE)
+        .unwrap_or(plan.deletable.len());
+    let (metadata, rest) = plan.deletable.split_at(split);
+    for object in metadata {
+        if let Err(e) = delete(object) {
+            return (report, Some(e));
+        }
+        report.bytes += object.size;
+        report.deleted.push(object.path.clone());
+    }
+    // Each deletion's own result, so that the report lists every file that went.
+    let results = for_each_concurrently(rest, storage.transfer_concurrency(), |object| {
+        Ok(delete(object))
+    })
+    .unwrap_or_default();
+    let mut error = None;
+    for (object, result) in rest.iter().zip(results) {
+        match result {
+            Ok(()) => {
                 report.bytes += object.size;
                 report.deleted.push(object.path.clone());
             }
-            Err(e) => return (report, Some(e)),
+            Err(e) => {
+                error.get_or_insert(e);
+            }
         }
     }
-    (report, None)
+    (report, error)
 }
 
 /// Owns one checkpoint root. One coordinator per root at a time (the job's).
@@ -421,23 +447,22 @@ impl CheckpointCoordinator {
                 .cmp(&(b.operator.as_str(), b.key_groups.start()))
         });
         check_partition(&instances, &format!("checkpoint {id}"))?;
-        for file in instances.iter().flat_map(|i| i.files.iter()) {
-            match self.storage.size(&file.path)? {
-                None => {
-                    return Err(Error::MissingFile {
-                        file: file.path.to_string(),
-                    });
-                }
-                Some(size) if size != file.size => {
-                    return Err(Error::SizeMismatch {
-                        file: file.path.to_string(),
-                        expected: file.size,
-                        actual: size,
-                    });
-                }
-                Some(_) => {}
-            }
-        }
+        // One request per file on an object store: asked `transfer_concurrency` at a time.
+        let files: Vec<&FileEntry> = instances.iter().flat_map(|i| i.files.iter()).collect();
+        let storage = self.storage.as_ref();
+        for_each_concurrently(&files, storage.transfer_concurrency(), |file| match storage
+            .size(&file.path)?
+        {
+            None => Err(Error::MissingFile {
+                file: file.path.to_string(),
+            }),
+            Some(size) if size != file.size => Err(Error::SizeMismatch {
+                file: file.path.to_string(),
+                expected: file.size,
+                actual: size,
+            }),
+            Some(_) => Ok(()),
+        })?;
         let meta = SnapshotMetadata {
             kind: SnapshotKind::Checkpoint,
             id,
