@@ -21,14 +21,7 @@ use statebackend::{
     AnyBackend, BackendConfig, BackendKind, KeyGroupRange, KeyedStateBackend, ValueState,
     ValueStateDescriptor,
 };
-use support::{SplitMix64, scaled, w5_value};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
+use support::{SplitMix64, env_u64, scaled, w5_value};
 
 struct Round {
     id: u64,

@@ -42,6 +42,14 @@ pub fn scaled(n: u64) -> u64 {
     ((n as f64 * scale()) as u64).max(100)
 }
 
+/// The number in environment variable `name`, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Value state of i64 → i64 (W1, W2).
 pub trait ValueStore {
     fn get(&mut self, k: i64) -> Option<i64>;

@@ -23,14 +23,7 @@ use statebackend::{
     ValueStateDescriptor,
 };
 use statebackend_s3_loopback::{LoopbackS3, RequestCounts};
-use support::{SplitMix64, scaled, w5_value};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
+use support::{SplitMix64, env_u64, scaled, w5_value};
 
 /// Where a run keeps its checkpoints.
 enum Target {

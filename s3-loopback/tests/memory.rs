@@ -19,6 +19,7 @@ mod root {
     use statebackend::storage::{CheckpointStorage, ObjectStorage};
 
     /// Each process has its own memory.
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub const SEEN_BY_OTHER_PROCESSES: bool = false;
 
     pub fn open(dir: impl AsRef<Path>) -> Result<Arc<dyn CheckpointStorage>> {

@@ -31,6 +31,7 @@ mod root {
     use statebackend::storage::CheckpointStorage;
 
     /// A child process would start a server of its own.
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub const SEEN_BY_OTHER_PROCESSES: bool = false;
 
     pub fn open(dir: impl AsRef<Path>) -> Result<Arc<dyn CheckpointStorage>> {

@@ -3,7 +3,7 @@
 //! feature, and reads credentials and endpoint from the clouds' environment variables).
 //!
 //! On an object store a "directory" is a prefix: its storage is an
-//! [`ObjectStorage`](crate::storage::ObjectStorage) under that prefix.
+//! `storage::ObjectStorage` under that prefix.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -37,7 +37,7 @@ pub use object::{DEFAULT_TRANSFER_CONCURRENCY, MULTIPART_THRESHOLD, ObjectStorag
 /// The `object_store` crate, for building the stores [`ObjectStorage`] runs on.
 #[cfg(feature = "object-store")]
 pub use object_store;
-pub use ranged::RangedReader;
+pub use ranged::{RANGED_READ_WINDOW, RangedReader};
 
 #[cfg(feature = "rocksdb")]
 pub(crate) use local::sync_dir;
