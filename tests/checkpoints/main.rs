@@ -17,6 +17,7 @@ mod root {
     use statebackend::storage::{CheckpointStorage, LocalDirStorage};
 
     /// Whether a child process opening the same `dir` sees the same root.
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub const SEEN_BY_OTHER_PROCESSES: bool = true;
 
     /// The root for `dir`: the same `dir` opens the same root again.
