@@ -176,6 +176,17 @@ pub trait CheckpointStorage: Send + Sync {
     /// implementation refuses the path.
     fn delete(&self, path: &StoragePath) -> Result<()>;
 
+    /// Deletes the files at `paths`, each as [`delete`](Self::delete) does, and returns one
+    /// result per path. The provided implementation deletes them
+    /// [`transfer_concurrency`](Self::transfer_concurrency) at a time; object stores batch them
+    /// (S3: up to 1,000 keys per request).
+    fn delete_many(&self, paths: &[StoragePath]) -> Vec<Result<()>> {
+        for_each_concurrently(paths, self.transfer_concurrency(), |path| {
+            Ok(self.delete(path))
+        })
+        .unwrap_or_default()
+    }
+
     /// Whether a file exists at `path`.
     ///
     /// # Errors
@@ -272,6 +283,9 @@ macro_rules! forward_storage {
             }
             fn delete(&self, path: &StoragePath) -> Result<()> {
                 (**self).delete(path)
+            }
+            fn delete_many(&self, paths: &[StoragePath]) -> Vec<Result<()>> {
+                (**self).delete_many(paths)
             }
             fn exists(&self, path: &StoragePath) -> Result<bool> {
                 (**self).exists(path)

@@ -364,6 +364,33 @@ impl CheckpointStorage for ObjectStorage {
         }
     }
 
+    /// `object_store`'s batched deletion (S3's `DeleteObjects`, 1,000 keys per request). If
+    /// the batch reports an error, each path is deleted again on its own, so that every
+    /// result names its own path.
+    fn delete_many(&self, paths: &[StoragePath]) -> Vec<Result<()>> {
+        if paths.is_empty() {
+            return Vec::new();
+        }
+        let locations: Vec<object_store::Result<ObjectPath>> =
+            paths.iter().map(|p| Ok(self.location(p))).collect();
+        let all_deleted = self.runtime.block_on(async {
+            let mut results = self
+                .store
+                .delete_stream(futures::stream::iter(locations).boxed());
+            let mut ok = true;
+            while let Some(result) = results.next().await {
+                if !matches!(result, Ok(_) | Err(object_store::Error::NotFound { .. })) {
+                    ok = false;
+                }
+            }
+            ok
+        });
+        if all_deleted {
+            return paths.iter().map(|_| Ok(())).collect();
+        }
+        paths.iter().map(|p| self.delete(p)).collect()
+    }
+
     fn exists(&self, path: &StoragePath) -> Result<bool> {
         Ok(self.size(path)?.is_some())
     }

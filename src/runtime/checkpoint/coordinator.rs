@@ -249,8 +249,8 @@ pub fn plan_collection(
 }
 
 /// Deletes the files of `plan`: every `_metadata` first, one by one, stopping at the first
-/// failure; then the other files, `transfer_concurrency` at a time. Returns what was deleted
-/// with the first error, if any.
+/// failure; then the other files together ([`CheckpointStorage::delete_many`]: concurrent, or
+/// batched on an object store). Returns what was deleted with the first error, if any.
 pub fn execute_plan(storage: &dyn CheckpointStorage, plan: &GcPlan) -> (GcReport, Option<Error>) {
     let mut report = GcReport::default();
     let delete = |object: &ObjectMeta| match storage.delete(&object.path) {
@@ -271,14 +271,12 @@ pub fn execute_plan(storage: &dyn CheckpointStorage, plan: &GcPlan) -> (GcReport
         report.deleted.push(object.path.clone());
     }
     // Each deletion's own result, so that the report lists every file that went.
-    let results = for_each_concurrently(rest, storage.transfer_concurrency(), |object| {
-        Ok(delete(object))
-    })
-    .unwrap_or_default();
+    let paths: Vec<StoragePath> = rest.iter().map(|o| o.path.clone()).collect();
+    let results = storage.delete_many(&paths);
     let mut error = None;
     for (object, result) in rest.iter().zip(results) {
         match result {
-            Ok(()) => {
+            Ok(()) | Err(Error::MissingFile { .. }) => {
                 report.bytes += object.size;
                 report.deleted.push(object.path.clone());
             }
