@@ -103,32 +103,31 @@ impl ObjectStorage {
         let parsed = url::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
         let (scheme, prefix) =
             ObjectStoreScheme::parse(&parsed).map_err(|e| invalid(e.to_string()))?;
-        let client = |e: object_store::Error| invalid(e.to_string());
+        // Every cloud's builder is configured the same way: environment, then the URL.
+        #[allow(unused_macros)]
+        macro_rules! from_env {
+            ($builder:ty) => {
+                Arc::new(
+                    <$builder>::from_env()
+                        .with_url(url)
+                        .build()
+                        .map_err(|e| invalid(e.to_string()))?,
+                )
+            };
+        }
         let store: Arc<dyn ObjectStore> = match scheme {
             ObjectStoreScheme::Memory => Arc::new(object_store::memory::InMemory::new()),
             #[cfg(feature = "aws")]
-            ObjectStoreScheme::AmazonS3 => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(url)
-                    .build()
-                    .map_err(client)?,
-            ),
+            ObjectStoreScheme::AmazonS3 => from_env!(object_store::aws::AmazonS3Builder),
             #[cfg(feature = "gcp")]
-            ObjectStoreScheme::GoogleCloudStorage => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(url)
-                    .build()
-                    .map_err(client)?,
-            ),
+            ObjectStoreScheme::GoogleCloudStorage => {
+                from_env!(object_store::gcp::GoogleCloudStorageBuilder)
+            }
             #[cfg(feature = "azure")]
-            ObjectStoreScheme::MicrosoftAzure => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(url)
-                    .build()
-                    .map_err(client)?,
-            ),
+            ObjectStoreScheme::MicrosoftAzure => {
+                from_env!(object_store::azure::MicrosoftAzureBuilder)
+            }
             other => {
-                let _ = client;
                 return Err(invalid(format!(
                     "this build has no client for {other:?} (cargo features aws, gcp, azure)"
                 )));
