@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Checks that the crate's top-level modules import downward only (docs/architecture.md):
-model <- storage <- backends <- runtime <- cli, fuzzing. Reads `crate::<module>` paths (and
+model <- storage <- backends <- runtime <- engines <- cli, fuzzing. Reads `crate::<module>` paths (and
 `use crate::{...}` groups) in src/, ignoring comments. Exits 1 naming every upward import."""
 import os
 import re
 import sys
 
-LAYERS = ["model", "storage", "backends", "runtime", "cli", "fuzzing"]
+LAYERS = ["model", "storage", "backends", "runtime", "engines", "cli", "fuzzing"]
 RANK = {name: i for i, name in enumerate(LAYERS)}
 src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "src")
 

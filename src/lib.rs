@@ -53,6 +53,7 @@ pub mod backends;
 pub mod cli;
 /// Entry points for the fuzz targets (`fuzz/`) and the test that replays their corpus; not
 /// part of the API.
+pub mod engines;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod model;
@@ -63,6 +64,8 @@ pub mod storage;
 pub use backends::heap;
 #[cfg(feature = "rocksdb")]
 pub use backends::rocks;
+#[cfg(feature = "timely")]
+pub use engines::timely;
 pub use model::state::backend;
 pub use model::{codec, error, key_group, state};
 pub use runtime::{checkpoint, savepoint};

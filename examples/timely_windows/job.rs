@@ -1,0 +1,469 @@
+//! The job of the `timely_windows` example, shared with its cluster test: a deterministic,
+//! replayable source of page views, a keyed operator counting views per user in tumbling
+//! event-time windows (closed by timers), and a sink that writes each closed window's result.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use statebackend::state::key::KeyContext;
+use statebackend::storage::{CheckpointStorage, LocalDirStorage};
+use statebackend::timely::{
+    Checkpointing, CommitReport, Context, Job, KeyedLogic, StartFrom, Target,
+};
+use statebackend::{
+    AnyBackend, BackendConfig, BackendKind, KeyGroupRange, KeyedStateBackend, MapState,
+    MapStateDescriptor, Result, Timer, ValueState, ValueStateDescriptor,
+};
+use timely::dataflow::ProbeHandle;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::vec::Input;
+use timely::dataflow::operators::{Operator, Probe};
+use timely::worker::Worker;
+
+/// Users the views come from.
+pub const USERS: u64 = 2_000;
+/// Pages a user views.
+pub const PAGES: u64 = 40;
+/// Epochs per tumbling window.
+pub const WINDOW: u64 = 5;
+/// The stable id of the keyed operator.
+pub const OPERATOR: &str = "window-counts";
+
+/// One page view: `(user, page)`; its event time is its epoch.
+pub type View = (u64, u16);
+
+/// One closed window: `(user, window, views, distinct pages)`.
+pub type WindowResult = (u64, u64, u64, u64);
+
+/// The view at position `i` of the stream: a pure function, so a restored job replays exactly
+/// the views after its checkpoint, whatever its worker count.
+pub fn view(i: u64) -> View {
+    let mut z = i
+        .wrapping_add(0x9E37_79B9_7F4A_7C15)
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    ((z >> 8) % USERS, ((z >> 40) % PAGES) as u16)
+}
+
+/// The job's options (`--help` of the example lists them).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The checkpoint root, a directory every process sees.
+    pub root: PathBuf,
+    /// Epochs of the whole stream.
+    pub epochs: u64,
+    /// Views per epoch.
+    pub views_per_epoch: u64,
+    /// Epochs per checkpoint.
+    pub checkpoint_every: u64,
+    /// The backend of every instance.
+    pub backend: BackendKind,
+    /// Start from a savepoint directory instead of the root's latest checkpoint.
+    pub from_savepoint: Option<PathBuf>,
+    /// Start empty, ignoring the root's checkpoints.
+    pub fresh: bool,
+    /// Savepoints to write: `(epoch, directory)`.
+    pub savepoints: Vec<(u64, PathBuf)>,
+    /// Where each worker writes its closed windows (one file per worker and run).
+    pub results: Option<PathBuf>,
+    /// The source stops producing at this epoch and waits (to be killed).
+    pub stall_at: Option<u64>,
+    /// Epochs in flight ahead of the output's frontier.
+    pub epochs_in_flight: u64,
+    /// Timely's arguments (`-w`, `-n`, `-p`, `-h`).
+    pub timely: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("timely-checkpoints"),
+            epochs: 200,
+            views_per_epoch: 2_000,
+            checkpoint_every: 20,
+            backend: BackendKind::RocksDb,
+            from_savepoint: None,
+            fresh: false,
+            savepoints: Vec::new(),
+            results: None,
+            stall_at: None,
+            epochs_in_flight: 4,
+            timely: Vec::new(),
+        }
+    }
+}
+
+/// Usage of the example's own options (timely's follow `--`).
+pub const USAGE: &str = "usage: timely_windows --root DIR [--epochs N] [--views-per-epoch N] \
+[--checkpoint-every N] [--backend rocksdb|heap] [--fresh] [--from-savepoint DIR] \
+[--savepoint-at EPOCH:DIR]... [--results DIR] [--stall-at EPOCH] [--epochs-in-flight N] \
+[-- TIMELY ARGS: -w THREADS -n PROCESSES -p INDEX -h HOSTFILE]";
+
+impl Options {
+    /// Parses the example's arguments (without the program name).
+    ///
+    /// # Errors
+    /// A message naming the bad argument.
+    pub fn parse(args: impl IntoIterator<Item = String>) -> std::result::Result<Self, String> {
+        let mut o = Options::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            if arg == "--" {
+                o.timely = args.collect();
+                break;
+            }
+            let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+            let number = |v: String| v.parse::<u64>().map_err(|e| format!("{arg}: {e}"));
+            match arg.as_str() {
+                "--root" => o.root = PathBuf::from(value()?),
+                "--epochs" => o.epochs = number(value()?)?,
+                "--views-per-epoch" => o.views_per_epoch = number(value()?)?,
+                "--checkpoint-every" => o.checkpoint_every = number(value()?)?,
+                "--backend" => {
+                    o.backend = match value()?.as_str() {
+                        "rocksdb" => BackendKind::RocksDb,
+                        "heap" => BackendKind::Heap,
+                        other => return Err(format!("--backend: unknown backend {other}")),
+                    }
+                }
+                "--fresh" => o.fresh = true,
+                "--from-savepoint" => o.from_savepoint = Some(PathBuf::from(value()?)),
+                "--savepoint-at" => {
+                    let v = value()?;
+                    let (epoch, dir) = v
+                        .split_once(':')
+                        .ok_or(format!("--savepoint-at {v}: expected EPOCH:DIR"))?;
+                    o.savepoints
+                        .push((number(epoch.to_owned())?, PathBuf::from(dir)));
+                }
+                "--results" => o.results = Some(PathBuf::from(value()?)),
+                "--stall-at" => o.stall_at = Some(number(value()?)?),
+                "--epochs-in-flight" => o.epochs_in_flight = number(value()?)?.max(1),
+                "-h" | "--help" => return Err(USAGE.into()),
+                other => return Err(format!("unknown argument {other}\n{USAGE}")),
+            }
+        }
+        Ok(o)
+    }
+
+    fn checkpointing(&self) -> Result<Checkpointing> {
+        let storage = |dir: &Path| -> Result<Arc<dyn CheckpointStorage>> {
+            Ok(Arc::new(LocalDirStorage::new(dir)?))
+        };
+        let mut c = Checkpointing::new(storage(&self.root)?, self.checkpoint_every, self.backend);
+        c.start = match (&self.from_savepoint, self.fresh) {
+            (Some(dir), _) => StartFrom::Savepoint(storage(dir)?),
+            (None, true) => StartFrom::Empty,
+            (None, false) => StartFrom::LatestCheckpoint,
+        };
+        c.savepoints = self
+            .savepoints
+            .iter()
+            .map(|(epoch, dir)| Ok((*epoch, storage(dir)?)))
+            .collect::<Result<_>>()?;
+        Ok(c)
+    }
+}
+
+/// The keyed operator: per user and window, the views and the views per page; a timer at the
+/// window's last epoch emits the window and folds it into the user's totals.
+#[derive(Default)]
+pub struct WindowCounts {
+    handles: Option<Handles>,
+}
+
+/// The operator's states.
+pub struct Handles {
+    /// Views per (user, window).
+    pub views: ValueState<u64, u64, u64>,
+    /// Views per page, per (user, window).
+    pub pages: MapState<u64, u64, u16, u32>,
+    /// Per user: (windows closed, views in them).
+    pub totals: ValueState<u64, (), (u64, u64)>,
+}
+
+impl Handles {
+    /// Registers (or finds, on a restored backend) the states.
+    ///
+    /// # Errors
+    /// Registration errors.
+    pub fn register(backend: &mut AnyBackend) -> Result<Self> {
+        Ok(Self {
+            views: backend.value_state(&ValueStateDescriptor::new("views"))?,
+            pages: backend.map_state(&MapStateDescriptor::new("pages"))?,
+            totals: backend.value_state(&ValueStateDescriptor::new("totals"))?,
+        })
+    }
+}
+
+impl KeyedLogic for WindowCounts {
+    type Input = View;
+    type Output = WindowResult;
+    type Key = u64;
+    type Namespace = u64;
+
+    fn key(input: &View) -> u64 {
+        input.0
+    }
+
+    fn open(&mut self, backend: &mut AnyBackend) -> Result<()> {
+        self.handles = Some(Handles::register(backend)?);
+        Ok(())
+    }
+
+    fn on_record(
+        &mut self,
+        cx: &mut Context<'_, u64, u64>,
+        user: &KeyContext<u64>,
+        (_, page): View,
+        _output: &mut Vec<WindowResult>,
+    ) -> Result<()> {
+        let h = self.handles.as_ref().expect("opened");
+        let window = cx.epoch / WINDOW;
+        let b = &mut *cx.backend;
+        let views = h.views.get(b, user, &window)?.unwrap_or(0);
+        h.views.put(b, user, &window, views + 1)?;
+        let on_page = h.pages.get(b, user, &window, &page)?.unwrap_or(0);
+        h.pages.put(b, user, &window, page, on_page + 1)?;
+        let end = (window + 1) * WINDOW - 1;
+        cx.timers
+            .register_event_time_timer(b, user, &window, end as i64)
+    }
+
+    fn on_timer(
+        &mut self,
+        cx: &mut Context<'_, u64, u64>,
+        timer: Timer<u64, u64>,
+        output: &mut Vec<WindowResult>,
+    ) -> Result<()> {
+        let h = self.handles.as_ref().expect("opened");
+        let b = &mut *cx.backend;
+        let (user, window) = (&timer.key, &timer.namespace);
+        let views = h.views.get(b, user, window)?.unwrap_or(0);
+        let mut distinct = 0;
+        for entry in h.pages.entries(b, user, window)? {
+            entry?;
+            distinct += 1;
+        }
+        let (windows, total) = h.totals.get(b, user, &())?.unwrap_or((0, 0));
+        h.totals.put(b, user, &(), (windows + 1, total + views))?;
+        h.views.clear(b, user, window)?;
+        h.pages.clear(b, user, window)?;
+        output.push((*user.key(), *window, views, distinct));
+        Ok(())
+    }
+}
+
+/// What one worker's run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// The epoch the run started at.
+    pub resumed_at: u64,
+    /// Views this worker's source produced.
+    pub views: u64,
+    /// How long the run took.
+    pub elapsed: Duration,
+    /// The checkpoint the run restored, if any.
+    pub restored: Option<u64>,
+    /// Snapshots worker 0 committed: the committer's reports.
+    pub commits: Vec<CommitReport>,
+}
+
+/// Runs the job on one worker (the body of `timely::execute`).
+///
+/// # Errors
+/// Starting, restoring, or a failed savepoint.
+pub fn run(worker: &mut Worker, options: &Options) -> Result<RunReport> {
+    let started = Instant::now();
+    let mut job = Job::start(worker, options.checkpointing()?)?;
+    let (index, peers) = (worker.index() as u64, worker.peers() as u64);
+    let from = job.resume_epoch();
+    let commits = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let probe = ProbeHandle::new();
+    let mut results = match &options.results {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+            let path = dir.join(format!("run-{}-worker-{index}.txt", std::process::id()));
+            Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| io_error(&path, e))?,
+            )
+        }
+        None => None,
+    };
+    let mut input = worker.dataflow::<u64, _, _>(|scope| -> Result<_> {
+        let (input, views) = scope.new_input::<View>();
+        let (windows, acks) = job.stateful(views, OPERATOR, WindowCounts::default())?;
+        let log = std::rc::Rc::clone(&commits);
+        job.commit(acks, move |report| {
+            print_commit(report);
+            log.borrow_mut().push(report.clone());
+        });
+        windows
+            .probe_with(&probe)
+            .sink(Pipeline, "Results", move |(input, _)| {
+                input.for_each(|_, data| {
+                    if let Some(file) = results.as_mut() {
+                        write_results(file, data);
+                    }
+                    data.clear();
+                })
+            });
+        Ok(input)
+    })?;
+    input.advance_to(from);
+    let mut views = 0;
+    for epoch in from..options.epochs {
+        if options.stall_at == Some(epoch) {
+            // Waits here, with the uploads of earlier checkpoints finishing, until killed.
+            loop {
+                worker.step_or_park(Some(Duration::from_millis(20)));
+            }
+        }
+        let mut j = index;
+        while j < options.views_per_epoch {
+            input.send(view(epoch * options.views_per_epoch + j));
+            views += 1;
+            j += peers;
+        }
+        input.advance_to(epoch + 1);
+        let behind = (epoch + 1).saturating_sub(options.epochs_in_flight);
+        while probe.less_than(&behind) {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        }
+    }
+    drop(input);
+    // Until every operator is done: the last windows fire, the last uploads are acknowledged.
+    while worker.step_or_park(Some(Duration::from_millis(1))) {}
+    let commits = commits.borrow().clone();
+    for report in &commits {
+        if let Err(reason) = &report.outcome {
+            if matches!(report.target, Target::Savepoint(_)) {
+                return Err(statebackend::Error::CheckpointState {
+                    id: 0,
+                    reason: format!("savepoint at epoch {} failed: {reason}", report.epoch),
+                });
+            }
+        }
+    }
+    Ok(RunReport {
+        resumed_at: from,
+        views,
+        elapsed: started.elapsed(),
+        restored: job.restored_checkpoint(),
+        commits,
+    })
+}
+
+fn print_commit(report: &CommitReport) {
+    let what = match report.target {
+        Target::Checkpoint(id) => format!("checkpoint {id}"),
+        Target::Savepoint(i) => format!("savepoint {i}"),
+    };
+    match &report.outcome {
+        Ok(()) => println!(
+            "  {what} at epoch {}: {} instances, {} bytes uploaded, longest synchronous part {:.1} ms",
+            report.epoch,
+            report.instances,
+            report.bytes_uploaded,
+            report.max_sync_micros as f64 / 1e3
+        ),
+        Err(reason) => println!("  {what} at epoch {} aborted: {reason}", report.epoch),
+    }
+}
+
+/// Appends closed windows as `user window views distinct` lines, in one write: a process
+/// killed midway leaves at most one incomplete last line, which readers skip.
+fn write_results(file: &mut File, data: &[WindowResult]) {
+    let mut text = String::new();
+    for (user, window, views, distinct) in data {
+        text.push_str(&format!("{user} {window} {views} {distinct}\n"));
+    }
+    if let Err(e) = file.write_all(text.as_bytes()) {
+        panic!("cannot write results: {e}");
+    }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> statebackend::Error {
+    statebackend::Error::CheckpointState {
+        id: 0,
+        reason: format!("{}: {e}", path.display()),
+    }
+}
+
+/// Every closed window in the result files under `dir`, by (user, window): the results are
+/// idempotent by key and window, so a window emitted twice (before a crash and again after the
+/// restore) must carry the same counts.
+///
+/// # Errors
+/// A message naming a window emitted with two different results, or an unreadable file.
+pub fn read_results(dir: &Path) -> std::result::Result<BTreeMap<(u64, u64), (u64, u64)>, String> {
+    let mut out = BTreeMap::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // A line without its newline was cut by a kill.
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        for line in complete.lines() {
+            let n: Vec<u64> = line
+                .split(' ')
+                .map(|f| {
+                    f.parse()
+                        .map_err(|e| format!("{}: {line:?}: {e}", path.display()))
+                })
+                .collect::<std::result::Result<_, _>>()?;
+            let [user, window, views, distinct] = n[..] else {
+                return Err(format!("{}: bad line {line:?}", path.display()));
+            };
+            if let Some(seen) = out.insert((user, window), (views, distinct)) {
+                if seen != (views, distinct) {
+                    return Err(format!(
+                        "user {user} window {window}: emitted as {seen:?} and as {:?}",
+                        (views, distinct)
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Per user: (windows closed, views in them), and per (user, window) still open: (views,
+/// distinct pages).
+pub type Summary = (BTreeMap<u64, (u64, u64)>, BTreeMap<(u64, u64), (u64, u64)>);
+
+/// The state a savepoint holds, read back typed: restored into one heap instance that owns
+/// every key group.
+///
+/// # Errors
+/// Restore and read errors.
+pub fn summarize_savepoint(dir: &Path) -> Result<Summary> {
+    let storage = LocalDirStorage::new(dir)?;
+    let meta = statebackend::savepoint::read_savepoint(&storage)?;
+    let config = BackendConfig::heap(128, KeyGroupRange::new(0, 128)?);
+    let mut backend = statebackend::savepoint::restore_savepoint(&storage, &meta, &config)?;
+    let h = Handles::register(&mut backend)?;
+    let mut totals = BTreeMap::new();
+    for item in backend.keys::<u64, ()>(h.totals.id(), None)? {
+        let (user, ()) = item?;
+        totals.insert(user, h.totals.get(&backend, &user, &())?.unwrap_or((0, 0)));
+    }
+    let mut open = BTreeMap::new();
+    for item in backend.keys::<u64, u64>(h.views.id(), None)? {
+        let (user, window) = item?;
+        let views = h.views.get(&backend, &user, &window)?.unwrap_or(0);
+        let distinct = h.pages.entries(&backend, &user, &window)?.count() as u64;
+        open.insert((user, window), (views, distinct));
+    }
+    Ok((totals, open))
+}

@@ -1,0 +1,171 @@
+//! The committer: the one operator (on worker 0) that completes checkpoints and savepoints.
+//!
+//! Every stateful operator instance sends an [`Ack`] per snapshot at the snapshot's epoch and
+//! holds a capability at that epoch until it has sent it. So the committer's input frontier
+//! passes an epoch exactly when every instance of every operator has acknowledged its
+//! snapshots at that epoch: the committer needs no count of instances, and a worker count that
+//! changed between runs changes nothing here.
+//!
+//! Checkpoint ids are begun ahead. Instances upload as soon as their own frontier passes a
+//! checkpoint's epoch, possibly before the committer has heard of it, and a coordinator with
+//! nothing in flight may sweep the root and delete what no checkpoint lists yet. So the next
+//! checkpoint is always in flight: worker 0 begins the run's first id at start
+//! ([`super::Job::start`]), and the committer begins `id + 1` before it completes or aborts
+//! `id`. While anything is in flight the coordinator keeps `shared/` whole, so files only
+//! dropped checkpoints used are deleted at the next start, when the root is swept.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ::timely::dataflow::StreamVec;
+use ::timely::dataflow::channels::pact::Exchange;
+use ::timely::dataflow::operators::Operator;
+
+use crate::engines::timely::ack::{Ack, Target};
+use crate::engines::timely::job::Job;
+use crate::model::error::Result;
+use crate::model::format::metadata::InstanceMetadata;
+use crate::runtime::checkpoint::coordinator::CheckpointCoordinator;
+use crate::runtime::savepoint::complete_savepoint_with;
+use crate::storage::CheckpointStorage;
+
+/// The engine metadata key under which a completed snapshot records its epoch (8 bytes,
+/// little-endian).
+pub const EPOCH_KEY: &str = "timely.epoch";
+
+/// What the committer did with one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitReport {
+    /// The snapshot.
+    pub target: Target,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Instances that acknowledged it.
+    pub instances: usize,
+    /// Bytes they uploaded.
+    pub bytes_uploaded: u64,
+    /// The longest synchronous part of an instance, in microseconds.
+    pub max_sync_micros: u64,
+    /// `Ok` once completed; why it was aborted otherwise.
+    pub outcome: std::result::Result<(), String>,
+}
+
+impl Job {
+    /// Builds the committer over `acks` (every stateful operator's acknowledgements, concatenated
+    /// when there are several): on worker 0 it completes each snapshot once every instance has
+    /// acknowledged it, and calls `on_commit` with the outcome; on the other workers it only
+    /// forwards their acknowledgements to worker 0. Call it once per job, on every worker.
+    pub fn commit<'s>(
+        &mut self,
+        acks: StreamVec<'s, u64, Ack>,
+        mut on_commit: impl FnMut(&CommitReport) + 'static,
+    ) {
+        let mut committer = Committer {
+            coordinator: self.take_coordinator(),
+            begun_up_to: self.first_id(),
+            savepoints: self
+                .settings()
+                .savepoints
+                .iter()
+                .map(|(_, s)| Arc::clone(s))
+                .collect(),
+        };
+        let mut received: BTreeMap<(u64, Target), Vec<Ack>> = BTreeMap::new();
+        acks.sink(
+            Exchange::new(|_: &Ack| 0),
+            "Commit",
+            move |(input, frontier)| {
+                input.for_each(|_, data| {
+                    for ack in data.drain(..) {
+                        received
+                            .entry((ack.epoch, ack.target))
+                            .or_default()
+                            .push(ack);
+                    }
+                });
+                while let Some(entry) = received.first_entry() {
+                    if frontier.less_equal(&entry.key().0) {
+                        break;
+                    }
+                    let ((epoch, target), acks) = entry.remove_entry();
+                    let report = committer.commit(epoch, target, acks);
+                    on_commit(&report);
+                }
+            },
+        );
+    }
+}
+
+/// Worker 0's completion state.
+struct Committer {
+    /// `None` on the other workers, which receive no acknowledgement.
+    coordinator: Option<CheckpointCoordinator>,
+    /// The highest checkpoint id begun.
+    begun_up_to: u64,
+    savepoints: Vec<Arc<dyn CheckpointStorage>>,
+}
+
+impl Committer {
+    fn commit(&mut self, epoch: u64, target: Target, acks: Vec<Ack>) -> CommitReport {
+        let mut report = CommitReport {
+            target,
+            epoch,
+            instances: acks.len(),
+            bytes_uploaded: acks.iter().map(|a| a.bytes_uploaded).sum(),
+            max_sync_micros: acks.iter().map(|a| a.sync_micros).max().unwrap_or(0),
+            outcome: Ok(()),
+        };
+        let parts: Result<Vec<InstanceMetadata>> = acks.iter().map(Ack::decode_part).collect();
+        let engine = BTreeMap::from([(EPOCH_KEY.to_owned(), epoch.to_le_bytes().to_vec())]);
+        let outcome = match target {
+            Target::Checkpoint(id) => self.complete_checkpoint(id, parts, engine),
+            Target::Savepoint(index) => match self.savepoints.get(index) {
+                Some(storage) => parts
+                    .and_then(|p| complete_savepoint_with(storage.as_ref(), p, engine))
+                    .map(|_| ()),
+                None => Err(crate::model::error::Error::CheckpointState {
+                    id: 0,
+                    reason: format!("no savepoint {index} was configured"),
+                }),
+            },
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(epoch, ?target, error = %e, "snapshot not completed");
+            report.outcome = Err(e.to_string());
+        } else {
+            tracing::info!(
+                epoch,
+                ?target,
+                instances = report.instances,
+                bytes_uploaded = report.bytes_uploaded,
+                "snapshot completed"
+            );
+        }
+        report
+    }
+
+    /// Completes checkpoint `id` with `parts`, or aborts it; begins `id + 1` first.
+    fn complete_checkpoint(
+        &mut self,
+        id: u64,
+        parts: Result<Vec<InstanceMetadata>>,
+        engine: BTreeMap<String, Vec<u8>>,
+    ) -> Result<()> {
+        let Some(coordinator) = self.coordinator.as_mut() else {
+            return Err(crate::model::error::Error::CheckpointState {
+                id,
+                reason: "acknowledged to a worker that is not the committer".into(),
+            });
+        };
+        while self.begun_up_to < id + 1 {
+            self.begun_up_to += 1;
+            coordinator.begin(self.begun_up_to)?;
+        }
+        let completed =
+            parts.and_then(|parts| coordinator.complete_with(id, parts, engine).map(|_| ()));
+        if completed.is_err() {
+            coordinator.abort(id)?;
+        }
+        completed
+    }
+}

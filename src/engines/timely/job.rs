@@ -1,0 +1,322 @@
+//! [`Job`]: one worker's view of a checkpointed timely job, agreed with the other workers at
+//! start.
+//!
+//! Every worker calls [`Job::start`] before building its dataflow. Worker 0 decides what the
+//! job starts from (nothing, the root's latest restorable checkpoint, or a savepoint), opens
+//! the root's [`CheckpointCoordinator`] (which fences a coordinator of an earlier run and
+//! collects its leftovers) and chooses the id of the run's first checkpoint; a small dataflow
+//! broadcasts the decision, so every worker restores from the same snapshot and numbers
+//! checkpoints the same way, whatever the worker count now is.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use ::timely::dataflow::ProbeHandle;
+use ::timely::dataflow::channels::pact::Pipeline;
+use ::timely::dataflow::operators::vec::{Broadcast, Input};
+use ::timely::dataflow::operators::{Operator, Probe};
+use ::timely::worker::Worker;
+
+use crate::backends::any::AnyBackend;
+use crate::backends::config::BackendConfig;
+use crate::engines::timely::routing::KeyGroupRouting;
+use crate::model::error::{Error, Result};
+use crate::model::format::layout::metadata_path;
+use crate::model::format::metadata::SnapshotMetadata;
+use crate::model::key_group::KeyGroupRange;
+use crate::model::state::BackendKind;
+use crate::model::state::operator::OperatorState;
+use crate::runtime::checkpoint::coordinator::{CheckpointCoordinator, latest_restorable};
+use crate::runtime::checkpoint::restore::{RestoreMode, restore_instance};
+use crate::runtime::savepoint::{read_savepoint, restore_savepoint};
+use crate::storage::CheckpointStorage;
+
+/// The broadcast operator state in which every stateful operator records, at each checkpoint
+/// and savepoint, the epoch the job resumes from: the source position.
+pub const POSITION_STATE: &str = "statebackend.timely";
+/// The key of the resume epoch in [`POSITION_STATE`].
+pub const RESUME_EPOCH_KEY: &str = "resume-epoch";
+
+/// What a job starts from.
+#[derive(Clone)]
+pub enum StartFrom {
+    /// Empty state, epoch 0.
+    Empty,
+    /// The newest completed checkpoint of the root whose files verify, or empty state if the
+    /// root has none.
+    LatestCheckpoint,
+    /// A savepoint (a directory or prefix of its own).
+    Savepoint(Arc<dyn CheckpointStorage>),
+}
+
+/// How a timely job keeps and checkpoints its keyed state; the same on every worker.
+#[derive(Clone)]
+pub struct Checkpointing {
+    /// The checkpoint root, shared by every worker of every process (a directory they all
+    /// see, or an object store).
+    pub root: Arc<dyn CheckpointStorage>,
+    /// Epochs per checkpoint: a checkpoint is taken when the stateful operators' input
+    /// frontier passes each epoch `e` with `(e + 1) % interval == 0`. 0 takes none.
+    pub interval: u64,
+    /// Completed checkpoints the root keeps.
+    pub retained: usize,
+    /// What the job starts from.
+    pub start: StartFrom,
+    /// Savepoints to write: when the input frontier passes the epoch, into the storage. A
+    /// savepoint at an epoch the input never reaches is written when the input ends.
+    pub savepoints: Vec<(u64, Arc<dyn CheckpointStorage>)>,
+    /// The backend of every instance.
+    pub backend: BackendKind,
+    /// The job's max parallelism (key groups): at most this many workers.
+    pub max_parallelism: u32,
+    /// Where RocksDB instances keep their working directories (one subdirectory per operator
+    /// and worker); `None` for temporary directories.
+    pub working_dir: Option<PathBuf>,
+}
+
+impl Checkpointing {
+    /// Checkpoints every `interval` epochs into `root`, keeping 3, starting from the latest
+    /// checkpoint, on `backend` with 128 key groups.
+    pub fn new(root: Arc<dyn CheckpointStorage>, interval: u64, backend: BackendKind) -> Self {
+        Self {
+            root,
+            interval,
+            retained: 3,
+            start: StartFrom::LatestCheckpoint,
+            savepoints: Vec::new(),
+            backend,
+            max_parallelism: 128,
+            working_dir: None,
+        }
+    }
+}
+
+/// The snapshot the instances restore from.
+#[derive(Clone)]
+enum Source {
+    Checkpoint(SnapshotMetadata),
+    Savepoint(Arc<dyn CheckpointStorage>, SnapshotMetadata),
+}
+
+/// Worker 0's decision, as broadcast: `(source, checkpoint id, first id, error)` with source
+/// 0 for empty state, 1 for a checkpoint, 2 for the savepoint.
+type Decision = (u8, u64, u64, String);
+
+/// One worker's part of a checkpointed timely job (see the module docs).
+pub struct Job {
+    settings: Arc<Checkpointing>,
+    routing: KeyGroupRouting,
+    index: usize,
+    source: Option<Source>,
+    first_id: u64,
+    resume_epoch: u64,
+    coordinator: Option<CheckpointCoordinator>,
+}
+
+impl Job {
+    /// Agrees with every other worker on what the job starts from (see the module docs). Call
+    /// it on every worker, before building the job's dataflow.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOperator`] for more workers than key groups; worker 0's errors reading
+    /// the root or the savepoint and opening the coordinator (every worker returns them);
+    /// errors reading the chosen snapshot's metadata.
+    pub fn start(worker: &mut Worker, settings: Checkpointing) -> Result<Job> {
+        let routing = KeyGroupRouting::new(settings.max_parallelism, worker.peers())?;
+        let index = worker.index();
+        let mut coordinator = None;
+        let mine = if index == 0 {
+            Some(match decide(&settings) {
+                Ok((decision, opened)) => {
+                    coordinator = Some(opened);
+                    decision
+                }
+                Err(e) => (0, 0, 0, e.to_string()),
+            })
+        } else {
+            None
+        };
+        let (kind, checkpoint, first_id, error) = broadcast_from_first(worker, mine)?;
+        if !error.is_empty() {
+            return Err(Error::CheckpointState {
+                id: checkpoint,
+                reason: format!("the job could not start: {error}"),
+            });
+        }
+        let source = match (kind, &settings.start) {
+            (1, _) => Some(Source::Checkpoint(SnapshotMetadata::read(
+                settings.root.as_ref(),
+                &metadata_path(checkpoint)?,
+            )?)),
+            (2, StartFrom::Savepoint(storage)) => Some(Source::Savepoint(
+                Arc::clone(storage),
+                read_savepoint(storage.as_ref())?,
+            )),
+            _ => None,
+        };
+        let resume_epoch = match &source {
+            Some(Source::Checkpoint(meta) | Source::Savepoint(_, meta)) => resume_epoch_of(meta)?,
+            None => 0,
+        };
+        Ok(Job {
+            settings: Arc::new(settings),
+            routing,
+            index,
+            source,
+            first_id,
+            resume_epoch,
+            coordinator,
+        })
+    }
+
+    /// The first epoch the job's source must produce: 0, or the epoch after the restored
+    /// snapshot's.
+    pub fn resume_epoch(&self) -> u64 {
+        self.resume_epoch
+    }
+
+    /// The id of the completed checkpoint the job restored, if it restored one.
+    pub fn restored_checkpoint(&self) -> Option<u64> {
+        match &self.source {
+            Some(Source::Checkpoint(meta)) => Some(meta.id),
+            _ => None,
+        }
+    }
+
+    /// The routing of the job's records to the workers that own their key groups.
+    pub fn routing(&self) -> KeyGroupRouting {
+        self.routing
+    }
+
+    /// This worker's index.
+    pub fn worker_index(&self) -> usize {
+        self.index
+    }
+
+    /// The job's settings.
+    pub fn settings(&self) -> &Arc<Checkpointing> {
+        &self.settings
+    }
+
+    /// The first checkpoint id of this run.
+    pub(crate) fn first_id(&self) -> u64 {
+        self.first_id
+    }
+
+    /// The coordinator (worker 0 only), taken once by the committer.
+    pub(crate) fn take_coordinator(&mut self) -> Option<CheckpointCoordinator> {
+        self.coordinator.take()
+    }
+
+    /// This worker's instance of operator `operator`: the key groups it owns, restored from
+    /// what the job starts from, or empty.
+    ///
+    /// # Errors
+    /// Restore errors (naming the file); [`Error::Incompatible`] for a snapshot of another max
+    /// parallelism.
+    pub fn open_instance(&self, operator: &str) -> Result<AnyBackend> {
+        let range = self.routing.range_of(self.index)?;
+        let mut config = BackendConfig::heap(self.settings.max_parallelism, range);
+        config.kind = self.settings.backend;
+        config.working_dir = self
+            .settings
+            .working_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{operator}-{}", self.index)));
+        config.replace_existing = true;
+        match &self.source {
+            None => AnyBackend::open(&config),
+            Some(Source::Checkpoint(meta)) => restore_instance(
+                self.settings.root.as_ref(),
+                &meta.for_operator(operator)?,
+                &config,
+                RestoreMode::Claim,
+            ),
+            Some(Source::Savepoint(storage, meta)) => {
+                restore_savepoint(storage.as_ref(), &meta.for_operator(operator)?, &config)
+            }
+        }
+    }
+}
+
+/// Worker 0's decision: what to start from, the coordinator opened on the root, and the first
+/// checkpoint id, begun at once (see [`crate::engines::timely::committer`]).
+fn decide(settings: &Checkpointing) -> Result<(Decision, CheckpointCoordinator)> {
+    let chosen = match &settings.start {
+        StartFrom::Empty => (0, 0),
+        StartFrom::LatestCheckpoint => match latest_restorable(settings.root.as_ref()) {
+            Ok(meta) => (1, meta.id),
+            Err(Error::NoRestorableCheckpoint { .. }) => (0, 0),
+            Err(e) => return Err(e),
+        },
+        StartFrom::Savepoint(storage) => {
+            read_savepoint(storage.as_ref())?;
+            (2, 0)
+        }
+    };
+    // Chosen before the coordinator opens: opening collects what no retained checkpoint
+    // needs, and the chosen checkpoint is retained.
+    let mut coordinator =
+        CheckpointCoordinator::open(Arc::clone(&settings.root), settings.retained)?;
+    if chosen.0 == 1 {
+        coordinator.prepare_restore(chosen.1, RestoreMode::Claim)?;
+    }
+    let first_id = coordinator.next_checkpoint_id();
+    coordinator.begin(first_id)?;
+    Ok(((chosen.0, chosen.1, first_id, String::new()), coordinator))
+}
+
+/// The epoch after the one `meta` was taken at, from its operator state.
+fn resume_epoch_of(meta: &SnapshotMetadata) -> Result<u64> {
+    let Some(first) = meta.instances.first() else {
+        return Ok(0);
+    };
+    let range = KeyGroupRange::new(0, first.max_parallelism)?;
+    let mut state: OperatorState = meta
+        .for_operator(&first.operator)?
+        .operator_state_for(range);
+    let position = state.broadcast_state::<String, u64>(POSITION_STATE)?;
+    Ok(position
+        .get(&state, &RESUME_EPOCH_KEY.to_owned())?
+        .unwrap_or(0))
+}
+
+/// Sends worker 0's `decision` to every worker through a one-epoch dataflow and returns it.
+fn broadcast_from_first(worker: &mut Worker, decision: Option<Decision>) -> Result<Decision> {
+    let received: Rc<RefCell<Option<Decision>>> = Rc::new(RefCell::new(None));
+    let sink = Rc::clone(&received);
+    let probe = ProbeHandle::new();
+    let mut input = worker.dataflow::<u64, _, _>(|scope| {
+        let (input, stream) = scope.new_input::<Decision>();
+        stream
+            .broadcast()
+            .probe_with(&probe)
+            .sink(Pipeline, "StartDecision", move |(input, _)| {
+                input.for_each(|_, data| {
+                    if let Some(d) = data.pop() {
+                        *sink.borrow_mut() = Some(d);
+                    }
+                });
+            });
+        input
+    });
+    if let Some(decision) = decision {
+        input.send(decision);
+    }
+    input.advance_to(1);
+    drop(input);
+    while probe.less_than(&1) || received.borrow().is_none() {
+        if !worker.step_or_park(Some(std::time::Duration::from_millis(10))) {
+            break;
+        }
+    }
+    received
+        .borrow_mut()
+        .take()
+        .ok_or_else(|| Error::CheckpointState {
+            id: 0,
+            reason: "worker 0's start decision never arrived".into(),
+        })
+}

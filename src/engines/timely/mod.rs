@@ -1,0 +1,31 @@
+//! Keyed state, checkpoints and rescaling inside timely-dataflow (feature `timely`).
+//!
+//! Timely has no fault tolerance of its own; its epochs play the role of Flink's barriers.
+//! A job built with this module:
+//!
+//! 1. starts with [`Job::start`] on every worker: worker 0 decides what the job restores
+//!    (the root's latest restorable checkpoint, a savepoint, or nothing) and every worker
+//!    restores the key groups it owns at the worker count it now runs at;
+//! 2. routes records to the worker that owns their key group ([`KeyGroupRouting`]) and
+//!    processes them in a keyed operator ([`Job::stateful`], logic in [`KeyedLogic`]) that
+//!    owns the worker's backend and timers, with epochs as event time;
+//! 3. takes a checkpoint when the operators' input frontier passes a checkpoint epoch: the
+//!    state at exactly that epoch, uploaded in the background, acknowledged to worker 0,
+//!    whose committer ([`Job::commit`]) completes the checkpoint once every instance has
+//!    acknowledged it — the frontier of its input says when;
+//! 4. records in each checkpoint the epoch the source resumes from, as operator state
+//!    ([`Job::resume_epoch`] after a restore).
+//!
+//! `examples/timely_windows` is a complete job, run across processes.
+
+mod ack;
+mod committer;
+mod job;
+mod operator;
+mod routing;
+
+pub use ack::{Ack, Target};
+pub use committer::{CommitReport, EPOCH_KEY};
+pub use job::{Checkpointing, Job, POSITION_STATE, RESUME_EPOCH_KEY, StartFrom};
+pub use operator::{Context, KeyedLogic};
+pub use routing::KeyGroupRouting;

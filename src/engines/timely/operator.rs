@@ -1,0 +1,531 @@
+//! [`Job::stateful`]: a keyed, checkpointed timely operator.
+//!
+//! The operator owns this worker's backend instance, restored by [`Job::open_instance`], and a
+//! [`TimerService`]. Its input is exchanged by key group ([`KeyGroupRouting`]), so every record
+//! reaches the instance that holds its key's state; the logic gets the record with its
+//! [`KeyContext`] (the key group computed once per record), the backend and the timers.
+//!
+//! Epochs are event time. When the input frontier passes epoch `t`, every record of `t` has
+//! been processed and the event-time timers up to `t` fire. When it passes a barrier (a
+//! checkpoint's or a savepoint's epoch), the instance holds exactly the state at that epoch:
+//! records of later epochs that arrived early wait in a buffer until the barrier is taken, and
+//! timers fire up to the barrier only. The synchronous part runs on the worker; the upload
+//! runs on a thread of its own while the operator goes on, and its acknowledgement goes to the
+//! committer ([`Job::commit`]) at the barrier's epoch.
+//!
+//! A state error fails the worker (the operator panics with it), as a failed task fails a
+//! Flink job: the job is restarted and restores the latest checkpoint.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver};
+use std::time::Instant;
+
+use ::timely::ExchangeData;
+use ::timely::dataflow::StreamVec;
+use ::timely::dataflow::channels::pact::Exchange;
+use ::timely::dataflow::operators::Capability;
+use ::timely::dataflow::operators::generic::OutputBuilder;
+use ::timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use ::timely::progress::frontier::MutableAntichain;
+
+use crate::backends::any::AnyBackend;
+use crate::backends::interface::CheckpointedBackend;
+use crate::engines::timely::ack::{Ack, Target};
+use crate::engines::timely::job::{Job, POSITION_STATE, RESUME_EPOCH_KEY};
+use crate::engines::timely::routing::KeyGroupRouting;
+use crate::model::error::{Error, Result};
+use crate::model::format::layout::metadata_path;
+use crate::model::format::metadata::SnapshotMetadata;
+use crate::model::state::key::KeyContext;
+use crate::model::state::{KeyedStateBackend, StateKey};
+use crate::runtime::timers::{Timer, TimerService};
+use crate::storage::CheckpointStorage;
+
+/// The logic of a keyed stateful operator ([`Job::stateful`]).
+pub trait KeyedLogic: 'static {
+    /// The records the operator receives.
+    type Input: ExchangeData + Clone;
+    /// The records it emits.
+    type Output: Clone + 'static;
+    /// The key records are routed and their state is kept by.
+    type Key: StateKey;
+    /// The namespace of its timers (a window, say).
+    type Namespace: StateKey;
+
+    /// The key of a record. A pure function of the record: it routes the record too.
+    fn key(input: &Self::Input) -> Self::Key;
+
+    /// Registers the operator's states on its instance, empty or restored.
+    ///
+    /// # Errors
+    /// Registration errors; they fail the worker.
+    fn open(&mut self, backend: &mut AnyBackend) -> Result<()>;
+
+    /// Processes one record of epoch `context.epoch`, whose key is `key`.
+    ///
+    /// # Errors
+    /// State errors; they fail the worker.
+    fn on_record(
+        &mut self,
+        context: &mut Context<'_, Self::Key, Self::Namespace>,
+        key: &KeyContext<Self::Key>,
+        input: Self::Input,
+        output: &mut Vec<Self::Output>,
+    ) -> Result<()>;
+
+    /// An event-time timer fired: event time (`context.epoch`) reached its timestamp.
+    ///
+    /// # Errors
+    /// State errors; they fail the worker.
+    fn on_timer(
+        &mut self,
+        context: &mut Context<'_, Self::Key, Self::Namespace>,
+        timer: Timer<Self::Key, Self::Namespace>,
+        output: &mut Vec<Self::Output>,
+    ) -> Result<()>;
+}
+
+/// What the logic works with for one record or timer.
+pub struct Context<'a, K, N> {
+    /// The instance's backend: pass it to the state handles.
+    pub backend: &'a mut AnyBackend,
+    /// The instance's timers; timestamps are epochs.
+    pub timers: &'a mut TimerService<K, N>,
+    /// The record's epoch, or the event time a timer fired at.
+    pub epoch: u64,
+}
+
+/// A snapshot whose upload runs on a thread of its own.
+struct Upload {
+    capability: Capability<u64>,
+    target: Target,
+    sync_micros: u64,
+    result: Receiver<Result<(Vec<u8>, u64)>>,
+}
+
+/// The barriers of one run, in epoch order.
+struct Barriers {
+    interval: u64,
+    next_checkpoint: Option<u64>,
+    checkpoints_taken: u64,
+    /// `(epoch, index)` of the savepoints still to write.
+    savepoints: Vec<(u64, usize)>,
+}
+
+impl Barriers {
+    fn new(job: &Job) -> Self {
+        let settings = job.settings();
+        let from = job.resume_epoch();
+        let interval = settings.interval;
+        let next_checkpoint = (interval > 0).then(|| (from / interval + 1) * interval - 1);
+        let mut savepoints: Vec<(u64, usize)> = settings
+            .savepoints
+            .iter()
+            .enumerate()
+            .filter(|(_, (epoch, _))| *epoch >= from)
+            .map(|(i, (epoch, _))| (*epoch, i))
+            .collect();
+        savepoints.sort_unstable();
+        Self {
+            interval,
+            next_checkpoint,
+            checkpoints_taken: 0,
+            savepoints,
+        }
+    }
+
+    /// The epoch of the next barrier.
+    fn next(&self) -> Option<u64> {
+        let savepoint = self.savepoints.first().map(|(e, _)| *e);
+        match (self.next_checkpoint, savepoint) {
+            (Some(c), Some(s)) => Some(c.min(s)),
+            (c, s) => c.or(s),
+        }
+    }
+
+    /// Removes and returns the snapshots at epoch `epoch` (the next barrier).
+    fn take(&mut self, epoch: u64) -> Vec<Target> {
+        let mut targets = Vec::new();
+        if self.next_checkpoint == Some(epoch) {
+            self.checkpoints_taken += 1;
+            targets.push(Target::Checkpoint(self.checkpoints_taken));
+            self.next_checkpoint = epoch.checked_add(self.interval);
+        }
+        while self.savepoints.first().is_some_and(|(e, _)| *e == epoch) {
+            targets.push(Target::Savepoint(self.savepoints.remove(0).1));
+        }
+        targets
+    }
+
+    /// The input ended: no more checkpoints; the savepoints still due are written now.
+    fn input_ended(&mut self) {
+        self.next_checkpoint = None;
+    }
+}
+
+/// The operator's state between activations.
+struct Instance<L: KeyedLogic> {
+    name: String,
+    logic: L,
+    backend: AnyBackend,
+    timers: TimerService<L::Key, L::Namespace>,
+    root: Arc<dyn CheckpointStorage>,
+    savepoints: Vec<Arc<dyn CheckpointStorage>>,
+    first_id: u64,
+    barriers: Barriers,
+    /// Records of epochs past the next barrier, by epoch.
+    early: BTreeMap<u64, Vec<L::Input>>,
+    uploads: Vec<Upload>,
+    /// Checkpoints this instance uploaded and has not heard completed, oldest first.
+    unconfirmed: Vec<u64>,
+}
+
+impl Job {
+    /// Builds a keyed stateful operator over `input` (see the module docs): `operator` is its
+    /// stable id (its state's name in every snapshot), `logic` what it does. Returns its output
+    /// and its acknowledgements, which go to [`Job::commit`].
+    ///
+    /// # Errors
+    /// Restoring or opening this worker's instance; [`KeyedLogic::open`]'s errors.
+    pub fn stateful<'s, L: KeyedLogic>(
+        &self,
+        input: StreamVec<'s, u64, L::Input>,
+        operator: &str,
+        mut logic: L,
+    ) -> Result<(StreamVec<'s, u64, L::Output>, StreamVec<'s, u64, Ack>)> {
+        let mut backend = self.open_instance(operator)?;
+        logic.open(&mut backend)?;
+        let timers = TimerService::new(&mut backend, operator)?;
+        let settings = self.settings();
+        let mut instance = Instance {
+            name: operator.to_owned(),
+            logic,
+            backend,
+            timers,
+            root: Arc::clone(&settings.root),
+            savepoints: settings
+                .savepoints
+                .iter()
+                .map(|(_, s)| Arc::clone(s))
+                .collect(),
+            first_id: self.first_id(),
+            barriers: Barriers::new(self),
+            early: BTreeMap::new(),
+            uploads: Vec::new(),
+            unconfirmed: Vec::new(),
+        };
+
+        let scope = input.scope();
+        let routing: KeyGroupRouting = self.routing();
+        let mut builder = OperatorBuilder::new(format!("Stateful({operator})"), scope);
+        let address = builder.operator_info().address.to_vec();
+        let activator = scope.worker().sync_activator_for(address);
+        let route = move |record: &L::Input| match routing.worker_of(&L::key(record)) {
+            Ok(worker) => worker,
+            Err(e) => panic!("a record's key cannot be routed: {e}"),
+        };
+        let mut records = builder.new_input(input, Exchange::new(route));
+        let (data_output, data_stream) = builder.new_output();
+        let (ack_output, ack_stream) = builder.new_output();
+        let mut data_output = OutputBuilder::from(data_output);
+        let mut ack_output = OutputBuilder::from(ack_output);
+
+        builder.build_reschedule(move |mut capabilities| {
+            let mut ack_capability = capabilities.pop();
+            let mut data_capability = capabilities.pop();
+            if let Some(cap) = ack_capability.as_mut() {
+                match instance.barriers.next() {
+                    Some(epoch) => cap.downgrade(&epoch),
+                    None => ack_capability = None,
+                }
+            }
+            let activator = Arc::new(activator);
+            move |frontiers: &[MutableAntichain<u64>]| {
+                let frontier = frontiers[0].frontier();
+                let first = frontier.first().copied();
+                let mut out = Vec::new();
+                records.for_each(|capability, data| {
+                    // One time per message from an input handle; a message under several
+                    // times counts at the earliest, one under none at the frontier.
+                    let epoch = capability.least().copied().or(first).unwrap_or(u64::MAX);
+                    for record in data.drain(..) {
+                        if instance.barriers.next().is_some_and(|b| epoch > b) {
+                            instance.early.entry(epoch).or_default().push(record);
+                        } else {
+                            instance.process(epoch, record, &mut out);
+                        }
+                    }
+                });
+                if first.is_none() {
+                    instance.barriers.input_ended();
+                }
+                // Every barrier the frontier passed, in order.
+                while let Some(barrier) = instance.barriers.next() {
+                    if first.is_some_and(|f| f <= barrier) {
+                        break;
+                    }
+                    instance.fire_timers(barrier, &mut out);
+                    let targets = instance.barriers.take(barrier);
+                    for target in targets {
+                        let Some(cap) = ack_capability.as_ref() else {
+                            break;
+                        };
+                        let upload = instance.snapshot(barrier, target, cap.delayed(&barrier));
+                        let activator = Arc::clone(&activator);
+                        instance.uploads.push(upload.start(activator));
+                    }
+                    instance.process_early(&mut out);
+                }
+                // Acknowledgements are sent at barriers only: held at the next one, if any.
+                match (instance.barriers.next(), ack_capability.as_mut()) {
+                    (Some(next), Some(cap)) => cap.downgrade(&next),
+                    _ => ack_capability = None,
+                }
+                // Event time: every epoch before the frontier is complete; at the end of the
+                // input, every timer fires.
+                let watermark = match first {
+                    Some(0) => None,
+                    Some(f) => Some(f - 1),
+                    None => Some(u64::MAX),
+                };
+                if let Some(w) = watermark {
+                    instance.fire_timers(w, &mut out);
+                }
+                if !out.is_empty() {
+                    if let Some(cap) = data_capability.as_ref() {
+                        data_output.activate().session(cap).give_container(&mut out);
+                    }
+                }
+                instance.finish_uploads(&mut ack_output);
+                match (first, data_capability.as_mut()) {
+                    (Some(f), Some(cap)) => cap.downgrade(&f),
+                    _ => data_capability = None,
+                }
+                // Incomplete while an upload runs: the operator stays alive to acknowledge it.
+                !instance.uploads.is_empty()
+            }
+        });
+        Ok((data_stream, ack_stream))
+    }
+}
+
+impl<L: KeyedLogic> Instance<L> {
+    fn fail(&self, what: &str, e: Error) -> ! {
+        panic!("stateful operator {}: {what}: {e}", self.name)
+    }
+
+    fn process(&mut self, epoch: u64, record: L::Input, out: &mut Vec<L::Output>) {
+        let result = self.backend.key_context(L::key(&record)).and_then(|key| {
+            let mut context = Context {
+                backend: &mut self.backend,
+                timers: &mut self.timers,
+                epoch,
+            };
+            self.logic.on_record(&mut context, &key, record, out)
+        });
+        if let Err(e) = result {
+            self.fail("processing a record", e);
+        }
+    }
+
+    /// Processes the early records the last barrier held back, up to the next barrier.
+    fn process_early(&mut self, out: &mut Vec<L::Output>) {
+        let limit = self.barriers.next().unwrap_or(u64::MAX);
+        while let Some(entry) = self.early.first_entry() {
+            if *entry.key() > limit {
+                break;
+            }
+            let (epoch, records) = entry.remove_entry();
+            for record in records {
+                self.process(epoch, record, out);
+            }
+        }
+    }
+
+    /// Fires every event-time timer up to `epoch`.
+    fn fire_timers(&mut self, epoch: u64, out: &mut Vec<L::Output>) {
+        let watermark = i64::try_from(epoch).unwrap_or(i64::MAX);
+        let fired = match self.timers.advance_watermark(&mut self.backend, watermark) {
+            Ok(fired) => fired,
+            Err(e) => self.fail("firing timers", e),
+        };
+        for timer in fired {
+            let mut context = Context {
+                backend: &mut self.backend,
+                timers: &mut self.timers,
+                epoch: u64::try_from(timer.timestamp).unwrap_or(0),
+            };
+            if let Err(e) = self.logic.on_timer(&mut context, timer, out) {
+                self.fail("firing a timer", e);
+            }
+        }
+    }
+
+    /// The synchronous part of snapshot `target` at `epoch`: records the resume epoch, takes
+    /// the backend's snapshot and returns its upload, not yet started. A failure becomes a
+    /// failed acknowledgement: the snapshot is aborted, the job goes on.
+    fn snapshot(&mut self, epoch: u64, target: Target, capability: Capability<u64>) -> Pending {
+        let started = Instant::now();
+        let work = self.take_snapshot(epoch, target);
+        Pending {
+            capability,
+            target,
+            sync_micros: started.elapsed().as_micros() as u64,
+            work,
+        }
+    }
+
+    fn take_snapshot(&mut self, epoch: u64, target: Target) -> Result<Work> {
+        let operator = self.backend.operator_state_mut();
+        let position = operator.broadcast_state::<String, u64>(POSITION_STATE)?;
+        position.put(operator, RESUME_EPOCH_KEY.to_owned(), epoch + 1)?;
+        match target {
+            Target::Checkpoint(ordinal) => {
+                self.confirm_completed();
+                let id = self.first_id + ordinal - 1;
+                let pending = self.backend.snapshot(id)?;
+                self.unconfirmed.push(id);
+                Ok(Work::Checkpoint(
+                    self.name.clone(),
+                    Box::new(pending),
+                    Arc::clone(&self.root),
+                ))
+            }
+            Target::Savepoint(index) => {
+                let storage =
+                    self.savepoints
+                        .get(index)
+                        .cloned()
+                        .ok_or_else(|| Error::CheckpointState {
+                            id: 0,
+                            reason: format!("no savepoint {index} was configured"),
+                        })?;
+                Ok(Work::Savepoint(
+                    self.name.clone(),
+                    Box::new(self.backend.savepoint()?),
+                    storage,
+                ))
+            }
+        }
+    }
+
+    /// Tells the backend about the newest of its uploaded checkpoints that completed (its
+    /// `_metadata` is in the root), so the next incremental checkpoint builds on it. Older
+    /// unconfirmed ones are forgotten: completed or aborted, they are no base any more.
+    fn confirm_completed(&mut self) {
+        let root = Arc::clone(&self.root);
+        for position in (0..self.unconfirmed.len()).rev() {
+            let id = self.unconfirmed[position];
+            let meta = match metadata_path(id)
+                .and_then(|p| SnapshotMetadata::read(root.as_ref(), &p))
+            {
+                Ok(meta) => meta,
+                Err(Error::MissingFile { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(checkpoint = id, error = %e, "cannot read a completed checkpoint");
+                    return;
+                }
+            };
+            let own = self.backend.instance_id();
+            if let Some(part) = meta.instances.iter().find(|p| p.instance_id == own) {
+                if let Err(e) = self.backend.notify_checkpoint_complete(part) {
+                    self.fail("confirming a completed checkpoint", e);
+                }
+            }
+            self.unconfirmed.drain(..=position);
+            return;
+        }
+        // Aborted ones never complete; a few recent ones are enough to look at.
+        let keep = self.unconfirmed.len().saturating_sub(4);
+        self.unconfirmed.drain(..keep);
+    }
+
+    /// Sends the acknowledgement of every finished upload.
+    fn finish_uploads(
+        &mut self,
+        acks: &mut OutputBuilder<u64, ::timely::container::CapacityContainerBuilder<Vec<Ack>>>,
+    ) {
+        let mut output = acks.activate();
+        self.uploads.retain(|upload| {
+            let part = match upload.result.try_recv() {
+                Ok(result) => result,
+                Err(mpsc::TryRecvError::Empty) => return true,
+                Err(mpsc::TryRecvError::Disconnected) => Err(Error::CheckpointState {
+                    id: 0,
+                    reason: "the upload thread ended without a result".into(),
+                }),
+            };
+            let (part, bytes_uploaded) = match part {
+                Ok((bytes, uploaded)) => (Ok(bytes), uploaded),
+                Err(e) => (Err(e.to_string()), 0),
+            };
+            let ack = Ack {
+                target: match upload.target {
+                    Target::Checkpoint(ordinal) => Target::Checkpoint(self.first_id + ordinal - 1),
+                    other => other,
+                },
+                epoch: *upload.capability.time(),
+                part,
+                sync_micros: upload.sync_micros,
+                bytes_uploaded,
+            };
+            output.session(&upload.capability).give(ack);
+            false
+        });
+    }
+}
+
+/// What a snapshot's asynchronous part does, for the operator named first.
+enum Work {
+    Checkpoint(
+        String,
+        Box<crate::backends::interface::PendingSnapshot>,
+        Arc<dyn CheckpointStorage>,
+    ),
+    Savepoint(
+        String,
+        Box<crate::backends::interface::PendingSavepoint>,
+        Arc<dyn CheckpointStorage>,
+    ),
+}
+
+/// A snapshot taken, its upload not started.
+struct Pending {
+    capability: Capability<u64>,
+    target: Target,
+    sync_micros: u64,
+    work: Result<Work>,
+}
+
+impl Pending {
+    /// Starts the upload on a thread of its own, which activates the operator when done.
+    fn start(self, activator: Arc<::timely::scheduling::SyncActivator>) -> Upload {
+        let (sender, result) = mpsc::channel();
+        let work = self.work;
+        std::thread::spawn(move || {
+            let outcome = work.and_then(|work| match work {
+                Work::Checkpoint(operator, pending, root) => {
+                    let (mut part, stats) = pending.upload(root.as_ref())?;
+                    part.operator = operator;
+                    Ok((Ack::encode_part(part), stats.bytes_uploaded))
+                }
+                Work::Savepoint(operator, pending, storage) => {
+                    let mut part = pending.write(storage.as_ref())?;
+                    part.operator = operator;
+                    let bytes = part.total_bytes();
+                    Ok((Ack::encode_part(part), bytes))
+                }
+            });
+            // A receiver gone means the worker is shutting down: nobody waits.
+            let _ = sender.send(outcome);
+            let _ = activator.activate();
+        });
+        Upload {
+            capability: self.capability,
+            target: self.target,
+            sync_micros: self.sync_micros,
+            result,
+        }
+    }
+}
