@@ -340,6 +340,11 @@ pub fn run(worker: &mut Worker, options: &Options) -> Result<RunReport> {
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
     }
+    // The operators see the frontier pass the last epoch (and take its checkpoint) before the
+    // input closes.
+    while probe.less_than(&options.epochs) {
+        worker.step_or_park(Some(Duration::from_millis(1)));
+    }
     drop(input);
     // Until every operator is done: the last windows fire, the last uploads are acknowledged.
     while worker.step_or_park(Some(Duration::from_millis(1))) {}
@@ -399,13 +404,16 @@ fn io_error(path: &Path, e: std::io::Error) -> statebackend::Error {
     }
 }
 
+/// Closed windows by (user, window): (views, distinct pages).
+pub type Windows = BTreeMap<(u64, u64), (u64, u64)>;
+
 /// Every closed window in the result files under `dir`, by (user, window): the results are
 /// idempotent by key and window, so a window emitted twice (before a crash and again after the
 /// restore) must carry the same counts.
 ///
 /// # Errors
 /// A message naming a window emitted with two different results, or an unreadable file.
-pub fn read_results(dir: &Path) -> std::result::Result<BTreeMap<(u64, u64), (u64, u64)>, String> {
+pub fn read_results(dir: &Path) -> std::result::Result<Windows, String> {
     let mut out = BTreeMap::new();
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for entry in entries {

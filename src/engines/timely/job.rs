@@ -59,6 +59,11 @@ pub struct Checkpointing {
     pub root: Arc<dyn CheckpointStorage>,
     /// Epochs per checkpoint: a checkpoint is taken when the stateful operators' input
     /// frontier passes each epoch `e` with `(e + 1) % interval == 0`. 0 takes none.
+    ///
+    /// Checkpoints are taken while the input runs: when the input closes, the frontier becomes
+    /// empty and no further checkpoint is taken. A bounded source that wants the last epochs
+    /// checkpointed advances its input to the end and lets a probe after the operators reach
+    /// it before closing the input, so every instance sees the frontier pass them.
     pub interval: u64,
     /// Completed checkpoints the root keeps.
     pub retained: usize,

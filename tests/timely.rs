@@ -1,0 +1,326 @@
+//! The timely integration in one process: every checkpoint holds exactly the state at its
+//! epoch although records of later epochs arrive early, timers fire up to the barrier and no
+//! further, the resume epoch is in operator state, and a failed write at any point of a job's
+//! life aborts a snapshot without touching a completed one.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use statebackend::checkpoint::coordinator::RootState;
+use statebackend::checkpoint::{RestoreMode, restore_instance};
+use statebackend::state::key::KeyContext;
+use statebackend::storage::{CheckpointStorage, FaultMode, FaultyStorage, LocalDirStorage};
+use statebackend::timely::{
+    Checkpointing, CommitReport, Context, EPOCH_KEY, Job, KeyedLogic, POSITION_STATE,
+    RESUME_EPOCH_KEY, StartFrom, Target,
+};
+use statebackend::{
+    AnyBackend, BackendConfig, BackendKind, CheckpointedBackend, KeyGroupRange, KeyedStateBackend,
+    Result, Timer, ValueState, ValueStateDescriptor,
+};
+use timely::dataflow::ProbeHandle;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::vec::Input;
+use timely::dataflow::operators::{Operator, Probe};
+
+const KEYS: u64 = 97;
+const PER_EPOCH: u64 = 60;
+/// A record of epoch `e` sets a timer at `e + TIMER_DELAY`.
+const TIMER_DELAY: u64 = 2;
+
+/// Record `j` of epoch `e`: its key.
+fn key_of(epoch: u64, j: u64) -> u64 {
+    (epoch * 31 + j * 7) % KEYS
+}
+
+/// Counts records per key, and timers fired per key (one timer per key and epoch).
+#[derive(Default)]
+struct Counting {
+    states: Option<(ValueState<u64, (), u64>, ValueState<u64, (), u64>)>,
+}
+
+fn register(
+    backend: &mut AnyBackend,
+) -> Result<(ValueState<u64, (), u64>, ValueState<u64, (), u64>)> {
+    Ok((
+        backend.value_state(&ValueStateDescriptor::new("records"))?,
+        backend.value_state(&ValueStateDescriptor::new("fired"))?,
+    ))
+}
+
+impl KeyedLogic for Counting {
+    type Input = u64;
+    type Output = (u64, u64);
+    type Key = u64;
+    type Namespace = u64;
+
+    fn key(input: &u64) -> u64 {
+        *input
+    }
+
+    fn open(&mut self, backend: &mut AnyBackend) -> Result<()> {
+        self.states = Some(register(backend)?);
+        Ok(())
+    }
+
+    fn on_record(
+        &mut self,
+        cx: &mut Context<'_, u64, u64>,
+        key: &KeyContext<u64>,
+        _input: u64,
+        _output: &mut Vec<(u64, u64)>,
+    ) -> Result<()> {
+        let (records, _) = self.states.as_ref().expect("opened");
+        let n = records.get(cx.backend, key, &())?.unwrap_or(0);
+        records.put(cx.backend, key, &(), n + 1)?;
+        let at = cx.epoch + TIMER_DELAY;
+        cx.timers
+            .register_event_time_timer(cx.backend, key, &cx.epoch, at as i64)
+    }
+
+    fn on_timer(
+        &mut self,
+        cx: &mut Context<'_, u64, u64>,
+        timer: Timer<u64, u64>,
+        output: &mut Vec<(u64, u64)>,
+    ) -> Result<()> {
+        let (_, fired) = self.states.as_ref().expect("opened");
+        let n = fired.get(cx.backend, &timer.key, &())?.unwrap_or(0);
+        fired.put(cx.backend, &timer.key, &(), n + 1)?;
+        output.push((*timer.key.key(), timer.namespace));
+        Ok(())
+    }
+}
+
+/// The expected state at epoch `b`: per key, (records up to `b`, timers fired up to `b`).
+fn model_at(b: u64) -> BTreeMap<u64, (u64, u64)> {
+    let mut out: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for epoch in 0..=b {
+        let mut keys_this_epoch = std::collections::BTreeSet::new();
+        for j in 0..PER_EPOCH {
+            let key = key_of(epoch, j);
+            out.entry(key).or_default().0 += 1;
+            keys_this_epoch.insert(key);
+        }
+        if epoch + TIMER_DELAY <= b {
+            for key in keys_this_epoch {
+                out.entry(key).or_default().1 += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Runs `epochs` epochs on `workers` threads into `root`. Every worker sends all its epochs
+/// before it steps once, so the operators receive records of later epochs before the frontier
+/// passes earlier ones. Returns worker 0's commit reports, or the first worker's error.
+fn run_job(
+    workers: usize,
+    epochs: u64,
+    settings: Checkpointing,
+) -> std::result::Result<Vec<CommitReport>, String> {
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&commits);
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let mut job = Job::start(worker, settings.clone()).map_err(|e| e.to_string())?;
+        let (index, peers) = (worker.index() as u64, worker.peers() as u64);
+        let from = job.resume_epoch();
+        let probe = ProbeHandle::new();
+        let log = Arc::clone(&log);
+        let mut input = worker
+            .dataflow::<u64, _, _>(|scope| -> Result<_> {
+                let (input, records) = scope.new_input::<u64>();
+                let (fired, acks) = job.stateful(records, "counting", Counting::default())?;
+                job.commit(acks, move |report| log.lock().unwrap().push(report.clone()));
+                fired
+                    .probe_with(&probe)
+                    .sink(Pipeline, "Drop", |(input, _)| {
+                        input.for_each(|_, data| data.clear())
+                    });
+                Ok(input)
+            })
+            .map_err(|e| e.to_string())?;
+        input.advance_to(from);
+        for epoch in from..epochs {
+            for j in (index..PER_EPOCH).step_by(peers as usize) {
+                input.send(key_of(epoch, j));
+            }
+            input.advance_to(epoch + 1);
+        }
+        // The operators see the frontier pass the last epochs before the input closes.
+        while probe.less_than(&epochs) {
+            worker.step();
+        }
+        drop(input);
+        while worker.step() {}
+        Ok::<_, String>(())
+    })?;
+    for result in guards.join() {
+        result??;
+    }
+    let commits = commits.lock().unwrap().clone();
+    Ok(commits)
+}
+
+/// Every completed checkpoint of `root`, restored into one instance owning every key group,
+/// compared with the model at its epoch; returns the epochs checked.
+fn check_every_checkpoint(root: &dyn CheckpointStorage) -> Vec<u64> {
+    let state = RootState::read(root).expect("root");
+    let mut epochs = Vec::new();
+    for meta in state.completed.values() {
+        let epoch = u64::from_le_bytes(
+            meta.engine[EPOCH_KEY]
+                .as_slice()
+                .try_into()
+                .expect("8 bytes"),
+        );
+        let mut config = BackendConfig::heap(128, KeyGroupRange::new(0, 128).unwrap());
+        config.kind = meta.instances[0].backend;
+        let mut backend = restore_instance(
+            root,
+            &meta.for_operator("counting").unwrap(),
+            &config,
+            RestoreMode::NoClaim,
+        )
+        .expect("restore");
+        let (records, fired) = register(&mut backend).unwrap();
+        let mut found = BTreeMap::new();
+        for item in backend.keys::<u64, ()>(records.id(), None).unwrap() {
+            let (key, ()) = item.unwrap();
+            let n = records.get(&backend, &key, &()).unwrap().unwrap_or(0);
+            let f = fired.get(&backend, &key, &()).unwrap().unwrap_or(0);
+            found.insert(key, (n, f));
+        }
+        assert_eq!(
+            found,
+            model_at(epoch),
+            "checkpoint {} at epoch {epoch}",
+            meta.id
+        );
+        let operator = backend.operator_state_mut();
+        let position = operator
+            .broadcast_state::<String, u64>(POSITION_STATE)
+            .unwrap();
+        assert_eq!(
+            position.get(operator, &RESUME_EPOCH_KEY.into()).unwrap(),
+            Some(epoch + 1)
+        );
+        epochs.push(epoch);
+    }
+    epochs
+}
+
+fn settings(root: Arc<dyn CheckpointStorage>, kind: BackendKind) -> Checkpointing {
+    let mut s = Checkpointing::new(root, 3, kind);
+    s.retained = 100;
+    s
+}
+
+fn kinds() -> Vec<BackendKind> {
+    vec![BackendKind::Heap, BackendKind::RocksDb]
+}
+
+#[test]
+fn every_checkpoint_holds_exactly_the_state_at_its_epoch() {
+    for kind in kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let root: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(dir.path()).unwrap());
+        let commits = run_job(3, 20, settings(Arc::clone(&root), kind)).unwrap();
+        // Barriers at epochs 2, 5, ..., 17; 20 epochs end before the next.
+        let expected: Vec<u64> = (0..6).map(|n| n * 3 + 2).collect();
+        assert_eq!(check_every_checkpoint(root.as_ref()), expected, "{kind:?}");
+        assert_eq!(commits.len(), 6);
+        assert!(
+            commits
+                .iter()
+                .all(|c| c.outcome.is_ok() && c.instances == 3)
+        );
+    }
+}
+
+#[test]
+fn a_restored_job_resumes_after_its_checkpoint_at_another_worker_count() {
+    for kind in kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let root: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(dir.path()).unwrap());
+        run_job(4, 10, settings(Arc::clone(&root), kind)).unwrap();
+        // The first run ended at epoch 10 with its last checkpoint at epoch 8; the second
+        // replays 9 and goes on to 20 on two workers.
+        let commits = run_job(2, 20, settings(Arc::clone(&root), kind)).unwrap();
+        let epochs: Vec<u64> = commits.iter().map(|c| c.epoch).collect();
+        assert_eq!(epochs, vec![11, 14, 17], "{kind:?}");
+        assert_eq!(
+            check_every_checkpoint(root.as_ref()),
+            vec![2, 5, 8, 11, 14, 17]
+        );
+    }
+}
+
+#[test]
+fn a_savepoint_restores_into_a_fresh_root_at_one_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let root: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::new(dir.path().join("root")).unwrap());
+    let savepoint: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::new(dir.path().join("savepoint")).unwrap());
+    let mut first = settings(Arc::clone(&root), BackendKind::RocksDb);
+    first.savepoints = vec![(6, Arc::clone(&savepoint))];
+    let commits = run_job(3, 12, first).unwrap();
+    assert!(
+        commits
+            .iter()
+            .any(|c| c.target == Target::Savepoint(0) && c.epoch == 6 && c.outcome.is_ok())
+    );
+    let fresh: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::new(dir.path().join("fresh")).unwrap());
+    let mut second = settings(Arc::clone(&fresh), BackendKind::Heap);
+    second.start = StartFrom::Savepoint(savepoint);
+    let commits = run_job(1, 12, second).unwrap();
+    // Resumed at epoch 7: the checkpoints at 8 and 11 hold the state a run without the
+    // savepoint would have.
+    assert_eq!(
+        commits.iter().map(|c| c.epoch).collect::<Vec<_>>(),
+        vec![8, 11]
+    );
+    assert_eq!(check_every_checkpoint(fresh.as_ref()), vec![8, 11]);
+}
+
+#[test]
+fn a_failed_write_at_any_point_aborts_a_snapshot_and_never_damages_a_completed_one() {
+    // A clean run counts the mutating operations of the job's whole life on its root.
+    let clean_dir = tempfile::tempdir().unwrap();
+    let clean = Arc::new(FaultyStorage::new(
+        LocalDirStorage::new(clean_dir.path()).unwrap(),
+        FaultMode::None,
+    ));
+    run_job(2, 12, settings(clean.clone(), BackendKind::Heap)).unwrap();
+    let operations = clean.ops();
+    assert!(operations > 10, "{operations} operations");
+    let mut aborted = 0;
+    for k in 1..=operations {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Arc::new(FaultyStorage::new(
+            LocalDirStorage::new(dir.path()).unwrap(),
+            FaultMode::FailAt(k),
+        ));
+        // A failure claiming the coordinator epoch fails the start on every worker; any later
+        // one aborts at most the snapshot it hit.
+        match run_job(2, 12, settings(root.clone(), BackendKind::Heap)) {
+            Ok(commits) => {
+                aborted += commits.iter().filter(|c| c.outcome.is_err()).count();
+                let completed: Vec<u64> = commits
+                    .iter()
+                    .filter(|c| c.outcome.is_ok())
+                    .map(|c| c.epoch)
+                    .collect();
+                assert_eq!(
+                    check_every_checkpoint(root.inner()),
+                    completed,
+                    "fault at {k}"
+                );
+            }
+            Err(e) => assert!(k == 1, "fault at {k} failed the job: {e}"),
+        }
+    }
+    assert!(aborted > 0, "no fault hit a snapshot");
+}
