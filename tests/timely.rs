@@ -324,3 +324,33 @@ fn a_failed_write_at_any_point_aborts_a_snapshot_and_never_damages_a_completed_o
     }
     assert!(aborted > 0, "no fault hit a snapshot");
 }
+
+/// Files of `root` no completed checkpoint lists (and that are not `_metadata` or markers):
+/// what a sweep would delete now.
+fn unreferenced(root: &dyn CheckpointStorage) -> Vec<String> {
+    let state = RootState::read(root).expect("root");
+    let listing = root.list(None).expect("listing");
+    let plan = statebackend::checkpoint::coordinator::plan_collection(
+        &state,
+        usize::MAX,
+        &std::collections::BTreeSet::new(),
+        Some(&listing),
+    );
+    plan.deletable.iter().map(|o| o.path.to_string()).collect()
+}
+
+#[test]
+fn retention_deletes_what_dropped_checkpoints_alone_used_while_the_job_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(dir.path()).unwrap());
+    let mut s = Checkpointing::new(Arc::clone(&root), 1, BackendKind::RocksDb);
+    s.retained = 2;
+    let commits = run_job(2, 30, s).unwrap();
+    assert_eq!(commits.len(), 30);
+    assert!(commits.iter().all(|c| c.outcome.is_ok()));
+    let state = RootState::read(root.as_ref()).unwrap();
+    assert_eq!(state.completed.len(), 2);
+    // Every file left is listed by one of the two retained checkpoints.
+    assert_eq!(unreferenced(root.as_ref()), Vec::<String>::new());
+    assert_eq!(check_every_checkpoint(root.as_ref()), vec![28, 29]);
+}

@@ -6,13 +6,17 @@
 //! snapshots at that epoch: the committer needs no count of instances, and a worker count that
 //! changed between runs changes nothing here.
 //!
-//! Checkpoint ids are begun ahead. Instances upload as soon as their own frontier passes a
-//! checkpoint's epoch, possibly before the committer has heard of it, and a coordinator with
-//! nothing in flight may sweep the root and delete what no checkpoint lists yet. So the next
-//! checkpoint is always in flight: worker 0 begins the run's first id at start
-//! ([`super::Job::start`]), and the committer begins `id + 1` before it completes or aborts
-//! `id`. While anything is in flight the coordinator keeps `shared/` whole, so files only
-//! dropped checkpoints used are deleted at the next start, when the root is swept.
+//! Instances upload as soon as their own frontier passes a checkpoint's epoch, possibly
+//! before the committer has heard of that checkpoint. A retention pass is harmless to such
+//! uploads (it deletes only files that dropped checkpoints list), but a *sweep* (a listing of
+//! the root that deletes every file no retained or in-flight checkpoint lists, which the
+//! coordinator runs after an abort or a failed cleanup, when nothing is in flight) would take
+//! them. So whenever a sweep is pending ([`CheckpointCoordinator::sweep_pending`]), the
+//! committer keeps a checkpoint in flight: it begins `id + 1` before it completes or aborts
+//! `id`, and before any abort. The sweep then waits for the next start. While a checkpoint is in
+//! flight the coordinator keeps `shared/` whole, so after an abort the shared files only
+//! dropped checkpoints used stay until that start too; in a run without aborts, retention
+//! deletes them as checkpoints complete.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -60,9 +64,13 @@ impl Job {
         acks: StreamVec<'s, u64, Ack>,
         mut on_commit: impl FnMut(&CommitReport) + 'static,
     ) {
+        let coordinator = self.take_coordinator();
         let mut committer = Committer {
-            coordinator: self.take_coordinator(),
-            begun_up_to: self.first_id(),
+            // The first id is begun already if a sweep was pending at start.
+            begun_up_to: coordinator
+                .as_ref()
+                .map_or(0, |c| c.next_checkpoint_id() - 1),
+            coordinator,
             savepoints: self
                 .settings()
                 .savepoints
@@ -144,7 +152,8 @@ impl Committer {
         report
     }
 
-    /// Completes checkpoint `id` with `parts`, or aborts it; begins `id + 1` first.
+    /// Completes checkpoint `id` with `parts`, or aborts it (see the module docs for the ids
+    /// begun ahead).
     fn complete_checkpoint(
         &mut self,
         id: u64,
@@ -157,13 +166,24 @@ impl Committer {
                 reason: "acknowledged to a worker that is not the committer".into(),
             });
         };
-        while self.begun_up_to < id + 1 {
-            self.begun_up_to += 1;
-            coordinator.begin(self.begun_up_to)?;
-        }
+        let ahead = |coordinator: &mut CheckpointCoordinator, begun: &mut u64, upto: u64| {
+            while *begun < upto {
+                *begun += 1;
+                coordinator.begin(*begun)?;
+            }
+            Ok::<(), crate::model::error::Error>(())
+        };
+        let sweep = coordinator.sweep_pending();
+        ahead(
+            coordinator,
+            &mut self.begun_up_to,
+            if sweep { id + 1 } else { id },
+        )?;
         let completed =
             parts.and_then(|parts| coordinator.complete_with(id, parts, engine).map(|_| ()));
         if completed.is_err() {
+            // An abort asks for a sweep: the next id goes in flight first.
+            ahead(coordinator, &mut self.begun_up_to, id + 1)?;
             coordinator.abort(id)?;
         }
         completed

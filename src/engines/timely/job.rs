@@ -247,7 +247,7 @@ impl Job {
 }
 
 /// Worker 0's decision: what to start from, the coordinator opened on the root, and the first
-/// checkpoint id, begun at once (see [`crate::engines::timely::committer`]).
+/// checkpoint id (begun at once if a sweep is pending, see [`crate::engines::timely::committer`]).
 fn decide(settings: &Checkpointing) -> Result<(Decision, CheckpointCoordinator)> {
     let chosen = match &settings.start {
         StartFrom::Empty => (0, 0),
@@ -269,7 +269,10 @@ fn decide(settings: &Checkpointing) -> Result<(Decision, CheckpointCoordinator)>
         coordinator.prepare_restore(chosen.1, RestoreMode::Claim)?;
     }
     let first_id = coordinator.next_checkpoint_id();
-    coordinator.begin(first_id)?;
+    if coordinator.sweep_pending() {
+        // The sweep at open failed: the first id goes in flight before any worker can upload.
+        coordinator.begin(first_id)?;
+    }
     Ok(((chosen.0, chosen.1, first_id, String::new()), coordinator))
 }
 

@@ -367,6 +367,15 @@ impl CheckpointCoordinator {
         self.cleanup_error.as_deref()
     }
 
+    /// Whether the next cleanup with nothing in flight lists the root and deletes every file no
+    /// retained or in-flight checkpoint lists (after an abort, a failed cleanup, or a retention
+    /// pass that had to keep `shared/`). An engine whose instances may upload a checkpoint
+    /// before [`CheckpointCoordinator::begin`] is called for it keeps a checkpoint in flight
+    /// while this holds, so that such a sweep cannot take those uploads.
+    pub fn sweep_pending(&self) -> bool {
+        self.sweep_needed
+    }
+
     /// A fresh checkpoint id, larger than every id seen in this root. After a restart the
     /// coordinator knows only the ids still in storage (an aborted checkpoint whose files were
     /// collected leaves no trace), so an engine whose backends outlive the coordinator keeps
