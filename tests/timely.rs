@@ -33,15 +33,16 @@ fn key_of(epoch: u64, j: u64) -> u64 {
     (epoch * 31 + j * 7) % KEYS
 }
 
+/// Records per key, and timers fired per key.
+type States = (ValueState<u64, (), u64>, ValueState<u64, (), u64>);
+
 /// Counts records per key, and timers fired per key (one timer per key and epoch).
 #[derive(Default)]
 struct Counting {
-    states: Option<(ValueState<u64, (), u64>, ValueState<u64, (), u64>)>,
+    states: Option<States>,
 }
 
-fn register(
-    backend: &mut AnyBackend,
-) -> Result<(ValueState<u64, (), u64>, ValueState<u64, (), u64>)> {
+fn register(backend: &mut AnyBackend) -> Result<States> {
     Ok((
         backend.value_state(&ValueStateDescriptor::new("records"))?,
         backend.value_state(&ValueStateDescriptor::new("fired"))?,
