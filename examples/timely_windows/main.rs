@@ -59,6 +59,11 @@ fn main() -> ExitCode {
             ),
             Err(e) => eprintln!("worker {index}: {e}"),
         }
+        if let Ok(r) = &report {
+            if index == 0 {
+                print_job_summary(r, &run_options);
+            }
+        }
         report.is_ok()
     });
     match guards {
@@ -75,4 +80,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Worker 0's view of the whole job: every worker's source produced its share of each epoch,
+/// so the job's rate is the epochs' views over worker 0's run time.
+fn print_job_summary(r: &job::RunReport, o: &job::Options) {
+    let views = o.epochs.saturating_sub(r.resumed_at) * o.views_per_epoch;
+    let mut pauses: Vec<u64> = r
+        .commits
+        .iter()
+        .filter(|c| {
+            c.outcome.is_ok() && matches!(c.target, statebackend::timely::Target::Checkpoint(_))
+        })
+        .map(|c| c.max_sync_micros)
+        .collect();
+    pauses.sort_unstable();
+    let ms = |us: u64| us as f64 / 1e3;
+    println!(
+        "job: {views} views in {:.2} s, {:.0} views/s; {} checkpoints, longest synchronous part \
+         per checkpoint: median {:.1} ms, max {:.1} ms",
+        r.elapsed.as_secs_f64(),
+        views as f64 / r.elapsed.as_secs_f64(),
+        pauses.len(),
+        pauses.get(pauses.len() / 2).map_or(0.0, |&p| ms(p)),
+        pauses.last().map_or(0.0, |&p| ms(p)),
+    );
 }
