@@ -107,6 +107,9 @@ impl Run {
             .collect();
         std::fs::write(&hostfile, hosts.join("\n") + "\n").expect("hostfile");
         let exe = std::env::current_exe().expect("test binary");
+        // RocksDB working directories inside the test's directory: a killed process cannot
+        // remove temporary ones.
+        let work = dir.join(format!("{name}-work"));
         let mut run = Run {
             children: Vec::new(),
             logs: Vec::new(),
@@ -118,6 +121,7 @@ impl Run {
             command
                 .arg("--timely-worker")
                 .args(args)
+                .args(["--work-dir", work.to_str().expect("utf-8 path")])
                 .arg("--")
                 .args(["-w", &workers.to_string()])
                 .stdout(out.try_clone().expect("log"))

@@ -71,6 +71,8 @@ pub struct Options {
     pub savepoints: Vec<(u64, PathBuf)>,
     /// Where each worker writes its closed windows (one file per worker and run).
     pub results: Option<PathBuf>,
+    /// Where RocksDB instances keep their working directories; temporary ones otherwise.
+    pub work_dir: Option<PathBuf>,
     /// The source stops producing at this epoch and waits (to be killed).
     pub stall_at: Option<u64>,
     /// Epochs in flight ahead of the output's frontier.
@@ -91,6 +93,7 @@ impl Default for Options {
             fresh: false,
             savepoints: Vec::new(),
             results: None,
+            work_dir: None,
             stall_at: None,
             epochs_in_flight: 4,
             timely: Vec::new(),
@@ -101,7 +104,7 @@ impl Default for Options {
 /// Usage of the example's own options (timely's follow `--`).
 pub const USAGE: &str = "usage: timely_windows --root DIR [--epochs N] [--views-per-epoch N] \
 [--checkpoint-every N] [--backend rocksdb|heap] [--fresh] [--from-savepoint DIR] \
-[--savepoint-at EPOCH:DIR]... [--results DIR] [--stall-at EPOCH] [--epochs-in-flight N] \
+[--savepoint-at EPOCH:DIR]... [--results DIR] [--work-dir DIR] [--stall-at EPOCH] [--epochs-in-flight N] \
 [-- TIMELY ARGS: -w THREADS -n PROCESSES -p INDEX -h HOSTFILE]";
 
 impl Options {
@@ -142,6 +145,7 @@ impl Options {
                         .push((number(epoch.to_owned())?, PathBuf::from(dir)));
                 }
                 "--results" => o.results = Some(PathBuf::from(value()?)),
+                "--work-dir" => o.work_dir = Some(PathBuf::from(value()?)),
                 "--stall-at" => o.stall_at = Some(number(value()?)?),
                 "--epochs-in-flight" => o.epochs_in_flight = number(value()?)?.max(1),
                 "-h" | "--help" => return Err(USAGE.into()),
@@ -166,6 +170,7 @@ impl Options {
             .iter()
             .map(|(epoch, dir)| Ok((*epoch, storage(dir)?)))
             .collect::<Result<_>>()?;
+        c.working_dir = self.work_dir.clone();
         Ok(c)
     }
 }
