@@ -222,3 +222,114 @@ pub fn report(bench: &str, subject: &str, phase: &Phase, baseline: Option<&Phase
         phase.ns_per_op()
     );
 }
+
+/// YCSB's Zipfian generator (`ZipfianGenerator`, after Gray et al., "Quickly generating
+/// billion-record synthetic databases", SIGMOD 1994) over ranks `0..n` with constant `theta`.
+/// ζ(n) is summed for i = 1..=n in ascending order, in f64.
+pub struct Zipfian {
+    n: u64,
+    alpha: f64,
+    zetan: f64,
+    eta: f64,
+    half_pow_theta: f64,
+}
+
+impl Zipfian {
+    pub fn new(n: u64, theta: f64) -> Self {
+        let zeta = |count: u64| {
+            (1..=count)
+                .map(|i| 1.0 / (i as f64).powf(theta))
+                .sum::<f64>()
+        };
+        let zetan = zeta(n);
+        Self {
+            n,
+            alpha: 1.0 / (1.0 - theta),
+            zetan,
+            eta: (1.0 - (2.0 / n as f64).powf(1.0 - theta)) / (1.0 - zeta(2) / zetan),
+            half_pow_theta: 0.5f64.powf(theta),
+        }
+    }
+
+    /// The rank drawn by the uniform `u` in [0, 1): 0 is the most frequent.
+    pub fn rank(&self, u: f64) -> u64 {
+        let uz = u * self.zetan;
+        if uz < 1.0 {
+            return 0;
+        }
+        if uz < 1.0 + self.half_pow_theta {
+            return 1;
+        }
+        let rank = (self.n as f64 * (self.eta * u - self.eta + 1.0).powf(self.alpha)) as u64;
+        rank.min(self.n - 1)
+    }
+}
+
+/// FNV-1a 64 of `x`'s 8 little-endian bytes (YCSB's `fnvhash64`).
+pub fn fnv1a64(x: u64) -> u64 {
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+    for b in x.to_le_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    h
+}
+
+/// W7's key stream: YCSB's scrambled Zipfian over `n` keys (constant 0.99), the uniform source
+/// SplitMix64(48) as `next() / 2^64`, each rank scrambled to `fnv1a64(rank) % n`.
+pub struct W7Keys {
+    zipf: Zipfian,
+    uniform: SplitMix64,
+    n: u64,
+}
+
+impl W7Keys {
+    pub fn new(n: u64) -> Self {
+        Self {
+            zipf: Zipfian::new(n, 0.99),
+            uniform: SplitMix64::new(48),
+            n,
+        }
+    }
+    pub fn next_key(&mut self) -> u64 {
+        let u = self.uniform.next_u64() as f64 / 18_446_744_073_709_551_616.0;
+        fnv1a64(self.zipf.rank(u)) % self.n
+    }
+}
+
+/// A key-value store of byte values (W7).
+pub trait BytesStore {
+    fn get(&mut self, k: u64) -> Option<Vec<u8>>;
+    fn put(&mut self, k: u64, v: &[u8]);
+}
+
+/// W7: `n` keys of 100-byte values (`w5_value(key, 0)`) put in ascending key order, then `n`
+/// read-modify-writes on the scrambled Zipfian keys: the first 8 bytes of the value, a
+/// little-endian u64, incremented. Returns both phases and the check values (hits, the wrapping
+/// sum of the counters read, distinct keys touched).
+pub fn w7(store: &mut dyn BytesStore) -> (Phase, Phase, (u64, u64, u64)) {
+    let n = scaled(10_000_000);
+    let build = timed("W7 build", n, || {
+        for k in 0..n {
+            store.put(k, &w5_value(k, 0));
+        }
+    });
+    let mut check = (0u64, 0u64, 0u64);
+    let mut touched = vec![false; n as usize];
+    let rmw = timed("W7 zipf-update", n, || {
+        let mut keys = W7Keys::new(n);
+        for _ in 0..n {
+            let k = keys.next_key();
+            let Some(mut v) = store.get(k) else { continue };
+            check.0 += 1;
+            let counter = u64::from_le_bytes(v[..8].try_into().expect("100-byte value"));
+            check.1 = check.1.wrapping_add(counter);
+            v[..8].copy_from_slice(&counter.wrapping_add(1).to_le_bytes());
+            store.put(k, &v);
+            if !std::mem::replace(&mut touched[k as usize], true) {
+                check.2 += 1;
+            }
+        }
+    });
+    (build, rmw, check)
+}
