@@ -331,5 +331,12 @@ pub fn w7(store: &mut dyn BytesStore) -> (Phase, Phase, (u64, u64, u64)) {
             }
         }
     });
+    if full_scale() {
+        assert_eq!(
+            check,
+            (10_000_000, 7_475_850_994_438_564_624, 1_653_416),
+            "W7 check values"
+        );
+    }
     (build, rmw, check)
 }
