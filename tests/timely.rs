@@ -120,10 +120,38 @@ fn run_job(
     epochs: u64,
     settings: Checkpointing,
 ) -> std::result::Result<Vec<CommitReport>, String> {
+    run_job_with(workers, epochs, settings, Close::AfterLastEpoch, None).map(|(c, _)| c)
+}
+
+/// How the workers close their input.
+#[derive(Clone, Copy, PartialEq)]
+enum Close {
+    /// After a probe saw the frontier pass the last epoch (the last barriers are taken).
+    AfterLastEpoch,
+    /// At once, before stepping: the frontier may jump to empty with records held back.
+    AtOnce,
+}
+
+/// [`run_job`], closing the input as `close` says, with worker 1's checkpoint interval
+/// replaced by `worker_1_interval` if given; also returns how many timers fired (outputs).
+fn run_job_with(
+    workers: usize,
+    epochs: u64,
+    settings: Checkpointing,
+    close: Close,
+    worker_1_interval: Option<u64>,
+) -> std::result::Result<(Vec<CommitReport>, usize), String> {
+    let fired = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let outputs = Arc::clone(&fired);
     let commits = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&commits);
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
-        let mut job = Job::start(worker, settings.clone()).map_err(|e| e.to_string())?;
+        let mut settings = settings.clone();
+        if let (1, Some(interval)) = (worker.index(), worker_1_interval) {
+            settings.interval = interval;
+        }
+        let mut job = Job::start(worker, settings).map_err(|e| e.to_string())?;
+        let outputs = Arc::clone(&outputs);
         let (index, peers) = (worker.index() as u64, worker.peers() as u64);
         let from = job.resume_epoch();
         let probe = ProbeHandle::new();
@@ -135,8 +163,11 @@ fn run_job(
                 job.commit(acks, move |report| log.lock().unwrap().push(report.clone()));
                 fired
                     .probe_with(&probe)
-                    .sink(Pipeline, "Drop", |(input, _)| {
-                        input.for_each(|_, data| data.clear())
+                    .sink(Pipeline, "Count", move |(input, _)| {
+                        input.for_each(|_, data| {
+                            outputs.fetch_add(data.len(), std::sync::atomic::Ordering::Relaxed);
+                            data.clear()
+                        })
                     });
                 Ok(input)
             })
@@ -149,7 +180,7 @@ fn run_job(
             input.advance_to(epoch + 1);
         }
         // The operators see the frontier pass the last epochs before the input closes.
-        while probe.less_than(&epochs) {
+        while close == Close::AfterLastEpoch && probe.less_than(&epochs) {
             worker.step();
         }
         drop(input);
@@ -160,7 +191,7 @@ fn run_job(
         result??;
     }
     let commits = commits.lock().unwrap().clone();
-    Ok(commits)
+    Ok((commits, fired.load(std::sync::atomic::Ordering::Relaxed)))
 }
 
 /// Every completed checkpoint of `root`, restored into one instance owning every key group,
@@ -354,4 +385,111 @@ fn retention_deletes_what_dropped_checkpoints_alone_used_while_the_job_runs() {
     // Every file left is listed by one of the two retained checkpoints.
     assert_eq!(unreferenced(root.as_ref()), Vec::<String>::new());
     assert_eq!(check_every_checkpoint(root.as_ref()), vec![28, 29]);
+}
+
+/// Timers that fire by the end of a run of `epochs` epochs: one per key and epoch with records.
+fn timers_of(epochs: u64) -> usize {
+    (0..epochs)
+        .map(|e| {
+            (0..PER_EPOCH)
+                .map(|j| key_of(e, j))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        })
+        .sum()
+}
+
+#[test]
+fn records_held_back_at_a_barrier_are_processed_when_the_input_ends_first() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let root: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(dir.path()).unwrap());
+        let (_, fired) = run_job_with(
+            3,
+            20,
+            settings(root, BackendKind::Heap),
+            Close::AtOnce,
+            None,
+        )
+        .unwrap();
+        // Every record counted: the end of the input fires every timer once.
+        assert_eq!(fired, timers_of(20));
+    }
+}
+
+#[test]
+fn workers_with_other_settings_than_worker_0_refuse_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let root: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(dir.path()).unwrap());
+    let refused = run_job_with(
+        2,
+        10,
+        settings(root, BackendKind::Heap),
+        Close::AfterLastEpoch,
+        Some(4),
+    );
+    assert!(
+        matches!(&refused, Err(e) if e.contains("other settings than worker 0")),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn a_snapshot_without_a_resume_epoch_is_refused_not_replayed_from_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let savepoint: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::new(dir.path().join("savepoint")).unwrap());
+    // A savepoint of the same state written outside a timely job: no position in it.
+    let mut backend = AnyBackend::open(&BackendConfig::heap(
+        128,
+        KeyGroupRange::new(0, 128).unwrap(),
+    ))
+    .unwrap();
+    let (records, _) = register(&mut backend).unwrap();
+    records.put(&mut backend, &7u64, &(), 1).unwrap();
+    let mut part = backend
+        .savepoint()
+        .unwrap()
+        .write(savepoint.as_ref())
+        .unwrap();
+    part.operator = "counting".into();
+    statebackend::savepoint::complete_savepoint(savepoint.as_ref(), vec![part]).unwrap();
+    let root: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::new(dir.path().join("root")).unwrap());
+    let mut s = settings(root, BackendKind::Heap);
+    s.start = StartFrom::Savepoint(savepoint);
+    let refused = run_job(2, 10, s);
+    assert!(
+        matches!(&refused, Err(e) if e.contains("no resume epoch")),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn a_fallback_past_damaged_checkpoints_is_kept_and_restored_whatever_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let root: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(dir.path()).unwrap());
+    let commits = run_job(2, 20, settings(Arc::clone(&root), BackendKind::Heap)).unwrap();
+    assert_eq!(commits.len(), 6);
+    // The two newest checkpoints (epochs 14 and 17) lose a file each.
+    let state = RootState::read(root.as_ref()).unwrap();
+    for meta in state.completed.values().rev().take(2) {
+        let file = &meta.files().next().unwrap().path;
+        root.delete(file).unwrap();
+    }
+    // A restart that keeps one checkpoint falls back to epoch 11, which lies beyond its
+    // retention: the open must not drop it.
+    let mut s = settings(Arc::clone(&root), BackendKind::Heap);
+    s.retained = 1;
+    let commits = run_job(2, 20, s).unwrap();
+    assert_eq!(
+        commits
+            .iter()
+            .map(|c| (c.epoch, c.outcome.is_ok()))
+            .collect::<Vec<_>>(),
+        vec![(14, true), (17, true)]
+    );
+    let newest = RootState::read(root.as_ref()).unwrap();
+    let latest = newest.completed.values().next_back().unwrap();
+    assert_eq!(latest.engine[EPOCH_KEY], 17u64.to_le_bytes().to_vec());
 }

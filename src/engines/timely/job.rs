@@ -28,7 +28,9 @@ use crate::model::format::metadata::SnapshotMetadata;
 use crate::model::key_group::KeyGroupRange;
 use crate::model::state::BackendKind;
 use crate::model::state::operator::OperatorState;
-use crate::runtime::checkpoint::coordinator::{CheckpointCoordinator, latest_restorable};
+use crate::runtime::checkpoint::coordinator::{
+    CheckpointCoordinator, RootState, latest_restorable,
+};
 use crate::runtime::checkpoint::restore::{RestoreMode, restore_instance};
 use crate::runtime::savepoint::{read_savepoint, restore_savepoint};
 use crate::storage::CheckpointStorage;
@@ -70,7 +72,8 @@ pub struct Checkpointing {
     /// What the job starts from.
     pub start: StartFrom,
     /// Savepoints to write: when the input frontier passes the epoch, into the storage. A
-    /// savepoint at an epoch the input never reaches is written when the input ends.
+    /// savepoint at an epoch the input never reaches is written when the input ends, with that
+    /// epoch as its position: a job restored from it resumes at the next epoch.
     pub savepoints: Vec<(u64, Arc<dyn CheckpointStorage>)>,
     /// The backend of every instance.
     pub backend: BackendKind,
@@ -105,9 +108,26 @@ enum Source {
     Savepoint(Arc<dyn CheckpointStorage>, SnapshotMetadata),
 }
 
-/// Worker 0's decision, as broadcast: `(source, checkpoint id, first id, error)` with source
-/// 0 for empty state, 1 for a checkpoint, 2 for the savepoint.
-type Decision = (u8, u64, u64, String);
+/// Worker 0's decision, as broadcast: `(source, checkpoint id, first id, error, settings)` with
+/// source 0 for empty state, 1 for a checkpoint, 2 for the savepoint, and worker 0's
+/// [`fingerprint`] of the settings.
+type Decision = (u8, u64, u64, String, String);
+
+/// What every worker's settings must agree on: the barriers, the routing, the backend and what
+/// the job starts from (a worker that disagreed would take other barriers, route to other
+/// workers, or restore something else).
+fn fingerprint(settings: &Checkpointing) -> String {
+    let start = match settings.start {
+        StartFrom::Empty => "empty",
+        StartFrom::LatestCheckpoint => "latest checkpoint",
+        StartFrom::Savepoint(_) => "savepoint",
+    };
+    let savepoints: Vec<u64> = settings.savepoints.iter().map(|(e, _)| *e).collect();
+    format!(
+        "interval {}, savepoints at {savepoints:?}, backend {}, max parallelism {}, start from {start}",
+        settings.interval, settings.backend, settings.max_parallelism
+    )
+}
 
 /// One worker's part of a checkpointed timely job (see the module docs).
 pub struct Job {
@@ -133,17 +153,17 @@ impl Job {
         let index = worker.index();
         let mut coordinator = None;
         let mine = if index == 0 {
-            Some(match decide(&settings) {
+            match decide(&settings) {
                 Ok((decision, opened)) => {
                     coordinator = Some(opened);
                     decision
                 }
-                Err(e) => (0, 0, 0, e.to_string()),
-            })
+                Err(e) => (0, 0, 0, e.to_string(), fingerprint(&settings)),
+            }
         } else {
-            None
+            (0, 0, 0, String::new(), fingerprint(&settings))
         };
-        let (kind, checkpoint, first_id, error) = broadcast_from_first(worker, mine)?;
+        let (kind, checkpoint, first_id, error, _) = broadcast_from_first(worker, mine)?;
         if !error.is_empty() {
             return Err(Error::CheckpointState {
                 id: checkpoint,
@@ -261,10 +281,19 @@ fn decide(settings: &Checkpointing) -> Result<(Decision, CheckpointCoordinator)>
             (2, 0)
         }
     };
-    // Chosen before the coordinator opens: opening collects what no retained checkpoint
-    // needs, and the chosen checkpoint is retained.
-    let mut coordinator =
-        CheckpointCoordinator::open(Arc::clone(&settings.root), settings.retained)?;
+    // Chosen before the coordinator opens, which drops what lies beyond the retention. A
+    // fallback past damaged newer checkpoints may lie beyond it: the retention of this run
+    // then widens to keep it (and the damaged ones, which a user may want to inspect).
+    let retained = if chosen.0 == 1 {
+        let newer = RootState::read(settings.root.as_ref())?
+            .completed
+            .range(chosen.1 + 1..)
+            .count();
+        settings.retained.max(newer + 1)
+    } else {
+        settings.retained
+    };
+    let mut coordinator = CheckpointCoordinator::open(Arc::clone(&settings.root), retained)?;
     if chosen.0 == 1 {
         coordinator.prepare_restore(chosen.1, RestoreMode::Claim)?;
     }
@@ -273,58 +302,88 @@ fn decide(settings: &Checkpointing) -> Result<(Decision, CheckpointCoordinator)>
         // The sweep at open failed: the first id goes in flight before any worker can upload.
         coordinator.begin(first_id)?;
     }
-    Ok(((chosen.0, chosen.1, first_id, String::new()), coordinator))
+    Ok((
+        (
+            chosen.0,
+            chosen.1,
+            first_id,
+            String::new(),
+            fingerprint(settings),
+        ),
+        coordinator,
+    ))
 }
 
 /// The epoch after the one `meta` was taken at, from its operator state.
 fn resume_epoch_of(meta: &SnapshotMetadata) -> Result<u64> {
     let Some(first) = meta.instances.first() else {
-        return Ok(0);
+        return Err(Error::Incompatible {
+            reason: "the snapshot holds no instance".into(),
+        });
     };
     let range = KeyGroupRange::new(0, first.max_parallelism)?;
     let mut state: OperatorState = meta
         .for_operator(&first.operator)?
         .operator_state_for(range);
     let position = state.broadcast_state::<String, u64>(POSITION_STATE)?;
-    Ok(position
+    position
         .get(&state, &RESUME_EPOCH_KEY.to_owned())?
-        .unwrap_or(0))
+        .ok_or_else(|| Error::Incompatible {
+            reason: format!(
+                "the snapshot records no resume epoch ({POSITION_STATE} operator state): it was \
+                 not written by a timely job, and replaying from epoch 0 would count everything \
+                 again"
+            ),
+        })
 }
 
-/// Sends worker 0's `decision` to every worker through a one-epoch dataflow and returns it.
-fn broadcast_from_first(worker: &mut Worker, decision: Option<Decision>) -> Result<Decision> {
-    let received: Rc<RefCell<Option<Decision>>> = Rc::new(RefCell::new(None));
+/// Sends every worker's message to every worker through a one-epoch dataflow: worker 0's is
+/// its decision, the others' carry only their settings' fingerprint. Returns worker 0's
+/// decision once all have arrived.
+///
+/// # Errors
+/// [`Error::Incompatible`] on every worker if any worker's settings differ from worker 0's:
+/// each worker sees every fingerprint, so all of them refuse, and none waits for a peer that
+/// left.
+fn broadcast_from_first(worker: &mut Worker, message: Decision) -> Result<Decision> {
+    let index = worker.index() as u64;
+    let peers = worker.peers();
+    let received: Rc<RefCell<Vec<(u64, Decision)>>> = Rc::new(RefCell::new(Vec::new()));
     let sink = Rc::clone(&received);
     let probe = ProbeHandle::new();
     let mut input = worker.dataflow::<u64, _, _>(|scope| {
-        let (input, stream) = scope.new_input::<Decision>();
+        let (input, stream) = scope.new_input::<(u64, Decision)>();
         stream
             .broadcast()
             .probe_with(&probe)
             .sink(Pipeline, "StartDecision", move |(input, _)| {
-                input.for_each(|_, data| {
-                    if let Some(d) = data.pop() {
-                        *sink.borrow_mut() = Some(d);
-                    }
-                });
+                input.for_each(|_, data| sink.borrow_mut().append(data));
             });
         input
     });
-    if let Some(decision) = decision {
-        input.send(decision);
-    }
+    input.send((index, message));
     input.advance_to(1);
     drop(input);
-    while probe.less_than(&1) || received.borrow().is_none() {
+    while probe.less_than(&1) || received.borrow().len() < peers {
         if !worker.step_or_park(Some(std::time::Duration::from_millis(10))) {
             break;
         }
     }
-    received
-        .borrow_mut()
-        .take()
-        .ok_or_else(|| Error::CheckpointState {
+    let mut all = received.take();
+    all.sort_by_key(|(from, _)| *from);
+    let Some((0, decision)) = all.first().cloned() else {
+        return Err(Error::CheckpointState {
             id: 0,
             reason: "worker 0's start decision never arrived".into(),
-        })
+        });
+    };
+    if let Some((other, (.., theirs))) = all.iter().find(|(_, d)| d.4 != decision.4) {
+        return Err(Error::Incompatible {
+            reason: format!(
+                "worker {other} runs with other settings than worker 0: {theirs} against {}",
+                decision.4
+            ),
+        });
+    }
+    Ok(decision)
 }

@@ -118,7 +118,10 @@ impl Barriers {
         let settings = job.settings();
         let from = job.resume_epoch();
         let interval = settings.interval;
-        let next_checkpoint = (interval > 0).then(|| (from / interval + 1) * interval - 1);
+        let next_checkpoint = (interval > 0)
+            .then(|| (from / interval + 1).checked_mul(interval))
+            .flatten()
+            .map(|end| end - 1);
         let mut savepoints: Vec<(u64, usize)> = settings
             .savepoints
             .iter()
@@ -277,6 +280,11 @@ impl Job {
                     }
                     instance.process_early(&mut out);
                 }
+                if first.is_none() {
+                    // The input ended with records past a barrier still held back (the frontier
+                    // jumped to empty): no barrier is left to wait for.
+                    instance.process_early(&mut out);
+                }
                 // Acknowledgements are sent at barriers only: held at the next one, if any.
                 match (instance.barriers.next(), ack_capability.as_mut()) {
                     (Some(next), Some(cap)) => cap.downgrade(&next),
@@ -379,7 +387,11 @@ impl<L: KeyedLogic> Instance<L> {
     fn take_snapshot(&mut self, epoch: u64, target: Target) -> Result<Work> {
         let operator = self.backend.operator_state_mut();
         let position = operator.broadcast_state::<String, u64>(POSITION_STATE)?;
-        position.put(operator, RESUME_EPOCH_KEY.to_owned(), epoch + 1)?;
+        position.put(
+            operator,
+            RESUME_EPOCH_KEY.to_owned(),
+            epoch.saturating_add(1),
+        )?;
         match target {
             Target::Checkpoint(ordinal) => {
                 self.confirm_completed();
@@ -504,18 +516,28 @@ impl Pending {
         let (sender, result) = mpsc::channel();
         let work = self.work;
         std::thread::spawn(move || {
-            let outcome = work.and_then(|work| match work {
-                Work::Checkpoint(operator, pending, root) => {
-                    let (mut part, stats) = pending.upload(root.as_ref())?;
-                    part.operator = operator;
-                    Ok((Ack::encode_part(part), stats.bytes_uploaded))
-                }
-                Work::Savepoint(operator, pending, storage) => {
-                    let mut part = pending.write(storage.as_ref())?;
-                    part.operator = operator;
-                    let bytes = part.total_bytes();
-                    Ok((Ack::encode_part(part), bytes))
-                }
+            // A panic in the upload becomes a failed part: the operator must be woken either
+            // way, or it would hold the upload's capability forever.
+            let upload = std::panic::AssertUnwindSafe(move || {
+                work.and_then(|work| match work {
+                    Work::Checkpoint(operator, pending, root) => {
+                        let (mut part, stats) = pending.upload(root.as_ref())?;
+                        part.operator = operator;
+                        Ok((Ack::encode_part(part), stats.bytes_uploaded))
+                    }
+                    Work::Savepoint(operator, pending, storage) => {
+                        let mut part = pending.write(storage.as_ref())?;
+                        part.operator = operator;
+                        let bytes = part.total_bytes();
+                        Ok((Ack::encode_part(part), bytes))
+                    }
+                })
+            });
+            let outcome = std::panic::catch_unwind(upload).unwrap_or_else(|_| {
+                Err(Error::CheckpointState {
+                    id: 0,
+                    reason: "the upload panicked".into(),
+                })
             });
             // A receiver gone means the worker is shutting down: nobody waits.
             let _ = sender.send(outcome);
