@@ -299,16 +299,8 @@ fn a_cluster_killed_mid_run_restores_at_other_worker_counts_to_the_same_result()
         )),
         "the second run did not restore checkpoint {restored_id}:\n{logs}"
     );
-    assert_eq!(
-        job::summarize_savepoint(&dir.join("final-3x1")).expect("state"),
-        expected_state,
-        "final state after the crash and the restore at 3 × 1"
-    );
-    assert_eq!(
-        job::read_results(&dir.join("results")).expect("results"),
-        expected_results,
-        "windows emitted by the 2 × 2 run and the 3 × 1 run"
-    );
+    let expected = (&expected_state, &expected_results);
+    assert_same_as_reference(dir, "final-3x1", expected, "the restore at 3 × 1");
 
     // Run 3: 1 process × 1 worker, from the second run's savepoint, into a fresh root.
     let mut third = common.clone();
@@ -330,14 +322,25 @@ fn a_cluster_killed_mid_run_restores_at_other_worker_counts_to_the_same_result()
         )),
         "the third run did not resume after the savepoint:\n{logs}"
     );
+    assert_same_as_reference(dir, "final-1x1", expected, "the savepoint restore at 1 × 1");
+}
+
+/// The final state in savepoint `final_savepoint` and the windows every run emitted into
+/// `results` equal the reference run's.
+fn assert_same_as_reference(
+    dir: &Path,
+    final_savepoint: &str,
+    (state, windows): (&job::Summary, &job::Windows),
+    after: &str,
+) {
     assert_eq!(
-        job::summarize_savepoint(&dir.join("final-1x1")).expect("state"),
-        expected_state,
-        "final state after the restore from the savepoint at 1 × 1"
+        &job::summarize_savepoint(&dir.join(final_savepoint)).expect("state"),
+        state,
+        "final state after {after}"
     );
     assert_eq!(
-        job::read_results(&dir.join("results")).expect("results"),
-        expected_results,
-        "windows emitted by all three runs"
+        &job::read_results(&dir.join("results")).expect("results"),
+        windows,
+        "windows emitted up to {after}"
     );
 }

@@ -411,7 +411,7 @@ fn snapshot_all<B: CheckpointedBackend + Send>(
     id: u64,
     threads: usize,
 ) -> Vec<Result<PendingSnapshot>> {
-    let mut backends: Vec<&mut B> = operators
+    let backends: Vec<&mut B> = operators
         .iter_mut()
         .flat_map(|o| o.instances.iter_mut())
         .collect();
@@ -419,10 +419,8 @@ fn snapshot_all<B: CheckpointedBackend + Send>(
     if threads == 1 {
         return backends.into_iter().map(|b| b.snapshot(id)).collect();
     }
-    let count = backends.len();
-    let queue = Mutex::new(backends.iter_mut().enumerate().collect::<VecDeque<_>>());
-    let mut results: Vec<Option<Result<PendingSnapshot>>> = (0..count).map(|_| None).collect();
-    let done = Mutex::new(Vec::with_capacity(count));
+    let results = Mutex::new((0..backends.len()).map(|_| None).collect::<Vec<_>>());
+    let queue = Mutex::new(backends.into_iter().enumerate().collect::<VecDeque<_>>());
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
@@ -430,17 +428,17 @@ fn snapshot_all<B: CheckpointedBackend + Send>(
                     let next = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
                     let Some((index, backend)) = next else { break };
                     let snapshot = backend.snapshot(id);
-                    if let Ok(mut done) = done.lock() {
-                        done.push((index, snapshot));
+                    if let Ok(mut results) = results.lock() {
+                        results[index] = Some(snapshot);
                     }
                 }
             });
         }
     });
-    for (index, snapshot) in done.into_inner().unwrap_or_default() {
-        results[index] = Some(snapshot);
-    }
+    // A slot left empty: its thread panicked in the synchronous part.
     results
+        .into_inner()
+        .unwrap_or_default()
         .into_iter()
         .map(|r| {
             r.unwrap_or_else(|| {

@@ -26,12 +26,11 @@ use ::timely::dataflow::channels::pact::Exchange;
 use ::timely::dataflow::operators::Operator;
 
 use crate::engines::timely::ack::{Ack, Target};
-use crate::engines::timely::job::Job;
+use crate::engines::timely::job::{Checkpointing, Job};
 use crate::model::error::Result;
 use crate::model::format::metadata::InstanceMetadata;
 use crate::runtime::checkpoint::coordinator::CheckpointCoordinator;
 use crate::runtime::savepoint::complete_savepoint_with;
-use crate::storage::CheckpointStorage;
 
 /// The engine metadata key under which a completed snapshot records its epoch (8 bytes,
 /// little-endian).
@@ -71,12 +70,7 @@ impl Job {
                 .as_ref()
                 .map_or(0, |c| c.next_checkpoint_id() - 1),
             coordinator,
-            savepoints: self
-                .settings()
-                .savepoints
-                .iter()
-                .map(|(_, s)| Arc::clone(s))
-                .collect(),
+            settings: Arc::clone(self.settings()),
         };
         let mut received: BTreeMap<(u64, Target), Vec<Ack>> = BTreeMap::new();
         acks.sink(
@@ -110,7 +104,7 @@ struct Committer {
     coordinator: Option<CheckpointCoordinator>,
     /// The highest checkpoint id begun.
     begun_up_to: u64,
-    savepoints: Vec<Arc<dyn CheckpointStorage>>,
+    settings: Arc<Checkpointing>,
 }
 
 impl Committer {
@@ -127,15 +121,13 @@ impl Committer {
         let engine = BTreeMap::from([(EPOCH_KEY.to_owned(), epoch.to_le_bytes().to_vec())]);
         let outcome = match target {
             Target::Checkpoint(id) => self.complete_checkpoint(id, parts, engine),
-            Target::Savepoint(index) => match self.savepoints.get(index) {
-                Some(storage) => parts
-                    .and_then(|p| complete_savepoint_with(storage.as_ref(), p, engine))
-                    .map(|_| ()),
-                None => Err(crate::model::error::Error::CheckpointState {
-                    id: 0,
-                    reason: format!("no savepoint {index} was configured"),
-                }),
-            },
+            Target::Savepoint(index) => {
+                self.settings.savepoint_storage(index).and_then(|storage| {
+                    parts
+                        .and_then(|p| complete_savepoint_with(storage.as_ref(), p, engine))
+                        .map(|_| ())
+                })
+            }
         };
         if let Err(e) = outcome {
             tracing::warn!(epoch, ?target, error = %e, "snapshot not completed");

@@ -85,6 +85,17 @@ pub struct Checkpointing {
 }
 
 impl Checkpointing {
+    /// The storage of savepoint `index` of [`Checkpointing::savepoints`].
+    pub(crate) fn savepoint_storage(&self, index: usize) -> Result<&Arc<dyn CheckpointStorage>> {
+        self.savepoints
+            .get(index)
+            .map(|(_, storage)| storage)
+            .ok_or_else(|| Error::CheckpointState {
+                id: 0,
+                reason: format!("no savepoint {index} was configured"),
+            })
+    }
+
     /// Checkpoints every `interval` epochs into `root`, keeping 3, starting from the latest
     /// checkpoint, on `backend` with 128 key groups.
     pub fn new(root: Arc<dyn CheckpointStorage>, interval: u64, backend: BackendKind) -> Self {

@@ -32,7 +32,7 @@ use ::timely::progress::frontier::MutableAntichain;
 use crate::backends::any::AnyBackend;
 use crate::backends::interface::CheckpointedBackend;
 use crate::engines::timely::ack::{Ack, Target};
-use crate::engines::timely::job::{Job, POSITION_STATE, RESUME_EPOCH_KEY};
+use crate::engines::timely::job::{Checkpointing, Job, POSITION_STATE, RESUME_EPOCH_KEY};
 use crate::engines::timely::routing::KeyGroupRouting;
 use crate::model::error::{Error, Result};
 use crate::model::format::layout::metadata_path;
@@ -108,7 +108,9 @@ struct Upload {
 struct Barriers {
     interval: u64,
     next_checkpoint: Option<u64>,
-    checkpoints_taken: u64,
+    /// The id of the next checkpoint: the run's first id, then one more per checkpoint (every
+    /// worker takes the same barriers, so all number them alike).
+    next_id: u64,
     /// `(epoch, index)` of the savepoints still to write.
     savepoints: Vec<(u64, usize)>,
 }
@@ -133,7 +135,7 @@ impl Barriers {
         Self {
             interval,
             next_checkpoint,
-            checkpoints_taken: 0,
+            next_id: job.first_id(),
             savepoints,
         }
     }
@@ -151,8 +153,8 @@ impl Barriers {
     fn take(&mut self, epoch: u64) -> Vec<Target> {
         let mut targets = Vec::new();
         if self.next_checkpoint == Some(epoch) {
-            self.checkpoints_taken += 1;
-            targets.push(Target::Checkpoint(self.checkpoints_taken));
+            targets.push(Target::Checkpoint(self.next_id));
+            self.next_id += 1;
             self.next_checkpoint = epoch.checked_add(self.interval);
         }
         while self.savepoints.first().is_some_and(|(e, _)| *e == epoch) {
@@ -173,9 +175,7 @@ struct Instance<L: KeyedLogic> {
     logic: L,
     backend: AnyBackend,
     timers: TimerService<L::Key, L::Namespace>,
-    root: Arc<dyn CheckpointStorage>,
-    savepoints: Vec<Arc<dyn CheckpointStorage>>,
-    first_id: u64,
+    settings: Arc<Checkpointing>,
     barriers: Barriers,
     /// Records of epochs past the next barrier, by epoch.
     early: BTreeMap<u64, Vec<L::Input>>,
@@ -200,19 +200,12 @@ impl Job {
         let mut backend = self.open_instance(operator)?;
         logic.open(&mut backend)?;
         let timers = TimerService::new(&mut backend, operator)?;
-        let settings = self.settings();
         let mut instance = Instance {
             name: operator.to_owned(),
             logic,
             backend,
             timers,
-            root: Arc::clone(&settings.root),
-            savepoints: settings
-                .savepoints
-                .iter()
-                .map(|(_, s)| Arc::clone(s))
-                .collect(),
-            first_id: self.first_id(),
+            settings: Arc::clone(self.settings()),
             barriers: Barriers::new(self),
             early: BTreeMap::new(),
             uploads: Vec::new(),
@@ -393,26 +386,18 @@ impl<L: KeyedLogic> Instance<L> {
             epoch.saturating_add(1),
         )?;
         match target {
-            Target::Checkpoint(ordinal) => {
+            Target::Checkpoint(id) => {
                 self.confirm_completed();
-                let id = self.first_id + ordinal - 1;
                 let pending = self.backend.snapshot(id)?;
                 self.unconfirmed.push(id);
                 Ok(Work::Checkpoint(
                     self.name.clone(),
                     Box::new(pending),
-                    Arc::clone(&self.root),
+                    Arc::clone(&self.settings.root),
                 ))
             }
             Target::Savepoint(index) => {
-                let storage =
-                    self.savepoints
-                        .get(index)
-                        .cloned()
-                        .ok_or_else(|| Error::CheckpointState {
-                            id: 0,
-                            reason: format!("no savepoint {index} was configured"),
-                        })?;
+                let storage = Arc::clone(self.settings.savepoint_storage(index)?);
                 Ok(Work::Savepoint(
                     self.name.clone(),
                     Box::new(self.backend.savepoint()?),
@@ -426,7 +411,7 @@ impl<L: KeyedLogic> Instance<L> {
     /// `_metadata` is in the root), so the next incremental checkpoint builds on it. Older
     /// unconfirmed ones are forgotten: completed or aborted, they are no base any more.
     fn confirm_completed(&mut self) {
-        let root = Arc::clone(&self.root);
+        let root = Arc::clone(&self.settings.root);
         for position in (0..self.unconfirmed.len()).rev() {
             let id = self.unconfirmed[position];
             let meta = match metadata_path(id)
@@ -473,10 +458,7 @@ impl<L: KeyedLogic> Instance<L> {
                 Err(e) => (Err(e.to_string()), 0),
             };
             let ack = Ack {
-                target: match upload.target {
-                    Target::Checkpoint(ordinal) => Target::Checkpoint(self.first_id + ordinal - 1),
-                    other => other,
-                },
+                target: upload.target,
                 epoch: *upload.capability.time(),
                 part,
                 sync_micros: upload.sync_micros,
