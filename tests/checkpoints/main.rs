@@ -45,3 +45,4 @@ mod restore_crash_sweep;
 mod stale_coordinator;
 mod timers;
 mod type_names;
+mod write_cache;

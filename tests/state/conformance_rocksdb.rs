@@ -1,5 +1,5 @@
-//! The conformance suite on the RocksDB backend, unchanged, with the default memtable and with
-//! the hash memtable.
+//! The conformance suite on the RocksDB backend, unchanged: with the default memtable, with the
+//! hash memtable, and with a small write-back cache.
 #![cfg(feature = "rocksdb")]
 use crate::conformance_suite;
 
@@ -13,6 +13,20 @@ mod hash_memtable {
     conformance_suite!(|max_parallelism, range| {
         let options = statebackend::RocksDbOptions {
             memtable: statebackend::rocks::Memtable::HashLinkList { buckets: 1 << 12 },
+            ..Default::default()
+        };
+        statebackend::RocksDbBackend::open(max_parallelism, range, None, options).unwrap()
+    });
+}
+
+/// With a write-back cache small enough to evict on almost every operation, so that every
+/// path (hit, miss, eviction of dirty rows, flush before iteration) runs.
+mod write_cache {
+    use crate::conformance_suite;
+
+    conformance_suite!(|max_parallelism, range| {
+        let options = statebackend::RocksDbOptions {
+            write_cache_bytes: 4 << 10,
             ..Default::default()
         };
         statebackend::RocksDbBackend::open(max_parallelism, range, None, options).unwrap()

@@ -42,6 +42,8 @@ impl Drop for DirCleanup {
 impl RocksDbBackend {
     /// The synchronous part of a savepoint: a native checkpoint opened read-only.
     pub(crate) fn view(&mut self) -> Result<RocksView> {
+        // The view holds the state at this call: the cache's changes included.
+        self.flush_write_cache()?;
         let staging_root = self.dir.path().join(STAGING_DIR);
         std::fs::create_dir_all(&staging_root).map_err(|e| Error::io(&staging_root, e))?;
         let dir = tempfile::Builder::new()
@@ -94,6 +96,8 @@ impl RocksDbBackend {
             &mut dyn FnMut(KeyGroup, usize, &[u8], &[u8]) -> Result<()>,
         ) -> Result<()>,
     ) -> Result<u64> {
+        // Ingested files go behind the cache: it must not keep rows they replace.
+        self.drop_write_cache()?;
         let ids = states
             .iter()
             .map(|s| self.ensure_state(s))
@@ -180,6 +184,7 @@ impl RocksDbBackend {
         key_group: KeyGroup,
         sink: &mut RowSink<'_>,
     ) -> Result<()> {
+        self.flush_write_cache()?;
         scan_key_group(&self.db, self.dir.path(), &cf_name(state), key_group, sink)
     }
 
@@ -187,6 +192,8 @@ impl RocksDbBackend {
     /// deletes (constant work per state, whatever the data size). For an instance restored from
     /// a checkpoint of a wider range.
     pub(crate) fn retain_key_groups(&mut self, keep: KeyGroupRange) -> Result<()> {
+        // Range deletes go behind the cache: it must not keep rows they remove.
+        self.drop_write_cache()?;
         for state in &self.states {
             let cf = self
                 .db

@@ -10,7 +10,9 @@ mod layout;
 mod merge;
 mod options;
 mod snapshot;
+mod write_cache;
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{ColumnFamily, DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
@@ -31,9 +33,11 @@ use crate::model::state::{
 pub use options::{CompactionStyle, Memtable, RocksDbOptions};
 pub(crate) use snapshot::RESTORE_MARKER;
 pub use snapshot::RocksDbSnapshot;
+pub use write_cache::WriteCacheStats;
 
 use crate::model::format::metadata::InstanceId;
 use snapshot::IncrementalState;
+use write_cache::{Cached, DirtyRow, WriteCache};
 
 /// Key prefix, in the default column family, of the registered-state records.
 const STATE_RECORD_PREFIX: &[u8] = b"statebackend/state/";
@@ -196,6 +200,9 @@ pub struct RocksDbBackend {
     /// Stamped into every handle this backend issues ([`StateId`]).
     identity: u64,
     incremental: IncrementalState,
+    /// Rows in front of RocksDB ([`RocksDbOptions::write_cache_bytes`]); reads fill it, so it
+    /// changes behind `&self`.
+    write_cache: Option<RefCell<WriteCache>>,
     dir: WorkingDir,
     /// The instance's operator (non-keyed) state.
     pub(crate) operator_state: crate::model::state::operator::OperatorState,
@@ -372,6 +379,8 @@ impl RocksDbBackend {
         }
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(true);
+        let write_cache = (options.write_cache_bytes > 0)
+            .then(|| RefCell::new(WriteCache::new(options.write_cache_bytes)));
         let mut backend = Self {
             db,
             cache,
@@ -384,6 +393,7 @@ impl RocksDbBackend {
             identity: next_backend_identity(),
             operator_state: Default::default(),
             incremental: IncrementalState::default(),
+            write_cache,
             dir,
         };
         backend.check_instance_record()?;
@@ -501,7 +511,8 @@ impl RocksDbBackend {
             .map_err(self.rocks())
     }
 
-    /// Writes every column family's memtables to SST files and waits for it.
+    /// Writes every column family's memtables (and the write-back cache's changes before
+    /// them) to SST files and waits for it.
     ///
     /// The write-ahead log is off (checkpoints are the durability mechanism), so state written
     /// since the last checkpoint lives only in memtables; a checkpoint flushes on its own. This
@@ -510,6 +521,7 @@ impl RocksDbBackend {
     /// # Errors
     /// [`Error::RocksDb`].
     pub fn flush(&self) -> Result<()> {
+        self.flush_write_cache()?;
         let names = std::iter::once(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
             .chain(self.states.iter().map(|s| s.cf_name.as_str()));
         let handles: Vec<_> = names.filter_map(|name| self.db.cf_handle(name)).collect();
@@ -619,6 +631,17 @@ impl RocksDbBackend {
         Ok(row)
     }
 
+    /// Appends the encoding of a map's user key to a row prefix (the rest of a map row's key).
+    fn user_key_suffix<UK: StateKey>(
+        user_key: &UK,
+    ) -> impl Fn(&str, &mut Vec<u8>) -> Result<()> + '_ {
+        move |state, row| {
+            DefaultCodec::default()
+                .encode_into(user_key, row)
+                .map_err(encode_err(state))
+        }
+    }
+
     fn get_raw(
         &self,
         cf: &ColumnFamily,
@@ -651,6 +674,137 @@ impl RocksDbBackend {
         read.set_iterate_upper_bound(end);
         read.set_total_order_seek(true); // see `prefix_read_options`
         read
+    }
+
+    /// Counters of the write-back cache; `None` when it is off.
+    pub fn write_cache_stats(&self) -> Option<WriteCacheStats> {
+        self.write_cache.as_ref().map(|c| c.borrow().stats())
+    }
+
+    /// Writes the write-back cache's dirty rows to RocksDB in one batch, so that RocksDB
+    /// holds all of the state: before a checkpoint, a view, an iteration or a flush.
+    pub(crate) fn flush_write_cache(&self) -> Result<()> {
+        match &self.write_cache {
+            Some(cache) => cache.borrow_mut().flush(|rows| self.write_rows(rows)),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes, then forgets, every cached row: for RocksDB changed behind the cache.
+    fn drop_write_cache(&self) -> Result<()> {
+        self.flush_write_cache()?;
+        if let Some(cache) = &self.write_cache {
+            cache.borrow_mut().clear();
+        }
+        Ok(())
+    }
+
+    /// Writes rows handed out by the write-back cache as one batch.
+    fn write_rows(&self, rows: &mut dyn Iterator<Item = DirtyRow<'_>>) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let mut last: Option<(u32, &ColumnFamily)> = None;
+        for (state, key, value) in rows {
+            let cf = match last {
+                Some((s, cf)) if s == state => cf,
+                _ => {
+                    let cf = self
+                        .states
+                        .get(state as usize)
+                        .and_then(|s| self.db.cf_handle(&s.cf_name))
+                        .ok_or(Error::UnknownState { id: state })?;
+                    last = Some((state, cf));
+                    cf
+                }
+            };
+            match value {
+                Cached::Absent => batch.delete_cf(cf, key),
+                Cached::Present(bytes) => batch.put_cf(cf, key, bytes),
+                Cached::Appended(bytes) => batch.merge_cf(cf, key, bytes),
+            }
+        }
+        self.db
+            .write_opt(batch, &self.write_options)
+            .map_err(self.rocks())
+    }
+
+    /// Reads row `row` of state `state` through `cache`: a cached value, or RocksDB's (then
+    /// cached). `present` makes the result from the row's bytes, `absent` without a row.
+    fn read_cached<T>(
+        &self,
+        cache: &mut WriteCache,
+        state: u32,
+        cf: &ColumnFamily,
+        row: &[u8],
+        present: impl FnOnce(&[u8]) -> Result<T>,
+        absent: impl FnOnce() -> T,
+    ) -> Result<T> {
+        let appended = match cache.get(state, row) {
+            Some(Cached::Present(bytes)) => return present(bytes),
+            Some(Cached::Absent) => return Ok(absent()),
+            Some(Cached::Appended(operands)) => Some(operands.clone()),
+            None => None,
+        };
+        let stored = self.get_raw(cf, row)?;
+        let result = match (appended, stored) {
+            (Some(operands), stored) => {
+                // List elements appended to a value not read yet: now it is, with them.
+                let mut value = stored.map(|b| b.to_vec()).unwrap_or_default();
+                value.extend_from_slice(&operands);
+                let result = present(&value);
+                cache.write(state, row, Cached::Present(value));
+                result
+            }
+            (None, Some(bytes)) => {
+                let result = present(&bytes);
+                cache.fill(state, row, Cached::Present(bytes.to_vec()));
+                result
+            }
+            (None, None) => {
+                cache.fill(state, row, Cached::Absent);
+                Ok(absent())
+            }
+        };
+        cache.evict_if_full(|rows| self.write_rows(rows))?;
+        result
+    }
+
+    /// Records a change of row `row` of state `state` in `cache`, evicting if it is full.
+    fn write_cached(
+        &self,
+        cache: &mut WriteCache,
+        state: u32,
+        row: &[u8],
+        value: Cached,
+    ) -> Result<()> {
+        cache.write(state, row, value);
+        cache.evict_if_full(|rows| self.write_rows(rows))
+    }
+
+    /// Builds the row key of `(key, ns)` (followed by what `user_key` appends, for a map row)
+    /// in the cache's scratch buffer and runs `f` with the cache, the state's index, the state,
+    /// its column family and the row key; `None` when the cache is off.
+    fn with_cached_row<K: StateKey, N: StateKey, T>(
+        &self,
+        id: StateId,
+        key: KeyRef<'_, K>,
+        ns: &N,
+        user_key: Option<&dyn Fn(&str, &mut Vec<u8>) -> Result<()>>,
+        f: impl FnOnce(&mut WriteCache, u32, &RocksState, &ColumnFamily, &[u8]) -> Result<T>,
+    ) -> Option<Result<T>> {
+        let cache = self.write_cache.as_ref()?;
+        Some((|| {
+            let (state, cf) = self.state(id)?;
+            let mut cache = cache.borrow_mut();
+            let mut row = std::mem::take(&mut cache.scratch);
+            let built = self
+                .row_prefix(&state.info.name, key, ns, &mut row)
+                .and_then(|()| {
+                    user_key.map_or(Ok(()), |append| append(&state.info.name, &mut row))
+                });
+            let result = built.and_then(|()| f(&mut cache, id.index(), state, cf, &row));
+            cache.scratch = row;
+            result
+        })())
     }
 }
 
@@ -685,6 +839,20 @@ impl KeyedStateBackend for RocksDbBackend {
         key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<Option<V>> {
+        let cached = self.with_cached_row(id, key, ns, None, |cache, index, state, cf, row| {
+            let name = &state.info.name;
+            self.read_cached(
+                cache,
+                index,
+                cf,
+                row,
+                |b| Self::decode(name, b).map(Some),
+                || None,
+            )
+        });
+        if let Some(result) = cached {
+            return result;
+        }
         let (state, cf, row) = self.locate(id, key, ns)?;
         match self.get_raw(cf, &row)? {
             Some(bytes) => Ok(Some(Self::decode(&state.info.name, &bytes)?)),
@@ -693,7 +861,7 @@ impl KeyedStateBackend for RocksDbBackend {
     }
 
     /// One batched multi-get for all keys (RocksDB sorts the lookups and reads each block
-    /// once).
+    /// once); with the write-back cache, for the keys it does not hold.
     fn get_cells<K: StateKey, N: StateKey, V: StateValue>(
         &self,
         id: StateId,
@@ -701,20 +869,52 @@ impl KeyedStateBackend for RocksDbBackend {
         ns: &N,
     ) -> Result<Vec<Option<V>>> {
         let (state, cf) = self.state(id)?;
+        let name = &state.info.name;
         let mut rows = Vec::with_capacity(keys.len());
         for key in keys {
             let mut row = Vec::with_capacity(32);
-            self.row_prefix(&state.info.name, *key, ns, &mut row)?;
+            self.row_prefix(name, *key, ns, &mut row)?;
             rows.push(row);
         }
-        self.db
-            .batched_multi_get_cf(cf, &rows, false)
-            .into_iter()
-            .map(|found| match found.map_err(self.rocks())? {
-                Some(bytes) => Ok(Some(Self::decode(&state.info.name, &bytes)?)),
-                None => Ok(None),
-            })
-            .collect()
+        let Some(cache) = &self.write_cache else {
+            return self
+                .db
+                .batched_multi_get_cf(cf, &rows, false)
+                .into_iter()
+                .map(|found| match found.map_err(self.rocks())? {
+                    Some(bytes) => Ok(Some(Self::decode(name, &bytes)?)),
+                    None => Ok(None),
+                })
+                .collect();
+        };
+        let mut cache = cache.borrow_mut();
+        let index = id.index();
+        let mut values: Vec<Option<V>> = Vec::with_capacity(keys.len());
+        let mut missed = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            match cache.get(index, row) {
+                Some(Cached::Present(bytes)) => values.push(Some(Self::decode(name, bytes)?)),
+                Some(Cached::Absent) => values.push(None),
+                // Only list rows are appended to; a value row never holds operands.
+                Some(Cached::Appended(_)) | None => {
+                    values.push(None);
+                    missed.push(i);
+                }
+            }
+        }
+        let lookups: Vec<&[u8]> = missed.iter().map(|&i| rows[i].as_slice()).collect();
+        let found = self.db.batched_multi_get_cf(cf, &lookups, false);
+        for (&i, found) in missed.iter().zip(found) {
+            match found.map_err(self.rocks())? {
+                Some(bytes) => {
+                    values[i] = Some(Self::decode(name, &bytes)?);
+                    cache.fill(index, &rows[i], Cached::Present(bytes.to_vec()));
+                }
+                None => cache.fill(index, &rows[i], Cached::Absent),
+            }
+        }
+        cache.evict_if_full(|rows| self.write_rows(rows))?;
+        Ok(values)
     }
 
     fn put_cell<K: StateKey, N: StateKey, V: StateValue>(
@@ -724,6 +924,15 @@ impl KeyedStateBackend for RocksDbBackend {
         ns: &N,
         value: V,
     ) -> Result<()> {
+        let cached = self.with_cached_row(id, key, ns, None, |cache, index, state, _, row| {
+            let bytes = DefaultCodec::default()
+                .encode(&value)
+                .map_err(encode_err(&state.info.name))?;
+            self.write_cached(cache, index, row, Cached::Present(bytes))
+        });
+        if let Some(result) = cached {
+            return result;
+        }
         let (state, cf, row) = self.locate(id, key, ns)?;
         let bytes = DefaultCodec::default()
             .encode(&value)
@@ -741,23 +950,44 @@ impl KeyedStateBackend for RocksDbBackend {
     ) -> Result<()> {
         let (state, cf, row) = self.locate(id, key, ns)?;
         if state.info.kind != StateKind::Map {
+            if let Some(cache) = &self.write_cache {
+                return self.write_cached(
+                    &mut cache.borrow_mut(),
+                    id.index(),
+                    &row,
+                    Cached::Absent,
+                );
+            }
             return self
                 .db
                 .delete_cf_opt(cf, row, &self.write_options)
                 .map_err(self.rocks());
         }
+        // RocksDB must hold every entry of the map to find them all.
+        self.flush_write_cache()?;
         // All rows of one map in one batch: the map disappears atomically.
         let mut batch = WriteBatch::default();
+        let mut deleted = Vec::new();
         let rows =
             self.db
                 .iterator_cf_opt(cf, Self::prefix_read_options(&row), IteratorMode::Start);
         for item in rows {
             let (row_key, _) = item.map_err(self.rocks())?;
-            batch.delete_cf(cf, row_key);
+            batch.delete_cf(cf, &row_key);
+            if self.write_cache.is_some() {
+                deleted.push(row_key);
+            }
         }
         self.db
             .write_opt(batch, &self.write_options)
-            .map_err(self.rocks())
+            .map_err(self.rocks())?;
+        if let Some(cache) = &self.write_cache {
+            let mut cache = cache.borrow_mut();
+            for row_key in deleted {
+                cache.forget(id.index(), &row_key);
+            }
+        }
+        Ok(())
     }
 
     fn get_list<K: StateKey, N: StateKey, T: StateValue>(
@@ -766,6 +996,15 @@ impl KeyedStateBackend for RocksDbBackend {
         key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<Vec<T>> {
+        let cached = self.with_cached_row(id, key, ns, None, |cache, index, state, cf, row| {
+            let decode = |bytes: &[u8]| {
+                decode_list(&DefaultCodec::default(), bytes).map_err(decode_err(&state.info.name))
+            };
+            self.read_cached(cache, index, cf, row, decode, Vec::new)
+        });
+        if let Some(result) = cached {
+            return result;
+        }
         let (state, cf, row) = self.locate(id, key, ns)?;
         match self.get_raw(cf, &row)? {
             Some(bytes) => {
@@ -782,6 +1021,16 @@ impl KeyedStateBackend for RocksDbBackend {
         ns: &N,
         value: T,
     ) -> Result<()> {
+        let cached = self.with_cached_row(id, key, ns, None, |cache, index, state, _, row| {
+            let mut operand = Vec::with_capacity(16);
+            encode_list_element(&DefaultCodec::default(), &value, &mut operand)
+                .map_err(encode_err(&state.info.name))?;
+            cache.append(index, row, &operand);
+            cache.evict_if_full(|rows| self.write_rows(rows))
+        });
+        if let Some(result) = cached {
+            return result;
+        }
         let (state, cf, row) = self.locate(id, key, ns)?;
         let mut operand = Vec::with_capacity(16);
         encode_list_element(&DefaultCodec::default(), &value, &mut operand)
@@ -798,6 +1047,23 @@ impl KeyedStateBackend for RocksDbBackend {
         ns: &N,
         values: Vec<T>,
     ) -> Result<()> {
+        let cached = self.with_cached_row(id, key, ns, None, |cache, index, state, _, row| {
+            let value = if values.is_empty() {
+                Cached::Absent
+            } else {
+                let codec = DefaultCodec::default();
+                let mut bytes = Vec::new();
+                for v in &values {
+                    encode_list_element(&codec, v, &mut bytes)
+                        .map_err(encode_err(&state.info.name))?;
+                }
+                Cached::Present(bytes)
+            };
+            self.write_cached(cache, index, row, value)
+        });
+        if let Some(result) = cached {
+            return result;
+        }
         let (state, cf, row) = self.locate(id, key, ns)?;
         if values.is_empty() {
             return self
@@ -822,6 +1088,27 @@ impl KeyedStateBackend for RocksDbBackend {
         ns: &N,
         user_key: &UK,
     ) -> Result<Option<UV>> {
+        let suffix = Self::user_key_suffix(user_key);
+        let cached = self.with_cached_row(
+            id,
+            key,
+            ns,
+            Some(&suffix),
+            |cache, index, state, cf, row| {
+                let name = &state.info.name;
+                self.read_cached(
+                    cache,
+                    index,
+                    cf,
+                    row,
+                    |b| Self::decode(name, b).map(Some),
+                    || None,
+                )
+            },
+        );
+        if let Some(result) = cached {
+            return result;
+        }
         let (state, cf) = self.state(id)?;
         let row = self.map_row(&state.info.name, key, ns, user_key)?;
         match self.get_raw(cf, &row)? {
@@ -837,6 +1124,14 @@ impl KeyedStateBackend for RocksDbBackend {
         ns: &N,
         user_key: &UK,
     ) -> Result<bool> {
+        let suffix = Self::user_key_suffix(user_key);
+        let cached =
+            self.with_cached_row(id, key, ns, Some(&suffix), |cache, index, _, cf, row| {
+                self.read_cached(cache, index, cf, row, |_| Ok(true), || false)
+            });
+        if let Some(result) = cached {
+            return result;
+        }
         let (state, cf) = self.state(id)?;
         let row = self.map_row(&state.info.name, key, ns, user_key)?;
         Ok(self.get_raw(cf, &row)?.is_some())
@@ -850,6 +1145,17 @@ impl KeyedStateBackend for RocksDbBackend {
         user_key: UK,
         value: UV,
     ) -> Result<()> {
+        let suffix = Self::user_key_suffix(&user_key);
+        let cached =
+            self.with_cached_row(id, key, ns, Some(&suffix), |cache, index, state, _, row| {
+                let bytes = DefaultCodec::default()
+                    .encode(&value)
+                    .map_err(encode_err(&state.info.name))?;
+                self.write_cached(cache, index, row, Cached::Present(bytes))
+            });
+        if let Some(result) = cached {
+            return result;
+        }
         let (state, cf) = self.state(id)?;
         let row = self.map_row(&state.info.name, key, ns, &user_key)?;
         let bytes = DefaultCodec::default()
@@ -867,6 +1173,13 @@ impl KeyedStateBackend for RocksDbBackend {
         ns: &N,
         user_key: &UK,
     ) -> Result<()> {
+        let suffix = Self::user_key_suffix(user_key);
+        let cached = self.with_cached_row(id, key, ns, Some(&suffix), |cache, index, _, _, row| {
+            self.write_cached(cache, index, row, Cached::Absent)
+        });
+        if let Some(result) = cached {
+            return result;
+        }
         let (state, cf) = self.state(id)?;
         let row = self.map_row(&state.info.name, key, ns, user_key)?;
         self.db
@@ -880,6 +1193,8 @@ impl KeyedStateBackend for RocksDbBackend {
         key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<MapEntries<'a, UK, UV>> {
+        // The iterator reads RocksDB, which must hold the cache's changes.
+        self.flush_write_cache()?;
         let (state, cf, prefix) = self.locate(id, key, ns)?;
         let name = state.info.name.clone();
         let dir = self.dir.path();
@@ -900,6 +1215,8 @@ impl KeyedStateBackend for RocksDbBackend {
         id: StateId,
         ns: Option<&N>,
     ) -> Result<StateKeys<'a, K, N>> {
+        // The iterator reads RocksDB, which must hold the cache's changes.
+        self.flush_write_cache()?;
         let (state, cf) = self.state(id)?;
         let name = state.info.name.clone();
         let dir = self.dir.path();

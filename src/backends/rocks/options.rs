@@ -56,6 +56,13 @@ impl Memtable {
 pub struct RocksDbOptions {
     /// Capacity of the LRU block cache shared by all column families. Default 128 MiB.
     pub block_cache_bytes: usize,
+    /// Capacity of the write-back cache in front of RocksDB, in bytes; 0 (the default) turns it
+    /// off. The cache holds recently used rows of every state (decoded from nothing: the bytes
+    /// RocksDB would hold): reads of cached rows and all writes are hash-table operations, and
+    /// changed rows reach RocksDB in batches when evicted and in every checkpoint's synchronous
+    /// part. Counted in the bytes the cache allocates; it comes on top of the block cache and
+    /// the write buffers ([`RocksDbOptions::with_memory_budget`] splits one number).
+    pub write_cache_bytes: usize,
     /// Size of one memtable (per column family). Default 64 MiB. Smaller memtables make point
     /// lookups cheaper (fewer skip-list entries to search) but a bulk load then leaves many
     /// small runs that compaction merges right after the first checkpoint, and that merge is
@@ -105,6 +112,7 @@ impl Default for RocksDbOptions {
     fn default() -> Self {
         Self {
             block_cache_bytes: 128 << 20,
+            write_cache_bytes: 0,
             write_buffer_bytes: 64 << 20,
             max_write_buffers: 4,
             bloom_bits_per_key: 10.0,

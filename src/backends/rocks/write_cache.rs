@@ -1,0 +1,580 @@
+//! The write-back cache in front of RocksDB: recently used rows of every state, bounded in bytes.
+//!
+//! A state operation on RocksDB costs a memtable search, often a bloom filter and block cache
+//! probe, and for every write a memtable insert that the next checkpoint's flush pays for again.
+//! Most streaming workloads touch a hot set of keys over and over. The cache keeps the rows of
+//! those keys in a hash table: a read of a cached row is a hash probe, a write replaces the
+//! cached bytes and marks the row dirty, a list append extends them. Dirty rows reach RocksDB
+//! in one `WriteBatch` when the cache evicts them and when the backend needs RocksDB to hold
+//! everything: the synchronous part of a checkpoint, a savepoint's view, an iteration, a flush.
+//! So a hot key updated a thousand times between two checkpoints is one memtable entry, not a
+//! thousand, and the checkpoint's flush has that much less to write.
+//!
+//! What a row holds in the cache ([`Cached`]):
+//! - `Present(bytes)`: the row's whole value, as RocksDB would store it;
+//! - `Absent`: RocksDB has no such row (read and found missing, or deleted here);
+//! - `Appended(bytes)`: list elements appended to a list whose stored value was not read; they
+//!   reach RocksDB as a merge operand, so an append never reads.
+//!
+//! Eviction is CLOCK (second chance): a hit sets a row's reference bit, the hand clears set
+//! bits and evicts rows whose bit is clear. The bound counts what the cache allocates: every
+//! row's key and value buffers, the slots array and the hash table (see [`WriteCache::charged`]).
+//! Eviction writes first and forgets afterwards: a failed write leaves every row cached and
+//! dirty, so nothing is lost.
+
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
+
+use crate::model::error::Result;
+
+/// What the cache knows about one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Cached {
+    /// RocksDB has (or, when dirty, will have) no such row.
+    Absent,
+    /// The row's whole value.
+    Present(Vec<u8>),
+    /// Bytes to append to the stored value, which the cache has not read (list state only).
+    Appended(Vec<u8>),
+}
+
+impl Cached {
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Cached::Absent => 0,
+            Cached::Present(bytes) | Cached::Appended(bytes) => bytes.capacity(),
+        }
+    }
+}
+
+/// A dirty row as the cache hands it to RocksDB: state index, row key, what to write.
+pub(super) type DirtyRow<'a> = (u32, &'a [u8], &'a Cached);
+
+/// The end of the free-slot list.
+const NO_SLOT: u32 = u32::MAX;
+
+/// What a row costs besides its key and value buffers: its slot and a hash-table bucket (a
+/// `u32` and a control byte). The eviction target counts rows at this cost; the bound itself
+/// counts the arrays' real capacities ([`WriteCache::charged`]).
+const ROW_OVERHEAD: usize = std::mem::size_of::<Slot>() + std::mem::size_of::<u32>() + 1;
+
+/// The bytes hashbrown allocates for a table of slot indices that can hold `capacity` of them:
+/// a power of two of buckets, 7/8 of them usable, each a `u32` and a control byte, and one
+/// group (16) of trailing control bytes.
+fn table_bytes(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = (capacity * 8 / 7).next_power_of_two();
+    buckets * (std::mem::size_of::<u32>() + 1) + 16
+}
+
+/// One cached row.
+struct Slot {
+    hash: u64,
+    state: u32,
+    key: Box<[u8]>,
+    value: Cached,
+    dirty: bool,
+    referenced: bool,
+    live: bool,
+}
+
+/// Counters of a backend's write-back cache, for monitoring and for the benchmarks' hit rates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteCacheStats {
+    /// The bound, in bytes ([`crate::rocks::RocksDbOptions::write_cache_bytes`]).
+    pub capacity_bytes: usize,
+    /// Bytes the cache holds now: row keys and values, slots and hash table.
+    pub charged_bytes: usize,
+    /// Rows cached.
+    pub rows: usize,
+    /// Rows cached with changes RocksDB does not have yet.
+    pub dirty_rows: usize,
+    /// Reads answered by the cache.
+    pub hits: u64,
+    /// Reads that went to RocksDB.
+    pub misses: u64,
+    /// Rows evicted to keep the bound.
+    pub evicted_rows: u64,
+    /// Dirty rows written to RocksDB (by eviction or by a flush).
+    pub written_rows: u64,
+}
+
+impl WriteCacheStats {
+    /// Hits over all reads; 0 before the first read.
+    pub fn hit_rate(&self) -> f64 {
+        let reads = self.hits + self.misses;
+        if reads == 0 {
+            0.0
+        } else {
+            self.hits as f64 / reads as f64
+        }
+    }
+}
+
+/// The cache: rows in a slot array, found through a hash table of slot indices.
+pub(super) struct WriteCache {
+    capacity: usize,
+    /// Bytes of the live rows' keys and values (the slots and table are added in `charged`).
+    row_bytes: usize,
+    table: HashTable<u32>,
+    slots: Vec<Slot>,
+    /// The first free slot ([`NO_SLOT`] if none); a free slot's `state` holds the next one.
+    free_head: u32,
+    hand: usize,
+    rows: usize,
+    dirty: usize,
+    hasher: hashbrown::DefaultHashBuilder,
+    stats: WriteCacheStats,
+    /// A row key buffer the backend borrows per operation instead of allocating one.
+    pub(super) scratch: Vec<u8>,
+}
+
+impl WriteCache {
+    /// An empty cache holding at most `capacity` bytes.
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            row_bytes: 0,
+            table: HashTable::new(),
+            slots: Vec::new(),
+            free_head: NO_SLOT,
+            hand: 0,
+            rows: 0,
+            dirty: 0,
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            stats: WriteCacheStats::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Bytes the cache holds: every live row's key and value buffers, the slot array (free
+    /// slots included) and the hash table's buckets (a `u32` and a control byte each). The
+    /// scratch buffer (one row key, lent out during an operation) is not counted, like the
+    /// other buffers an operation holds while it runs.
+    pub(super) fn charged(&self) -> usize {
+        self.row_bytes
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
+            + table_bytes(self.table.capacity())
+    }
+
+    /// The counters, with the current sizes.
+    pub(super) fn stats(&self) -> WriteCacheStats {
+        WriteCacheStats {
+            capacity_bytes: self.capacity,
+            charged_bytes: self.charged(),
+            rows: self.rows,
+            dirty_rows: self.dirty,
+            ..self.stats
+        }
+    }
+
+    fn hash(&self, state: u32, key: &[u8]) -> u64 {
+        self.hasher.hash_one((state, key))
+    }
+
+    fn find(&self, hash: u64, state: u32, key: &[u8]) -> Option<u32> {
+        let slots = &self.slots;
+        self.table
+            .find(hash, |&i| {
+                let s = &slots[i as usize];
+                s.state == state && *s.key == *key
+            })
+            .copied()
+    }
+
+    /// The cached row `key` of state `state`, counted as a hit or a miss.
+    pub(super) fn get(&mut self, state: u32, key: &[u8]) -> Option<&Cached> {
+        let hash = self.hash(state, key);
+        match self.find(hash, state, key) {
+            Some(i) => {
+                self.stats.hits += 1;
+                let slot = &mut self.slots[i as usize];
+                slot.referenced = true;
+                Some(&slot.value)
+            }
+            None => {
+                self.stats.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// Caches what RocksDB holds for a row that missed (not dirty).
+    pub(super) fn fill(&mut self, state: u32, key: &[u8], value: Cached) {
+        self.set(state, key, value, false);
+    }
+
+    /// Records a change of a row (dirty until written).
+    pub(super) fn write(&mut self, state: u32, key: &[u8], value: Cached) {
+        self.set(state, key, value, true);
+    }
+
+    /// Appends `operand` to a list row: to its cached value if there is one, else to the
+    /// operands waiting for a merge.
+    pub(super) fn append(&mut self, state: u32, key: &[u8], operand: &[u8]) {
+        let hash = self.hash(state, key);
+        let Some(i) = self.find(hash, state, key) else {
+            self.insert(hash, state, key, Cached::Appended(operand.to_vec()), true);
+            return;
+        };
+        let slot = &mut self.slots[i as usize];
+        let before = slot.value.heap_bytes();
+        match &mut slot.value {
+            Cached::Present(bytes) | Cached::Appended(bytes) => bytes.extend_from_slice(operand),
+            absent @ Cached::Absent => *absent = Cached::Present(operand.to_vec()),
+        }
+        let after = slot.value.heap_bytes();
+        slot.referenced = true;
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty += 1;
+        }
+        self.row_bytes = self.row_bytes - before + after;
+    }
+
+    fn set(&mut self, state: u32, key: &[u8], value: Cached, dirty: bool) {
+        let hash = self.hash(state, key);
+        match self.find(hash, state, key) {
+            Some(i) => {
+                let slot = &mut self.slots[i as usize];
+                self.row_bytes = self.row_bytes - slot.value.heap_bytes() + value.heap_bytes();
+                slot.value = value;
+                slot.referenced = true;
+                if dirty && !slot.dirty {
+                    slot.dirty = true;
+                    self.dirty += 1;
+                }
+            }
+            None => self.insert(hash, state, key, value, dirty),
+        }
+    }
+
+    fn insert(&mut self, hash: u64, state: u32, key: &[u8], value: Cached, dirty: bool) {
+        self.row_bytes += key.len() + value.heap_bytes();
+        let slot = Slot {
+            hash,
+            state,
+            key: key.into(),
+            value,
+            dirty,
+            // A new row has not been used twice yet: the first sweep may take it.
+            referenced: false,
+            live: true,
+        };
+        let index = match self.free_head {
+            NO_SLOT => {
+                if self.slots.len() == self.slots.capacity() {
+                    // Grow by a quarter, not by doubling: the slots count towards the bound,
+                    // and a doubling would take half of a small cache at once.
+                    self.slots.reserve_exact((self.slots.len() / 4).max(16));
+                }
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+            free => {
+                self.free_head = self.slots[free as usize].state;
+                self.slots[free as usize] = slot;
+                free
+            }
+        };
+        let slots = &self.slots;
+        self.table
+            .insert_unique(hash, index, |&i| slots[i as usize].hash);
+        self.rows += 1;
+        if dirty {
+            self.dirty += 1;
+        }
+    }
+
+    /// Forgets row `key` of state `state` (its RocksDB row was deleted behind the cache). The
+    /// row must not be dirty: flush first.
+    pub(super) fn forget(&mut self, state: u32, key: &[u8]) {
+        let hash = self.hash(state, key);
+        if let Some(i) = self.find(hash, state, key) {
+            debug_assert!(!self.slots[i as usize].dirty, "forgetting a dirty row");
+            self.remove(i);
+        }
+    }
+
+    /// Removes slot `i` from the table and frees it.
+    fn remove(&mut self, i: u32) {
+        let slot = &mut self.slots[i as usize];
+        let hash = slot.hash;
+        if let Ok(entry) = self.table.find_entry(hash, |&j| j == i) {
+            entry.remove();
+        }
+        let slot = &mut self.slots[i as usize];
+        self.row_bytes -= slot.key.len() + slot.value.heap_bytes();
+        if slot.dirty {
+            self.dirty -= 1;
+        }
+        slot.live = false;
+        slot.dirty = false;
+        slot.key = Box::default();
+        slot.value = Cached::Absent;
+        slot.state = self.free_head;
+        self.free_head = i;
+        self.rows -= 1;
+    }
+
+    /// Writes every dirty row through `write` (one call with all of them), then marks them
+    /// clean. Rows of appended elements are forgotten instead: RocksDB merges them into a value
+    /// the cache never read. Nothing changes if `write` fails.
+    pub(super) fn flush(
+        &mut self,
+        write: impl FnOnce(&mut dyn Iterator<Item = DirtyRow<'_>>) -> Result<()>,
+    ) -> Result<()> {
+        if self.dirty == 0 {
+            return Ok(());
+        }
+        write(
+            &mut self
+                .slots
+                .iter()
+                .filter(|s| s.live && s.dirty)
+                .map(|s| -> DirtyRow<'_> { (s.state, &s.key, &s.value) }),
+        )?;
+        self.stats.written_rows += self.dirty as u64;
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            if !(slot.live && slot.dirty) {
+                continue;
+            }
+            if matches!(slot.value, Cached::Appended(_)) {
+                self.remove(i as u32);
+            } else {
+                slot.dirty = false;
+                self.dirty -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets every row (they must be clean: flush first). For RocksDB changed behind the
+    /// cache: an import, a key-group range cut.
+    pub(super) fn clear(&mut self) {
+        debug_assert_eq!(self.dirty, 0, "clearing dirty rows");
+        let (capacity, stats) = (self.capacity, self.stats);
+        *self = Self::new(capacity);
+        self.stats = stats;
+    }
+
+    /// Evicts rows until the cache holds at most seven eighths of its capacity (so the next
+    /// evictions come in batches, not one row per operation). The dirty ones among the rows
+    /// chosen are written through `write` first; if that fails nothing is evicted.
+    pub(super) fn evict_if_full(
+        &mut self,
+        mut write: impl FnMut(&mut dyn Iterator<Item = DirtyRow<'_>>) -> Result<()>,
+    ) -> Result<()> {
+        let mut target = self.capacity - self.capacity / 8;
+        while self.charged() > self.capacity {
+            if self.rows == 0 {
+                // Nothing left to evict: give back the arrays too.
+                let (capacity, stats) = (self.capacity, self.stats);
+                *self = Self::new(capacity);
+                self.stats = stats;
+                break;
+            }
+            self.evict_down_to(target, &mut write)?;
+            if self.charged() > self.capacity {
+                self.compact();
+            }
+            // Still over (the arrays' rounding): aim lower.
+            target /= 2;
+        }
+        Ok(())
+    }
+
+    /// One round of eviction: chooses rows until the rest, counted at [`ROW_OVERHEAD`] each,
+    /// fits in `target`; writes the dirty ones, then forgets them all.
+    fn evict_down_to(
+        &mut self,
+        target: usize,
+        write: &mut impl FnMut(&mut dyn Iterator<Item = DirtyRow<'_>>) -> Result<()>,
+    ) -> Result<()> {
+        // Choose victims without removing them, counting rows at their own cost (the arrays'
+        // spare capacity is given back by `compact` if it is what keeps the cache over).
+        let mut remaining = self.row_bytes + self.rows * ROW_OVERHEAD;
+        let mut victims: Vec<u32> = Vec::new();
+        let mut steps = 0usize;
+        // Two full turns at most: the first clears every reference bit.
+        while remaining > target && steps < 2 * self.slots.len() {
+            if self.hand >= self.slots.len() {
+                self.hand = 0;
+            }
+            let i = self.hand;
+            self.hand += 1;
+            steps += 1;
+            let slot = &mut self.slots[i];
+            if !slot.live {
+                continue;
+            }
+            if slot.referenced {
+                slot.referenced = false;
+                continue;
+            }
+            // Chosen: marked referenced so that the second turn passes it by.
+            slot.referenced = true;
+            remaining -= slot.key.len() + slot.value.heap_bytes() + ROW_OVERHEAD;
+            victims.push(i as u32);
+        }
+        let dirty_victims = victims
+            .iter()
+            .filter(|&&i| self.slots[i as usize].dirty)
+            .count();
+        if dirty_victims > 0 {
+            let slots = &self.slots;
+            let written = write(
+                &mut victims
+                    .iter()
+                    .map(|&i| &slots[i as usize])
+                    .filter(|s| s.dirty)
+                    .map(|s| -> DirtyRow<'_> { (s.state, &s.key, &s.value) }),
+            );
+            if let Err(e) = written {
+                for &i in &victims {
+                    self.slots[i as usize].referenced = false;
+                }
+                return Err(e);
+            }
+            self.stats.written_rows += dirty_victims as u64;
+        }
+        self.stats.evicted_rows += victims.len() as u64;
+        for i in victims {
+            self.remove(i);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the slot array and the hash table to the live rows' size, giving back the
+    /// capacity that rows evicted since they grew left unused.
+    fn compact(&mut self) {
+        let mut slots = Vec::with_capacity(self.rows + self.rows / 8);
+        slots.extend(
+            std::mem::take(&mut self.slots)
+                .into_iter()
+                .filter(|s| s.live),
+        );
+        let mut table = HashTable::with_capacity(slots.len());
+        for (i, slot) in slots.iter().enumerate() {
+            table.insert_unique(slot.hash, i as u32, |&j| slots[j as usize].hash);
+        }
+        self.slots = slots;
+        self.table = table;
+        self.free_head = NO_SLOT;
+        self.hand = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_none(rows: &mut dyn Iterator<Item = DirtyRow<'_>>) -> Result<()> {
+        assert_eq!(rows.count(), 0, "no dirty row expected");
+        Ok(())
+    }
+
+    #[test]
+    fn rows_read_back_and_changes_are_dirty_until_flushed() {
+        let mut cache = WriteCache::new(1 << 20);
+        cache.fill(0, b"a", Cached::Present(b"1".to_vec()));
+        cache.write(1, b"a", Cached::Present(b"2".to_vec()));
+        cache.append(1, b"l", b"x");
+        cache.append(1, b"l", b"y");
+        assert_eq!(cache.get(0, b"a"), Some(&Cached::Present(b"1".to_vec())));
+        assert_eq!(cache.get(1, b"a"), Some(&Cached::Present(b"2".to_vec())));
+        assert_eq!(cache.get(1, b"l"), Some(&Cached::Appended(b"xy".to_vec())));
+        assert_eq!(cache.get(2, b"a"), None);
+        assert_eq!(cache.stats().dirty_rows, 2);
+        let mut written = Vec::new();
+        cache
+            .flush(|rows| {
+                written.extend(rows.map(|(s, k, v)| (s, k.to_vec(), v.clone())));
+                Ok(())
+            })
+            .unwrap();
+        written.sort_by(|a, b| a.1.cmp(&b.1));
+        assert_eq!(
+            written,
+            vec![
+                (1, b"a".to_vec(), Cached::Present(b"2".to_vec())),
+                (1, b"l".to_vec(), Cached::Appended(b"xy".to_vec())),
+            ]
+        );
+        // The written value stays cached and clean; appended elements are forgotten.
+        assert_eq!(cache.get(1, b"a"), Some(&Cached::Present(b"2".to_vec())));
+        assert_eq!(cache.get(1, b"l"), None);
+        assert_eq!(cache.stats().dirty_rows, 0);
+        cache.flush(write_none).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_keeps_every_row() {
+        let mut cache = WriteCache::new(2048);
+        for i in 0u32..200 {
+            cache.write(0, &i.to_le_bytes(), Cached::Present(vec![7; 16]));
+            let before = cache.stats();
+            let failed = cache.evict_if_full(|_| {
+                Err(crate::Error::Incompatible {
+                    reason: "refused".into(),
+                })
+            });
+            if failed.is_err() {
+                assert_eq!(cache.stats().rows, before.rows);
+                assert_eq!(cache.stats().dirty_rows, before.dirty_rows);
+                assert_eq!(cache.stats().rows, i as usize + 1);
+            }
+        }
+        assert_eq!(cache.stats().dirty_rows, 200);
+        for i in 0u32..200 {
+            assert!(cache.get(0, &i.to_le_bytes()).is_some());
+        }
+    }
+
+    #[test]
+    fn the_bound_holds_and_evicted_dirty_rows_are_written() {
+        let capacity = 4096;
+        let mut cache = WriteCache::new(capacity);
+        let mut written = std::collections::BTreeMap::new();
+        for i in 0u32..10_000 {
+            cache.write(i % 3, &i.to_le_bytes(), Cached::Present(vec![i as u8; 20]));
+            cache
+                .evict_if_full(|rows| {
+                    for (state, key, value) in rows {
+                        written.insert((state, key.to_vec()), value.clone());
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            assert!(
+                cache.charged() <= capacity,
+                "{} > {capacity}",
+                cache.charged()
+            );
+        }
+        let stats = cache.stats();
+        assert!(stats.rows > 10, "a 4 KiB cache holds more than 10 rows");
+        assert_eq!(stats.evicted_rows as usize + stats.rows, 10_000);
+        assert_eq!(written.len(), stats.evicted_rows as usize);
+        for i in 0u32..10_000 {
+            let key = (i % 3, i.to_le_bytes().to_vec());
+            let cached = cache.get(key.0, &key.1).cloned();
+            let value = cached.or_else(|| written.get(&key).cloned());
+            assert_eq!(value, Some(Cached::Present(vec![i as u8; 20])));
+        }
+    }
+
+    #[test]
+    fn referenced_rows_survive_a_sweep() {
+        let mut cache = WriteCache::new(4096);
+        cache.fill(0, b"hot", Cached::Present(vec![1; 8]));
+        for i in 0u32..5_000 {
+            assert!(cache.get(0, b"hot").is_some(), "hot row evicted at {i}");
+            cache.fill(1, &i.to_le_bytes(), Cached::Absent);
+            cache.evict_if_full(write_none).unwrap();
+        }
+    }
+}

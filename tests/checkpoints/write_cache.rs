@@ -1,0 +1,96 @@
+//! The RocksDB backend with a write-back cache so small that it evicts on almost every
+//! operation: random operations with checkpoints (and savepoints) at random points, each
+//! restored and compared with the model of the state at its synchronous part, although
+//! operations kept running during every upload.
+#![cfg(feature = "rocksdb")]
+use crate::common;
+
+use std::sync::Arc;
+
+use common::SplitMix64;
+use common::checkpointing::{assert_matches_model, checkpoint, config, run_ops};
+use common::model::{Handles, Model, OpGenerator};
+use statebackend::checkpoint::{CheckpointCoordinator, RestoreMode, restore_instance};
+use statebackend::savepoint::{complete_savepoint, read_savepoint, restore_savepoint};
+use statebackend::storage::{CheckpointStorage, LocalDirStorage};
+use statebackend::{AnyBackend, BackendConfig, BackendKind, KeyGroupRange, Result};
+
+/// Small enough that a few hundred rows of the model's states do not fit.
+const CACHE_BYTES: usize = 8 << 10;
+
+fn cached_config(range: KeyGroupRange) -> BackendConfig {
+    let mut c = config(BackendKind::RocksDb, range);
+    c.rocksdb.write_cache_bytes = CACHE_BYTES;
+    c
+}
+
+fn cache_of(b: &AnyBackend) -> statebackend::rocks::WriteCacheStats {
+    match b {
+        AnyBackend::RocksDb(r) => r.write_cache_stats().expect("the cache is on"),
+        _ => unreachable!("a RocksDB backend"),
+    }
+}
+
+#[test]
+fn checkpoints_taken_through_an_evicting_cache_restore_to_the_model() -> Result<()> {
+    for seed in [1u64, 2, 3] {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path())?;
+        let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 100)?;
+        let range = KeyGroupRange::all(128)?;
+        let mut b = AnyBackend::open(&cached_config(range))?;
+        let h = Handles::register(&mut b)?;
+        let mut model = Model::default();
+        let mut rng = SplitMix64::new(seed);
+        let mut g = OpGenerator::new(seed * 100, 60, |_| true);
+        let mut taken = Vec::new();
+        let mut dirty_at_checkpoints = 0;
+        for id in 1..=8u64 {
+            run_ops(&mut b, &h, &mut model, &mut g, 1 + rng.below(600) as usize)?;
+            // Rows only the cache holds when the synchronous part starts.
+            dirty_at_checkpoints += cache_of(&b).dirty_rows;
+            let at_checkpoint = model.clone();
+            let mut during = OpGenerator::new(seed * 100 + id, 60, |_| true);
+            let during_ops = rng.below(300) as usize;
+            let (meta, _) = checkpoint(&mut b, &mut coordinator, id, |b| {
+                run_ops(b, &h, &mut model, &mut during, during_ops)
+            })?;
+            taken.push((meta, at_checkpoint));
+        }
+        let stats = cache_of(&b);
+        assert!(stats.evicted_rows > 1_000, "the cache evicted: {stats:?}");
+        assert!(stats.written_rows > 0 && stats.hits > 0, "{stats:?}");
+        assert!(stats.charged_bytes <= CACHE_BYTES, "{stats:?}");
+        assert!(dirty_at_checkpoints > 0);
+
+        // A savepoint of the live state, through the same cache.
+        let savepoint_dir = tempfile::tempdir().unwrap();
+        let savepoint = LocalDirStorage::new(savepoint_dir.path())?;
+        let at_savepoint = model.clone();
+        let pending = b.savepoint()?;
+        run_ops(&mut b, &h, &mut model, &mut g, 200)?;
+        let part = pending.write(&savepoint)?;
+        complete_savepoint(&savepoint, vec![part])?;
+        drop(b);
+
+        for (meta, expected) in &taken {
+            // Restored with and without the cache: both read what the checkpoint holds.
+            for restored_config in [cached_config(range), config(BackendKind::RocksDb, range)] {
+                let mut restored = restore_instance(
+                    storage.as_ref(),
+                    meta,
+                    &restored_config,
+                    RestoreMode::NoClaim,
+                )?;
+                let h = Handles::register(&mut restored)?;
+                assert_matches_model(&mut restored, &h, expected)?;
+            }
+        }
+        let read = read_savepoint(&savepoint)?;
+        assert_eq!(read.instances.len(), 1);
+        let mut restored = restore_savepoint(&savepoint, &read, &cached_config(range))?;
+        let h = Handles::register(&mut restored)?;
+        assert_matches_model(&mut restored, &h, &at_savepoint)?;
+    }
+    Ok(())
+}
