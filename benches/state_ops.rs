@@ -1,8 +1,10 @@
 //! W1–W4 on each backend, each beside its limit: a raw `HashMap` (std SipHash and a fast
 //! hasher) for the heap backend, the raw `rocksdb` crate with the same options for the RocksDB
 //! backend, and raw `rocksdb` with its plain defaults to show what our options buy. The RocksDB
-//! backend also runs W1–W3 with the optional hash memtable (`Memtable::HashLinkList`; map
-//! states keep the skip list, so W4 would repeat the default row).
+//! backend runs without its write-back cache (every operation a RocksDB call), with the
+//! optional hash memtable (W1–W3; `Memtable::HashLinkList`, map states keep the skip list), and
+//! with the cache at Flink's memory budget (`RocksDbOptions::with_memory_budget(512 MiB)`: a
+//! 128 MiB write cache, 384 MiB of block cache holding the memtables), whose hit rate is printed.
 //!
 //! `cargo bench --bench state_ops` runs the specified sizes and asserts WORKLOADS.md's check
 //! values; `STATEBACKEND_BENCH_SCALE=0.01` runs a quick subset of the sizes. Criterion then
@@ -275,16 +277,25 @@ fn workloads() {
         );
         let ours = value_rows(
             "W1-W2",
-            "rocksdb backend",
+            "rocksdb backend, no cache",
             &mut our_value(rocks(Memtable::SkipList)),
             Some(&raw),
         );
         let hashed = value_rows(
             "W1-W2",
-            "rocksdb backend, hash memtable",
+            "rocksdb, no cache, hash memtable",
             &mut our_value(rocks(HASH_MEMTABLE)),
             Some(&raw),
         );
+        let mut cached_store = our_value(rocks_cached());
+        let cached = value_rows(
+            "W1-W2",
+            "rocksdb backend, write cache",
+            &mut cached_store,
+            Some(&raw),
+        );
+        print_cache_stats(&cached_store.b);
+        drop(cached_store);
         let plain = value_rows(
             "W1-W2",
             "raw rocksdb, default options",
@@ -295,6 +306,8 @@ fn workloads() {
         print_default_ratio("W2", &ours.1, &plain.1);
         print_default_ratio("W1, the hash memtable", &hashed.0, &plain.0);
         print_default_ratio("W2, the hash memtable", &hashed.1, &plain.1);
+        print_default_ratio("W1, the write cache", &cached.0, &plain.0);
+        print_default_ratio("W2, the write cache", &cached.1, &plain.1);
     }
 
     println!("\n== W3 list state");
@@ -310,11 +323,17 @@ fn workloads() {
         report("W3", "raw rocksdb, our options [limit]", &ra, None);
         report("W3", "raw rocksdb, our options [limit]", &rg, None);
         let (a, g, _) = w3(&mut our_list(rocks(Memtable::SkipList)));
-        report("W3", "rocksdb backend", &a, Some(&ra));
-        report("W3", "rocksdb backend", &g, Some(&rg));
+        report("W3", "rocksdb backend, no cache", &a, Some(&ra));
+        report("W3", "rocksdb backend, no cache", &g, Some(&rg));
         let (ha, hg, _) = w3(&mut our_list(rocks(HASH_MEMTABLE)));
-        report("W3", "rocksdb backend, hash memtable", &ha, Some(&ra));
-        report("W3", "rocksdb backend, hash memtable", &hg, Some(&rg));
+        report("W3", "rocksdb, no cache, hash memtable", &ha, Some(&ra));
+        report("W3", "rocksdb, no cache, hash memtable", &hg, Some(&rg));
+        let mut cached_store = our_list(rocks_cached());
+        let (ca, cg, _) = w3(&mut cached_store);
+        report("W3", "rocksdb backend, write cache", &ca, Some(&ra));
+        report("W3", "rocksdb backend, write cache", &cg, Some(&rg));
+        print_cache_stats(&cached_store.b);
+        drop(cached_store);
         let (pa, pg, _) = w3(&mut raw_rocks::open(None));
         report("W3", "raw rocksdb, default options", &pa, Some(&ra));
         report("W3", "raw rocksdb, default options", &pg, Some(&rg));
@@ -322,6 +341,8 @@ fn workloads() {
         print_default_ratio("W3 get", &g, &pg);
         print_default_ratio("W3 append, the hash memtable", &ha, &pa);
         print_default_ratio("W3 get, the hash memtable", &hg, &pg);
+        print_default_ratio("W3 append, the write cache", &ca, &pa);
+        print_default_ratio("W3 get, the write cache", &cg, &pg);
     }
 
     println!("\n== W4 map state");
@@ -344,14 +365,24 @@ fn workloads() {
         }
         let (ours, _) = w4(&mut our_map(rocks(Memtable::SkipList)));
         for (p, l) in ours.iter().zip(&raw) {
-            report("W4", "rocksdb backend", p, Some(l));
+            report("W4", "rocksdb backend, no cache", p, Some(l));
         }
+        let mut cached_store = our_map(rocks_cached());
+        let (cached, _) = w4(&mut cached_store);
+        for (p, l) in cached.iter().zip(&raw) {
+            report("W4", "rocksdb backend, write cache", p, Some(l));
+        }
+        print_cache_stats(&cached_store.b);
+        drop(cached_store);
         let (plain, _) = w4(&mut raw_rocks::open(None));
         for (p, l) in plain.iter().zip(&raw) {
             report("W4", "raw rocksdb, default options", p, Some(l));
         }
         for (o, p) in ours.iter().zip(&plain) {
             print_default_ratio(o.name, o, p);
+        }
+        for (o, p) in cached.iter().zip(&plain) {
+            print_default_ratio(&format!("{}, the write cache", o.name), o, p);
         }
     }
 }
@@ -361,19 +392,48 @@ fn workloads() {
 const HASH_MEMTABLE: Memtable = Memtable::HashLinkList { buckets: 1 << 20 };
 
 #[cfg(feature = "rocksdb")]
+/// The RocksDB backend without the write-back cache: every operation a RocksDB call.
 fn rocks(memtable: Memtable) -> statebackend::RocksDbBackend {
     let options = statebackend::RocksDbOptions {
         memtable,
+        write_cache_bytes: 0,
         ..Default::default()
     };
     statebackend::RocksDbBackend::open(128, KeyGroupRange::all(128).unwrap(), None, options)
         .unwrap()
 }
 
+/// The memory budget of the write-cache rows: Flink's managed memory in the figures we compare
+/// with (`docs/benchmarks.md`).
+#[cfg(feature = "rocksdb")]
+const MEMORY_BUDGET: usize = 512 << 20;
+
+/// The RocksDB backend with all of its memory in one budget, a quarter of it the write cache.
+#[cfg(feature = "rocksdb")]
+fn rocks_cached() -> statebackend::RocksDbBackend {
+    let options = statebackend::RocksDbOptions::with_memory_budget(MEMORY_BUDGET);
+    statebackend::RocksDbBackend::open(128, KeyGroupRange::all(128).unwrap(), None, options)
+        .unwrap()
+}
+
+#[cfg(feature = "rocksdb")]
+fn print_cache_stats(b: &statebackend::RocksDbBackend) {
+    if let Some(stats) = b.write_cache_stats() {
+        println!(
+            "           write cache: hit rate {:.1}%, {} rows, {:.1} MiB of {:.0} MiB, {} rows written by eviction or flush",
+            stats.hit_rate() * 100.0,
+            stats.rows,
+            stats.charged_bytes as f64 / (1 << 20) as f64,
+            stats.capacity_bytes as f64 / (1 << 20) as f64,
+            stats.written_rows
+        );
+    }
+}
+
 #[cfg(feature = "rocksdb")]
 /// `what` names the workload and, after a comma, a variant of our options if any.
 fn print_default_ratio(what: &str, ours: &Phase, plain: &Phase) {
-    let (workload, options) = what.split_once(", ").unwrap_or((what, "our defaults"));
+    let (workload, options) = what.split_once(", ").unwrap_or((what, "no cache"));
     println!(
         "{workload}: rocksdb backend with {options} is {:.2}x the speed of raw rocksdb with plain defaults",
         plain.ns_per_op() / ours.ns_per_op()
@@ -409,6 +469,7 @@ fn micro(c: &mut Criterion) {
             Box::new(raw_rocks::open(Some(StateKind::Value))),
         );
         measure("rocksdb", Box::new(our_value(rocks(Memtable::SkipList))));
+        measure("rocksdb_write_cache", Box::new(our_value(rocks_cached())));
     }
     group.finish();
 }

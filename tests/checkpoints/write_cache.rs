@@ -75,7 +75,9 @@ fn checkpoints_taken_through_an_evicting_cache_restore_to_the_model() -> Result<
 
         for (meta, expected) in &taken {
             // Restored with and without the cache: both read what the checkpoint holds.
-            for restored_config in [cached_config(range), config(BackendKind::RocksDb, range)] {
+            let mut uncached = config(BackendKind::RocksDb, range);
+            uncached.rocksdb.write_cache_bytes = 0;
+            for restored_config in [cached_config(range), uncached] {
                 let mut restored = restore_instance(
                     storage.as_ref(),
                     meta,

@@ -85,12 +85,13 @@ fn a_full_disk_is_no_space_and_the_backend_recovers_when_space_is_freed() -> Res
     let ballast = disk.0.join("ballast");
     let all = KeyGroupRange::all(128)?;
     let descriptor = ValueStateDescriptor::<u32, (), Vec<u8>>::new("values");
-    let mut b = AnyBackend::RocksDb(RocksDbBackend::open(
-        128,
-        all,
-        Some(work.clone()),
-        Default::default(),
-    )?);
+    // Without the write-back cache, so that every put below is a RocksDB write (with it, a
+    // put is held in the cache and a full disk shows at the next flush or snapshot).
+    let options = statebackend::RocksDbOptions {
+        write_cache_bytes: 0,
+        ..Default::default()
+    };
+    let mut b = AnyBackend::RocksDb(RocksDbBackend::open(128, all, Some(work.clone()), options)?);
     let state = b.value_state(&descriptor)?;
     for k in 0..4000 {
         state.put(&mut b, &k, &(), value(k, 0))?; // memtables: no disk yet

@@ -65,9 +65,13 @@ impl RocksDbBackend {
                 )
             })
             .collect();
-        let db =
-            DB::open_cf_descriptors_read_only(&self.options.db_options(), &dir, descriptors, false)
-                .map_err(rocks_err(&dir))?;
+        let db = DB::open_cf_descriptors_read_only(
+            &self.options.db_options(&self.cache),
+            &dir,
+            descriptors,
+            false,
+        )
+        .map_err(rocks_err(&dir))?;
         let mut states: Vec<(StateInfo, String)> = self
             .states
             .iter()

@@ -331,7 +331,7 @@ impl RocksDbBackend {
         options.validate()?;
         let db_path = dir.path().join("db");
         let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
-        let db_options = options.db_options();
+        let db_options = options.db_options(&cache);
         let existed = db_path.join("CURRENT").exists();
         // Any `db/` at all: a crash while it was being removed may have taken `CURRENT` first.
         let had_db = db_path.exists();
@@ -940,6 +940,68 @@ impl KeyedStateBackend for RocksDbBackend {
         self.db
             .put_cf_opt(cf, row, bytes, &self.write_options)
             .map_err(self.rocks())
+    }
+
+    /// One row key and, with the write-back cache, one lookup for the read and the write.
+    fn update_cell<K, N, V, F>(
+        &mut self,
+        id: StateId,
+        key: KeyRef<'_, K>,
+        ns: &N,
+        f: F,
+    ) -> Result<()>
+    where
+        K: StateKey,
+        N: StateKey,
+        V: StateValue,
+        F: FnOnce(Option<&V>) -> Option<V>,
+    {
+        let encode = |name: &str, value: &V| {
+            DefaultCodec::default()
+                .encode(value)
+                .map_err(encode_err(name))
+        };
+        let mut f = Some(f);
+        let cached = self.with_cached_row(id, key, ns, None, |cache, index, state, cf, row| {
+            let name = &state.info.name;
+            let current: Option<V> = self.read_cached(
+                cache,
+                index,
+                cf,
+                row,
+                |b| Self::decode(name, b).map(Some),
+                || None,
+            )?;
+            let update = f.take().expect("called once");
+            match update(current.as_ref()) {
+                Some(value) => {
+                    self.write_cached(cache, index, row, Cached::Present(encode(name, &value)?))
+                }
+                None if current.is_some() => self.write_cached(cache, index, row, Cached::Absent),
+                None => Ok(()),
+            }
+        });
+        if let Some(result) = cached {
+            return result;
+        }
+        let update = f.take().expect("called once");
+        let (state, cf, row) = self.locate(id, key, ns)?;
+        let name = &state.info.name;
+        let current: Option<V> = match self.get_raw(cf, &row)? {
+            Some(bytes) => Some(Self::decode(name, &bytes)?),
+            None => None,
+        };
+        match update(current.as_ref()) {
+            Some(value) => self
+                .db
+                .put_cf_opt(cf, &row, encode(name, &value)?, &self.write_options)
+                .map_err(self.rocks()),
+            None if current.is_some() => self
+                .db
+                .delete_cf_opt(cf, &row, &self.write_options)
+                .map_err(self.rocks()),
+            None => Ok(()),
+        }
     }
 
     fn clear<K: StateKey, N: StateKey>(

@@ -2,7 +2,7 @@
 
 use rocksdb::{
     BlockBasedOptions, Cache, DBCompactionStyle, DBCompressionType, DataBlockIndexType,
-    MemtableFactory, Options, SliceTransform,
+    MemtableFactory, Options, SliceTransform, WriteBufferManager,
 };
 
 use super::merge::{LIST_MERGE_OPERATOR, list_append_merge};
@@ -56,13 +56,21 @@ impl Memtable {
 pub struct RocksDbOptions {
     /// Capacity of the LRU block cache shared by all column families. Default 128 MiB.
     pub block_cache_bytes: usize,
-    /// Capacity of the write-back cache in front of RocksDB, in bytes; 0 (the default) turns it
-    /// off. The cache holds recently used rows of every state (decoded from nothing: the bytes
-    /// RocksDB would hold): reads of cached rows and all writes are hash-table operations, and
-    /// changed rows reach RocksDB in batches when evicted and in every checkpoint's synchronous
-    /// part. Counted in the bytes the cache allocates; it comes on top of the block cache and
-    /// the write buffers ([`RocksDbOptions::with_memory_budget`] splits one number).
+    /// Capacity of the write-back cache in front of RocksDB, in bytes; 0 turns it off. Default
+    /// 64 MiB. The cache holds recently used rows of every state (as the bytes RocksDB would
+    /// hold): reads of cached rows and all writes are hash-table operations, and changed rows
+    /// reach RocksDB in batches when evicted and in every checkpoint's synchronous part. So a
+    /// write that RocksDB would refuse (a full disk) fails at the eviction, flush or snapshot
+    /// that writes it, not at the put; the row stays cached and dirty. Counted in the bytes the
+    /// cache allocates, filled as rows arrive; it comes on top of the block cache and the write
+    /// buffers ([`RocksDbOptions::with_memory_budget`] splits one number).
     pub write_cache_bytes: usize,
+    /// When not 0, the memtables of all states together are capped at this many bytes and
+    /// charged to the block cache (RocksDB's write buffer manager), so that
+    /// [`RocksDbOptions::block_cache_bytes`] bounds cached blocks and memtables together, as
+    /// Flink's managed memory does. Default 0: each column family's memtables are bounded by
+    /// `write_buffer_bytes × max_write_buffers` on their own, beside the block cache.
+    pub write_buffer_manager_bytes: usize,
     /// Size of one memtable (per column family). Default 64 MiB. Smaller memtables make point
     /// lookups cheaper (fewer skip-list entries to search) but a bulk load then leaves many
     /// small runs that compaction merges right after the first checkpoint, and that merge is
@@ -112,7 +120,8 @@ impl Default for RocksDbOptions {
     fn default() -> Self {
         Self {
             block_cache_bytes: 128 << 20,
-            write_cache_bytes: 0,
+            write_cache_bytes: 64 << 20,
+            write_buffer_manager_bytes: 0,
             write_buffer_bytes: 64 << 20,
             max_write_buffers: 4,
             bloom_bits_per_key: 10.0,
@@ -131,6 +140,34 @@ impl Default for RocksDbOptions {
 }
 
 impl RocksDbOptions {
+    /// The default options with all of the backend's memory bounded by one number, `bytes`:
+    /// a quarter for the write-back cache, the rest for the block cache, which also carries
+    /// the memtables (at most half of it, through the write buffer manager; Flink gives its
+    /// write buffers the same half of RocksDB's managed memory). A memtable is at most 64 MiB
+    /// and at most a quarter of the memtables' share.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[cfg(feature = "rocksdb")] {
+    /// let options = statebackend::RocksDbOptions::with_memory_budget(512 << 20);
+    /// assert_eq!(options.write_cache_bytes, 128 << 20);
+    /// assert_eq!(options.block_cache_bytes, 384 << 20);
+    /// assert_eq!(options.write_buffer_manager_bytes, 192 << 20);
+    /// # }
+    /// ```
+    pub fn with_memory_budget(bytes: usize) -> Self {
+        let write_cache_bytes = bytes / 4;
+        let block_cache_bytes = bytes - write_cache_bytes;
+        let write_buffer_manager_bytes = block_cache_bytes / 2;
+        Self {
+            write_cache_bytes,
+            block_cache_bytes,
+            write_buffer_manager_bytes,
+            write_buffer_bytes: (write_buffer_manager_bytes / 4).clamp(1 << 20, 64 << 20),
+            ..Self::default()
+        }
+    }
+
     /// Checks the options that RocksDB would not reject itself but cannot work with.
     ///
     /// # Errors
@@ -158,21 +195,30 @@ impl RocksDbOptions {
         let cache = Cache::new_lru_cache(self.block_cache_bytes);
         let mut opts = self.cf_options(&cache, kind);
         opts.create_if_missing(true);
-        self.set_db_wide(&mut opts);
+        self.set_db_wide(&mut opts, &cache);
         opts
     }
 
-    /// DB-wide options.
-    pub(crate) fn db_options(&self) -> Options {
+    /// DB-wide options; `cache` is the block cache the write buffer manager charges.
+    pub(crate) fn db_options(&self, cache: &Cache) -> Options {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        self.set_db_wide(&mut opts);
+        self.set_db_wide(&mut opts, cache);
         opts
     }
 
-    fn set_db_wide(&self, opts: &mut Options) {
+    fn set_db_wide(&self, opts: &mut Options, cache: &Cache) {
         opts.set_max_background_jobs(self.background_jobs);
+        if self.write_buffer_manager_bytes > 0 {
+            opts.set_write_buffer_manager(
+                &WriteBufferManager::new_write_buffer_manager_with_cache(
+                    self.write_buffer_manager_bytes,
+                    false,
+                    cache.clone(),
+                ),
+            );
+        }
         if self.memtable != Memtable::SkipList {
             // Hash memtables refuse concurrent inserts, and RocksDB checks this DB-wide option
             // against every column family. A backend writes from one thread anyway.

@@ -367,7 +367,7 @@ fn prepare_restore_dir(
 /// is the only reliable sign, so the DB is opened, without compactions, and closed again). A DB
 /// that cannot be opened for any other reason is not in use.
 fn check_not_in_use(db: &Path, options: &super::RocksDbOptions) -> Result<()> {
-    let mut db_options = options.db_options();
+    let mut db_options = options.db_options(&rocksdb::Cache::new_lru_cache(1 << 20));
     db_options.create_if_missing(false);
     db_options.set_disable_auto_compactions(true);
     let Ok(families) = rocksdb::DB::list_cf(&db_options, db) else {
