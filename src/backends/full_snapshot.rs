@@ -58,12 +58,12 @@ struct FullSnapshot {
 
 impl SnapshotUpload for FullSnapshot {
     fn upload(
-        mut self: Box<Self>,
+        self: Box<Self>,
         storage: &dyn CheckpointStorage,
     ) -> Result<(InstanceMetadata, UploadStats)> {
         let dir = snapshot_dir()?;
         let local = dir.path().join(FULL_SNAPSHOT_FILE);
-        let summary = write_data_file(self.view.as_mut(), &local)?;
+        let summary = write_data_file(self.view.as_ref(), &local)?;
         let path = private_path(
             self.checkpoint_id,
             self.instance.instance_id,

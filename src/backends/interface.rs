@@ -192,14 +192,14 @@ impl PendingSavepoint {
     ///
     /// # Errors
     /// Encoding, I/O and storage errors.
-    pub fn write(mut self, storage: &dyn CheckpointStorage) -> Result<InstanceMetadata> {
+    pub fn write(self, storage: &dyn CheckpointStorage) -> Result<InstanceMetadata> {
         let name = format!("{}.sbdf", self.instance_id.hex());
         let dir = tempfile::Builder::new()
             .prefix("statebackend-savepoint-")
             .tempdir()
             .map_err(|e| crate::model::error::Error::io(std::env::temp_dir(), e))?;
         let local = dir.path().join(&name);
-        let summary: DataFileSummary = write_data_file(self.view.as_mut(), &local)?;
+        let summary: DataFileSummary = write_data_file(self.view.as_ref(), &local)?;
         let path = StoragePath::parse(&name)?;
         storage.put_file(&path, &local)?;
         Ok(InstanceMetadata {

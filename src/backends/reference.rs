@@ -480,7 +480,7 @@ impl RowView for ReferenceView {
         &self.states
     }
 
-    fn rows(&mut self, key_group: KeyGroup, state: usize, sink: &mut RowSink<'_>) -> Result<()> {
+    fn rows(&self, key_group: KeyGroup, state: usize, sink: &mut RowSink<'_>) -> Result<()> {
         let slot = (u32::from(key_group) - self.range.start()) as usize;
         for (key, value) in &self.rows[state][slot] {
             sink(key, value)?;

@@ -7,14 +7,13 @@ use crate::model::key_group::{KeyGroup, KeyGroupRange};
 use crate::model::state::StateInfo;
 
 /// The heap backend's frozen maps as a row view: each (key group, state) is encoded and sorted
-/// on demand, so only one of them is held as bytes at a time.
+/// on demand, so only the key groups being written are held as bytes.
 pub(crate) struct HeapView {
     frozen: HeapFrozen,
     max_parallelism: u32,
     /// Indices into `frozen.states`, sorted by state name.
     order: Vec<usize>,
     infos: Vec<StateInfo>,
-    scratch: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl HeapView {
@@ -27,10 +26,13 @@ impl HeapView {
             max_parallelism,
             order,
             infos,
-            scratch: Vec::new(),
         }
     }
 }
+
+/// A row encoded into an arena: the first 8 bytes of its key (big-endian, zero-padded, so that
+/// comparing them orders as the bytes do), where the key starts, its length, the value's.
+type ArenaRow = (u64, usize, usize, usize);
 
 impl RowView for HeapView {
     fn max_parallelism(&self) -> u32 {
@@ -45,18 +47,33 @@ impl RowView for HeapView {
         &self.infos
     }
 
-    fn rows(&mut self, key_group: KeyGroup, state: usize, sink: &mut RowSink<'_>) -> Result<()> {
+    /// Encodes the rows into one arena (no allocation per row) and sorts them by key, most
+    /// comparisons decided by the keys' first 8 bytes without touching the arena.
+    fn rows(&self, key_group: KeyGroup, state: usize, sink: &mut RowSink<'_>) -> Result<()> {
         let group = (u32::from(key_group) - self.frozen.range.start()) as usize;
         let (info, table) = &self.frozen.states[self.order[state]];
-        let rows = &mut self.scratch;
-        rows.clear();
+        let mut arena: Vec<u8> = Vec::new();
+        let mut rows: Vec<ArenaRow> = Vec::new();
         table.rows(group, &info.name, &mut |key, value| {
-            rows.push((key.to_vec(), value.to_vec()));
+            let mut head = [0u8; 8];
+            let n = key.len().min(8);
+            head[..n].copy_from_slice(&key[..n]);
+            rows.push((
+                u64::from_be_bytes(head),
+                arena.len(),
+                key.len(),
+                value.len(),
+            ));
+            arena.extend_from_slice(key);
+            arena.extend_from_slice(value);
             Ok(())
         })?;
-        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (key, value) in rows.iter() {
-            sink(key, value)?;
+        let key = |&(_, start, len, _): &ArenaRow| &arena[start..start + len];
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key(a).cmp(key(b))));
+        for row in &rows {
+            let (_, start, key_len, value_len) = *row;
+            let value_start = start + key_len;
+            sink(key(row), &arena[value_start..value_start + value_len])?;
         }
         Ok(())
     }

@@ -233,7 +233,7 @@ impl RowView for RocksView {
         &self.infos
     }
 
-    fn rows(&mut self, key_group: KeyGroup, state: usize, sink: &mut RowSink<'_>) -> Result<()> {
+    fn rows(&self, key_group: KeyGroup, state: usize, sink: &mut RowSink<'_>) -> Result<()> {
         scan_key_group(
             &self.db,
             &self.dir.0,

@@ -58,17 +58,143 @@ pub struct DataFileSummary {
     pub rows: u64,
 }
 
-/// Streams sorted rows into a data file.
-pub struct DataFileWriter<W: Write> {
-    out: W,
-    hasher: crc32fast::Hasher,
-    pos: u64,
+/// Cuts sorted rows into the data file's blocks, each framed as it is written (`u32` body
+/// length, body, crc32 of the body). A [`DataFileWriter`] feeds its rows through one; a
+/// parallel writer encodes each key group with its own on any thread and appends the results
+/// in key-group order ([`DataFileWriter::append`]), which yields the same bytes.
+pub(crate) struct BlockEncoder {
     range: KeyGroupRange,
     state_count: usize,
     block: ByteWriter,
     block_rows: u32,
     current: Option<(KeyGroup, u32)>,
     last_key: Vec<u8>,
+    encoded: EncodedBlocks,
+}
+
+/// Framed blocks, ready to be written in order.
+#[derive(Default)]
+pub(crate) struct EncodedBlocks {
+    framed: Vec<u8>,
+    /// Key group and framed length of each block, in order.
+    blocks: Vec<(KeyGroup, usize)>,
+    rows: u64,
+}
+
+impl BlockEncoder {
+    /// An encoder for rows of `range` and `state_count` states.
+    pub(crate) fn new(range: KeyGroupRange, state_count: usize) -> Self {
+        Self {
+            range,
+            state_count,
+            block: ByteWriter::new(),
+            block_rows: 0,
+            current: None,
+            last_key: Vec::new(),
+            encoded: EncodedBlocks::default(),
+        }
+    }
+
+    /// Adds a row. Rows must come in strictly ascending (key group, state index, row key)
+    /// order, within the range.
+    ///
+    /// # Errors
+    /// [`Error::Incompatible`] for rows out of order or out of range.
+    pub(crate) fn add_row(
+        &mut self,
+        key_group: KeyGroup,
+        state: u32,
+        row_key: &[u8],
+        value: &[u8],
+    ) -> Result<()> {
+        if !self.range.contains(key_group) || state as usize >= self.state_count {
+            return Err(Error::Incompatible {
+                reason: format!(
+                    "row of key group {key_group}, state {state} outside the file's header"
+                ),
+            });
+        }
+        let at = (key_group, state);
+        match self.current {
+            Some(cur) if cur == at => {
+                if row_key <= self.last_key.as_slice() {
+                    return Err(Error::Incompatible {
+                        reason: format!("rows of key group {key_group} not in ascending key order"),
+                    });
+                }
+            }
+            Some(cur) if cur > at => {
+                return Err(Error::Incompatible {
+                    reason: format!("key group {key_group} / state {state} written out of order"),
+                });
+            }
+            _ => {
+                self.flush_block()?;
+                self.current = Some(at);
+            }
+        }
+        if self.block.len() >= BLOCK_TARGET_BYTES {
+            self.flush_block()?;
+        }
+        if self.block_rows == 0 {
+            self.block.u16(key_group).u32(state).u32(0);
+        }
+        self.block.bytes(row_key).bytes(value);
+        self.block_rows += 1;
+        self.encoded.rows += 1;
+        self.last_key.clear();
+        self.last_key.extend_from_slice(row_key);
+        Ok(())
+    }
+
+    /// Closes the open block, if any, into the framed output.
+    fn flush_block(&mut self) -> Result<()> {
+        if self.block_rows == 0 {
+            return Ok(());
+        }
+        let mut body = std::mem::take(&mut self.block).into_inner();
+        // The row count sits after key group (2 bytes) and state index (4 bytes).
+        body[6..10].copy_from_slice(&self.block_rows.to_le_bytes());
+        let key_group = u16::from_le_bytes([body[0], body[1]]);
+        let len = u32::try_from(body.len()).map_err(|_| Error::Incompatible {
+            reason: "a single row exceeds 4 GiB".into(),
+        })?;
+        let framed = &mut self.encoded.framed;
+        let before = framed.len();
+        framed.extend_from_slice(&len.to_le_bytes());
+        framed.extend_from_slice(&body);
+        framed.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        self.encoded.blocks.push((key_group, framed.len() - before));
+        self.block_rows = 0;
+        // The next block reuses the buffer.
+        body.clear();
+        self.block = ByteWriter { buf: body };
+        Ok(())
+    }
+
+    /// The blocks finished so far (the open one stays open).
+    fn take_finished(&mut self) -> EncodedBlocks {
+        std::mem::take(&mut self.encoded)
+    }
+
+    /// Closes the last block; every row added is in the result.
+    ///
+    /// # Errors
+    /// [`Error::Incompatible`] for a row over 4 GiB.
+    pub(crate) fn finish(mut self) -> Result<EncodedBlocks> {
+        self.flush_block()?;
+        Ok(self.encoded)
+    }
+}
+
+/// Streams sorted rows into a data file.
+pub struct DataFileWriter<W: Write> {
+    out: W,
+    hasher: crc32fast::Hasher,
+    pos: u64,
+    encoder: BlockEncoder,
+    /// The last key group appended whole ([`DataFileWriter::append`]).
+    appended: Option<KeyGroup>,
     index: Vec<(KeyGroup, u64, u32)>,
     rows: u64,
 }
@@ -125,12 +251,8 @@ impl<W: Write> DataFileWriter<W> {
             out,
             hasher: crc32fast::Hasher::new(),
             pos: 0,
-            range: header.key_groups,
-            state_count: header.states.len(),
-            block: ByteWriter::new(),
-            block_rows: 0,
-            current: None,
-            last_key: Vec::new(),
+            encoder: BlockEncoder::new(header.key_groups, header.states.len()),
+            appended: None,
             index: Vec::new(),
             rows: 0,
         };
@@ -159,67 +281,52 @@ impl<W: Write> DataFileWriter<W> {
         row_key: &[u8],
         value: &[u8],
     ) -> Result<()> {
-        if !self.range.contains(key_group) || state as usize >= self.state_count {
+        if self.appended.is_some_and(|last| key_group <= last) {
             return Err(Error::Incompatible {
-                reason: format!(
-                    "row of key group {key_group}, state {state} outside the file's header"
-                ),
+                reason: format!("key group {key_group} written out of order"),
             });
         }
-        let at = (key_group, state);
-        match self.current {
-            Some(cur) if cur == at => {
-                if row_key <= self.last_key.as_slice() {
-                    return Err(Error::Incompatible {
-                        reason: format!("rows of key group {key_group} not in ascending key order"),
-                    });
-                }
-            }
-            Some(cur) if cur > at => {
-                return Err(Error::Incompatible {
-                    reason: format!("key group {key_group} / state {state} written out of order"),
-                });
-            }
-            _ => {
-                self.flush_block()?;
-                self.current = Some(at);
-            }
-        }
-        if self.block.len() >= BLOCK_TARGET_BYTES {
-            self.flush_block()?;
-        }
-        if self.block_rows == 0 {
-            self.block.u16(key_group).u32(state).u32(0);
-        }
-        self.block.bytes(row_key).bytes(value);
-        self.block_rows += 1;
-        self.rows += 1;
-        self.last_key.clear();
-        self.last_key.extend_from_slice(row_key);
-        Ok(())
+        self.encoder.add_row(key_group, state, row_key, value)?;
+        let finished = self.encoder.take_finished();
+        self.write_blocks(finished)
     }
 
-    fn flush_block(&mut self) -> Result<()> {
-        if self.block_rows == 0 {
+    /// Appends the blocks of key groups encoded elsewhere ([`BlockEncoder`]); they must come
+    /// after every row written so far, and after every key group appended before.
+    ///
+    /// # Errors
+    /// [`Error::Incompatible`] for blocks out of order; I/O errors.
+    pub(crate) fn append(&mut self, encoded: EncodedBlocks) -> Result<()> {
+        self.encoder.flush_block()?;
+        let open = self.encoder.take_finished();
+        self.write_blocks(open)?;
+        let Some(&(first, _)) = encoded.blocks.first() else {
+            return Ok(());
+        };
+        let after_rows = self.encoder.current.is_some_and(|(kg, _)| first <= kg);
+        if after_rows || self.appended.is_some_and(|last| first <= last) {
+            return Err(Error::Incompatible {
+                reason: format!("key group {first} written out of order"),
+            });
+        }
+        self.appended = encoded.blocks.last().map(|&(kg, _)| kg);
+        self.write_blocks(encoded)
+    }
+
+    fn write_blocks(&mut self, encoded: EncodedBlocks) -> Result<()> {
+        if encoded.blocks.is_empty() {
             return Ok(());
         }
-        let mut body = std::mem::take(&mut self.block).into_inner();
-        // The row count sits after key group (2 bytes) and state index (4 bytes).
-        body[6..10].copy_from_slice(&self.block_rows.to_le_bytes());
-        let key_group = u16::from_le_bytes([body[0], body[1]]);
-        match self.index.last_mut() {
-            Some((kg, _, blocks)) if *kg == key_group => *blocks += 1,
-            _ => self.index.push((key_group, self.pos, 1)),
+        let mut at = self.pos;
+        for &(key_group, len) in &encoded.blocks {
+            match self.index.last_mut() {
+                Some((kg, _, blocks)) if *kg == key_group => *blocks += 1,
+                _ => self.index.push((key_group, at, 1)),
+            }
+            at += len as u64;
         }
-        let len = u32::try_from(body.len()).map_err(|_| Error::Incompatible {
-            reason: "a single row exceeds 4 GiB".into(),
-        })?;
-        let crc = crc32fast::hash(&body);
-        self.write(&len.to_le_bytes())?;
-        self.write(&body)?;
-        self.write(&crc.to_le_bytes())?;
-        self.block_rows = 0;
-        Ok(())
+        self.rows += encoded.rows;
+        self.write(&encoded.framed)
     }
 
     /// Writes the last block, the index and the footer; returns size, crc32 and row count.
@@ -227,7 +334,9 @@ impl<W: Write> DataFileWriter<W> {
     /// # Errors
     /// I/O errors.
     pub fn finish(mut self) -> Result<(W, DataFileSummary)> {
-        self.flush_block()?;
+        self.encoder.flush_block()?;
+        let last = self.encoder.take_finished();
+        self.write_blocks(last)?;
         let index_offset = self.pos;
         let mut w = ByteWriter::new();
         w.u32(self.index.len() as u32);

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::model::codec::{Codec, DefaultCodec};
 use crate::model::error::{Error, Result};
 use crate::model::format::data_file::{
-    DataFileHeader, DataFileReader, DataFileSummary, DataFileWriter,
+    BlockEncoder, DataFileHeader, DataFileReader, DataFileSummary, DataFileWriter, EncodedBlocks,
 };
 use crate::model::key_group::{KeyGroup, KeyGroupRange};
 use crate::model::state::StateInfo;
@@ -17,8 +17,9 @@ use crate::model::state::StateInfo;
 /// Receives `(row key suffix, value)` rows.
 pub type RowSink<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
 
-/// One instance's state frozen at a point in time, readable as canonical rows.
-pub trait RowView: Send {
+/// One instance's state frozen at a point in time, readable as canonical rows. Key groups are
+/// read on several threads at once ([`write_data_file`]), hence `Sync` and `&self`.
+pub trait RowView: Send + Sync {
     /// The job's max parallelism.
     fn max_parallelism(&self) -> u32;
     /// The key groups of the instance.
@@ -26,11 +27,31 @@ pub trait RowView: Send {
     /// The states, sorted by name.
     fn states(&self) -> &[StateInfo];
     /// Emits the rows of `states()[state]` in `key_group`, in ascending row-key order.
-    fn rows(&mut self, key_group: KeyGroup, state: usize, sink: &mut RowSink<'_>) -> Result<()>;
+    fn rows(&self, key_group: KeyGroup, state: usize, sink: &mut RowSink<'_>) -> Result<()>;
+}
+
+/// Threads that encode key groups at once in [`write_data_file`]: the machine's parallelism,
+/// at most 4 (the writer, one thread, then becomes the limit).
+fn encode_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 /// Writes `view` as a canonical data file at `path`.
-pub fn write_data_file(view: &mut dyn RowView, path: &Path) -> Result<DataFileSummary> {
+///
+/// Key groups are read and encoded on [`encode_threads`] threads, and written in key-group order
+/// as they complete, so the bytes are those of a sequential writer. At most two key groups per
+/// thread are held encoded at a time: memory is bounded by the largest key groups, not by the
+/// state.
+pub fn write_data_file(view: &dyn RowView, path: &Path) -> Result<DataFileSummary> {
+    write_data_file_on(view, path, encode_threads())
+}
+
+/// [`write_data_file`] on `threads` encoding threads (1: all on the calling thread).
+pub(crate) fn write_data_file_on(
+    view: &dyn RowView,
+    path: &Path,
+    threads: usize,
+) -> Result<DataFileSummary> {
     let header = DataFileHeader {
         codec: DefaultCodec::ID,
         max_parallelism: view.max_parallelism(),
@@ -38,15 +59,126 @@ pub fn write_data_file(view: &mut dyn RowView, path: &Path) -> Result<DataFileSu
         states: view.states().to_vec(),
     };
     let mut writer = DataFileWriter::create(path, &header)?;
-    for key_group in view.key_groups().iter() {
+    let groups: Vec<KeyGroup> = header.key_groups.iter().collect();
+    let encode = |key_group: KeyGroup| -> Result<EncodedBlocks> {
+        let mut encoder = BlockEncoder::new(header.key_groups, header.states.len());
         for state in 0..header.states.len() {
             view.rows(key_group, state, &mut |key, value| {
-                writer.add_row(key_group, state as u32, key, value)
+                encoder.add_row(key_group, state as u32, key, value)
             })?;
         }
+        encoder.finish()
+    };
+    if threads <= 1 || groups.len() <= 1 {
+        for &key_group in &groups {
+            writer.append(encode(key_group)?)?;
+        }
+    } else {
+        in_order_on_threads(
+            groups.len(),
+            threads,
+            &|i| encode(groups[i]),
+            &mut |encoded| writer.append(encoded),
+        )?;
     }
     let (_, summary) = writer.finish()?;
     Ok(summary)
+}
+
+/// Runs `work(0..count)` on `threads` threads and hands the results to `consume` in index
+/// order on the calling thread. A thread starts item `i` only once fewer than `2 × threads`
+/// items before it are still unconsumed, which bounds what waits. The first error (of `work`
+/// or `consume`) stops the other threads from starting items and is returned; a panic in
+/// `work` is resumed on the calling thread.
+fn in_order_on_threads<T: Send>(
+    count: usize,
+    threads: usize,
+    work: &(dyn Fn(usize) -> Result<T> + Sync),
+    consume: &mut dyn FnMut(T) -> Result<()>,
+) -> Result<()> {
+    use std::collections::BTreeMap;
+    use std::sync::{Condvar, Mutex, mpsc};
+
+    struct Progress {
+        next: usize,
+        consumed: usize,
+        stop: bool,
+    }
+    let window = 2 * threads;
+    let progress = Mutex::new(Progress {
+        next: 0,
+        consumed: 0,
+        stop: false,
+    });
+    let moved = Condvar::new();
+    let stop_all = || {
+        let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+        p.stop = true;
+        moved.notify_all();
+    };
+    std::thread::scope(|scope| {
+        let (send, receive) = mpsc::channel::<(usize, std::thread::Result<Result<T>>)>();
+        for _ in 0..threads {
+            let send = send.clone();
+            let (progress, moved) = (&progress, &moved);
+            scope.spawn(move || {
+                loop {
+                    let index = {
+                        let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+                        while !p.stop && p.next < count && p.next >= p.consumed + window {
+                            p = moved.wait(p).unwrap_or_else(|e| e.into_inner());
+                        }
+                        if p.stop || p.next >= count {
+                            return;
+                        }
+                        p.next += 1;
+                        p.next - 1
+                    };
+                    let result =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(index)));
+                    let failed = !matches!(result, Ok(Ok(_)));
+                    if send.send((index, result)).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(send);
+        let mut waiting: BTreeMap<usize, T> = BTreeMap::new();
+        let mut consumed = 0;
+        let outcome = (|| {
+            while consumed < count {
+                let Ok((index, result)) = receive.recv() else {
+                    // Only a thread that died outside `work` (the scope re-raises its panic).
+                    return Err(Error::Incompatible {
+                        reason: "an encoding thread stopped without a result".into(),
+                    });
+                };
+                match result {
+                    Ok(Ok(value)) => {
+                        waiting.insert(index, value);
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(panic) => {
+                        stop_all();
+                        std::panic::resume_unwind(panic)
+                    }
+                }
+                while let Some(value) = waiting.remove(&consumed) {
+                    consume(value)?;
+                    consumed += 1;
+                    let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+                    p.consumed = consumed;
+                    moved.notify_all();
+                }
+            }
+            Ok(())
+        })();
+        if outcome.is_err() {
+            stop_all();
+        }
+        outcome
+    })
 }
 
 /// Receives `(key group, state index, row key suffix, value)` rows of a restore.
@@ -142,5 +274,133 @@ impl<R: Read + Seek> RowSource for DataFileRows<R> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::state::StateKind;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Rows generated from (key group, state): some key groups empty, some spanning several
+    /// blocks.
+    struct Generated {
+        range: KeyGroupRange,
+        states: Vec<StateInfo>,
+    }
+
+    impl RowView for Generated {
+        fn max_parallelism(&self) -> u32 {
+            128
+        }
+        fn key_groups(&self) -> KeyGroupRange {
+            self.range
+        }
+        fn states(&self) -> &[StateInfo] {
+            &self.states
+        }
+        fn rows(&self, key_group: KeyGroup, state: usize, sink: &mut RowSink<'_>) -> Result<()> {
+            let count = match key_group % 5 {
+                0 => 0,
+                1 => 3000, // over one block of 1 MiB with 400-byte values
+                _ => 40 + usize::from(key_group) + state,
+            };
+            for i in 0..count as u32 {
+                let value = vec![(i as u8) ^ (key_group as u8); 400];
+                sink(&i.to_be_bytes(), &value)?;
+            }
+            Ok(())
+        }
+    }
+
+    fn generated() -> Generated {
+        let state = |name: &str| StateInfo::of::<u32, (), (), Vec<u8>>(name, StateKind::Value);
+        Generated {
+            range: KeyGroupRange::new(3, 40).unwrap(),
+            states: vec![state("a"), state("b")],
+        }
+    }
+
+    #[test]
+    fn every_thread_count_writes_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let view = generated();
+        let mut files = Vec::new();
+        for threads in [1, 2, 3, 8] {
+            let path = dir.path().join(format!("{threads}.sbdf"));
+            let summary = write_data_file_on(&view, &path, threads).unwrap();
+            files.push((summary, std::fs::read(&path).unwrap()));
+        }
+        for (summary, bytes) in &files[1..] {
+            assert_eq!(summary, &files[0].0);
+            assert!(bytes == &files[0].1, "the bytes differ from one thread's");
+        }
+        // And they read back: every row, in order.
+        let reader = DataFileReader::open(&dir.path().join("3.sbdf"), "3.sbdf").unwrap();
+        assert_eq!(reader.row_count(), files[0].0.rows);
+    }
+
+    #[test]
+    fn results_are_consumed_in_order_and_the_window_holds() {
+        let started = AtomicUsize::new(0);
+        let consumed = AtomicUsize::new(0);
+        let mut seen = Vec::new();
+        in_order_on_threads(
+            200,
+            3,
+            &|i| {
+                let ahead =
+                    started.fetch_add(1, Ordering::SeqCst) + 1 - consumed.load(Ordering::SeqCst);
+                // Started but not consumed: at most the window plus the items in flight.
+                assert!(ahead <= 2 * 3 + 3, "{ahead} items outstanding");
+                if i % 7 == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Ok(i * 10)
+            },
+            &mut |value| {
+                consumed.fetch_add(1, Ordering::SeqCst);
+                seen.push(value);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(seen, (0..200).map(|i| i * 10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_first_error_stops_the_work() {
+        let started = AtomicUsize::new(0);
+        let result = in_order_on_threads(
+            1000,
+            2,
+            &|i| {
+                started.fetch_add(1, Ordering::SeqCst);
+                if i == 10 {
+                    Err(Error::Incompatible {
+                        reason: "item 10".into(),
+                    })
+                } else {
+                    Ok(i)
+                }
+            },
+            &mut |_| Ok(()),
+        );
+        assert!(matches!(result, Err(Error::Incompatible { reason }) if reason == "item 10"));
+        assert!(
+            started.load(Ordering::SeqCst) < 100,
+            "the threads stopped early"
+        );
+        let consumer_error = in_order_on_threads(50, 2, &|i| Ok(i), &mut |i| {
+            if i == 5 {
+                Err(Error::Incompatible {
+                    reason: "consumer".into(),
+                })
+            } else {
+                Ok(())
+            }
+        });
+        assert!(consumer_error.is_err());
     }
 }
