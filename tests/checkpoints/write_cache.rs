@@ -18,9 +18,11 @@ use statebackend::{AnyBackend, BackendConfig, BackendKind, KeyGroupRange, Result
 /// Small enough that a few hundred rows of the model's states do not fit.
 const CACHE_BYTES: usize = 8 << 10;
 
-fn cached_config(range: KeyGroupRange) -> BackendConfig {
+/// A small cache whose changed rows are written back beyond `dirty_bytes`.
+fn cached_config(range: KeyGroupRange, dirty_bytes: usize) -> BackendConfig {
     let mut c = config(BackendKind::RocksDb, range);
     c.rocksdb.write_cache_bytes = CACHE_BYTES;
+    c.rocksdb.write_cache_dirty_bytes = dirty_bytes;
     c
 }
 
@@ -33,12 +35,13 @@ fn cache_of(b: &AnyBackend) -> statebackend::rocks::WriteCacheStats {
 
 #[test]
 fn checkpoints_taken_through_an_evicting_cache_restore_to_the_model() -> Result<()> {
-    for seed in [1u64, 2, 3] {
+    // Without a dirty limit below the cache's size, and with two that write back constantly.
+    for (seed, dirty_bytes) in [(1u64, CACHE_BYTES), (2, 512), (3, 2048)] {
         let tmp = tempfile::tempdir().unwrap();
         let storage: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path())?;
         let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 100)?;
         let range = KeyGroupRange::all(128)?;
-        let mut b = AnyBackend::open(&cached_config(range))?;
+        let mut b = AnyBackend::open(&cached_config(range, dirty_bytes))?;
         let h = Handles::register(&mut b)?;
         let mut model = Model::default();
         let mut rng = SplitMix64::new(seed);
@@ -77,7 +80,7 @@ fn checkpoints_taken_through_an_evicting_cache_restore_to_the_model() -> Result<
             // Restored with and without the cache: both read what the checkpoint holds.
             let mut uncached = config(BackendKind::RocksDb, range);
             uncached.rocksdb.write_cache_bytes = 0;
-            for restored_config in [cached_config(range), uncached] {
+            for restored_config in [cached_config(range, dirty_bytes), uncached] {
                 let mut restored = restore_instance(
                     storage.as_ref(),
                     meta,
@@ -90,7 +93,8 @@ fn checkpoints_taken_through_an_evicting_cache_restore_to_the_model() -> Result<
         }
         let read = read_savepoint(&savepoint)?;
         assert_eq!(read.instances.len(), 1);
-        let mut restored = restore_savepoint(&savepoint, &read, &cached_config(range))?;
+        let mut restored =
+            restore_savepoint(&savepoint, &read, &cached_config(range, dirty_bytes))?;
         let h = Handles::register(&mut restored)?;
         assert_matches_model(&mut restored, &h, &at_savepoint)?;
     }

@@ -379,8 +379,12 @@ impl RocksDbBackend {
         }
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(true);
-        let write_cache = (options.write_cache_bytes > 0)
-            .then(|| RefCell::new(WriteCache::new(options.write_cache_bytes)));
+        let write_cache = (options.write_cache_bytes > 0).then(|| {
+            RefCell::new(WriteCache::new(
+                options.write_cache_bytes,
+                options.write_cache_dirty_bytes,
+            ))
+        });
         let mut backend = Self {
             db,
             cache,
@@ -764,7 +768,7 @@ impl RocksDbBackend {
                 Ok(absent())
             }
         };
-        cache.evict_if_full(|rows| self.write_rows(rows))?;
+        cache.make_room(|rows| self.write_rows(rows))?;
         result
     }
 
@@ -777,7 +781,7 @@ impl RocksDbBackend {
         value: Cached,
     ) -> Result<()> {
         cache.write(state, row, value);
-        cache.evict_if_full(|rows| self.write_rows(rows))
+        cache.make_room(|rows| self.write_rows(rows))
     }
 
     /// Builds the row key of `(key, ns)` (followed by what `user_key` appends, for a map row)
@@ -913,7 +917,7 @@ impl KeyedStateBackend for RocksDbBackend {
                 None => cache.fill(index, &rows[i], Cached::Absent),
             }
         }
-        cache.evict_if_full(|rows| self.write_rows(rows))?;
+        cache.make_room(|rows| self.write_rows(rows))?;
         Ok(values)
     }
 
@@ -1088,7 +1092,7 @@ impl KeyedStateBackend for RocksDbBackend {
             encode_list_element(&DefaultCodec::default(), &value, &mut operand)
                 .map_err(encode_err(&state.info.name))?;
             cache.append(index, row, &operand);
-            cache.evict_if_full(|rows| self.write_rows(rows))
+            cache.make_room(|rows| self.write_rows(rows))
         });
         if let Some(result) = cached {
             return result;

@@ -65,6 +65,12 @@ pub struct RocksDbOptions {
     /// cache allocates, filled as rows arrive; it comes on top of the block cache and the write
     /// buffers ([`RocksDbOptions::with_memory_budget`] splits one number).
     pub write_cache_bytes: usize,
+    /// Of the write-back cache, at most this many bytes of changed rows: beyond it the rows
+    /// changed longest ago are written to RocksDB (as a sorted `WriteBatch`) and stay cached,
+    /// clean. A checkpoint's synchronous part writes the changed rows before it flushes, so
+    /// this bounds what the cache adds to the pause (W5: a few milliseconds per MiB). Default
+    /// 4 MiB.
+    pub write_cache_dirty_bytes: usize,
     /// When not 0, the memtables of all states together are capped at this many bytes and
     /// charged to the block cache (RocksDB's write buffer manager), so that
     /// [`RocksDbOptions::block_cache_bytes`] bounds cached blocks and memtables together, as
@@ -121,6 +127,7 @@ impl Default for RocksDbOptions {
         Self {
             block_cache_bytes: 128 << 20,
             write_cache_bytes: 64 << 20,
+            write_cache_dirty_bytes: 4 << 20,
             write_buffer_manager_bytes: 0,
             write_buffer_bytes: 64 << 20,
             max_write_buffers: 4,
