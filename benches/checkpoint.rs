@@ -180,9 +180,20 @@ fn timers_pause(all: KeyGroupRange) {
     println!(
         "\n== timers: synchronous part of a checkpoint with {timers} pending event-time timers"
     );
-    for kind in [BackendKind::Heap, BackendKind::RocksDb] {
+    for (kind, write_cache) in [
+        (BackendKind::Heap, false),
+        (BackendKind::RocksDb, true),
+        (BackendKind::RocksDb, false),
+    ] {
         let mut config = BackendConfig::heap(128, all);
         config.kind = kind;
+        if !write_cache {
+            config.rocksdb.write_cache_bytes = 0;
+        }
+        let kind = match (kind, write_cache) {
+            (BackendKind::RocksDb, false) => "rocksdb, no cache".to_owned(),
+            _ => kind.to_string(),
+        };
         for count in [0, timers] {
             let mut b = AnyBackend::open(&config).unwrap();
             let mut service =
@@ -201,7 +212,7 @@ fn timers_pause(all: KeyGroupRange) {
             let (_, _, sync, async_) = take(&mut b, &mut coordinator, 1);
             assert_eq!(service.pending().0 as u64, count);
             println!(
-                "{kind:<8} {count:>8} timers: sync {:>8.2} ms, async {:>8.1} ms, registering {:>6.0} ns/timer",
+                "{kind:<17} {count:>8} timers: sync {:>8.2} ms, async {:>8.1} ms, registering {:>6.0} ns/timer",
                 sync.as_secs_f64() * 1e3,
                 async_.as_secs_f64() * 1e3,
                 registered.as_nanos() as f64 / count.max(1) as f64

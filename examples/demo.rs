@@ -40,6 +40,8 @@ struct Options {
     restore_instances: u32,
     checkpoints: u64,
     dir: Option<PathBuf>,
+    /// The RocksDB instances' write-back cache, MiB (`RocksDbOptions::write_cache_bytes`).
+    write_cache_mib: usize,
 }
 
 fn parse_args() -> std::result::Result<Options, String> {
@@ -49,6 +51,7 @@ fn parse_args() -> std::result::Result<Options, String> {
         restore_instances: 3,
         checkpoints: 8,
         dir: None,
+        write_cache_mib: statebackend::RocksDbOptions::default().write_cache_bytes >> 20,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -69,10 +72,15 @@ fn parse_args() -> std::result::Result<Options, String> {
                     .map_err(|e| format!("--checkpoints: {e}"))?
             }
             "--dir" => o.dir = Some(PathBuf::from(value()?)),
+            "--write-cache-mib" => {
+                o.write_cache_mib = value()?
+                    .parse()
+                    .map_err(|e| format!("--write-cache-mib: {e}"))?
+            }
             "-h" | "--help" => {
                 return Err(
                     "usage: demo [--events N] [--instances P] [--restore-instances Q] \
-                            [--checkpoints C] [--dir DIR]"
+                            [--checkpoints C] [--dir DIR] [--write-cache-mib M (0: off)]"
                         .into(),
                 );
             }
@@ -283,9 +291,10 @@ fn ranges(parallelism: u32) -> Result<Vec<KeyGroupRange>> {
         .collect()
 }
 
-fn config(kind: BackendKind, range: KeyGroupRange) -> BackendConfig {
+fn config(kind: BackendKind, range: KeyGroupRange, o: &Options) -> BackendConfig {
     let mut c = BackendConfig::heap(MAX_PARALLELISM, range);
     c.kind = kind;
+    c.rocksdb.write_cache_bytes = o.write_cache_mib << 20;
     c
 }
 
@@ -339,7 +348,7 @@ fn demo(o: &Options) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let mut reference = Job::new(
         ranges(p)?
             .into_iter()
-            .map(|r| AnyBackend::open(&config(BackendKind::Heap, r)))
+            .map(|r| AnyBackend::open(&config(BackendKind::Heap, r, o)))
             .collect::<Result<_>>()?,
     )?;
     reference.run(0, o.events)?;
@@ -368,7 +377,7 @@ fn demo(o: &Options) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let mut job = Job::new(
         ranges(p)?
             .into_iter()
-            .map(|r| AnyBackend::open(&config(BackendKind::RocksDb, r)))
+            .map(|r| AnyBackend::open(&config(BackendKind::RocksDb, r, o)))
             .collect::<Result<_>>()?,
     )?;
     let interval = o.events / (o.checkpoints + 1);
@@ -399,7 +408,7 @@ fn demo(o: &Options) -> std::result::Result<(), Box<dyn std::error::Error>> {
                 ranges(p)?
                     .into_iter()
                     .map(|r| {
-                        let mut config = config(BackendKind::RocksDb, r);
+                        let mut config = config(BackendKind::RocksDb, r, o);
                         config.replace_existing = true;
                         restore_instance(storage.as_ref(), &latest, &config, RestoreMode::Claim)
                     })
@@ -464,7 +473,9 @@ fn demo(o: &Options) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let mut restored = Job::new(
         ranges(q)?
             .into_iter()
-            .map(|r| restore_savepoint(sp_storage.as_ref(), &meta, &config(BackendKind::Heap, r)))
+            .map(|r| {
+                restore_savepoint(sp_storage.as_ref(), &meta, &config(BackendKind::Heap, r, o))
+            })
             .collect::<Result<_>>()?,
     )?;
     println!(

@@ -148,7 +148,8 @@ impl Default for RocksDbOptions {
 
 impl RocksDbOptions {
     /// The default options with all of the backend's memory bounded by one number, `bytes`:
-    /// a quarter for the write-back cache, the rest for the block cache, which also carries
+    /// a quarter for the write-back cache (a sixteenth of that, at least 1 MiB, for changed
+    /// rows), the rest for the block cache, which also carries
     /// the memtables (at most half of it, through the write buffer manager; Flink gives its
     /// write buffers the same half of RocksDB's managed memory). A memtable is at most 64 MiB
     /// and at most a quarter of the memtables' share.
@@ -168,6 +169,7 @@ impl RocksDbOptions {
         let write_buffer_manager_bytes = block_cache_bytes / 2;
         Self {
             write_cache_bytes,
+            write_cache_dirty_bytes: (write_cache_bytes / 16).max(1 << 20),
             block_cache_bytes,
             write_buffer_manager_bytes,
             write_buffer_bytes: (write_buffer_manager_bytes / 4).clamp(1 << 20, 64 << 20),
