@@ -148,3 +148,89 @@ fn a_full_disk_is_no_space_and_the_backend_recovers_when_space_is_freed() -> Res
     assert_eq!(count, 4100);
     Ok(())
 }
+
+/// With the write-back cache: a put whose room in the cache needs a write RocksDB refuses fails
+/// as a whole (its change is not applied, earlier cached changes are kept), and once space is
+/// freed the retried put and every cached change reach the checkpoint.
+#[test]
+fn with_the_write_cache_a_refused_write_back_fails_the_put_and_applies_nothing() -> Result<()> {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&tmp.path().join("disk"), "100m") else {
+        println!("skipped: cannot mount a tmpfs here (not root?); disk-full is not tested");
+        return Ok(());
+    };
+    let work = disk.0.join("work");
+    let ballast = disk.0.join("ballast");
+    let all = KeyGroupRange::all(128)?;
+    let options = statebackend::RocksDbOptions {
+        write_cache_bytes: 1 << 20,
+        write_cache_dirty_bytes: 16 << 10,
+        ..Default::default()
+    };
+    let descriptor = ValueStateDescriptor::<u32, (), Vec<u8>>::new("values");
+    let mut b = AnyBackend::RocksDb(RocksDbBackend::open(128, all, Some(work.clone()), options)?);
+    let state = b.value_state(&descriptor)?;
+    for k in 0..4000 {
+        state.put(&mut b, &k, &(), value(k, 0))?;
+    }
+    fill(&ballast);
+    let AnyBackend::RocksDb(rocks) = &b else {
+        unreachable!()
+    };
+    no_space(rocks.flush(), "flush", &work);
+    // RocksDB stopped writes: the cache takes changes until it must write some back.
+    let mut refused = None;
+    for k in 0..100 {
+        match state.put(&mut b, &k, &(), value(k, 1)) {
+            Ok(()) => {}
+            Err(e) => {
+                no_space(Err::<(), _>(e), "put that needs a write-back", &work);
+                refused = Some(k);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a 16 KiB dirty limit forces a write-back within 100 puts");
+    assert!(refused > 0, "the first puts fit in the dirty limit");
+    // The refused put changed nothing; the ones before it are there.
+    assert_eq!(state.get(&b, &refused, &())?, Some(value(refused, 0)));
+    for k in 0..refused {
+        assert_eq!(state.get(&b, &k, &())?, Some(value(k, 1)));
+    }
+
+    std::fs::remove_file(&ballast).unwrap();
+    let mut attempts = 0;
+    loop {
+        match state.put(&mut b, &refused, &(), value(refused, 1)) {
+            Ok(()) => break,
+            Err(Error::NoSpace { .. }) if attempts < 240 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            Err(e) => panic!("the backend did not recover after space was freed: {e}"),
+        }
+    }
+    let storage: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::new(tmp.path().join("checkpoints"))?);
+    let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 2)?;
+    coordinator.begin(1)?;
+    let (part, _) = b.snapshot(1)?.upload(storage.as_ref())?;
+    let meta = coordinator.complete(1, vec![part])?.clone();
+    drop(b);
+    let mut restored = restore_instance(
+        storage.as_ref(),
+        &meta,
+        &BackendConfig::rocksdb(128, all),
+        RestoreMode::NoClaim,
+    )?;
+    let state = restored.value_state(&descriptor)?;
+    for k in 0..4000 {
+        let round = u32::from(k <= refused);
+        assert_eq!(
+            state.get(&restored, &k, &())?,
+            Some(value(k, round)),
+            "key {k}"
+        );
+    }
+    Ok(())
+}

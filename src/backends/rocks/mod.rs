@@ -37,7 +37,7 @@ pub use write_cache::WriteCacheStats;
 
 use crate::model::format::metadata::InstanceId;
 use snapshot::IncrementalState;
-use write_cache::{Cached, DirtyRow, WriteCache};
+use write_cache::{Cached, DirtyRow, ROW_OVERHEAD, WriteCache};
 
 /// Key prefix, in the default column family, of the registered-state records.
 const STATE_RECORD_PREFIX: &[u8] = b"statebackend/state/";
@@ -749,30 +749,38 @@ impl RocksDbBackend {
             None => None,
         };
         let stored = self.get_raw(cf, row)?;
-        let result = match (appended, stored) {
+        let (value, changed) = match (appended, stored) {
             (Some(operands), stored) => {
                 // List elements appended to a value not read yet: now it is, with them.
                 let mut value = stored.map(|b| b.to_vec()).unwrap_or_default();
                 value.extend_from_slice(&operands);
-                let result = present(&value);
-                cache.write(state, row, Cached::Present(value));
-                result
+                (Cached::Present(value), true)
             }
-            (None, Some(bytes)) => {
-                let result = present(&bytes);
-                cache.fill(state, row, Cached::Present(bytes.to_vec()));
-                result
-            }
-            (None, None) => {
-                cache.fill(state, row, Cached::Absent);
-                Ok(absent())
-            }
+            (None, Some(bytes)) => (Cached::Present(bytes.to_vec()), false),
+            (None, None) => (Cached::Absent, false),
         };
-        cache.make_room(|rows| self.write_rows(rows))?;
+        let result = match &value {
+            Cached::Present(bytes) => present(bytes),
+            _ => Ok(absent()),
+        };
+        // Cached only if there is room: a read does not fail because RocksDB refused the
+        // write-back of other rows (they stay dirty; a write or a flush reports it).
+        let write = |rows: &mut dyn Iterator<Item = DirtyRow<'_>>| self.write_rows(rows);
+        let incoming = row.len() + value.heap_bytes() + ROW_OVERHEAD;
+        if cache.make_room(incoming, changed, write).is_ok() {
+            if changed {
+                cache.write(state, row, value);
+            } else {
+                cache.fill(state, row, value);
+            }
+            cache.settle(write);
+        }
         result
     }
 
-    /// Records a change of row `row` of state `state` in `cache`, evicting if it is full.
+    /// Records a change of row `row` of state `state` in `cache`, once there is room for it:
+    /// if RocksDB refuses the rows that must make room, the change is not recorded and the
+    /// operation fails as a whole.
     fn write_cached(
         &self,
         cache: &mut WriteCache,
@@ -780,8 +788,11 @@ impl RocksDbBackend {
         row: &[u8],
         value: Cached,
     ) -> Result<()> {
+        let write = |rows: &mut dyn Iterator<Item = DirtyRow<'_>>| self.write_rows(rows);
+        cache.make_room(row.len() + value.heap_bytes() + ROW_OVERHEAD, true, write)?;
         cache.write(state, row, value);
-        cache.make_room(|rows| self.write_rows(rows))
+        cache.settle(write);
+        Ok(())
     }
 
     /// Builds the row key of `(key, ns)` (followed by what `user_key` appends, for a map row)
@@ -895,12 +906,17 @@ impl KeyedStateBackend for RocksDbBackend {
         let index = id.index();
         let mut values: Vec<Option<V>> = Vec::with_capacity(keys.len());
         let mut missed = Vec::new();
+        let decode = |bytes: &[u8]| Self::decode(name, bytes).map(Some);
         for (i, row) in rows.iter().enumerate() {
             match cache.get(index, row) {
-                Some(Cached::Present(bytes)) => values.push(Some(Self::decode(name, bytes)?)),
+                Some(Cached::Present(bytes)) => values.push(decode(bytes)?),
                 Some(Cached::Absent) => values.push(None),
-                // Only list rows are appended to; a value row never holds operands.
-                Some(Cached::Appended(_)) | None => {
+                // Pending list elements (a list state read through this value API): read
+                // as `get_cell` reads them, stored value and elements together.
+                Some(Cached::Appended(_)) => {
+                    values.push(self.read_cached(&mut cache, index, cf, row, decode, || None)?)
+                }
+                None => {
                     values.push(None);
                     missed.push(i);
                 }
@@ -908,16 +924,22 @@ impl KeyedStateBackend for RocksDbBackend {
         }
         let lookups: Vec<&[u8]> = missed.iter().map(|&i| rows[i].as_slice()).collect();
         let found = self.db.batched_multi_get_cf(cf, &lookups, false);
+        let write = |rows: &mut dyn Iterator<Item = DirtyRow<'_>>| self.write_rows(rows);
         for (&i, found) in missed.iter().zip(found) {
-            match found.map_err(self.rocks())? {
+            let value = match found.map_err(self.rocks())? {
                 Some(bytes) => {
-                    values[i] = Some(Self::decode(name, &bytes)?);
-                    cache.fill(index, &rows[i], Cached::Present(bytes.to_vec()));
+                    values[i] = decode(&bytes)?;
+                    Cached::Present(bytes.to_vec())
                 }
-                None => cache.fill(index, &rows[i], Cached::Absent),
+                None => Cached::Absent,
+            };
+            // Cached only if there is room (see `read_cached`).
+            let incoming = rows[i].len() + value.heap_bytes() + ROW_OVERHEAD;
+            if cache.make_room(incoming, false, write).is_ok() {
+                cache.fill(index, &rows[i], value);
             }
         }
-        cache.make_room(|rows| self.write_rows(rows))?;
+        cache.settle(write);
         Ok(values)
     }
 
@@ -1091,8 +1113,11 @@ impl KeyedStateBackend for RocksDbBackend {
             let mut operand = Vec::with_capacity(16);
             encode_list_element(&DefaultCodec::default(), &value, &mut operand)
                 .map_err(encode_err(&state.info.name))?;
+            let write = |rows: &mut dyn Iterator<Item = DirtyRow<'_>>| self.write_rows(rows);
+            cache.make_room(row.len() + operand.len() + ROW_OVERHEAD, true, write)?;
             cache.append(index, row, &operand);
-            cache.make_room(|rows| self.write_rows(rows))
+            cache.settle(write);
+            Ok(())
         });
         if let Some(result) = cached {
             return result;

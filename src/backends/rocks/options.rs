@@ -59,11 +59,13 @@ pub struct RocksDbOptions {
     /// Capacity of the write-back cache in front of RocksDB, in bytes; 0 turns it off. Default
     /// 64 MiB. The cache holds recently used rows of every state (as the bytes RocksDB would
     /// hold): reads of cached rows and all writes are hash-table operations, and changed rows
-    /// reach RocksDB in batches when evicted and in every checkpoint's synchronous part. So a
-    /// write that RocksDB would refuse (a full disk) fails at the eviction, flush or snapshot
-    /// that writes it, not at the put; the row stays cached and dirty. Counted in the bytes the
-    /// cache allocates, filled as rows arrive; it comes on top of the block cache and the write
-    /// buffers ([`RocksDbOptions::with_memory_budget`] splits one number).
+    /// reach RocksDB in batches when evicted and in every checkpoint's synchronous part. A
+    /// change is recorded once there is room for it: if RocksDB refuses the rows written to
+    /// make room (a full disk), the operation fails and its change is not applied; a change
+    /// the cache holds is written, or its refusal reported, by the next flush or snapshot, and
+    /// stays cached and dirty until then. Counted in the bytes the cache allocates, filled as
+    /// rows arrive; it comes on top of the block cache and the write buffers
+    /// ([`RocksDbOptions::with_memory_budget`] splits one number).
     pub write_cache_bytes: usize,
     /// Of the write-back cache, at most this many bytes of changed rows: beyond it the rows
     /// changed longest ago are written to RocksDB (as a sorted `WriteBatch`) and stay cached,

@@ -40,7 +40,8 @@ pub(super) enum Cached {
 }
 
 impl Cached {
-    fn heap_bytes(&self) -> usize {
+    /// The bytes of its buffer.
+    pub(super) fn heap_bytes(&self) -> usize {
         match self {
             Cached::Absent => 0,
             Cached::Present(bytes) | Cached::Appended(bytes) => bytes.capacity(),
@@ -57,18 +58,8 @@ const NO_SLOT: u32 = u32::MAX;
 /// What a row costs besides its key and value buffers: its slot and a hash-table bucket (a
 /// `u32` and a control byte). The eviction target counts rows at this cost; the bound itself
 /// counts the arrays' real capacities ([`WriteCache::charged`]).
-const ROW_OVERHEAD: usize = std::mem::size_of::<Slot>() + 2 * std::mem::size_of::<u32>() + 1;
-
-/// The bytes hashbrown allocates for a table of slot indices that can hold `capacity` of them:
-/// a power of two of buckets, 7/8 of them usable, each a `u32` and a control byte, and one
-/// group (16) of trailing control bytes.
-fn table_bytes(capacity: usize) -> usize {
-    if capacity == 0 {
-        return 0;
-    }
-    let buckets = (capacity * 8 / 7).next_power_of_two();
-    buckets * (std::mem::size_of::<u32>() + 1) + 16
-}
+pub(super) const ROW_OVERHEAD: usize =
+    std::mem::size_of::<Slot>() + 2 * std::mem::size_of::<u32>() + 1;
 
 /// One cached row.
 struct Slot {
@@ -175,7 +166,7 @@ impl WriteCache {
     pub(super) fn charged(&self) -> usize {
         self.row_bytes
             + self.slots.capacity() * std::mem::size_of::<Slot>()
-            + table_bytes(self.table.capacity())
+            + self.table.allocation_size()
             + self.dirty_list.capacity() * std::mem::size_of::<u32>()
     }
 
@@ -405,17 +396,18 @@ impl WriteCache {
         Ok(())
     }
 
-    /// Writes back the oldest dirty rows while their bytes exceed the dirty limit, down to
-    /// half of it, so that a flush (a checkpoint's synchronous part) has a bounded amount to
-    /// write. The rows stay cached, clean.
+    /// Writes back the oldest dirty rows while their bytes and `incoming` more exceed the
+    /// dirty limit, down to half of it, so that a flush (a checkpoint's synchronous part) has
+    /// a bounded amount to write. The rows stay cached, clean.
     fn write_back_over_limit(
         &mut self,
+        incoming: usize,
         write: &mut impl FnMut(&mut dyn Iterator<Item = DirtyRow<'_>>) -> Result<()>,
     ) -> Result<()> {
-        if self.dirty_bytes <= self.dirty_limit {
+        if self.dirty_bytes + incoming <= self.dirty_limit {
             return Ok(());
         }
-        let mut excess = self.dirty_bytes - self.dirty_limit / 2;
+        let mut excess = (self.dirty_bytes + incoming).saturating_sub(self.dirty_limit / 2);
         let mut count = 0;
         for &i in &self.dirty_list {
             if excess == 0 {
@@ -472,25 +464,46 @@ impl WriteCache {
         self.stats = stats;
     }
 
-    /// Writes back dirty rows over the dirty limit, then evicts if the cache is over its
-    /// capacity ([`WriteCache::evict_if_full`]): what every change is followed by.
+    /// Makes room for a row of `incoming` bytes (`ROW_OVERHEAD` included; its bytes also
+    /// count as changed if `changed`): writes back the oldest changed rows beyond the dirty
+    /// limit, then evicts if the cache would exceed its capacity ([`WriteCache::evict_if_full`]).
+    /// Called before a change is recorded, so that a refused write leaves the change
+    /// unrecorded and the operation can fail as a whole.
     pub(super) fn make_room(
         &mut self,
+        incoming: usize,
+        changed: bool,
         mut write: impl FnMut(&mut dyn Iterator<Item = DirtyRow<'_>>) -> Result<()>,
     ) -> Result<()> {
-        self.write_back_over_limit(&mut write)?;
-        self.evict_if_full(write)
+        let incoming_dirty = if changed { incoming } else { 0 };
+        self.write_back_over_limit(incoming_dirty, &mut write)?;
+        self.evict_if_full(incoming, write)
     }
 
-    /// Evicts rows until the cache holds at most seven eighths of its capacity (so the next
-    /// evictions come in batches, not one row per operation). The dirty ones among the rows
-    /// chosen are written through `write` first; if that fails nothing is evicted.
+    /// After a change: evicts what the arrays' growth put over the bound. A refused write is
+    /// not the operation's failure (its change is recorded and stays dirty, for the next flush
+    /// or snapshot to write or report): it is logged, and the cache stays over its bound until
+    /// a later eviction succeeds.
+    pub(super) fn settle(
+        &mut self,
+        write: impl FnMut(&mut dyn Iterator<Item = DirtyRow<'_>>) -> Result<()>,
+    ) {
+        if let Err(e) = self.evict_if_full(0, write) {
+            tracing::warn!(error = %e, "write cache: eviction failed; the cache stays over its bound");
+        }
+    }
+
+    /// Evicts rows until the cache holds at most seven eighths of its capacity less
+    /// `incoming` (so the next evictions come in batches, not one row per operation). The
+    /// dirty ones among the rows chosen are written through `write` first; if that fails
+    /// nothing is evicted.
     pub(super) fn evict_if_full(
         &mut self,
+        incoming: usize,
         mut write: impl FnMut(&mut dyn Iterator<Item = DirtyRow<'_>>) -> Result<()>,
     ) -> Result<()> {
-        let mut target = self.capacity - self.capacity / 8;
-        while self.charged() > self.capacity {
+        let mut target = (self.capacity - self.capacity / 8).saturating_sub(incoming);
+        while self.charged() + incoming > self.capacity {
             if self.rows == 0 {
                 // Nothing left to evict (so nothing dirty): give back the arrays too.
                 let (capacity, dirty_limit, stats) = (self.capacity, self.dirty_limit, self.stats);
@@ -640,7 +653,7 @@ mod tests {
         for i in 0u32..200 {
             cache.write(0, &i.to_le_bytes(), Cached::Present(vec![7; 16]));
             let before = cache.stats();
-            let failed = cache.evict_if_full(|_| {
+            let failed = cache.evict_if_full(0, |_| {
                 Err(crate::Error::Incompatible {
                     reason: "refused".into(),
                 })
@@ -665,7 +678,7 @@ mod tests {
         for i in 0u32..10_000 {
             cache.write(i % 3, &i.to_le_bytes(), Cached::Present(vec![i as u8; 20]));
             cache
-                .evict_if_full(|rows| {
+                .evict_if_full(0, |rows| {
                     for (state, key, value) in rows {
                         written.insert((state, key.to_vec()), value.clone());
                     }
@@ -710,9 +723,10 @@ mod tests {
         for i in 0u32..5_000 {
             let key = (i % 700).to_le_bytes();
             let value = Cached::Present(vec![i as u8; 10 + (i % 30) as usize]);
+            let incoming = key.len() + value.heap_bytes() + ROW_OVERHEAD;
+            cache.make_room(incoming, true, &mut write).unwrap();
             cache.write(i % 3, &key, value.clone());
             expected.insert((i % 3, key.to_vec()), value);
-            cache.make_room(&mut write).unwrap();
             let stats = cache.stats();
             assert!(stats.dirty_bytes <= limit, "{stats:?}");
         }
@@ -733,7 +747,7 @@ mod tests {
         for i in 0u32..5_000 {
             assert!(cache.get(0, b"hot").is_some(), "hot row evicted at {i}");
             cache.fill(1, &i.to_le_bytes(), Cached::Absent);
-            cache.evict_if_full(write_none).unwrap();
+            cache.evict_if_full(0, write_none).unwrap();
         }
     }
 }
