@@ -654,7 +654,7 @@ mod tests {
             cache.write(0, &i.to_le_bytes(), Cached::Present(vec![7; 16]));
             let before = cache.stats();
             let failed = cache.evict_if_full(0, |_| {
-                Err(crate::Error::Incompatible {
+                Err(crate::model::error::Error::Incompatible {
                     reason: "refused".into(),
                 })
             });
