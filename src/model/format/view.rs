@@ -38,10 +38,10 @@ fn encode_threads() -> usize {
 
 /// Writes `view` as a canonical data file at `path`.
 ///
-/// Key groups are read and encoded on [`encode_threads`] threads, and written in key-group order
-/// as they complete, so the bytes are those of a sequential writer. At most two key groups per
-/// thread are held encoded at a time: memory is bounded by the largest key groups, not by the
-/// state.
+/// Key groups are read and encoded on up to four threads (the machine's parallelism), and
+/// written in key-group order as they complete, so the bytes are those of a sequential writer.
+/// At most two key groups per thread are held encoded at a time: memory is bounded by the
+/// largest key groups, not by the state.
 pub fn write_data_file(view: &dyn RowView, path: &Path) -> Result<DataFileSummary> {
     write_data_file_on(view, path, encode_threads())
 }
