@@ -41,7 +41,18 @@ struct Options {
     checkpoints: u64,
     dir: Option<PathBuf>,
     /// The RocksDB instances' write-back cache, MiB (`RocksDbOptions::write_cache_bytes`).
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     write_cache_mib: usize,
+}
+
+#[cfg(feature = "rocksdb")]
+fn default_write_cache_mib() -> usize {
+    statebackend::RocksDbOptions::default().write_cache_bytes >> 20
+}
+
+#[cfg(not(feature = "rocksdb"))]
+fn default_write_cache_mib() -> usize {
+    0
 }
 
 fn parse_args() -> std::result::Result<Options, String> {
@@ -51,7 +62,7 @@ fn parse_args() -> std::result::Result<Options, String> {
         restore_instances: 3,
         checkpoints: 8,
         dir: None,
-        write_cache_mib: statebackend::RocksDbOptions::default().write_cache_bytes >> 20,
+        write_cache_mib: default_write_cache_mib(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -294,7 +305,12 @@ fn ranges(parallelism: u32) -> Result<Vec<KeyGroupRange>> {
 fn config(kind: BackendKind, range: KeyGroupRange, o: &Options) -> BackendConfig {
     let mut c = BackendConfig::heap(MAX_PARALLELISM, range);
     c.kind = kind;
-    c.rocksdb.write_cache_bytes = o.write_cache_mib << 20;
+    #[cfg(feature = "rocksdb")]
+    {
+        c.rocksdb.write_cache_bytes = o.write_cache_mib << 20;
+    }
+    #[cfg(not(feature = "rocksdb"))]
+    let _ = o;
     c
 }
 
