@@ -694,6 +694,17 @@ impl RocksDbBackend {
         }
     }
 
+    /// [`RocksDbBackend::flush_write_cache`] for the rows of state `id` only: what an iteration
+    /// over that state needs RocksDB to hold.
+    fn flush_write_cache_of(&self, id: StateId) -> Result<()> {
+        match &self.write_cache {
+            Some(cache) => cache
+                .borrow_mut()
+                .flush_state(id.index(), |rows| self.write_rows(rows)),
+            None => Ok(()),
+        }
+    }
+
     /// Writes, then forgets, every cached row: for RocksDB changed behind the cache.
     fn drop_write_cache(&self) -> Result<()> {
         self.flush_write_cache()?;
@@ -1052,7 +1063,7 @@ impl KeyedStateBackend for RocksDbBackend {
                 .map_err(self.rocks());
         }
         // RocksDB must hold every entry of the map to find them all.
-        self.flush_write_cache()?;
+        self.flush_write_cache_of(id)?;
         // All rows of one map in one batch: the map disappears atomically.
         let mut batch = WriteBatch::default();
         let mut deleted = Vec::new();
@@ -1284,9 +1295,9 @@ impl KeyedStateBackend for RocksDbBackend {
         key: KeyRef<'_, K>,
         ns: &N,
     ) -> Result<MapEntries<'a, UK, UV>> {
-        // The iterator reads RocksDB, which must hold the cache's changes.
-        self.flush_write_cache()?;
         let (state, cf, prefix) = self.locate(id, key, ns)?;
+        // The iterator reads RocksDB, which must hold the cache's changes of this state.
+        self.flush_write_cache_of(id)?;
         let name = state.info.name.clone();
         let dir = self.dir.path();
         let prefix_len = prefix.len();
@@ -1306,9 +1317,9 @@ impl KeyedStateBackend for RocksDbBackend {
         id: StateId,
         ns: Option<&N>,
     ) -> Result<StateKeys<'a, K, N>> {
-        // The iterator reads RocksDB, which must hold the cache's changes.
-        self.flush_write_cache()?;
         let (state, cf) = self.state(id)?;
+        // The iterator reads RocksDB, which must hold the cache's changes of this state.
+        self.flush_write_cache_of(id)?;
         let name = state.info.name.clone();
         let dir = self.dir.path();
         let wanted = ns.cloned();

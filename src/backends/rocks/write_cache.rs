@@ -362,6 +362,39 @@ impl WriteCache {
         self.write_back(count, write)
     }
 
+    /// [`WriteCache::flush`] for the rows of state `state` only (before an iteration over it):
+    /// the other states' changed rows stay in the cache, in their order.
+    pub(super) fn flush_state(
+        &mut self,
+        state: u32,
+        write: impl FnOnce(&mut dyn Iterator<Item = DirtyRow<'_>>) -> Result<()>,
+    ) -> Result<()> {
+        let of_state = |s: &Slot| s.live && s.dirty && s.state == state;
+        let dirty: Vec<u32> = self
+            .dirty_list
+            .iter()
+            .copied()
+            .filter(|&i| of_state(&self.slots[i as usize]))
+            .collect();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        self.write_sorted(dirty.clone(), write)?;
+        self.stats.written_rows += dirty.len() as u64;
+        // A slot has at most one entry: exactly the written rows' entries go.
+        let slots = &self.slots;
+        self.dirty_list.retain(|&i| !of_state(&slots[i as usize]));
+        for i in dirty {
+            self.slots[i as usize].listed = false;
+            if matches!(self.slots[i as usize].value, Cached::Appended(_)) {
+                self.remove(i);
+            } else {
+                self.mark_clean(i);
+            }
+        }
+        Ok(())
+    }
+
     /// Writes back the rows of the first `count` entries of the dirty list (one `write` call),
     /// marks them clean and takes the entries off the list; if `write` fails, nothing changes.
     fn write_back(
@@ -738,6 +771,39 @@ mod tests {
         assert_eq!(stored, expected);
         // Written back rows stay cached.
         assert_eq!(cache.stats().rows, 2100);
+    }
+
+    #[test]
+    fn a_state_flush_writes_that_state_only() {
+        let mut cache = WriteCache::new(1 << 20, usize::MAX);
+        for i in 0u32..30 {
+            cache.write(i % 3, &i.to_le_bytes(), Cached::Present(vec![i as u8]));
+        }
+        cache.append(1, b"list", b"x");
+        let mut written = Vec::new();
+        cache
+            .flush_state(1, |rows| {
+                written.extend(rows.map(|(state, key, _)| (state, key.to_vec())));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(written.len(), 11);
+        assert!(written.iter().all(|(state, _)| *state == 1));
+        assert_eq!(cache.stats().dirty_rows, 20);
+        // Written rows stay cached (appended elements are forgotten); the rest flush later.
+        assert!(cache.get(1, &1u32.to_le_bytes()).is_some());
+        assert_eq!(cache.get(1, b"list"), None);
+        let mut rest = Vec::new();
+        cache
+            .flush(|rows| {
+                rest.extend(rows.map(|(state, _, _)| state));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(rest.len(), 20);
+        assert!(rest.iter().all(|state| *state != 1));
+        assert_eq!(cache.stats().dirty_rows, 0);
+        assert_eq!(cache.stats().dirty_bytes, 0);
     }
 
     #[test]
