@@ -789,6 +789,26 @@ impl RocksDbBackend {
         result
     }
 
+    /// [`RocksDbBackend::read_cached`] of a value row: the decoded value, `None` without a row.
+    fn read_value_cached<V: StateValue>(
+        &self,
+        cache: &mut WriteCache,
+        index: u32,
+        state: &RocksState,
+        cf: &ColumnFamily,
+        row: &[u8],
+    ) -> Result<Option<V>> {
+        let name = &state.info.name;
+        self.read_cached(
+            cache,
+            index,
+            cf,
+            row,
+            |b| Self::decode(name, b).map(Some),
+            || None,
+        )
+    }
+
     /// Records a change of row `row` of state `state` in `cache`, once there is room for it:
     /// if RocksDB refuses the rows that must make room, the change is not recorded and the
     /// operation fails as a whole.
@@ -866,15 +886,7 @@ impl KeyedStateBackend for RocksDbBackend {
         ns: &N,
     ) -> Result<Option<V>> {
         let cached = self.with_cached_row(id, key, ns, None, |cache, index, state, cf, row| {
-            let name = &state.info.name;
-            self.read_cached(
-                cache,
-                index,
-                cf,
-                row,
-                |b| Self::decode(name, b).map(Some),
-                || None,
-            )
+            self.read_value_cached(cache, index, state, cf, row)
         });
         if let Some(result) = cached {
             return result;
@@ -925,7 +937,7 @@ impl KeyedStateBackend for RocksDbBackend {
                 // Pending list elements (a list state read through this value API): read
                 // as `get_cell` reads them, stored value and elements together.
                 Some(Cached::Appended(_)) => {
-                    values.push(self.read_cached(&mut cache, index, cf, row, decode, || None)?)
+                    values.push(self.read_value_cached(&mut cache, index, state, cf, row)?)
                 }
                 None => {
                     values.push(None);
@@ -1001,14 +1013,7 @@ impl KeyedStateBackend for RocksDbBackend {
         let mut f = Some(f);
         let cached = self.with_cached_row(id, key, ns, None, |cache, index, state, cf, row| {
             let name = &state.info.name;
-            let current: Option<V> = self.read_cached(
-                cache,
-                index,
-                cf,
-                row,
-                |b| Self::decode(name, b).map(Some),
-                || None,
-            )?;
+            let current: Option<V> = self.read_value_cached(cache, index, state, cf, row)?;
             let update = f.take().expect("called once");
             match update(current.as_ref()) {
                 Some(value) => {
@@ -1196,17 +1201,7 @@ impl KeyedStateBackend for RocksDbBackend {
             key,
             ns,
             Some(&suffix),
-            |cache, index, state, cf, row| {
-                let name = &state.info.name;
-                self.read_cached(
-                    cache,
-                    index,
-                    cf,
-                    row,
-                    |b| Self::decode(name, b).map(Some),
-                    || None,
-                )
-            },
+            |cache, index, state, cf, row| self.read_value_cached(cache, index, state, cf, row),
         );
         if let Some(result) = cached {
             return result;

@@ -379,20 +379,29 @@ impl WriteCache {
         if dirty.is_empty() {
             return Ok(());
         }
-        self.write_sorted(dirty.clone(), write)?;
-        self.stats.written_rows += dirty.len() as u64;
+        self.write_sorted(&dirty, write)?;
         // A slot has at most one entry: exactly the written rows' entries go.
         let slots = &self.slots;
         self.dirty_list.retain(|&i| !of_state(&slots[i as usize]));
-        for i in dirty {
+        for &i in &dirty {
             self.slots[i as usize].listed = false;
+        }
+        self.written(dirty);
+        Ok(())
+    }
+
+    /// Records that the rows of slots `rows` reached RocksDB: clean now, except rows of
+    /// appended elements, which are forgotten (RocksDB merges them into a value the cache
+    /// never read).
+    fn written(&mut self, rows: Vec<u32>) {
+        self.stats.written_rows += rows.len() as u64;
+        for i in rows {
             if matches!(self.slots[i as usize].value, Cached::Appended(_)) {
                 self.remove(i);
             } else {
                 self.mark_clean(i);
             }
         }
-        Ok(())
     }
 
     /// Writes back the rows of the first `count` entries of the dirty list (one `write` call),
@@ -413,19 +422,12 @@ impl WriteCache {
             })
             .collect();
         if !dirty.is_empty() {
-            self.write_sorted(dirty.clone(), write)?;
-            self.stats.written_rows += dirty.len() as u64;
+            self.write_sorted(&dirty, write)?;
         }
         for i in self.dirty_list.drain(..count) {
             self.slots[i as usize].listed = false;
         }
-        for i in dirty {
-            if matches!(self.slots[i as usize].value, Cached::Appended(_)) {
-                self.remove(i);
-            } else {
-                self.mark_clean(i);
-            }
-        }
+        self.written(dirty);
         Ok(())
     }
 
@@ -461,15 +463,15 @@ impl WriteCache {
     /// unsorted, mostly in `InlineSkipList::FindSpliceForLevel`).
     fn write_sorted(
         &self,
-        indices: Vec<u32>,
+        indices: &[u32],
         write: impl FnOnce(&mut dyn Iterator<Item = DirtyRow<'_>>) -> Result<()>,
     ) -> Result<()> {
         let slots = &self.slots;
         // Sorted by (state, first 8 key bytes) without touching the rows, which are spread
         // over memory; only rows whose first 8 bytes tie are compared in full.
         let mut order: Vec<(u32, u64, u32)> = indices
-            .into_iter()
-            .map(|i| {
+            .iter()
+            .map(|&i| {
                 let s = &slots[i as usize];
                 let mut head = [0u8; 8];
                 let n = s.key.len().min(8);
@@ -594,7 +596,7 @@ impl WriteCache {
             .collect();
         if !dirty_victims.is_empty() {
             let count = dirty_victims.len();
-            if let Err(e) = self.write_sorted(dirty_victims, write) {
+            if let Err(e) = self.write_sorted(&dirty_victims, write) {
                 for &i in &victims {
                     self.slots[i as usize].referenced = false;
                 }
