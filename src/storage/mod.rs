@@ -47,6 +47,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::model::error::{Error, Result};
+use crate::model::format::layout::{TEMP_MARKER, is_temporary_name};
 
 /// A stored file and its size, as returned by [`CheckpointStorage::list`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -417,28 +418,13 @@ pub fn checksum(storage: &dyn CheckpointStorage, path: &StoragePath) -> Result<(
     Ok((sink.size, sink.hasher.finalize()))
 }
 
-/// The marker between a file name and the random suffix of its temporary sibling.
-const TEMP_MARKER: &str = ".tmp-";
-
-/// Number of hex digits in a temporary suffix.
-const TEMP_SUFFIX_DIGITS: usize = 16;
-
 /// Whether `path` names a temporary file of an atomic write: its last component has the shape
 /// `<something>.tmp-<16 lowercase hex digits>`.
 ///
 /// Such files are leftovers of interrupted writes (or writes in progress) and are never part of
 /// a completed checkpoint.
 pub fn is_temporary(path: &StoragePath) -> bool {
-    match path.file_name().rsplit_once(TEMP_MARKER) {
-        Some((base, suffix)) => {
-            !base.is_empty()
-                && suffix.len() == TEMP_SUFFIX_DIGITS
-                && suffix
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        }
-        None => false,
-    }
+    is_temporary_name(path.file_name())
 }
 
 /// The temporary sibling used to write `path` atomically: `<name>.tmp-<nonce as 16 hex>` in the

@@ -7,6 +7,10 @@
 //! <root>/shared/<instance id>/<file>.sst             immutable files several checkpoints share
 //! <root>/_coordinator/epoch-<n, 20 digits>           one per coordinator that opened the root
 //! ```
+//!
+//! Garbage collection deletes only paths this layout names ([`is_collectable`]): a root may
+//! sit in a directory that holds other things, and a name the layout does not describe is
+//! never ours to delete.
 
 use crate::model::error::Result;
 use crate::model::format::metadata::{InstanceId, METADATA_FILE};
@@ -59,6 +63,63 @@ pub fn parse_checkpoint_dir(name: &str) -> Option<u64> {
     (checkpoint_dir_name(id) == name).then_some(id)
 }
 
+/// Whether `path` is one garbage collection may delete: a file the layout names under a
+/// checkpoint directory (`_metadata`, the no-claim marker, `<instance id>/<file>`) or under
+/// `shared/<instance id>/`, or a temporary of one of those (`<name>.tmp-<16 hex>`, left by an
+/// interrupted write). Anything else (`shared/notes.txt`, `chk-0000000001/x/y/z`, a directory
+/// whose name only looks like a checkpoint's) is not the root's, and is never deleted.
+pub fn is_collectable(path: &StoragePath) -> bool {
+    let parts: Vec<&str> = path.components().collect();
+    let Some(&last) = parts.last() else {
+        return false;
+    };
+    match parts.as_slice() {
+        [top, _] if parse_checkpoint_dir(top).is_some() => {
+            // A temporary here is an interrupted `_metadata` or marker write (its name may have
+            // been shortened, so only its shape is checked).
+            [METADATA_FILE, NO_CLAIM_MARKER, DISCARDED_METADATA_FILE].contains(&last)
+                || is_temporary_name(last)
+        }
+        [top, instance, _] => {
+            (parse_checkpoint_dir(top).is_some() || *top == SHARED_DIR)
+                && is_instance_dir(instance)
+                && !last.is_empty()
+        }
+        _ => false,
+    }
+}
+
+/// Name of a checkpoint's `_metadata` once `statectl discard` set it aside: the checkpoint no
+/// longer exists for restores, retention or garbage collection, and the file stays readable
+/// for people until garbage collection deletes the directory.
+pub const DISCARDED_METADATA_FILE: &str = "_metadata.discarded";
+
+/// The marker between a file name and the random suffix of its temporary sibling.
+pub(crate) const TEMP_MARKER: &str = ".tmp-";
+
+/// Number of hex digits in a temporary suffix.
+pub(crate) const TEMP_SUFFIX_DIGITS: usize = 16;
+
+/// Whether a file name has the shape of an atomic write's temporary:
+/// `<something>.tmp-<16 lowercase hex digits>`.
+pub fn is_temporary_name(name: &str) -> bool {
+    match name.rsplit_once(TEMP_MARKER) {
+        Some((base, suffix)) => {
+            !base.is_empty()
+                && suffix.len() == TEMP_SUFFIX_DIGITS
+                && suffix
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        }
+        None => false,
+    }
+}
+
+/// Whether `name` is an instance id as paths spell it (32 lower-case hex digits).
+fn is_instance_dir(name: &str) -> bool {
+    name.len() == 32 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// `chk-<id>/_metadata`.
 pub fn metadata_path(id: u64) -> Result<StoragePath> {
     StoragePath::parse(&format!("{}/{METADATA_FILE}", checkpoint_dir_name(id)))
@@ -99,6 +160,37 @@ mod tests {
         assert_eq!(parse_checkpoint_dir("shared"), None);
         assert_eq!(parse_checkpoint_dir("chk-00000000x2"), None);
         assert_eq!(parse_checkpoint_dir("chk-00000000042"), None);
+    }
+
+    #[test]
+    fn only_layout_paths_are_collectable() {
+        let hex = "0123456789abcdef0123456789abcdef";
+        let yes = [
+            "chk-0000000003/_metadata".to_string(),
+            "chk-0000000003/_no-claim".to_string(),
+            "chk-0000000003/_metadata.discarded".to_string(),
+            "chk-0000000003/_metadata.tmp-0123456789abcdef".to_string(),
+            format!("chk-0000000003/{hex}/state.sbdf"),
+            format!("shared/{hex}/000012.sst"),
+            format!("shared/{hex}/000012.sst.tmp-0123456789abcdef"),
+        ];
+        for p in yes {
+            assert!(is_collectable(&StoragePath::parse(&p).unwrap()), "{p}");
+        }
+        let no = [
+            "shared/team-docs/plan.txt".to_string(),
+            "shared/notes.txt".to_string(),
+            format!("shared/{hex}/sub/file"),
+            "chk-0000000003/notes.txt".to_string(),
+            "chk-3/_metadata".to_string(),
+            format!("chk-0000000003/{}/x", &hex[..31]),
+            format!("chk-0000000003/{}/x", hex.to_uppercase()),
+            "savepoints/sp/_metadata".to_string(),
+            "_coordinator/epoch-00000000000000000001".to_string(),
+        ];
+        for p in no {
+            assert!(!is_collectable(&StoragePath::parse(&p).unwrap()), "{p}");
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::backends::any::AnyBackend;
 use crate::backends::config::BackendConfig;
 use crate::model::error::{Error, Result};
 use crate::model::format::layout::{
-    NO_CLAIM_MARKER, SHARED_DIR, checkpoint_dir_name, metadata_path, no_claim_marker_path,
+    NO_CLAIM_MARKER, SHARED_DIR, checkpoint_dir_name, is_collectable, metadata_path, no_claim_marker_path,
     parse_checkpoint_dir,
 };
 use crate::model::format::metadata::{
@@ -73,6 +73,11 @@ pub struct RootState {
     pub no_claim: BTreeSet<u64>,
     /// The highest checkpoint id with a directory in the root.
     pub highest_id: u64,
+    /// Completed checkpoints kept whatever the retention, besides the retained ones: the
+    /// newest checkpoint known to restore (verified by `statectl gc`, or the one a
+    /// coordinator opened with until it completes a newer one). Retention never drops the
+    /// only checkpoint a restore could use.
+    pub protected: BTreeSet<u64>,
 }
 
 impl RootState {
@@ -157,7 +162,9 @@ pub struct GcPlan {
 }
 
 /// Decides what may be deleted from a root in `state`, keeping the newest `retained` completed
-/// checkpoints (no-claim checkpoints are kept besides them and do not count).
+/// checkpoints (no-claim checkpoints are kept besides them and do not count; a protected one
+/// beyond them is kept too). Only paths the layout names are ever deletable
+/// ([`is_collectable`]).
 ///
 /// `in_flight` are checkpoints begun and neither completed nor aborted: their directories are
 /// kept, and so is `shared/` while any is in flight (an upload may have written a file that
@@ -178,7 +185,12 @@ pub fn plan_collection(
         .copied()
         .collect();
     let split = owned.len().saturating_sub(retained);
-    let dropped: Vec<u64> = owned[..split].to_vec();
+    // A protected checkpoint beyond the retention stays (the newest one known to restore).
+    let dropped: Vec<u64> = owned[..split]
+        .iter()
+        .filter(|id| !state.protected.contains(id))
+        .copied()
+        .collect();
     let kept: Vec<u64> = state
         .completed
         .keys()
@@ -201,6 +213,10 @@ pub fn plan_collection(
         let Some(top) = path.components().next() else {
             return true;
         };
+        if !is_collectable(path) {
+            // Not a name of the layout: not ours, whatever directory it is in.
+            return true;
+        }
         if top == SHARED_DIR {
             return keep_shared || referenced.contains(path);
         }
