@@ -163,7 +163,20 @@ fn a_damaged_response_is_not_a_damaged_checkpoint() -> Result<()> {
         let (untrusted, storage) = untrusted_root(tmp.path())?;
         let job = three_checkpoints(kind, &storage, tmp.path())?;
         let newest = latest_restorable(storage.as_ref())?;
-        let file = newest.files().next().expect("a file").path.to_string();
+        // A file of checkpoint 3 alone (checkpoint 2 must stay intact for the fallback), and
+        // not empty (a flipped bit needs a byte).
+        let older = CheckpointCoordinator::open(Arc::clone(&storage), 3)?
+            .completed()
+            .find(|m| m.id == 2)
+            .cloned()
+            .expect("checkpoint 2");
+        let file = newest
+            .files()
+            .filter(|f| f.size > 0 && !older.files().any(|g| g.path == f.path))
+            .max_by_key(|f| f.size)
+            .expect("a file of its own")
+            .path
+            .to_string();
 
         // One response of one file damaged: still checkpoint 3, not a fallback to 2.
         untrusted.flip_reads(&file, 1);
