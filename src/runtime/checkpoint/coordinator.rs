@@ -1042,7 +1042,7 @@ fn newest_verified<'a>(
 }
 
 /// [`verify_files`], believed only when it is repeatable: damage is reported if
-/// [`READ_ATTEMPTS`] verifications find the same first bad file with the same figures. A
+/// three verifications find the same first bad file with the same figures. A
 /// verification that passes wins (a checksum cannot match by accident); reads that disagree
 /// are [`Error::UnstableRead`], not damage, so that a storage path which corrupts responses
 /// never makes a restore fall back to older state or start empty.
