@@ -24,6 +24,7 @@ use crate::model::format::layout::{
 };
 use crate::model::format::metadata::METADATA_FILE;
 use crate::runtime::checkpoint::coordinator::verify_files;
+use crate::runtime::checkpoint::lease;
 use crate::runtime::checkpoint::{SnapshotKind, SnapshotMetadata};
 use crate::storage::CheckpointStorage;
 
@@ -247,21 +248,27 @@ pub struct LeaseInfo {
     pub live: bool,
 }
 
-/// The lease of the newest coordinator epoch of the root, if it holds one.
-///
-/// The adapter between `statectl` and the coordinator's lease
-/// (`checkpoint::lease::read_lease`): until the library writes leases, no root holds one.
+/// The lease of the newest coordinator epoch of the root, if it holds one, with whether it is
+/// live by this machine's clock: the adapter between `statectl` and the coordinator's lease
+/// ([`lease::read_lease`]).
 ///
 /// # Errors
-/// Storage errors reading the lease.
+/// Storage errors; a damaged lease record.
 pub fn read_lease(storage: &dyn CheckpointStorage) -> Result<Option<LeaseInfo>> {
-    let _ = storage;
-    Ok(None)
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Ok(lease::read_lease(storage)?.map(|l| LeaseInfo {
+        epoch: l.epoch,
+        renewed_ms: l.renewed_ms,
+        expires_ms: l.expires_ms,
+        live: l.is_live(now),
+    }))
 }
 
 /// Fails with [`CliError::Failed`] if a live coordinator holds the root (its lease has not
-/// expired), unless `ignore` says the operator knows it is dead. Returns the lease found, live
-/// or not.
+/// expired), or if the lease cannot be read (a coordinator may hold the root), unless
+/// `ignore` says the operator knows the job is dead. Returns the lease found, live or not.
 ///
 /// # Errors
 /// As described; storage errors reading the lease.
@@ -270,7 +277,17 @@ pub fn require_no_live_lease(
     root: &Location,
     ignore: bool,
 ) -> CliResult<Option<LeaseInfo>> {
-    let lease = read_lease(storage)?;
+    let lease = match read_lease(storage) {
+        Ok(lease) => lease,
+        Err(e) if e.is_damage() && ignore => None,
+        Err(e) if e.is_damage() => {
+            return Err(CliError::Failed(format!(
+                "the coordinator lease of {} cannot be read ({e}), so a coordinator may hold                  the root; stop the job first, or pass --ignore-lease if it is dead",
+                root.display()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if let Some(lease) = lease.filter(|l| l.live && !ignore) {
         return Err(CliError::Failed(format!(
             "a coordinator (epoch {}) holds {} until {} (renewed {}); stop the job first, or \

@@ -182,11 +182,33 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// No checkpoint under a root could be restored.
+    /// A checkpoint root holds no completed checkpoint at all (a new job's root): the one
+    /// case in which starting with empty state is right.
     #[error("no restorable checkpoint in {root}")]
     NoRestorableCheckpoint {
         /// The checkpoint root.
         root: String,
+    },
+    /// A checkpoint root holds checkpoints, and none of them restores: each is damaged
+    /// (missing or corrupt files, an unreadable `_metadata`). Starting empty would silently
+    /// lose the job's state, so this is never mapped to "start fresh"; an operator repairs a
+    /// checkpoint, restores from a savepoint, or discards them knowingly.
+    #[error("no checkpoint in {root} restores, although it holds some: {damaged}")]
+    NoVerifiedCheckpoint {
+        /// The checkpoint root.
+        root: String,
+        /// Each checkpoint and why it does not restore.
+        damaged: String,
+    },
+    /// Reads of the same file returned different contents: the storage (or something between
+    /// it and this process) corrupts reads. Neither the file nor the checkpoint is taken for
+    /// damaged on such evidence, and nothing is restored from it.
+    #[error("reads of {file} disagree ({reason}); the storage path returns changing bytes")]
+    UnstableRead {
+        /// The file read.
+        file: String,
+        /// What the reads found.
+        reason: String,
     },
     /// The restored data does not fit the backend it is restored into.
     #[error("cannot restore: {reason}")]

@@ -194,6 +194,14 @@ impl World {
         self.storage.set_mode(FaultMode::None);
         match completed {
             Ok((meta, part)) => {
+                let coordinator = self.coordinator()?;
+                if coordinator.cleanup_error().is_none() {
+                    assert!(
+                        coordinator.completed().count() <= RETAINED,
+                        "retention after completing {}",
+                        meta.id
+                    );
+                }
                 self.backend.notify_checkpoint_complete(&part)?;
                 self.models.insert(meta.id, self.model.clone());
                 // Completion was reported: a restart must see the checkpoint.
@@ -241,8 +249,19 @@ impl World {
 
     fn check(&mut self) -> Result<()> {
         let storage = self.storage.clone();
-        let retained: Vec<SnapshotMetadata> = self.coordinator()?.completed().cloned().collect();
-        assert!(retained.len() <= RETAINED);
+        let coordinator = self.coordinator()?;
+        let retained: Vec<SnapshotMetadata> = coordinator.completed().cloned().collect();
+        // Beyond the retention only what the coordinator found at open: it drops those once
+        // it completed a checkpoint itself.
+        let protected: Vec<u64> = coordinator.protected().collect();
+        let owned = retained
+            .iter()
+            .filter(|m| !protected.contains(&m.id))
+            .count();
+        assert!(
+            owned <= RETAINED,
+            "{owned} retained beyond the protected {protected:?}"
+        );
         for meta in &retained {
             verify_files(storage.as_ref(), meta)?;
         }

@@ -45,4 +45,5 @@ mod restore_crash_sweep;
 mod stale_coordinator;
 mod timers;
 mod type_names;
+mod untrusted_storage;
 mod write_cache;

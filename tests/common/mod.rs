@@ -6,6 +6,7 @@ pub mod checkpointing;
 pub mod conformance;
 pub mod faults;
 pub mod model;
+pub mod untrusted;
 
 /// Runs test `name` of module `module` (its `module_path!()`) of this test binary again in a
 /// child process, with the environment variable `var` set to `dir`, and asserts that the child

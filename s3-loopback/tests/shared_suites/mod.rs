@@ -25,3 +25,5 @@ mod operators;
 mod timers;
 #[path = "../../../tests/checkpoints/type_names.rs"]
 mod type_names;
+#[path = "../../../tests/checkpoints/untrusted_storage.rs"]
+mod untrusted_storage;

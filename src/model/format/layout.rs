@@ -6,6 +6,7 @@
 //! <root>/chk-<id>/<instance id>/<file>               files private to the checkpoint
 //! <root>/shared/<instance id>/<file>.sst             immutable files several checkpoints share
 //! <root>/_coordinator/epoch-<n, 20 digits>           one per coordinator that opened the root
+//! <root>/_coordinator/lease-<n, 20 digits>           while coordinator n works in the root
 //! ```
 //!
 //! Garbage collection deletes only paths this layout names ([`is_collectable`]): a root may
@@ -35,6 +36,14 @@ const EPOCH_PREFIX: &str = "epoch-";
 /// `_coordinator/epoch-<n as 20 digits>`.
 pub fn epoch_path(epoch: u64) -> Result<StoragePath> {
     StoragePath::parse(&format!("{COORDINATOR_DIR}/{EPOCH_PREFIX}{epoch:020}"))
+}
+
+/// Prefix of lease file names in [`COORDINATOR_DIR`].
+const LEASE_PREFIX: &str = "lease-";
+
+/// `_coordinator/lease-<epoch as 20 digits>`: the lease of the coordinator of that epoch.
+pub fn lease_path(epoch: u64) -> Result<StoragePath> {
+    StoragePath::parse(&format!("{COORDINATOR_DIR}/{LEASE_PREFIX}{epoch:020}"))
 }
 
 /// The epoch an epoch file's name stands for (canonical spelling only).

@@ -30,13 +30,14 @@ use crate::backends::any::AnyBackend;
 use crate::backends::config::BackendConfig;
 use crate::model::error::{Error, Result};
 use crate::model::format::layout::{
-    NO_CLAIM_MARKER, SHARED_DIR, checkpoint_dir_name, is_collectable, metadata_path, no_claim_marker_path,
-    parse_checkpoint_dir,
+    NO_CLAIM_MARKER, SHARED_DIR, checkpoint_dir_name, is_collectable, metadata_path,
+    no_claim_marker_path, parse_checkpoint_dir,
 };
 use crate::model::format::metadata::{
     FileEntry, InstanceMetadata, METADATA_FILE, SnapshotKind, SnapshotMetadata, check_partition,
 };
 use crate::runtime::checkpoint::fence::Epoch;
+use crate::runtime::checkpoint::lease::{DEFAULT_LEASE_DURATION, HeldLease, Lease};
 use crate::runtime::checkpoint::restore::{RestoreMode, restore_instance};
 use crate::storage::{CheckpointStorage, ObjectMeta, StoragePath, checksum, for_each_concurrently};
 
@@ -108,25 +109,14 @@ impl RootState {
             }
         }
         for id in with_metadata {
-            let path = metadata_path(id)?;
-            match SnapshotMetadata::read(storage, &path) {
-                Ok(meta) if meta.kind == SnapshotKind::Checkpoint && meta.id == id => {
-                    state.completed.insert(id, meta);
+            match read_checkpoint_metadata(storage, id)? {
+                Found::Completed(meta) => {
+                    state.completed.insert(id, *meta);
                 }
-                Ok(meta) => state.unreadable.push(UnreadableCheckpoint {
-                    id,
-                    error: Error::corrupt(
-                        path.as_str(),
-                        format!("describes {} {}", meta.kind, meta.id),
-                    ),
-                }),
-                // Read, and not understood: damaged, truncated, or a newer format. (A
-                // `_metadata` listed and then missing is an inconsistent view of the root:
-                // returned as an error below, like any other failed read.)
-                Err(error) if error.is_damage() && !matches!(error, Error::MissingFile { .. }) => {
-                    state.unreadable.push(UnreadableCheckpoint { id, error });
-                }
-                Err(e) => return Err(e),
+                Found::Unreadable(u) => state.unreadable.push(u),
+                // A `_metadata` listed and then missing is an inconsistent view of the root:
+                // an error, like any other failed read.
+                Found::Absent(e) => return Err(e),
             }
         }
         state.no_claim.retain(|id| state.completed.contains_key(id));
@@ -147,6 +137,52 @@ impl RootState {
             None => Ok(()),
         }
     }
+}
+
+/// How many times a `_metadata` or a checkpoint's files are read before damage is believed: a
+/// storage path that flips a bit in one response must not make a good checkpoint unreadable
+/// (which stops all collection of `shared/`) or skip it on restore.
+const READ_ATTEMPTS: usize = 3;
+
+/// What reading `chk-<id>/_metadata` found.
+enum Found {
+    /// A completed checkpoint.
+    Completed(Box<SnapshotMetadata>),
+    /// A `_metadata` that cannot be understood, by every read.
+    Unreadable(UnreadableCheckpoint),
+    /// No `_metadata` (the error says which file).
+    Absent(Error),
+}
+
+/// Reads `chk-<id>/_metadata`, again up to [`READ_ATTEMPTS`] times in all while it reads as
+/// damaged: it is unreadable only if every read says so.
+///
+/// # Errors
+/// Storage errors other than damage and absence.
+fn read_checkpoint_metadata(storage: &dyn CheckpointStorage, id: u64) -> Result<Found> {
+    let path = metadata_path(id)?;
+    let mut first_damage = None;
+    for _ in 0..READ_ATTEMPTS {
+        match SnapshotMetadata::read(storage, &path) {
+            Ok(meta) if meta.kind == SnapshotKind::Checkpoint && meta.id == id => {
+                return Ok(Found::Completed(Box::new(meta)));
+            }
+            Ok(meta) => {
+                first_damage.get_or_insert(Error::corrupt(
+                    path.as_str(),
+                    format!("describes {} {}", meta.kind, meta.id),
+                ));
+            }
+            Err(e @ Error::MissingFile { .. }) => return Ok(Found::Absent(e)),
+            // Read, and not understood: damaged, truncated, or a newer format.
+            Err(error) if error.is_damage() => {
+                first_damage.get_or_insert(error);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let error = first_damage.unwrap_or_else(|| Error::corrupt(path.as_str(), "unreadable"));
+    Ok(Found::Unreadable(UnreadableCheckpoint { id, error }))
 }
 
 /// What retention and garbage collection delete, decided by [`plan_collection`].
@@ -315,19 +351,25 @@ pub struct CheckpointCoordinator {
     /// Whether the root may hold leftovers that only a listing finds (after an abort or a
     /// failed cleanup): the next cleanup with nothing in flight lists the root.
     sweep_needed: bool,
+    /// The lease that tells tools which delete (`statectl gc`) that this coordinator works here.
+    lease: HeldLease,
+    /// The last failure to renew the lease, if it has not been renewed since.
+    lease_error: Option<String>,
 }
 
 impl CheckpointCoordinator {
     /// Opens the root: claims the next coordinator epoch (which fences every coordinator that
-    /// opened the root before, see [`fence`](super::fence)), reads every completed checkpoint's
-    /// `_metadata`, drops those beyond the newest `retained`, and deletes every file no
-    /// retained checkpoint references (leftovers of failed or interrupted checkpoints). A
-    /// failure of that cleanup does not fail the open; it is kept for
-    /// [`CheckpointCoordinator::cleanup_error`] and retried later.
+    /// opened the root before, see [`fence`](super::fence)), writes its lease
+    /// ([`lease`](super::lease)), reads every completed checkpoint's `_metadata`, and deletes
+    /// every file no completed checkpoint references (leftovers of failed or interrupted
+    /// checkpoints). The checkpoints found are dropped by retention only once this coordinator
+    /// completed a newer one and read its `_metadata` back: the newest one found may be
+    /// damaged, and the job may restore an older one. A failure of that cleanup does not fail
+    /// the open; it is kept for [`CheckpointCoordinator::cleanup_error`] and retried later.
     ///
     /// # Errors
-    /// [`Error::Incompatible`] if `retained` is 0; any storage error while claiming the epoch
-    /// or reading the root (nothing is deleted then).
+    /// [`Error::Incompatible`] if `retained` is 0; any storage error while claiming the epoch,
+    /// writing the lease or reading the root (nothing is deleted then).
     pub fn open(storage: Arc<dyn CheckpointStorage>, retained: usize) -> Result<Self> {
         if retained == 0 {
             return Err(Error::Incompatible {
@@ -335,7 +377,17 @@ impl CheckpointCoordinator {
             });
         }
         let epoch = Epoch::claim(storage.as_ref())?;
-        let state = RootState::read(storage.as_ref())?;
+        let lease = HeldLease::acquire(
+            storage.as_ref(),
+            epoch.epoch(),
+            DEFAULT_LEASE_DURATION,
+            now_ms(),
+        )?;
+        let mut state = RootState::read(storage.as_ref())?;
+        // Retention drops what this coordinator found only in favour of a checkpoint it
+        // completed and read back itself: the newest checkpoint found may be damaged, and the
+        // job may have restored an older one that opening with `retained = 1` would delete.
+        state.protected = state.completed.keys().copied().collect();
         let mut coordinator = Self {
             storage,
             retained,
@@ -344,6 +396,8 @@ impl CheckpointCoordinator {
             cleanup_error: None,
             epoch,
             sweep_needed: true,
+            lease,
+            lease_error: None,
         };
         coordinator.cleanup();
         Ok(coordinator)
@@ -414,6 +468,7 @@ impl CheckpointCoordinator {
         }
         self.state.highest_id = id;
         self.pending.insert(id);
+        self.renew_lease_quietly();
         Ok(())
     }
 
@@ -516,10 +571,46 @@ impl CheckpointCoordinator {
                 _ => return Err(e),
             }
         }
+        // Retention must not drop the checkpoints before this one on the word of a store that
+        // acknowledged the write: it may have lost it. Read it back first.
+        self.read_back(id, &path, &bytes)?;
         self.pending.remove(&id);
         self.state.completed.insert(id, meta);
+        // A checkpoint this coordinator wrote and read back: what it found at open may go now.
+        self.state.protected.clear();
+        self.renew_lease_quietly();
         self.cleanup();
         Ok(&self.state.completed[&id])
+    }
+
+    /// Reads `_metadata` back after its write was acknowledged: it must be there with exactly
+    /// the bytes written. Read again (up to [`READ_ATTEMPTS`] in all) while it differs, so a
+    /// response damaged on its way does not fail a completion that took effect.
+    fn read_back(&self, id: u64, path: &StoragePath, bytes: &[u8]) -> Result<()> {
+        let mut last = None;
+        for _ in 0..READ_ATTEMPTS {
+            match self.storage.get(path) {
+                Ok(found) if found == bytes => return Ok(()),
+                Ok(found) => {
+                    last = Some(format!(
+                        "{} bytes that differ from the {} written",
+                        found.len(),
+                        bytes.len()
+                    ));
+                }
+                Err(Error::MissingFile { .. }) => {
+                    last = Some("nothing: the store acknowledged the write and lost it".into());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::CheckpointState {
+            id,
+            reason: format!(
+                "reading {path} back after its write found {}; the checkpoint is not complete",
+                last.unwrap_or_default()
+            ),
+        })
     }
 
     /// Aborts checkpoint `id`: it never becomes the base of anything; its files are deleted
@@ -531,6 +622,7 @@ impl CheckpointCoordinator {
         self.pending.remove(&id);
         // Its uploads are listed nowhere: only a listing finds them.
         self.sweep_needed = true;
+        self.renew_lease_quietly();
         self.cleanup();
         Ok(())
     }
@@ -592,9 +684,18 @@ impl CheckpointCoordinator {
             // The marker goes first: if deleting it fails, the checkpoint stays protected.
             self.storage.delete(&no_claim_marker_path(id)?)?;
             self.state.no_claim.remove(&id);
+            // Handed back on purpose: retention may take it even before a new completion.
+            self.state.protected.remove(&id);
             self.cleanup();
         }
         Ok(())
+    }
+
+    /// Checkpoints kept beyond the retention because this coordinator found them when it
+    /// opened the root (or a listing had hidden them) and has not completed a newer checkpoint
+    /// since: until then it cannot know which of them a restore needs.
+    pub fn protected(&self) -> impl Iterator<Item = u64> + '_ {
+        self.state.protected.iter().copied()
     }
 
     /// Checkpoints kept out of retention by a no-claim restore.
@@ -618,7 +719,13 @@ impl CheckpointCoordinator {
                 return Err(e);
             }
         };
-        let plan = plan_collection(&self.state, self.retained, &self.pending, Some(&listing));
+        let plan = match self.confirmed_plan(Some(&listing)) {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.cleanup_error = Some(format!("garbage collection could not confirm: {e}"));
+                return Err(e);
+            }
+        };
         let (report, error) = self.execute(&plan);
         match error {
             Some(e) => Err(e),
@@ -630,6 +737,93 @@ impl CheckpointCoordinator {
                 Ok(report)
             }
         }
+    }
+
+    /// The plan of a cleanup, confirmed by reads so that no deletion rests on a listing alone.
+    ///
+    /// A listing may omit objects (some S3-compatible stores and caches do): an omitted
+    /// `_metadata` would make a completed checkpoint look like an aborted one's leftovers, and
+    /// its files (and the shared files only it lists) deletable. So before a listing-based
+    /// plan is executed, every checkpoint directory the listing shows that is neither known
+    /// nor in flight, and every id above the newest known checkpoint up to one past the
+    /// highest id seen, has its `_metadata` read directly. A checkpoint found that way joins
+    /// the known ones (kept by retention until this coordinator completes a newer one), an
+    /// unreadable one keeps `shared/` whole, and the plan is made again. Before any dropped
+    /// checkpoint's files go, its no-claim marker is looked up directly as well.
+    ///
+    /// # Errors
+    /// Storage errors of those reads: nothing is deleted on an unconfirmed plan.
+    fn confirmed_plan(&mut self, listing: Option<&[ObjectMeta]>) -> Result<GcPlan> {
+        if let Some(listing) = listing {
+            self.learn_unlisted(listing)?;
+        }
+        loop {
+            let plan = plan_collection(&self.state, self.retained, &self.pending, listing);
+            let mut changed = false;
+            for id in &plan.dropped {
+                if self.storage.exists(&no_claim_marker_path(*id)?)? {
+                    self.state.no_claim.insert(*id);
+                    changed = true;
+                }
+            }
+            if !changed {
+                return Ok(plan);
+            }
+        }
+    }
+
+    /// Reads the `_metadata` of checkpoints a listing may have hidden (see
+    /// [`CheckpointCoordinator::confirmed_plan`]), and again those found unreadable before.
+    fn learn_unlisted(&mut self, listing: &[ObjectMeta]) -> Result<()> {
+        let known = |id: &u64| {
+            self.state.completed.contains_key(id)
+                || self.pending.contains(id)
+                || self.state.unreadable.iter().any(|u| u.id == *id)
+        };
+        let listed: BTreeSet<u64> = listing
+            .iter()
+            .filter_map(|o| o.path.components().next().and_then(parse_checkpoint_dir))
+            .collect();
+        let highest_seen = listed
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .max(self.state.highest_id);
+        let newest_known = self
+            .state
+            .completed
+            .keys()
+            .chain(self.state.unreadable.iter().map(|u| &u.id))
+            .max()
+            .copied()
+            .unwrap_or(0);
+        let mut probe: BTreeSet<u64> = listed.into_iter().filter(|id| !known(id)).collect();
+        probe.extend((newest_known + 1..=highest_seen.saturating_add(1)).filter(|id| !known(id)));
+        // Unreadable ones are read again: one damaged response must not stop collection of
+        // `shared/` for the coordinator's whole life.
+        probe.extend(self.state.unreadable.iter().map(|u| u.id));
+        for id in probe {
+            match read_checkpoint_metadata(self.storage.as_ref(), id)? {
+                Found::Completed(meta) => {
+                    tracing::warn!(
+                        checkpoint = id,
+                        "a listing of the root omitted this checkpoint's _metadata; kept"
+                    );
+                    self.state.unreadable.retain(|u| u.id != id);
+                    self.state.completed.insert(id, *meta);
+                    self.state.protected.insert(id);
+                    self.state.highest_id = self.state.highest_id.max(id);
+                }
+                Found::Unreadable(u) => {
+                    self.state.highest_id = self.state.highest_id.max(id);
+                    if !self.state.unreadable.iter().any(|k| k.id == id) {
+                        self.state.unreadable.push(u);
+                    }
+                }
+                Found::Absent(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Files under `chk-*` and `shared/` that garbage collection would delete now (see
@@ -653,7 +847,14 @@ impl CheckpointCoordinator {
         let result = if self.pending.is_empty() && self.sweep_needed {
             self.collect_orphans().map(|_| ())
         } else {
-            let plan = plan_collection(&self.state, self.retained, &self.pending, None);
+            let plan = match self.confirmed_plan(None) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    self.cleanup_error = Some(format!("cleanup could not confirm: {e}"));
+                    self.sweep_needed = true;
+                    return;
+                }
+            };
             if !self.pending.is_empty() && !plan.dropped.is_empty() {
                 // `shared/` is kept while anything is in flight: what the dropped checkpoints
                 // alone used waits for the next sweep.
@@ -692,6 +893,50 @@ impl CheckpointCoordinator {
         (report, error)
     }
 
+    /// The lease this coordinator holds in its root, as last written.
+    pub fn lease(&self) -> Lease {
+        self.lease.record()
+    }
+
+    /// Sets how long the lease lasts unless renewed (default [`DEFAULT_LEASE_DURATION`]), and
+    /// rewrites it now. A job whose checkpoints are further apart than a third of it should
+    /// call [`CheckpointCoordinator::renew_lease`] between them, or tools that delete may take
+    /// the root for a dead job's.
+    ///
+    /// # Errors
+    /// Storage errors writing the lease.
+    pub fn set_lease_duration(&mut self, duration: std::time::Duration) -> Result<()> {
+        self.lease
+            .set_duration(self.storage.as_ref(), duration, now_ms())
+    }
+
+    /// Rewrites the lease now. [`begin`](Self::begin), [`complete`](Self::complete) and
+    /// [`abort`](Self::abort) renew it themselves once a third of it has passed.
+    ///
+    /// # Errors
+    /// Storage errors writing the lease.
+    pub fn renew_lease(&mut self) -> Result<()> {
+        let result = self.lease.renew(self.storage.as_ref(), now_ms(), true);
+        self.lease_error = result.as_ref().err().map(ToString::to_string);
+        result
+    }
+
+    /// The last failure to renew the lease, if it has not been renewed since. Checkpoints do
+    /// not fail because of it; a lease that lapses lets `statectl gc` run beside the job.
+    pub fn lease_error(&self) -> Option<&str> {
+        self.lease_error.as_deref()
+    }
+
+    fn renew_lease_quietly(&mut self) {
+        match self.lease.renew(self.storage.as_ref(), now_ms(), false) {
+            Ok(()) => self.lease_error = None,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not renew the coordinator's lease");
+                self.lease_error = Some(e.to_string());
+            }
+        }
+    }
+
     /// Checks that every file of `meta` is in storage with its recorded size and crc32.
     ///
     /// # Errors
@@ -702,7 +947,8 @@ impl CheckpointCoordinator {
     }
 
     /// The newest completed checkpoint whose files all verify (every file of every instance,
-    /// streamed), skipping damaged ones: the automatic fallback on a corrupt or missing file
+    /// streamed; damage is believed when repeated reads agree, [`verify_files_stable`]),
+    /// skipping damaged ones, each logged: the automatic fallback on a corrupt or missing file
     /// ([`Error::is_damage`]). It is the job's choice: restore every instance from the
     /// checkpoint it returns, so that no instance falls back alone.
     ///
@@ -714,10 +960,21 @@ impl CheckpointCoordinator {
     ///
     /// # Errors
     /// [`Error::UnreadableCheckpoint`] if a checkpoint newer than the one it would return has a
-    /// `_metadata` of a newer format; [`Error::NoRestorableCheckpoint`] if none verifies; the
-    /// first error that is not damage.
+    /// `_metadata` of a newer format; [`Error::NoRestorableCheckpoint`] if the root holds no
+    /// checkpoint; [`Error::NoVerifiedCheckpoint`] if it holds some and none verifies (never
+    /// a reason to start empty); [`Error::UnstableRead`] if reads of a file disagree; the first
+    /// error that is not damage.
     pub fn latest_verified(&self) -> Result<&SnapshotMetadata> {
         newest_verified(&self.state, self.storage.as_ref())
+    }
+}
+
+impl Drop for CheckpointCoordinator {
+    /// Deletes the lease: the job is gone, and tools that delete may work on the root.
+    fn drop(&mut self) {
+        if let Err(e) = self.lease.release(self.storage.as_ref()) {
+            tracing::warn!(error = %e, "could not delete the coordinator's lease");
+        }
     }
 }
 
@@ -744,6 +1001,11 @@ fn newest_verified<'a>(
             .iter()
             .find(|u| u.id > than && matches!(u.error, Error::UnsupportedFormat { .. }))
     };
+    let mut damaged: Vec<String> = state
+        .unreadable
+        .iter()
+        .map(|u| format!("{} (unreadable _metadata: {})", u.id, u.error))
+        .collect();
     for meta in state.completed.values().rev() {
         if let Some(u) = newer_format(meta.id) {
             return Err(Error::UnreadableCheckpoint {
@@ -751,15 +1013,61 @@ fn newest_verified<'a>(
                 reason: u.error.to_string(),
             });
         }
-        match verify_files(storage, meta) {
-            Ok(()) => return Ok(meta),
-            Err(e) if e.is_damage() => continue,
+        match verify_files_stable(storage, meta) {
+            Ok(()) => {
+                if !damaged.is_empty() {
+                    tracing::warn!(
+                        checkpoint = meta.id,
+                        skipped = %damaged.join("; "),
+                        "falling back past damaged checkpoints"
+                    );
+                }
+                return Ok(meta);
+            }
+            Err(e) if e.is_damage() => damaged.push(format!("{} ({e})", meta.id)),
             Err(e) => return Err(e),
         }
     }
-    Err(Error::NoRestorableCheckpoint {
-        root: "checkpoint storage".into(),
-    })
+    if damaged.is_empty() {
+        Err(Error::NoRestorableCheckpoint {
+            root: "checkpoint storage".into(),
+        })
+    } else {
+        damaged.sort();
+        Err(Error::NoVerifiedCheckpoint {
+            root: "checkpoint storage".into(),
+            damaged: damaged.join("; "),
+        })
+    }
+}
+
+/// [`verify_files`], believed only when it is repeatable: damage is reported if
+/// [`READ_ATTEMPTS`] verifications find the same first bad file with the same figures. A
+/// verification that passes wins (a checksum cannot match by accident); reads that disagree
+/// are [`Error::UnstableRead`], not damage, so that a storage path which corrupts responses
+/// never makes a restore fall back to older state or start empty.
+///
+/// # Errors
+/// As [`verify_files`]; [`Error::UnstableRead`].
+pub fn verify_files_stable(storage: &dyn CheckpointStorage, meta: &SnapshotMetadata) -> Result<()> {
+    let mut first: Option<Error> = None;
+    for _ in 0..READ_ATTEMPTS {
+        match verify_files(storage, meta) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_damage() => match &first {
+                None => first = Some(e),
+                Some(f) if f.to_string() == e.to_string() => {}
+                Some(f) => {
+                    return Err(Error::UnstableRead {
+                        file: format!("checkpoint {}", meta.id),
+                        reason: format!("one read found {f}, another {e}"),
+                    });
+                }
+            },
+            Err(e) => return Err(e),
+        }
+    }
+    Err(first.unwrap_or_else(|| Error::corrupt(format!("checkpoint {}", meta.id), "damaged")))
 }
 
 /// Checks every file of `meta` in `storage`: present, recorded size, recorded crc32. Streams

@@ -3,6 +3,7 @@
 //! - [`coordinator`]: completing checkpoints (`_metadata`), retention and garbage collection.
 //! - [`fence`]: coordinator epochs, so that a stale coordinator can neither complete nor
 //!   delete.
+//! - [`lease`]: the record by which a live coordinator tells tools that delete to wait.
 //! - [`restore`]: restoring an instance into any [`CheckpointedBackend`], with file
 //!   verification and key-group coverage checks.
 //! - [`metadata`] (the `_metadata` format) and [`layout`] (names in a checkpoint root) live in
@@ -19,12 +20,14 @@
 
 pub mod coordinator;
 pub mod fence;
+pub mod lease;
 pub mod restore;
 
 pub use crate::backends::interface::{PendingSnapshot, UploadStats};
 pub use crate::model::format::{layout, metadata};
 pub use coordinator::{
     CheckpointCoordinator, DEFAULT_RETAINED_CHECKPOINTS, GcReport, latest_restorable, verify_files,
+    verify_files_stable,
 };
 pub use metadata::{
     FileEntry, InstanceId, InstanceMetadata, SnapshotKind, SnapshotMetadata, check_partition,
