@@ -114,7 +114,11 @@ pub fn gc(root: &Location, options: GcOptions) -> CliResult<GcReport> {
     if let Some(u) = state.unreadable.first() {
         let ids: Vec<String> = state.unreadable.iter().map(|u| u.id.to_string()).collect();
         return Err(CliError::Failed(format!(
-            "{}; gc deletes nothing while the root holds a checkpoint whose {} cannot be read              (which shared files it needs is unknown). Repair it, or discard it: `statectl              discard {} {}` moves its _metadata aside to _metadata.discarded (it is then no              longer restorable), and the next gc deletes its directory and the shared files no              other checkpoint lists (unreadable: {})",
+            "{}; gc deletes nothing while the root holds a checkpoint whose {} cannot be read \
+             (which shared files it needs is unknown). Repair it, or discard it: `statectl \
+             discard {} {}` moves its _metadata aside to _metadata.discarded (it is then no \
+             longer restorable), and the next gc deletes its directory and the shared files no \
+             other checkpoint lists (unreadable: {})",
             Error::UnreadableCheckpoint {
                 id: u.id,
                 reason: u.error.to_string(),
@@ -154,7 +158,9 @@ pub fn gc(root: &Location, options: GcOptions) -> CliResult<GcReport> {
                     .map(|p| format!("{} ({})", p.id, p.reason))
                     .collect();
                 return Err(CliError::Failed(format!(
-                    "no checkpoint of {} verifies, so gc drops none: damaged {}. Restore from                      a savepoint, or repair the files; `statectl discard {} ID --force` sets a                      damaged checkpoint aside for the next gc",
+                    "no checkpoint of {} verifies, so gc drops none: damaged {}. Restore from \
+                     a savepoint, or repair the files; `statectl discard {} ID --force` sets a \
+                     damaged checkpoint aside for the next gc",
                     root.display(),
                     damaged.join(", "),
                     root.display()
@@ -162,7 +168,8 @@ pub fn gc(root: &Location, options: GcOptions) -> CliResult<GcReport> {
             }
             None => {
                 return Err(CliError::Failed(format!(
-                    "gc drops no checkpoint of {} without knowing which one a restore would                      use: {}",
+                    "gc drops no checkpoint of {} without knowing which one a restore would \
+                     use: {}",
                     root.display(),
                     choice.problem.unwrap_or_default()
                 )));

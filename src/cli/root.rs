@@ -282,7 +282,8 @@ pub fn require_no_live_lease(
         Err(e) if e.is_damage() && ignore => None,
         Err(e) if e.is_damage() => {
             return Err(CliError::Failed(format!(
-                "the coordinator lease of {} cannot be read ({e}), so a coordinator may hold                  the root; stop the job first, or pass --ignore-lease if it is dead",
+                "the coordinator lease of {} cannot be read ({e}), so a coordinator may hold \
+                 the root; stop the job first, or pass --ignore-lease if it is dead",
                 root.display()
             )));
         }
