@@ -130,8 +130,16 @@ fn every_command_works_on_an_s3_url() -> Result<()> {
     assert_eq!(picked, [(1, None), (2, Some("picked")), (3, None)]);
     let verified = verify(&parent, VerifyOptions { all: false }).map_err(to_error)?;
     assert!(!verified.ok);
-    assert_eq!(verified.snapshots.len(), 1, "stops at checkpoint 3: {verified:?}");
-    assert_eq!(verified.skipped.len(), 4, "2, 1 and two savepoints: {verified:?}");
+    assert_eq!(
+        verified.snapshots.len(),
+        1,
+        "stops at checkpoint 3: {verified:?}"
+    );
+    assert_eq!(
+        verified.skipped.len(),
+        4,
+        "2, 1 and two savepoints: {verified:?}"
+    );
     assert!(
         verified
             .skipped
@@ -148,7 +156,10 @@ fn every_command_works_on_an_s3_url() -> Result<()> {
     for (location, needle) in [
         (parent.clone(), "did you mean it?".to_owned()),
         (root.join("savepoints/sp-1"), "is a savepoint".to_owned()),
-        (checkpoint_3.clone(), "is the directory of checkpoint 3".to_owned()),
+        (
+            checkpoint_3.clone(),
+            "is the directory of checkpoint 3".to_owned(),
+        ),
     ] {
         let refused = gc(&location, options).expect_err("not a root");
         assert!(refused.to_string().contains(&needle), "{refused}");
@@ -160,7 +171,10 @@ fn every_command_works_on_an_s3_url() -> Result<()> {
     // savepoints below the root stay.
     let planned = gc(&root, options).map_err(to_error)?;
     assert_eq!(planned.dropped_checkpoints, [1]);
-    assert_eq!(planned.kept_beyond_retention.as_ref().map(|k| k.id), Some(2));
+    assert_eq!(
+        planned.kept_beyond_retention.as_ref().map(|k| k.id),
+        Some(2)
+    );
     let done = gc(
         &root,
         GcOptions {

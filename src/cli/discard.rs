@@ -77,9 +77,9 @@ pub fn resolve(target: &Location, id: Option<u64>) -> CliResult<(Location, u64)>
             target.display()
         )));
     };
-    let root = target.parent().ok_or_else(|| {
-        CliError::Failed(format!("{} has no parent directory", target.display()))
-    })?;
+    let root = target
+        .parent()
+        .ok_or_else(|| CliError::Failed(format!("{} has no parent directory", target.display())))?;
     Ok((root, id))
 }
 
@@ -177,12 +177,12 @@ impl DiscardReport {
             )?;
         }
         match &self.problem {
-            Some(problem) => writeln!(
+            Some(problem) => writeln!(out, "checkpoint {} was {}: {problem}", self.id, self.was)?,
+            None => writeln!(
                 out,
-                "checkpoint {} was {}: {problem}",
-                self.id, self.was
+                "checkpoint {} verified; discarded as asked (--force)",
+                self.id
             )?,
-            None => writeln!(out, "checkpoint {} verified; discarded as asked (--force)", self.id)?,
         }
         writeln!(
             out,

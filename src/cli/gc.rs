@@ -234,7 +234,11 @@ impl GcReport {
             writeln!(
                 out,
                 "{} lease of coordinator epoch {} (until {})",
-                if lease.live { "ignored the live" } else { "found an expired" },
+                if lease.live {
+                    "ignored the live"
+                } else {
+                    "found an expired"
+                },
                 lease.epoch,
                 crate::cli::format_time_ms(lease.expires_ms)
             )?;

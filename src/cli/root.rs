@@ -164,7 +164,11 @@ pub fn require_root(
             "; checkpoint root{} below it: {} (did you mean {}?)",
             if below.len() == 1 { "" } else { "s" },
             below.join(", "),
-            if below.len() == 1 { "it" } else { "one of them" }
+            if below.len() == 1 {
+                "it"
+            } else {
+                "one of them"
+            }
         )
     };
     Err(CliError::Failed(format!(
@@ -194,7 +198,8 @@ fn roots_below(location: &Location) -> Vec<String> {
             for object in &listing {
                 let parts: Vec<&str> = object.path.components().collect();
                 for i in 1..parts.len() {
-                    let checkpoint = parse_checkpoint_dir(parts[i]).is_some() && i + 1 < parts.len();
+                    let checkpoint =
+                        parse_checkpoint_dir(parts[i]).is_some() && i + 1 < parts.len();
                     let epoch = parts[i] == COORDINATOR_DIR
                         && i + 2 == parts.len()
                         && parse_epoch_file(parts[i + 1]).is_some();
@@ -204,7 +209,10 @@ fn roots_below(location: &Location) -> Vec<String> {
                     }
                 }
             }
-            roots.into_iter().map(|r| location.join(&r).display()).collect()
+            roots
+                .into_iter()
+                .map(|r| location.join(&r).display())
+                .collect()
         }
     }
 }
@@ -392,9 +400,7 @@ pub fn restore_choice(
             Candidate::Unreadable(e) => Err(format!("its {METADATA_FILE} cannot be read: {e}")),
             Candidate::NotChecked => {
                 choice.stopped_at = Some(*id);
-                choice.problem = Some(format!(
-                    "not determined: checkpoint {id} was not checked"
-                ));
+                choice.problem = Some(format!("not determined: checkpoint {id} was not checked"));
                 return choice;
             }
             Candidate::Verified(Ok(())) => Ok(()),
@@ -427,7 +433,11 @@ pub fn restore_choice(
     choice.problem = Some(if choice.passed_over.is_empty() {
         "the root holds no completed checkpoint".into()
     } else {
-        let ids: Vec<String> = choice.passed_over.iter().map(|p| p.id.to_string()).collect();
+        let ids: Vec<String> = choice
+            .passed_over
+            .iter()
+            .map(|p| p.id.to_string())
+            .collect();
         format!("every checkpoint is damaged ({})", ids.join(", "))
     });
     choice

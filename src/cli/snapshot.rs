@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use crate::cli::location::{Location, require_dir};
-use crate::model::error::{Error, Result};
 use crate::cli::root::is_layout_area;
+use crate::model::error::{Error, Result};
 use crate::model::format::layout::{
     COORDINATOR_DIR, checkpoint_dir_name, parse_checkpoint_dir, parse_epoch_file,
 };
@@ -406,12 +406,17 @@ fn scan_listed_tree(dir: &Location) -> Result<RootScan> {
     let first = |rest: &str| rest.split('/').next().unwrap_or_default().to_owned();
     // Shorter paths first: whether a candidate counts depends on the roots above it.
     let mut ordered: Vec<&String> = candidates.iter().collect();
-    ordered.sort_by_key(|c| (c.matches('/').count() + usize::from(!c.is_empty()), c.as_str()));
+    ordered.sort_by_key(|c| {
+        (
+            c.matches('/').count() + usize::from(!c.is_empty()),
+            c.as_str(),
+        )
+    });
     let mut roots: Vec<String> = Vec::new();
     for candidate in ordered {
-        let in_snapshot = metadata_dirs.iter().any(|m| {
-            m == candidate || below(candidate, m).is_some()
-        });
+        let in_snapshot = metadata_dirs
+            .iter()
+            .any(|m| m == candidate || below(candidate, m).is_some());
         let in_area = roots
             .iter()
             .any(|r| below(candidate, r).is_some_and(|rest| is_layout_area(&first(&rest))));
@@ -452,7 +457,9 @@ fn scan_listed_tree(dir: &Location) -> Result<RootScan> {
             let dir = scanned.dir.join(&checkpoint_dir_name(id));
             if has_metadata {
                 let loaded = load(&dir);
-                scanned.checkpoints.push(ScannedCheckpoint { id, dir, loaded });
+                scanned
+                    .checkpoints
+                    .push(ScannedCheckpoint { id, dir, loaded });
             } else {
                 scanned.incomplete.push((id, dir));
             }

@@ -321,9 +321,9 @@ pub fn verify(path: &Location, options: VerifyOptions) -> CliResult<VerifyReport
         let storage = root.open()?;
         let mut restore = restore_choice(storage.as_ref(), &candidates);
         if restore.stopped_at.is_some()
-            && candidates
-                .iter()
-                .any(|(id, c)| Some(*id) == restore.stopped_at && matches!(c, Candidate::NotChecked))
+            && candidates.iter().any(|(id, c)| {
+                Some(*id) == restore.stopped_at && matches!(c, Candidate::NotChecked)
+            })
         {
             restore.problem = Some(format!("not determined: {STOPPED_EARLY}"));
         }

@@ -27,7 +27,8 @@ const EXIT_STATUS: &str = "Exit status:\n  \
     on stderr as `error: ...`)\n  \
     2  usage error (unknown command or option, missing or invalid argument)";
 
-/// Inspect, verify, dump, convert and garbage-collect statebackend checkpoints and savepoints.
+/// Inspect, verify, dump, convert, garbage-collect and discard statebackend checkpoints and
+/// savepoints.
 ///
 /// A checkpoint root holds `chk-<id>/_metadata` directories and a `shared/` area; a savepoint
 /// is a directory holding a `_metadata` and one `.sbdf` data file per backend instance. Every

@@ -827,7 +827,10 @@ fn gc_refuses_what_is_not_a_checkpoint_root_and_keeps_stray_files_of_a_root() ->
 
     let parent = f._tmp.path().to_path_buf();
     let cases: Vec<(PathBuf, Vec<&str>)> = vec![
-        (docs.clone(), vec!["is not a checkpoint root", "changes nothing here"]),
+        (
+            docs.clone(),
+            vec!["is not a checkpoint root", "changes nothing here"],
+        ),
         (etc.clone(), vec!["is not a checkpoint root"]),
         (
             f.savepoint_dir.clone(),
@@ -835,7 +838,11 @@ fn gc_refuses_what_is_not_a_checkpoint_root_and_keeps_stray_files_of_a_root() ->
         ),
         (
             f.chk_dir(2),
-            vec!["is the directory of checkpoint 2", "its root is", p(&f.root)],
+            vec![
+                "is the directory of checkpoint 2",
+                "its root is",
+                p(&f.root),
+            ],
         ),
         (
             parent.clone(),
@@ -858,7 +865,11 @@ fn gc_refuses_what_is_not_a_checkpoint_root_and_keeps_stray_files_of_a_root() ->
     // The real `/etc` (dry run: a refusal changes nothing anyway).
     let o = statectl(&["gc", "/etc", "--dry-run"]);
     expect_code(&o, 1);
-    assert!(stderr(&o).contains("is not a checkpoint root"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is not a checkpoint root"),
+        "{}",
+        stderr(&o)
+    );
     for (dir, files) in &before {
         assert_eq!(&tree(dir), files, "{} changed", dir.display());
     }
@@ -897,10 +908,16 @@ fn verify_and_list_cover_every_root_and_savepoint_below_a_directory() -> TestRes
     let o = statectl(&["verify", p(&dir)]);
     expect_code(&o, 0);
     let out = stdout(&o);
-    assert!(out.contains("checkpoint 2") && out.contains("checkpoint 1"), "{out}");
+    assert!(
+        out.contains("checkpoint 2") && out.contains("checkpoint 1"),
+        "{out}"
+    );
     assert!(out.contains("sp-final"), "{out}");
     assert!(
-        out.contains(&format!("root {}: a restore would pick checkpoint 2", p(&root))),
+        out.contains(&format!(
+            "root {}: a restore would pick checkpoint 2",
+            p(&root)
+        )),
         "{out}"
     );
     assert!(out.contains("all good: 3 snapshots, 6 files"), "{out}");
@@ -913,11 +930,20 @@ fn verify_and_list_cover_every_root_and_savepoint_below_a_directory() -> TestRes
     let entries = v.as_array().unwrap();
     let kinds: Vec<(&str, &str)> = entries
         .iter()
-        .map(|e| (e["kind"].as_str().unwrap(), e["restore"].as_str().unwrap_or("-")))
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap(),
+                e["restore"].as_str().unwrap_or("-"),
+            )
+        })
         .collect();
     assert_eq!(
         kinds,
-        [("checkpoint", "-"), ("checkpoint", "picked"), ("savepoint", "-")],
+        [
+            ("checkpoint", "-"),
+            ("checkpoint", "picked"),
+            ("savepoint", "-")
+        ],
         "{v:#}"
     );
     assert_eq!(entries[0]["root"], p(&root));
@@ -951,8 +977,14 @@ fn verify_says_what_it_did_not_check() -> TestResult {
     let out = stdout(&o);
     assert!(out.contains("FAILED  checkpoint 2"), "{out}");
     for skipped in [
-        format!("skipped checkpoint 1  {}: not checked: stopped at the first failure; --all checks them", p(&f.chk_dir(1))),
-        format!("skipped savepoint  {}: not checked: stopped at the first failure", p(&f.savepoint_dir)),
+        format!(
+            "skipped checkpoint 1  {}: not checked: stopped at the first failure; --all checks them",
+            p(&f.chk_dir(1))
+        ),
+        format!(
+            "skipped savepoint  {}: not checked: stopped at the first failure",
+            p(&f.savepoint_dir)
+        ),
         format!("skipped checkpoint 3  {}: no _metadata", p(&f.chk_dir(3))),
     ] {
         assert!(out.contains(&skipped), "{skipped:?} not in:\n{out}");
@@ -1008,11 +1040,17 @@ fn list_shows_damaged_and_incomplete_checkpoints_and_the_restore_pick() -> TestR
     assert_eq!(c2["metadata"], "ok");
     assert_eq!(c2["files_present"], false);
     assert!(
-        c2["file_problems"][0].as_str().unwrap().contains(gone.path.as_str()),
+        c2["file_problems"][0]
+            .as_str()
+            .unwrap()
+            .contains(gone.path.as_str()),
         "{c2}"
     );
     assert!(
-        c2["restore"].as_str().unwrap().starts_with("passed over: missing file"),
+        c2["restore"]
+            .as_str()
+            .unwrap()
+            .starts_with("passed over: missing file"),
         "{c2}"
     );
     assert_eq!(c3["state"], "incomplete");
@@ -1021,7 +1059,10 @@ fn list_shows_damaged_and_incomplete_checkpoints_and_the_restore_pick() -> TestR
     let o = statectl(&["list", p(&f.root)]);
     expect_code(&o, 0);
     let out = stdout(&o);
-    assert!(out.contains("damaged") && out.contains("incomplete"), "{out}");
+    assert!(
+        out.contains("damaged") && out.contains("incomplete"),
+        "{out}"
+    );
     assert!(
         out.contains("a restore would pick checkpoint 1 (2 is damaged: missing file"),
         "{out}"
@@ -1088,8 +1129,14 @@ fn gc_and_discard_refuse_a_root_a_live_coordinator_holds() -> TestResult {
         let o = statectl(&args);
         expect_code(&o, 1);
         let err = stderr(&o);
-        assert!(err.contains("a coordinator (epoch 2) holds"), "{args:?}: {err}");
-        assert!(err.contains("stop the job first, or pass --ignore-lease"), "{err}");
+        assert!(
+            err.contains("a coordinator (epoch 2) holds"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("stop the job first, or pass --ignore-lease"),
+            "{err}"
+        );
     }
     assert_eq!(tree(&f.root), before, "a refused command changed the root");
 
@@ -1139,7 +1186,9 @@ fn usage_errors_exit_2() {
 fn every_subcommand_has_help() {
     let o = statectl(&["--help"]);
     expect_code(&o, 0);
-    for sub in ["list", "inspect", "verify", "dump", "convert", "gc", "discard"] {
+    for sub in [
+        "list", "inspect", "verify", "dump", "convert", "gc", "discard",
+    ] {
         assert!(stdout(&o).contains(sub), "{sub} not in the overview");
         for args in [vec![sub, "--help"], vec!["help", sub]] {
             let o = statectl(&args);
@@ -1264,7 +1313,7 @@ mod rocksdb_backend {
             backend.value_state(&ValueStateDescriptor::new("counts"))?;
         let mut users = Vec::new();
         for i in 0..to {
-            if let Some(n) = counts.get(&mut backend, &format!("user-{i}"), &())? {
+            if let Some(n) = counts.get(&backend, &format!("user-{i}"), &())? {
                 assert_eq!(n, i);
                 users.push(i);
             }
@@ -1307,7 +1356,11 @@ mod rocksdb_backend {
         expect_code(&o, 0);
         let v = json(&o);
         assert_eq!(v["dropped_checkpoints"], serde_json::json!([2]), "{v:#}");
-        assert_eq!(v["retained_checkpoints"], serde_json::json!([1, 3]), "{v:#}");
+        assert_eq!(
+            v["retained_checkpoints"],
+            serde_json::json!([1, 3]),
+            "{v:#}"
+        );
         assert_eq!(v["kept_beyond_retention"]["id"], 1, "{v:#}");
         let damaged: Vec<u64> = v["kept_beyond_retention"]["damaged"]
             .as_array()
@@ -1362,7 +1415,11 @@ mod rocksdb_backend {
         assert!(stderr(&o).contains("pass --force"), "{}", stderr(&o));
         let o = statectl(&["discard", p(tmp.path()), "3"]);
         expect_code(&o, 1);
-        assert!(stderr(&o).contains("not a checkpoint root"), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("not a checkpoint root"),
+            "{}",
+            stderr(&o)
+        );
         assert!(root.join("chk-0000000002/_metadata").exists());
 
         let o = statectl(&["discard", p(&root), "3", "--json"]);
@@ -1386,7 +1443,11 @@ mod rocksdb_backend {
             .filter(|f| !kept.contains(&f.path))
             .map(|f| root.join(f.path.as_str()))
             .collect();
-        assert!(only_third.iter().any(|f| f.starts_with(root.join("shared"))));
+        assert!(
+            only_third
+                .iter()
+                .any(|f| f.starts_with(root.join("shared")))
+        );
         let o = statectl(&["gc", p(&root)]);
         expect_code(&o, 0);
         assert!(!chk3.exists(), "{}", stdout(&o));

@@ -309,7 +309,9 @@ mod tests {
         assert!(check_declared_length(&data, 8, 4, "f").is_ok());
         for len in [0, 3, 11, data.len() - 1] {
             match check_declared_length(&data[..len], 8, 4, "f") {
-                Err(Error::Corrupt { reason, .. }) => assert!(reason.starts_with("truncated"), "{reason}"),
+                Err(Error::Corrupt { reason, .. }) => {
+                    assert!(reason.starts_with("truncated"), "{reason}")
+                }
                 other => panic!("{len}: {other:?}"),
             }
         }
