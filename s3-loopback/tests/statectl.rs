@@ -213,7 +213,7 @@ fn every_command_works_on_an_s3_url() -> Result<()> {
     let listed = list(&root).map_err(to_error)?;
     assert_eq!(
         (listed.entries[1].id, listed.entries[1].state),
-        (3, "incomplete"),
+        (3, "discarded"),
         "{listed:?}"
     );
     gc(

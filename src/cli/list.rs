@@ -28,10 +28,11 @@ pub struct ListEntry {
     pub kind: &'static str,
     /// `completed` (its `_metadata` reads and every file it lists is present with its recorded
     /// size), `damaged` (a listed file is missing or has another size), `unreadable` (its
-    /// `_metadata` cannot be used) or `incomplete` (a `chk-*` directory without `_metadata`:
-    /// in flight, aborted, a leftover, or discarded).
+    /// `_metadata` cannot be used), `incomplete` (a `chk-*` directory without `_metadata`: in
+    /// flight, aborted or a leftover) or `discarded` (set aside by `statectl discard`: only
+    /// `_metadata.discarded` is left).
     pub state: &'static str,
-    /// The `_metadata`: `ok`, `unreadable` or `missing`.
+    /// The `_metadata`: `ok`, `unreadable`, `missing` or `discarded`.
     pub metadata: &'static str,
     /// The checkpoint root it belongs to (checkpoints only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -190,8 +191,8 @@ fn incomplete_entry(id: u64, dir: &Location, root: &Location) -> ListEntry {
     ListEntry {
         id,
         kind: kind_name(SnapshotKind::Checkpoint),
-        state: "incomplete",
-        metadata: "missing",
+        state: if discarded { "discarded" } else { "incomplete" },
+        metadata: if discarded { "discarded" } else { "missing" },
         root: Some(root.display()),
         path: dir.display(),
         backends: Vec::new(),
@@ -205,7 +206,9 @@ fn incomplete_entry(id: u64, dir: &Location, root: &Location) -> ListEntry {
         created: None,
         restore: None,
         error: Some(if discarded {
-            format!("discarded ({DISCARDED_METADATA_FILE}): the next gc deletes its directory")
+            format!(
+                "its {METADATA_FILE} was set aside ({DISCARDED_METADATA_FILE}): the next gc deletes its directory"
+            )
         } else {
             format!("no {METADATA_FILE}: in flight, aborted or left over (gc deletes it)")
         }),
@@ -392,9 +395,10 @@ impl ListReport {
         for e in &self.entries {
             let name = format!("{} {}", e.kind, e.path);
             match e.state {
-                "unreadable" => writeln!(
+                "unreadable" | "discarded" => writeln!(
                     out,
-                    "{name} is unreadable: {}",
+                    "{name} is {}: {}",
+                    e.state,
                     e.error.as_deref().unwrap_or_default()
                 )?,
                 "incomplete" => writeln!(

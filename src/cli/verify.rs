@@ -325,7 +325,11 @@ pub fn verify(path: &Location, options: VerifyOptions) -> CliResult<VerifyReport
                 Some(*id) == restore.stopped_at && matches!(c, Candidate::NotChecked)
             })
         {
-            restore.problem = Some(format!("not determined: {STOPPED_EARLY}"));
+            restore.problem = Some(
+                "not determined: verification stopped at the first failure; --all checks every \
+                 checkpoint"
+                    .into(),
+            );
         }
         report.roots.push(VerifiedRoot {
             path: root.display(),

@@ -1433,6 +1433,10 @@ mod rocksdb_backend {
         let o = statectl(&["discard", p(&root), "3"]);
         expect_code(&o, 1);
         assert!(stderr(&o).contains("discarded already"), "{}", stderr(&o));
+        let v = json(&statectl(&["list", p(&root), "--json"]));
+        assert_eq!(v[2]["id"], 3, "{v:#}");
+        assert_eq!(v[2]["state"], "discarded", "{v:#}");
+        assert_eq!(v[1]["restore"], "picked", "{v:#}");
 
         let kept: HashSet<_> = metas[..2]
             .iter()
