@@ -9,12 +9,48 @@
 //! let storage = server.storage("jobs/clicks").unwrap();
 //! // The next two PUTs are answered 503 Slow Down: the client retries them.
 //! server.inject(FaultRule::new(Fault::Reject(503)).on(RequestKind::Put).times(2));
+//! // Every listing leaves out the `_metadata` of checkpoint 3, until the faults are cleared.
+//! server.inject(
+//!     FaultRule::new(Fault::OmitFromListing)
+//!         .key_contains("chk-0000000003/_metadata")
+//!         .always(),
+//! );
 //! # let _ = storage;
 //! ```
 //!
 //! The server verifies AWS signatures (version 4) with a fixed key pair, as a real S3 does, and
 //! the client is `object_store`'s S3 client, configured as [`LoopbackS3::client`] shows: what
 //! runs here is the protocol a deployment runs, minus TLS.
+//!
+//! # Faults
+//!
+//! A [`FaultRule`] selects requests and gives them a [`Fault`]. It selects by request kind
+//! ([`FaultRule::on`]), by key ([`FaultRule::key_contains`], [`FaultRule::key_matches`]: a
+//! predicate over the key as the request path shows it, `/<bucket>/<object key>`, for example
+//! `/checkpoints/root/chk-0000000001/_metadata`), by condition ([`FaultRule::conditional`]:
+//! create-if-absent requests only) and by count: of the requests it selects, the first
+//! [`skip`](FaultRule::skip) pass, the next [`times`](FaultRule::times) get the fault (or all
+//! of them, [`always`](FaultRule::always)). Rules are tried in the order they were added; a
+//! request gets the fault of the first rule that selects it. [`RequestCounts::faulted`] counts
+//! the requests that got one.
+//!
+//! | fault | what the client sees | what the store holds |
+//! |---|---|---|
+//! | [`Fault::Reject`]`(status)` | an S3 error of that status (503 and 500 are retried) | unchanged |
+//! | [`Fault::LoseResponse`]`(status)` | an error, although the request took effect | as if served |
+//! | [`Fault::Delay`]`(d)` | the answer, `d` late | as if served |
+//! | [`Fault::RaceCreate`]`(bytes)` | a PUT that lost a race (a conditional one: 412) | the other writer's `bytes` |
+//! | [`Fault::Reset`] | the connection reset (TCP RST), no answer | unchanged |
+//! | [`Fault::ResetAfterServing`] | the connection reset, no answer | as if served |
+//! | [`Fault::CloseAfterServing`] | the connection closed before any answer (the client retries any request) | as if served |
+//! | [`Fault::AcknowledgeAndLose`] | PUTs only: 200 with an ETag | unchanged: the PUT is lost |
+//! | [`Fault::FlipBit`]`(offset)` | GETs only: the body with one bit flipped | unchanged |
+//! | [`Fault::OmitFromListing`] | LISTs only: the listing without the objects whose keys the rule's key filters select | unchanged |
+//!
+//! For [`Fault::OmitFromListing`] the key filters apply to the listed objects' keys (in the
+//! same `/<bucket>/<object key>` form), not to the request's, and a LIST counts toward
+//! `skip` and `times` only if it would have shown a selected object: "the next N listings of
+//! that object". `s3-loopback/tests/protocol/faults.rs` shows each fault doing what it says.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -89,7 +125,7 @@ impl RequestKind {
     }
 }
 
-/// What the server does to a request a rule selects.
+/// What the server does to a request a rule selects (see the crate docs for a table).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// Answers with this HTTP status (an S3 error document) without serving the request: 503
@@ -103,26 +139,81 @@ pub enum Fault {
     /// Before serving a PUT, writes these bytes at its key as another writer would: a
     /// create-if-absent PUT then loses the race.
     RaceCreate(Vec<u8>),
+    /// Resets the connection (TCP RST) without serving the request: the client gets a
+    /// "connection reset" and no answer. `object_store` retries only idempotent requests after
+    /// one (not conditional PUTs).
+    Reset,
+    /// Serves the request, then resets the connection before answering: the request took
+    /// effect, the client gets a "connection reset".
+    ResetAfterServing,
+    /// Serves the request, then closes the connection (FIN) before answering: the client sees
+    /// a connection closed before the answer, which `object_store` retries whatever the request.
+    CloseAfterServing,
+    /// Applies to PUTs (conditional or not) only: answers 200 with an ETag, as if stored, and
+    /// stores nothing. A store that acknowledges a write and loses it.
+    AcknowledgeAndLose,
+    /// Applies to GETs only: serves the object with the lowest bit of one byte of the body
+    /// flipped, the byte at this offset of the body (modulo its length; an empty body stays
+    /// empty). Headers (length, ETag) stay those of the stored object.
+    FlipBit(u64),
+    /// Applies to LISTs only: the listing leaves out every object the rule's key filters select
+    /// (every object if the rule has none), as an inconsistent store or cache would.
+    OmitFromListing,
 }
 
-/// Which requests a fault applies to: of those that match (kind, key), the first `skip` pass,
-/// the next `times` get the fault.
+impl Fault {
+    /// Whether this fault can apply to a request of `kind` (a rule never selects, and never
+    /// counts, requests its fault does not apply to).
+    fn applies_to(&self, kind: RequestKind) -> bool {
+        match self {
+            Fault::AcknowledgeAndLose => kind == RequestKind::Put,
+            Fault::FlipBit(_) => kind == RequestKind::Get,
+            Fault::OmitFromListing => kind == RequestKind::List,
+            _ => true,
+        }
+    }
+}
+
+/// A predicate over keys (`/<bucket>/<object key>`).
+type KeyPredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// A key filter of a rule.
+#[derive(Clone)]
+enum KeyFilter {
+    Contains(String),
+    Matches(KeyPredicate),
+}
+
+impl std::fmt::Debug for KeyFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyFilter::Contains(fragment) => write!(f, "Contains({fragment:?})"),
+            KeyFilter::Matches(_) => f.write_str("Matches(<predicate>)"),
+        }
+    }
+}
+
+/// Which requests a fault applies to: of those that match (kind, keys, condition), the first
+/// `skip` pass, the next `times` get the fault.
 #[derive(Clone, Debug)]
 pub struct FaultRule {
     fault: Fault,
     kind: Option<RequestKind>,
-    key_contains: Option<String>,
+    keys: Vec<KeyFilter>,
+    conditional: bool,
     skip: u64,
     times: u64,
 }
 
 impl FaultRule {
-    /// `fault` for the next matching request (of any kind, until narrowed).
+    /// `fault` for the next matching request (of any kind the fault applies to, until
+    /// narrowed).
     pub fn new(fault: Fault) -> Self {
         Self {
             fault,
             kind: None,
-            key_contains: None,
+            keys: Vec::new(),
+            conditional: false,
             skip: 0,
             times: 1,
         }
@@ -135,10 +226,28 @@ impl FaultRule {
         self
     }
 
-    /// Only requests whose key contains `fragment`.
+    /// Only requests whose key contains `fragment` (for [`Fault::OmitFromListing`]: only
+    /// listed objects whose key contains it).
     #[must_use]
     pub fn key_contains(mut self, fragment: &str) -> Self {
-        self.key_contains = Some(fragment.to_owned());
+        self.keys.push(KeyFilter::Contains(fragment.to_owned()));
+        self
+    }
+
+    /// Only requests whose key (`/<bucket>/<object key>`) satisfies `predicate` (for
+    /// [`Fault::OmitFromListing`]: only listed objects whose key does). Several key filters
+    /// must all hold.
+    #[must_use]
+    pub fn key_matches(mut self, predicate: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.keys.push(KeyFilter::Matches(Arc::new(predicate)));
+        self
+    }
+
+    /// Only conditional requests: those carrying `If-None-Match` (create-if-absent PUTs, as
+    /// `_metadata` and epoch files are written).
+    #[must_use]
+    pub fn conditional(mut self) -> Self {
+        self.conditional = true;
         self
     }
 
@@ -156,9 +265,41 @@ impl FaultRule {
         self
     }
 
-    fn matches(&self, kind: RequestKind, key: &str) -> bool {
-        self.kind.is_none_or(|k| k == kind)
-            && self.key_contains.as_deref().is_none_or(|f| key.contains(f))
+    /// Applies to every matching request (after the skipped ones), until
+    /// [`LoopbackS3::clear_faults`].
+    #[must_use]
+    pub fn always(mut self) -> Self {
+        self.times = u64::MAX;
+        self
+    }
+
+    fn key_selected(&self, key: &str) -> bool {
+        self.keys.iter().all(|filter| match filter {
+            KeyFilter::Contains(fragment) => key.contains(fragment.as_str()),
+            KeyFilter::Matches(predicate) => predicate(key),
+        })
+    }
+
+    /// Whether the rule selects a request (before counting).
+    fn matches(&self, kind: RequestKind, key: &str, conditional: bool) -> bool {
+        self.times > 0
+            && self.fault.applies_to(kind)
+            && self.kind.is_none_or(|k| k == kind)
+            && (conditional || !self.conditional)
+            // A listing rule selects listed objects, not the request's key.
+            && (self.fault == Fault::OmitFromListing || self.key_selected(key))
+    }
+
+    /// Counts one selected request: `true` if it gets the fault, `false` if it is skipped.
+    fn take(&mut self) -> bool {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
+        if self.times != u64::MAX {
+            self.times -= 1;
+        }
+        true
     }
 }
 
@@ -171,6 +312,9 @@ pub struct RequestCounts {
     pub bytes_in: u64,
     /// Bytes of response bodies (`Content-Length` of GETs).
     pub bytes_out: u64,
+    /// Conditional requests (carrying `If-None-Match`: create-if-absent PUTs), faulted ones
+    /// included; also counted by kind.
+    pub conditional: u64,
     /// Requests that got an injected fault.
     pub faulted: u64,
     /// The most requests in progress at once.
@@ -199,6 +343,7 @@ impl RequestCounts {
                 .collect(),
             bytes_in: self.bytes_in - earlier.bytes_in,
             bytes_out: self.bytes_out - earlier.bytes_out,
+            conditional: self.conditional - earlier.conditional,
             faulted: self.faulted - earlier.faulted,
             max_in_flight: self.max_in_flight,
         }
@@ -224,10 +369,20 @@ impl Shared {
         self.control.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts the request and picks its fault, if a rule selects it.
-    fn admit(&self, kind: RequestKind, key: &str, body_len: u64) -> (Option<Fault>, Duration) {
+    /// Counts the request and picks its fault, if a rule selects it. Listing omissions are
+    /// picked after the listing is served ([`Shared::omissions`]).
+    fn admit(
+        &self,
+        kind: RequestKind,
+        key: &str,
+        conditional: bool,
+        body_len: u64,
+    ) -> (Option<Fault>, Duration) {
         let mut control = self.control();
         *control.counts.by_kind.entry(kind).or_insert(0) += 1;
+        if conditional {
+            control.counts.conditional += 1;
+        }
         if matches!(kind, RequestKind::Put | RequestKind::UploadPart) {
             control.counts.bytes_in += body_len;
         }
@@ -235,16 +390,13 @@ impl Shared {
         control.counts.max_in_flight = control.counts.max_in_flight.max(control.in_flight);
         let mut fault = None;
         for rule in control.rules.iter_mut() {
-            if rule.times == 0 || !rule.matches(kind, key) {
+            if rule.fault == Fault::OmitFromListing || !rule.matches(kind, key, conditional) {
                 continue;
             }
-            if rule.skip > 0 {
-                rule.skip -= 1;
-                continue;
+            if rule.take() {
+                fault = Some(rule.fault.clone());
+                break;
             }
-            rule.times -= 1;
-            fault = Some(rule.fault.clone());
-            break;
         }
         control.rules.retain(|r| r.times > 0);
         if fault.is_some() {
@@ -252,16 +404,127 @@ impl Shared {
         }
         (fault, control.latency)
     }
+
+    /// Of the keys a listing shows (`/<bucket>/<object key>`), which to leave out: those the
+    /// listing rules that select any of them choose (each such rule counts the listing once).
+    fn omissions(&self, keys: &[String]) -> Vec<bool> {
+        let mut control = self.control();
+        let mut omit = vec![false; keys.len()];
+        let mut faulted = false;
+        for rule in control.rules.iter_mut() {
+            if rule.fault != Fault::OmitFromListing || !rule.matches(RequestKind::List, "", false) {
+                continue;
+            }
+            let selected: Vec<bool> = keys.iter().map(|k| rule.key_selected(k)).collect();
+            if !selected.contains(&true) || !rule.take() {
+                continue;
+            }
+            faulted = true;
+            for (omit, selected) in omit.iter_mut().zip(selected) {
+                *omit |= selected;
+            }
+        }
+        control.rules.retain(|r| r.times > 0);
+        if faulted {
+            control.counts.faulted += 1;
+        }
+        omit
+    }
 }
 
-/// The S3 service behind the fault layer.
+/// The S3 service behind the fault layer, for one connection.
 #[derive(Clone)]
 struct FaultyS3 {
     inner: S3Service,
     shared: Arc<Shared>,
+    /// The connection's socket (a second handle to it), to reset it.
+    socket: Option<Arc<std::net::TcpStream>>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// What ends a connection without an answer: hyper closes a connection whose service fails.
+fn connection_dropped(what: &str) -> HttpError {
+    HttpError::new(Box::new(std::io::Error::other(format!(
+        "injected by the loopback server: {what}"
+    ))))
+}
+
+impl FaultyS3 {
+    /// Makes the connection's close a reset (TCP RST): `SO_LINGER` of zero.
+    fn arm_reset(&self) {
+        if let Some(socket) = &self.socket {
+            let _ = socket2::SockRef::from(socket.as_ref()).set_linger(Some(Duration::ZERO));
+        }
+    }
+
+    /// Serves a LIST, leaving out the objects the listing rules select.
+    async fn list_omitting(
+        &self,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, HttpError> {
+        let response = self.inner.call(req).await?;
+        if !response.status().is_success() {
+            return Ok(response);
+        }
+        let (mut parts, mut body) = response.into_parts();
+        let xml = body
+            .store_all_limited(64 << 20)
+            .await
+            .map_err(HttpError::new)?;
+        let xml = String::from_utf8_lossy(&xml).into_owned();
+        let listed = listed_keys(&xml);
+        let keys: Vec<String> = listed
+            .iter()
+            .map(|(_, key)| format!("/{BUCKET}/{key}"))
+            .collect();
+        let omit = self.shared.omissions(&keys);
+        if !omit.contains(&true) {
+            return Ok(http::Response::from_parts(parts, Body::from(xml)));
+        }
+        let mut filtered = String::with_capacity(xml.len());
+        let mut at = 0;
+        let mut kept = 0u64;
+        for ((range, _), omit) in listed.iter().zip(&omit) {
+            if *omit {
+                filtered.push_str(&xml[at..range.start]);
+                at = range.end;
+            } else {
+                kept += 1;
+            }
+        }
+        filtered.push_str(&xml[at..]);
+        let filtered = replace_element(&filtered, "KeyCount", &kept.to_string());
+        parts.headers.insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(filtered.len()),
+        );
+        Ok(http::Response::from_parts(parts, Body::from(filtered)))
+    }
+
+    /// Serves a GET with one bit of its body flipped.
+    async fn get_flipped(
+        &self,
+        req: http::Request<Body>,
+        offset: u64,
+    ) -> Result<http::Response<Body>, HttpError> {
+        let response = self.inner.call(req).await?;
+        if !response.status().is_success() {
+            return Ok(response);
+        }
+        let (parts, mut body) = response.into_parts();
+        let mut bytes = body
+            .store_all_limited(usize::MAX)
+            .await
+            .map_err(HttpError::new)?
+            .to_vec();
+        if !bytes.is_empty() {
+            let at = (offset % bytes.len() as u64) as usize;
+            bytes[at] ^= 1;
+        }
+        Ok(http::Response::from_parts(parts, Body::from(bytes)))
+    }
+}
 
 impl hyper::service::Service<http::Request<Incoming>> for FaultyS3 {
     type Response = http::Response<Body>;
@@ -273,8 +536,9 @@ impl hyper::service::Service<http::Request<Incoming>> for FaultyS3 {
         Box::pin(async move {
             let kind = RequestKind::of(req.method(), req.uri().query().unwrap_or(""));
             let key = percent_decode(req.uri().path());
+            let conditional = req.headers().contains_key(http::header::IF_NONE_MATCH);
             let body_len = content_length(req.headers());
-            let (fault, latency) = this.shared.admit(kind, &key, body_len);
+            let (fault, latency) = this.shared.admit(kind, &key, conditional, body_len);
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
@@ -298,7 +562,30 @@ impl hyper::service::Service<http::Request<Incoming>> for FaultyS3 {
                     let _ = std::fs::write(&path, bytes);
                     this.inner.call(req).await
                 }
-                None => this.inner.call(req).await,
+                Some(Fault::Reset) => {
+                    this.arm_reset();
+                    Err(connection_dropped("connection reset"))
+                }
+                Some(Fault::ResetAfterServing) => {
+                    let _ = this.inner.call(req).await;
+                    this.arm_reset();
+                    Err(connection_dropped("connection reset after serving"))
+                }
+                Some(Fault::CloseAfterServing) => {
+                    let _ = this.inner.call(req).await;
+                    Err(connection_dropped("connection closed after serving"))
+                }
+                Some(Fault::AcknowledgeAndLose) => {
+                    // Read the body as a store would, then forget it.
+                    let mut body = req.into_body();
+                    let _ = body.store_all_limited(usize::MAX).await;
+                    Ok(lost_put_response())
+                }
+                Some(Fault::FlipBit(offset)) => this.get_flipped(req, offset).await,
+                Some(Fault::OmitFromListing) | None if kind == RequestKind::List => {
+                    this.list_omitting(req).await
+                }
+                Some(Fault::OmitFromListing) | None => this.inner.call(req).await,
             };
             let mut control = this.shared.control();
             control.in_flight -= 1;
@@ -309,6 +596,65 @@ impl hyper::service::Service<http::Request<Incoming>> for FaultyS3 {
             response
         })
     }
+}
+
+/// The `<Contents>` elements of a ListObjectsV2 answer: each one's byte range and its key
+/// (unescaped).
+fn listed_keys(xml: &str) -> Vec<(std::ops::Range<usize>, String)> {
+    const OPEN: &str = "<Contents>";
+    const CLOSE: &str = "</Contents>";
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(start) = xml[from..].find(OPEN).map(|i| from + i) {
+        let Some(end) = xml[start..].find(CLOSE).map(|i| start + i + CLOSE.len()) else {
+            break;
+        };
+        let element = &xml[start..end];
+        if let Some(key) = element_text(element, "Key") {
+            out.push((start..end, unescape_xml(key)));
+        }
+        from = end;
+    }
+    out
+}
+
+/// The text of the first `<name>` element in `xml`.
+fn element_text<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&close)?;
+    Some(&xml[start..end])
+}
+
+/// `xml` with the text of its first `<name>` element replaced (unchanged if there is none).
+fn replace_element(xml: &str, name: &str, text: &str) -> String {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    let Some(start) = xml.find(&open).map(|i| i + open.len()) else {
+        return xml.to_owned();
+    };
+    let Some(end) = xml[start..].find(&close).map(|i| start + i) else {
+        return xml.to_owned();
+    };
+    format!("{}{text}{}", &xml[..start], &xml[end..])
+}
+
+fn unescape_xml(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// What a store that lost a PUT answers: success, with an ETag.
+fn lost_put_response() -> http::Response<Body> {
+    http::Response::builder()
+        .status(200)
+        .header(http::header::ETAG, "\"00000000000000000000000000000000\"")
+        .body(Body::empty())
+        .unwrap_or_else(|_| http::Response::new(Body::empty()))
 }
 
 fn content_length(headers: &http::HeaderMap) -> u64 {
@@ -394,6 +740,7 @@ impl LoopbackS3 {
         let service = FaultyS3 {
             inner: builder.build(),
             shared: Arc::clone(&shared),
+            socket: None,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -413,7 +760,18 @@ impl LoopbackS3 {
                     _ = stopped.changed() => return,
                 };
                 let Ok((socket, _)) = accepted else { continue };
-                let service = service.clone();
+                // A second handle to the socket lets a fault reset the connection.
+                let Ok((socket, handle)) = socket
+                    .into_std()
+                    .and_then(|s| Ok((s.try_clone()?, s)))
+                    .and_then(|(handle, s)| Ok((tokio::net::TcpStream::from_std(s)?, handle)))
+                else {
+                    continue;
+                };
+                let service = FaultyS3 {
+                    socket: Some(Arc::new(handle)),
+                    ..service.clone()
+                };
                 tokio::spawn(async move {
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(socket), service)

@@ -251,6 +251,18 @@ pub enum Error {
         /// The storage path.
         path: String,
     },
+    /// The file was written but its directory could not be made durable; it may or may not
+    /// survive a crash. A create-if-absent write that ends this way has removed the name again
+    /// (best effort), so that nobody takes the write for done: treat it as failed, and do not
+    /// report what it records (a completed checkpoint) as durable.
+    #[error("{file} was written but its directory could not be made durable: {source}")]
+    NotDurable {
+        /// The storage path of the file.
+        file: String,
+        /// The error of the directory `fsync`.
+        #[source]
+        source: std::io::Error,
+    },
     /// A newer coordinator opened this checkpoint root: this one is stale (a zombie after a
     /// failover) and may neither complete checkpoints nor delete anything.
     #[error("coordinator epoch {epoch} is fenced: epoch {newer} opened the root since")]

@@ -89,8 +89,10 @@ struct InFlight {
     sync_pause: Duration,
     uploads_started: Instant,
     deadline: Option<Instant>,
-    results: Receiver<(usize, Result<(InstanceMetadata, UploadStats)>)>,
+    results: Receiver<UploadResult>,
     parts: Vec<Option<(InstanceMetadata, UploadStats)>>,
+    /// When the last upload that reported so far ended (on its upload thread).
+    last_upload_end: Option<Instant>,
     missing: usize,
     /// Per part: its operator's id.
     operator_of: Vec<String>,
@@ -217,6 +219,7 @@ impl CheckpointDriver {
             deadline: self.options.upload_timeout.map(|t| started + t),
             results,
             parts: (0..count).map(|_| None).collect(),
+            last_upload_end: None,
             missing: count,
             operator_of,
             engine,
@@ -322,7 +325,7 @@ impl CheckpointDriver {
                 }
                 (true, None) => flight.results.recv().ok(),
             };
-            let Some((index, result)) = received else {
+            let Some((index, result, ended)) = received else {
                 let error = Error::CheckpointState {
                     id: flight.id,
                     reason: match self.options.upload_timeout {
@@ -337,6 +340,7 @@ impl CheckpointDriver {
                 Ok(part) => {
                     flight.parts[index] = Some(part);
                     flight.missing -= 1;
+                    flight.last_upload_end = flight.last_upload_end.max(Some(ended));
                 }
                 Err(e) => {
                     // The other uploads run on; their files are collected with the aborted
@@ -346,7 +350,10 @@ impl CheckpointDriver {
                 }
             }
         }
-        let upload_time = flight.uploads_started.elapsed();
+        // To the end of the last upload, where it ended: not to when this call noticed it.
+        let upload_time = flight.last_upload_end.map_or(Duration::ZERO, |end| {
+            end.saturating_duration_since(flight.uploads_started)
+        });
         let mut stats = UploadStats::default();
         let mut parts = Vec::with_capacity(flight.parts.len());
         for (part, operator) in flight.parts.into_iter().zip(flight.operator_of) {
@@ -471,13 +478,18 @@ fn notify_by_identity<B: CheckpointedBackend>(
     Ok(())
 }
 
+/// What an upload thread reports: the instance's index, the upload's result, and when the
+/// upload ended.
+type UploadResult = (usize, Result<(InstanceMetadata, UploadStats)>, Instant);
+
 /// Starts at most `threads` threads that upload `pending` to `storage`, each taking the next
-/// snapshot when it is done with one; every result is sent with its instance's index.
+/// snapshot when it is done with one; every result is sent with its instance's index and the
+/// instant the upload ended.
 fn spawn_uploads(
     pending: VecDeque<(usize, PendingSnapshot)>,
     storage: Arc<dyn CheckpointStorage>,
     threads: usize,
-) -> Receiver<(usize, Result<(InstanceMetadata, UploadStats)>)> {
+) -> Receiver<UploadResult> {
     let (sender, receiver) = mpsc::channel();
     let workers = threads.clamp(1, pending.len().max(1));
     let queue = Arc::new(Mutex::new(pending));
@@ -490,7 +502,8 @@ fn spawn_uploads(
                 let next = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
                 let Some((index, snapshot)) = next else { break };
                 // A receiver gone (the checkpoint was aborted) only means nobody waits.
-                let _ = sender.send((index, snapshot.upload(storage.as_ref())));
+                let result = snapshot.upload(storage.as_ref());
+                let _ = sender.send((index, result, Instant::now()));
             }
         });
     }

@@ -4,7 +4,8 @@ use std::fs::{self, File, OpenOptions};
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::io::{self, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{CheckpointStorage, ObjectMeta, StoragePath, temporary_path};
@@ -38,9 +39,31 @@ const COPY_BUFFER: usize = 64 * 1024;
 ///   root. The root itself may be (or lie below) a symlink.
 /// - Files whose names are not valid [`StoragePath`] components (not created through this
 ///   storage) are invisible to `list`.
+/// - **Create-if-absent without hard links.** [`put_new`](CheckpointStorage::put_new) links
+///   its fsynced temporary file to the name, which fails if the name exists. On a filesystem
+///   without hard links (some FUSE and SMB mounts: the link fails with `EPERM`, `EOPNOTSUPP`,
+///   `ENOSYS`, `EXDEV` or `EMLINK`) it renames the temporary file instead with
+///   `renameat2(RENAME_NOREPLACE)`, which fails as well if the name exists: the same guarantee.
+///   A filesystem with neither is refused with [`Error::Io`] rather than written without it.
+/// - **A create that is not durable is undone.** When the directory `fsync` after a
+///   `put_new` fails, the new name is removed again (best effort) and the call fails with
+///   [`Error::NotDurable`]: the file might not survive a crash, so nobody may take it as
+///   written.
 #[derive(Debug, Clone)]
 pub struct LocalDirStorage {
     root: PathBuf,
+    /// Faults the tests switch on; shared by clones.
+    hooks: Arc<Hooks>,
+}
+
+/// Test hooks of [`LocalDirStorage`]: behaviours of filesystems and disks the test machine does
+/// not have.
+#[derive(Debug, Default)]
+struct Hooks {
+    /// Hard links fail as on a filesystem without them (`EPERM`).
+    no_hard_links: AtomicBool,
+    /// How many directory `fsync`s of `put_new` still fail.
+    failing_put_new_dir_syncs: AtomicU32,
 }
 
 /// What a storage path refers to on disk, without following symlinks.
@@ -73,7 +96,77 @@ impl LocalDirStorage {
                 io::Error::new(ErrorKind::NotADirectory, "storage root is not a directory"),
             ));
         }
-        Ok(LocalDirStorage { root })
+        Ok(LocalDirStorage {
+            root,
+            hooks: Arc::default(),
+        })
+    }
+
+    /// Behaves as on a filesystem without hard links: every hard link `put_new` tries fails
+    /// with `EPERM`, as on such mounts, so the no-replace rename does the create. For tests.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn without_hard_links(self) -> Self {
+        self.hooks.no_hard_links.store(true, Ordering::Relaxed);
+        self
+    }
+
+    /// Makes the directory `fsync` of the next `n` [`put_new`](CheckpointStorage::put_new)
+    /// calls fail (an injected I/O error), as a failing disk would. For tests.
+    #[doc(hidden)]
+    pub fn fail_put_new_dir_syncs(&self, n: u32) {
+        self.hooks
+            .failing_put_new_dir_syncs
+            .store(n, Ordering::Relaxed);
+    }
+
+    /// Puts the fsynced temporary file `temp` at `target` (`path`) only if nothing is there:
+    /// a hard link, or where the filesystem has none, a no-replace rename.
+    fn place_new(&self, temp: &Path, target: &Path, path: &StoragePath) -> Result<()> {
+        let already_exists = || Error::AlreadyExists {
+            path: path.to_string(),
+        };
+        let linked = if self.hooks.no_hard_links.load(Ordering::Relaxed) {
+            Err(no_links_error())
+        } else {
+            fs::hard_link(temp, target)
+        };
+        match linked {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Err(already_exists()),
+            Err(e) if links_unsupported(&e) => {}
+            Err(e) => return Err(Error::io(target, e)),
+        }
+        match rename_noreplace(temp, target) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(already_exists()),
+            Err(e) if renames_unsupported(&e) => Err(Error::io(
+                target,
+                io::Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "this filesystem has neither hard links nor no-replace renames, so a \
+                         file cannot be created only if absent ({e})"
+                    ),
+                ),
+            )),
+            Err(e) => Err(Error::io(target, e)),
+        }
+    }
+
+    /// `fsync`s the directory of a file `put_new` created, or fails as the hook says.
+    fn sync_new_entry(&self, target: &Path) -> io::Result<()> {
+        let hook = &self.hooks.failing_put_new_dir_syncs;
+        if hook
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(io::Error::other("injected failure of the directory fsync"));
+        }
+        match target.parent() {
+            Some(dir) => sync_dir_io(dir),
+            None => Ok(()),
+        }
     }
 
     /// The root directory.
@@ -282,8 +375,10 @@ impl CheckpointStorage for LocalDirStorage {
         Ok(())
     }
 
-    /// The file is written under a temporary name and hard-linked to `path`; linking fails
-    /// if `path` exists, which makes the create atomic.
+    /// The file is written under a temporary name, fsynced, and hard-linked to `path`;
+    /// linking fails if `path` exists, which makes the create atomic. Without hard links, a
+    /// no-replace rename does the same (see the type's docs). If the directory cannot be made
+    /// durable afterwards, `path` is removed again and the error is [`Error::NotDurable`].
     fn put_new(&self, path: &StoragePath, data: &[u8]) -> Result<()> {
         temporary_path(path, 0)?;
         self.ensure_parent(path)?;
@@ -294,16 +389,21 @@ impl CheckpointStorage for LocalDirStorage {
             .and_then(|()| file.sync_all())
             .map_err(|e| Error::io(&temp, e));
         drop(file);
-        let linked = written.and_then(|()| match fs::hard_link(&temp, &target) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::AlreadyExists {
-                path: path.to_string(),
-            }),
-            Err(e) => Err(Error::io(&target, e)),
-        });
+        let placed = written.and_then(|()| self.place_new(&temp, &target, path));
+        // Linked: the temporary name goes. Renamed: it is gone already.
         let _ = fs::remove_file(&temp);
-        linked?;
-        sync_parent_dir(&target)
+        placed?;
+        if let Err(source) = self.sync_new_entry(&target) {
+            // The name may or may not survive a crash: take it back, so that no reader
+            // (a completion reading its `_metadata` back) takes the create for done.
+            let _ = fs::remove_file(&target);
+            let _ = self.sync_new_entry(&target);
+            return Err(Error::NotDurable {
+                file: path.to_string(),
+                source,
+            });
+        }
+        Ok(())
     }
 
     fn put_file(&self, path: &StoragePath, local: &Path) -> Result<u64> {
@@ -467,16 +567,89 @@ fn sync_parent_dir(path: &Path) -> Result<()> {
 
 /// `fsync`s a directory. Only Unix can open directories for syncing; elsewhere this is a no-op
 /// (NTFS journals metadata).
-#[cfg(unix)]
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
+    sync_dir_io(dir).map_err(|e| Error::io(dir, e))
+}
+
+#[cfg(unix)]
+fn sync_dir_io(dir: &Path) -> io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
 }
 
 #[cfg(not(unix))]
-pub(crate) fn sync_dir(_dir: &Path) -> Result<()> {
+fn sync_dir_io(_dir: &Path) -> io::Result<()> {
     Ok(())
+}
+
+/// The error a hard link gets on a filesystem without them (what the test hook injects).
+#[cfg(unix)]
+fn no_links_error() -> io::Error {
+    io::Error::from(rustix::io::Errno::PERM)
+}
+
+#[cfg(not(unix))]
+fn no_links_error() -> io::Error {
+    io::Error::new(ErrorKind::Unsupported, "hard links are not supported")
+}
+
+/// Whether a failed hard link means "this filesystem cannot link here", so that a no-replace
+/// rename should do the create: `EPERM` (Linux's answer of filesystems without hard links,
+/// such as FAT and many FUSE mounts), `EOPNOTSUPP`/`ENOTSUP` and `ENOSYS` (SMB, FUSE without
+/// a link operation), `EXDEV` (overlay and union mounts that place the two names apart) and
+/// `EMLINK` (the file's link count is at the filesystem's limit). A genuine permission problem
+/// lands here too; the rename then reports it.
+#[cfg(unix)]
+fn links_unsupported(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    Errno::from_io_error(e).is_some_and(|errno| {
+        [
+            Errno::PERM,
+            Errno::OPNOTSUPP,
+            Errno::NOTSUP,
+            Errno::NOSYS,
+            Errno::XDEV,
+            Errno::MLINK,
+        ]
+        .contains(&errno)
+    })
+}
+
+#[cfg(not(unix))]
+fn links_unsupported(e: &io::Error) -> bool {
+    e.kind() == ErrorKind::Unsupported
+}
+
+/// Whether a failed no-replace rename means the filesystem (or kernel) cannot do it at all:
+/// `EINVAL` for a filesystem without `RENAME_NOREPLACE`, `ENOSYS` for a kernel without
+/// `renameat2`, `EOPNOTSUPP`, or no such call on this platform.
+#[cfg(unix)]
+fn renames_unsupported(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    e.kind() == ErrorKind::Unsupported
+        || Errno::from_io_error(e).is_some_and(|errno| {
+            [Errno::INVAL, Errno::NOSYS, Errno::OPNOTSUPP, Errno::NOTSUP].contains(&errno)
+        })
+}
+
+#[cfg(not(unix))]
+fn renames_unsupported(e: &io::Error) -> bool {
+    e.kind() == ErrorKind::Unsupported
+}
+
+/// Renames `from` to `to` only if `to` does not exist, atomically (`renameat2` with
+/// `RENAME_NOREPLACE`): an existing `to` is `AlreadyExists` and stays as it was.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE).map_err(io::Error::from)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn rename_noreplace(_from: &Path, _to: &Path) -> io::Result<()> {
+    Err(io::Error::new(
+        ErrorKind::Unsupported,
+        "no no-replace rename on this platform",
+    ))
 }
 
 /// Whether an I/O error means "this path does not exist".
@@ -509,5 +682,160 @@ fn symlink_error(path: &StoragePath) -> Error {
     Error::InvalidPath {
         path: path.to_string(),
         reason: "symlink",
+    }
+}
+
+// The no-replace rename is Linux's `renameat2`.
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+mod tests {
+    use super::*;
+
+    fn sp(path: &str) -> StoragePath {
+        StoragePath::parse(path).unwrap()
+    }
+
+    /// Both ways `put_new` creates: a hard link, and where links fail as on filesystems
+    /// without them, a no-replace rename.
+    fn storages(dir: &Path) -> Vec<(&'static str, LocalDirStorage)> {
+        vec![
+            ("links", LocalDirStorage::new(dir.join("links")).unwrap()),
+            (
+                "no links",
+                LocalDirStorage::new(dir.join("no-links"))
+                    .unwrap()
+                    .without_hard_links(),
+            ),
+        ]
+    }
+
+    fn names(storage: &LocalDirStorage) -> Vec<String> {
+        storage
+            .list(None)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.path.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn put_new_without_hard_links_creates_only_if_absent() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (how, storage) in storages(tmp.path()) {
+            let path = sp("chk-0000000001/_metadata");
+            storage.put_new(&path, b"first").unwrap();
+            assert_eq!(storage.get(&path).unwrap(), b"first", "{how}");
+            let again = storage.put_new(&path, b"second");
+            assert!(
+                matches!(&again, Err(Error::AlreadyExists { path: p }) if p == path.as_str()),
+                "{how}: {again:?}"
+            );
+            assert_eq!(storage.get(&path).unwrap(), b"first", "{how}");
+            // No temporary file is left, whichever way the create went.
+            assert_eq!(names(&storage), [path.to_string()], "{how}");
+        }
+    }
+
+    /// Racing creates of one name: one wins, the others get `AlreadyExists`, and a reader
+    /// polling all along sees nothing or the winner's whole file, never a part of one.
+    #[test]
+    fn put_new_without_hard_links_is_atomic_among_racing_writers() {
+        const WRITERS: usize = 6;
+        let tmp = tempfile::tempdir().unwrap();
+        for (how, storage) in storages(tmp.path()) {
+            let path = sp("_coordinator/epoch-00000000000000000001");
+            let payloads: Vec<Vec<u8>> = (0..WRITERS)
+                .map(|w| vec![w as u8 + 1; 512 * 1024])
+                .collect();
+            let done = AtomicBool::new(false);
+            let (results, seen) = std::thread::scope(|scope| {
+                let reader = scope.spawn(|| {
+                    let mut seen = Vec::new();
+                    while !done.load(Ordering::SeqCst) {
+                        match storage.get(&path) {
+                            Ok(data) => seen.push(data),
+                            Err(Error::MissingFile { .. }) => {}
+                            Err(e) => panic!("{how}: {e:?}"),
+                        }
+                    }
+                    seen
+                });
+                let writers: Vec<_> = payloads
+                    .iter()
+                    .map(|payload| scope.spawn(|| storage.put_new(&path, payload)))
+                    .collect();
+                let results: Vec<Result<()>> =
+                    writers.into_iter().map(|w| w.join().unwrap()).collect();
+                done.store(true, Ordering::SeqCst);
+                (results, reader.join().unwrap())
+            });
+            let winners: Vec<usize> = (0..WRITERS).filter(|&w| results[w].is_ok()).collect();
+            assert_eq!(winners.len(), 1, "{how}: {results:?}");
+            for (w, result) in results.iter().enumerate() {
+                if w != winners[0] {
+                    assert!(
+                        matches!(result, Err(Error::AlreadyExists { .. })),
+                        "{how}: {result:?}"
+                    );
+                }
+            }
+            let winner = &payloads[winners[0]];
+            assert!(storage.get(&path).unwrap() == *winner, "{how}");
+            assert!(
+                seen.iter().all(|data| data == winner),
+                "{how}: a partial read"
+            );
+            assert_eq!(names(&storage), [path.to_string()], "{how}");
+        }
+    }
+
+    /// Issue 25, item 8: a create whose directory `fsync` fails is taken back and reported as
+    /// not durable, never left in place for a read-back to find.
+    #[test]
+    fn a_create_whose_directory_sync_fails_is_undone_and_not_durable() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (how, storage) in storages(tmp.path()) {
+            let path = sp("chk-0000000002/_metadata");
+            storage.fail_put_new_dir_syncs(1);
+            let failed = storage.put_new(&path, b"metadata");
+            match &failed {
+                Err(e @ Error::NotDurable { file, .. }) => {
+                    assert_eq!(file, path.as_str(), "{how}");
+                    assert!(!e.is_damage(), "{how}");
+                }
+                other => panic!("{how}: {other:?}"),
+            }
+            assert!(!storage.exists(&path).unwrap(), "{how}: the name stayed");
+            assert!(names(&storage).is_empty(), "{how}: {:?}", names(&storage));
+            // The next create of the name succeeds.
+            storage.put_new(&path, b"metadata").unwrap();
+            assert_eq!(storage.get(&path).unwrap(), b"metadata", "{how}");
+        }
+    }
+
+    #[test]
+    fn link_failures_of_filesystems_without_links_fall_back_and_others_do_not() {
+        for errno in [
+            rustix::io::Errno::PERM,
+            rustix::io::Errno::OPNOTSUPP,
+            rustix::io::Errno::NOSYS,
+            rustix::io::Errno::XDEV,
+            rustix::io::Errno::MLINK,
+        ] {
+            assert!(links_unsupported(&io::Error::from(errno)), "{errno:?}");
+        }
+        for errno in [
+            rustix::io::Errno::NOENT,
+            rustix::io::Errno::NOSPC,
+            rustix::io::Errno::IO,
+            rustix::io::Errno::ACCESS,
+        ] {
+            assert!(!links_unsupported(&io::Error::from(errno)), "{errno:?}");
+        }
+        assert!(renames_unsupported(&io::Error::from(
+            rustix::io::Errno::INVAL
+        )));
+        assert!(!renames_unsupported(&io::Error::from(
+            rustix::io::Errno::EXIST
+        )));
     }
 }

@@ -33,7 +33,9 @@ pub use faulty::{FaultMode, FaultyStorage};
 pub use formats::{fetch_verified, verified_fetcher};
 pub use local::LocalDirStorage;
 #[cfg(feature = "object-store")]
-pub use object::{DEFAULT_TRANSFER_CONCURRENCY, MULTIPART_THRESHOLD, ObjectStorage};
+pub use object::{
+    DEFAULT_TRANSFER_CONCURRENCY, MULTIPART_THRESHOLD, ObjectStorage, PUT_NEW_ATTEMPTS,
+};
 /// The `object_store` crate, for building the stores [`ObjectStorage`] runs on.
 #[cfg(feature = "object-store")]
 pub use object_store;

@@ -44,6 +44,13 @@ const PART_SIZE: usize = 8 << 20;
 /// Parts of one file uploaded at once.
 const PARTS_IN_FLIGHT: usize = 4;
 
+/// Attempts of one create-if-absent write ([`CheckpointStorage::put_new`]) that fails on the
+/// way (a connection reset, a server error after the client's own retries), retries included.
+pub const PUT_NEW_ATTEMPTS: u32 = 4;
+
+/// Pause before the n-th retry of a create-if-absent write: n times this.
+const PUT_NEW_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Files of one checkpoint transferred at once unless set otherwise.
 pub const DEFAULT_TRANSFER_CONCURRENCY: usize = 8;
 
@@ -216,7 +223,14 @@ impl ObjectStorage {
         .await;
         match result {
             Ok(total) => {
-                writer.finish().await.map_err(|e| Self::error(path, e))?;
+                // `finish` uploads the last part and completes the upload; if either fails it
+                // aborts the upload (the parts would stay billed and invisible to garbage
+                // collection otherwise). A "not found" here is the upload's, not the object's
+                // (a completion retried after it took effect), so never `MissingFile`.
+                writer.finish().await.map_err(|e| Error::ObjectStore {
+                    path: path.to_string(),
+                    message: format!("multipart upload failed: {e}"),
+                })?;
                 Ok(total)
             }
             Err(e) => {
@@ -258,22 +272,53 @@ impl CheckpointStorage for ObjectStorage {
     }
 
     /// A conditional PUT (`PutMode::Create`): the store refuses it if the object exists.
+    ///
+    /// The cloud clients retry only idempotent requests after a connection reset or a timeout,
+    /// and a conditional PUT is not one: so a failed attempt is retried here, up to
+    /// [`PUT_NEW_ATTEMPTS`] attempts in all. An attempt can fail after the object was stored
+    /// (the response was lost): a retry then finds the object there, reads it back, and
+    /// succeeds if it holds exactly these bytes, which only this writer writes (callers make
+    /// the content of each create unique: an epoch file carries a random nonce, a `_metadata`
+    /// its instances' ids and its creation time). Other bytes are [`Error::AlreadyExists`], as
+    /// on the first attempt.
     fn put_new(&self, path: &StoragePath, data: &[u8]) -> Result<()> {
         let location = self.location(path);
-        let options = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match self.runtime.block_on(self.store.put_opts(
-            &location,
-            PutPayload::from(data.to_vec()),
-            options,
-        )) {
-            Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => Err(Error::AlreadyExists {
-                path: path.to_string(),
-            }),
-            Err(e) => Err(Self::error(path, e)),
+        let payload = PutPayload::from(data.to_vec());
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let options = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            let result =
+                self.runtime
+                    .block_on(self.store.put_opts(&location, payload.clone(), options));
+            match result {
+                Ok(_) => return Ok(()),
+                Err(object_store::Error::AlreadyExists { .. }) if attempt > 1 => {
+                    // An earlier attempt may have stored it: ours exactly when the bytes are.
+                    return match self.get(path) {
+                        Ok(found) if found == data => Ok(()),
+                        Ok(_) => Err(Error::AlreadyExists {
+                            path: path.to_string(),
+                        }),
+                        Err(e) => Err(e),
+                    };
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    return Err(Error::AlreadyExists {
+                        path: path.to_string(),
+                    });
+                }
+                // A transport failure or a server error after the client's own retries; an
+                // answer (refused, not found, a precondition) is final.
+                Err(e @ object_store::Error::Generic { .. }) if attempt < PUT_NEW_ATTEMPTS => {
+                    tracing::debug!(path = %path, attempt, error = %e, "conditional create retried");
+                    std::thread::sleep(PUT_NEW_BACKOFF * attempt);
+                }
+                Err(e) => return Err(Self::error(path, e)),
+            }
         }
     }
 

@@ -264,3 +264,38 @@ fn latest_restorable_deletes_nothing() -> Result<()> {
     assert!(storage.exists(&orphan)?);
     Ok(())
 }
+
+/// Issue 25, item 11: a checkpoint polled long after its uploads ended reports the time to the
+/// last upload's end, not to the poll. The upload threads hold the storage while they run, so
+/// once its count of holders is back to the driver's own, every upload has ended (and recorded
+/// its end) before `uploads_ended`.
+#[test]
+fn upload_time_ends_where_the_last_upload_ended_not_at_a_late_poll() -> Result<()> {
+    for kind in kinds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path())?;
+        let mut driver = driver(Arc::clone(&storage), DriverOptions::default())?;
+        let (mut backends, _) = random_job(kind, 3, 8, 300)?;
+        let holders = Arc::strong_count(&storage);
+        let triggered = std::time::Instant::now();
+        driver.trigger(&mut backends)?;
+        while Arc::strong_count(&storage) > holders {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let uploads_ended = std::time::Instant::now();
+        // The engine is busy and polls late.
+        std::thread::sleep(Duration::from_millis(300));
+        let polled = std::time::Instant::now();
+        let report = driver.poll(&mut backends)?.expect("every upload has ended");
+        assert!(
+            triggered + report.upload_time <= uploads_ended,
+            "{kind}: upload time {:?} runs past the uploads' end ({:?} after the trigger, \
+             polled {:?} after it)",
+            report.upload_time,
+            uploads_ended - triggered,
+            polled - triggered,
+        );
+        assert!(report.upload_time > Duration::ZERO, "{kind}: {report:?}");
+    }
+    Ok(())
+}

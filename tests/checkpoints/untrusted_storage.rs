@@ -21,7 +21,7 @@ use statebackend::checkpoint::{
     CheckpointCoordinator, RestoreMode, SnapshotMetadata, latest_restorable, restore_instance,
     verify_files,
 };
-use statebackend::storage::{CheckpointStorage, StoragePath};
+use statebackend::storage::{CheckpointStorage, LocalDirStorage, StoragePath};
 use statebackend::{AnyBackend, BackendKind, Error, KeyGroupRange, Result};
 
 /// One instance owning every key group, with the model of each checkpoint it took.
@@ -163,7 +163,20 @@ fn a_damaged_response_is_not_a_damaged_checkpoint() -> Result<()> {
         let (untrusted, storage) = untrusted_root(tmp.path())?;
         let job = three_checkpoints(kind, &storage, tmp.path())?;
         let newest = latest_restorable(storage.as_ref())?;
-        let file = newest.files().next().expect("a file").path.to_string();
+        // A file of checkpoint 3 alone (checkpoint 2 must stay intact for the fallback), and
+        // not empty (a flipped bit needs a byte).
+        let older = CheckpointCoordinator::open(Arc::clone(&storage), 3)?
+            .completed()
+            .find(|m| m.id == 2)
+            .cloned()
+            .expect("checkpoint 2");
+        let file = newest
+            .files()
+            .filter(|f| f.size > 0 && !older.files().any(|g| g.path == f.path))
+            .max_by_key(|f| f.size)
+            .expect("a file of its own")
+            .path
+            .to_string();
 
         // One response of one file damaged: still checkpoint 3, not a fallback to 2.
         untrusted.flip_reads(&file, 1);
@@ -250,6 +263,37 @@ fn a_lost_metadata_write_fails_the_completion_and_drops_nothing() -> Result<()> 
             meta.id, 1,
             "{kind}: checkpoint 1 was dropped for a lost one"
         );
+        job.assert_restores(storage.as_ref(), &meta, tmp.path())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_metadata_whose_directory_sync_fails_is_not_a_completed_checkpoint() -> Result<()> {
+    // A local disk only: the directory `fsync` is a local directory's.
+    for kind in kinds() {
+        let tmp = scratch();
+        let local = Arc::new(LocalDirStorage::new(tmp.path().join("root"))?);
+        let storage: Arc<dyn CheckpointStorage> = local.clone();
+        let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 1)?;
+        let mut job = Job::open(kind, tmp.path())?;
+        job.checkpoint(&mut coordinator, 1)?;
+        local.fail_put_new_dir_syncs(1);
+        let failed = job.checkpoint(&mut coordinator, 2);
+        assert!(
+            matches!(failed, Err(Error::NotDurable { .. })),
+            "{kind}: a _metadata that may not survive a crash completed: {failed:?}"
+        );
+        coordinator.abort(2)?;
+        let ids: Vec<u64> = coordinator.completed().map(|m| m.id).collect();
+        assert_eq!(
+            ids,
+            vec![1],
+            "{kind}: retention ran for a checkpoint that may vanish"
+        );
+        drop(coordinator);
+        let meta = latest_restorable(storage.as_ref())?;
+        assert_eq!(meta.id, 1, "{kind}");
         job.assert_restores(storage.as_ref(), &meta, tmp.path())?;
     }
     Ok(())

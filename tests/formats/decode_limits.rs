@@ -3,7 +3,8 @@
 //! without being read whole, and files are checksummed by streaming.
 //!
 //! A counting global allocator records the largest single allocation the current thread asks
-//! for while a closure runs, so the assertions are about memory requested, not about time.
+//! for while a closure runs, and the peak of the bytes it holds allocated, so the assertions are
+//! about memory requested, not about time.
 use crate::common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -31,6 +32,9 @@ struct Counting;
 thread_local! {
     static ARMED: Cell<bool> = const { Cell::new(false) };
     static LARGEST: Cell<usize> = const { Cell::new(0) };
+    /// Bytes allocated minus bytes freed since armed, and its peak.
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
 }
 
 fn note(size: usize) {
@@ -41,22 +45,39 @@ fn note(size: usize) {
     });
 }
 
+/// Adds `delta` bytes to the live count of an armed thread.
+fn note_live(delta: isize) {
+    let _ = ARMED.try_with(|armed| {
+        if armed.get() {
+            let live = LIVE.with(|l| {
+                l.set(l.get() + delta);
+                l.get()
+            });
+            PEAK.with(|p| p.set(p.get().max(live)));
+        }
+    });
+}
+
 // SAFETY: every call is forwarded unchanged to the system allocator; `note` only reads and
 // writes thread-local cells that never allocate.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
+        note_live(layout.size() as isize);
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
+        note_live(layout.size() as isize);
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note(new_size);
+        note_live(new_size as isize - layout.size() as isize);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        note_live(-(layout.size() as isize));
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -72,6 +93,17 @@ fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let out = f();
     ARMED.with(|a| a.set(false));
     (out, LARGEST.with(Cell::get))
+}
+
+/// Runs `f` and returns its result with the most bytes it held allocated at once (on this
+/// thread): its peak memory.
+fn peak_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    LIVE.with(|l| l.set(0));
+    PEAK.with(|p| p.set(0));
+    ARMED.with(|a| a.set(true));
+    let out = f();
+    ARMED.with(|a| a.set(false));
+    (out, PEAK.with(Cell::get).max(0) as usize)
 }
 
 const KIB: usize = 1 << 10;
@@ -343,4 +375,195 @@ fn checksum_streams_and_matches_the_whole_file_crc() -> Result<()> {
     assert!(reads.fired());
     assert_eq!(storage::checksum(&reads, &path)?.0, data.len() as u64);
     Ok(())
+}
+
+/// Little-endian fields of a crafted `_metadata` body.
+#[derive(Default)]
+struct Body(Vec<u8>);
+
+impl Body {
+    fn u8(&mut self, v: u8) -> &mut Self {
+        self.0.push(v);
+        self
+    }
+    fn u32(&mut self, v: u32) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn u64(&mut self, v: u64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn str(&mut self, s: &str) -> &mut Self {
+        self.u32(s.len() as u32);
+        self.0.extend_from_slice(s.as_bytes());
+        self
+    }
+    /// Kind (checkpoint), id and creation time.
+    fn header(&mut self) -> &mut Self {
+        self.u8(1).u64(7).u64(1_700_000_000_000)
+    }
+    /// An instance up to (not including) its state count: id, heap, bincode, all 128 key groups.
+    fn instance_start(&mut self) -> &mut Self {
+        self.0.extend_from_slice(&[9; 16]);
+        self.u8(BackendKind::Heap.code())
+            .u8(CodecId::BINCODE_STANDARD.0)
+            .u32(128)
+            .u32(0)
+            .u32(128)
+    }
+    /// A count of as many items of `min_item_bytes` as the `PAD` bytes that follow can hold,
+    /// then those bytes, all `0xff`: the first item fails to decode (a length of 4 GiB), and
+    /// the count passes every check before it.
+    fn huge_count(&mut self, min_item_bytes: usize) -> &mut Self {
+        self.u32((PAD / min_item_bytes) as u32);
+        self.0.resize(self.0.len() + PAD, 0xff);
+        self
+    }
+    /// A sealed `_metadata` of `version` with this body: magic, version, length, body, crc32.
+    fn seal(&self, version: u16) -> Vec<u8> {
+        let mut out = b"SBMD".to_vec();
+        out.extend_from_slice(&version.to_le_bytes());
+        out.extend_from_slice(&(self.0.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.0);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+}
+
+/// What follows a huge count in the crafted inputs.
+const PAD: usize = 1 << 20;
+
+/// Issue 25, item 10: every count of `_metadata`, version 1 and 2 (instances, states, files,
+/// operator states and their elements, the operator id, engine metadata), claiming as many
+/// items as the bytes left could hold at their smallest encoding, with the first item
+/// undecodable. Decoding reserved `count` items up front, each several times its smallest
+/// encoding in memory (an operator state element: 4 bytes read, 24 held): up to about 6 times
+/// the input before the first item failed. Now the peak stays within twice the input.
+#[test]
+fn metadata_decoding_holds_at_most_twice_its_input_whatever_the_counts() {
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    for version in [1, 2] {
+        // Instances: each at least 38 bytes (46 in version 2).
+        cases.push((
+            "instances",
+            Body::default().header().huge_count(38).seal(version),
+        ));
+        // States of an instance: each at least 22 bytes.
+        cases.push((
+            "states",
+            Body::default()
+                .header()
+                .u32(1)
+                .instance_start()
+                .huge_count(22)
+                .seal(version),
+        ));
+        // Files of an instance: each at least 23 bytes.
+        cases.push((
+            "files",
+            Body::default()
+                .header()
+                .u32(1)
+                .instance_start()
+                .u32(0)
+                .huge_count(23)
+                .seal(version),
+        ));
+    }
+    // Version 2: operator states (each at least 14 bytes).
+    cases.push((
+        "operator states",
+        Body::default()
+            .header()
+            .u32(1)
+            .instance_start()
+            .u32(0)
+            .u32(0)
+            .huge_count(14)
+            .seal(2),
+    ));
+    // Version 2: the elements of one operator state (each at least 4 bytes).
+    cases.push((
+        "operator state elements",
+        Body::default()
+            .header()
+            .u32(1)
+            .instance_start()
+            .u32(0)
+            .u32(0)
+            .u32(1)
+            .str("source-position")
+            .u8(1)
+            .str("u64")
+            .huge_count(4)
+            .seal(2),
+    ));
+    // Version 2: the operator id, a length of 4 GiB.
+    let mut operator = Body::default();
+    operator
+        .header()
+        .u32(1)
+        .instance_start()
+        .u32(0)
+        .u32(0)
+        .u32(0)
+        .u32(u32::MAX);
+    operator.0.resize(operator.0.len() + PAD, 0xff);
+    cases.push(("operator id", operator.seal(2)));
+    // Version 2: engine metadata entries (each at least 9 bytes), after no instances.
+    cases.push((
+        "engine metadata",
+        Body::default().header().u32(0).huge_count(9).seal(2),
+    ));
+
+    for (what, input) in &cases {
+        let (decoded, peak) = peak_allocation(|| SnapshotMetadata::decode(input, "_metadata"));
+        let version = u16::from_le_bytes([input[4], input[5]]);
+        assert!(
+            matches!(&decoded, Err(Error::Corrupt { .. })),
+            "{what} (version {version}): {decoded:?}"
+        );
+        assert!(
+            peak <= 2 * input.len() + 64 * KIB,
+            "{what} (version {version}): decoding {} bytes held {peak} bytes at once",
+            input.len()
+        );
+    }
+
+    // Version 2 metadata whose items are there still decodes: 10,000 elements and 100 engine
+    // entries.
+    use statebackend::state::operator::{OperatorState, OperatorStateEntry, OperatorStateMode};
+    let mut operator_state = OperatorState::default();
+    operator_state.insert_entry(
+        "positions".into(),
+        OperatorStateEntry {
+            mode: OperatorStateMode::UnionList,
+            type_name: "u32".into(),
+            elements: (0..10_000u32).map(|i| i.to_le_bytes().to_vec()).collect(),
+        },
+    );
+    let meta = SnapshotMetadata {
+        kind: SnapshotKind::Checkpoint,
+        id: 7,
+        created_ms: 1,
+        instances: vec![InstanceMetadata {
+            instance_id: InstanceId([9; 16]),
+            backend: BackendKind::Heap,
+            codec: CodecId::BINCODE_STANDARD,
+            max_parallelism: 128,
+            key_groups: KeyGroupRange::all(128).unwrap(),
+            states: Vec::new(),
+            files: Vec::new(),
+            operator_state,
+            operator: "source".into(),
+        }],
+        engine: (0..100)
+            .map(|i| (format!("key-{i:03}"), vec![i as u8; 10]))
+            .collect(),
+    };
+    let bytes = meta.encode();
+    assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 2);
+    assert_eq!(SnapshotMetadata::decode(&bytes, "_metadata").unwrap(), meta);
 }

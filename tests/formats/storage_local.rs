@@ -616,3 +616,99 @@ fn bytes_written_counts_successful_uploads_only() -> TestResult {
     assert_eq!(storage.ops(), 5);
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Create-if-absent on filesystems without hard links, and creates that are not durable
+// (issue 25, items 7 and 8)
+
+/// A root on a filesystem without hard links (every link fails with `EPERM`, as on FAT and
+/// many FUSE and SMB mounts): coordinators open it (each claiming its epoch with a
+/// create-if-absent write), complete checkpoints and restore them.
+#[test]
+fn a_coordinator_opens_completes_and_restores_on_a_root_without_hard_links() -> TestResult {
+    use crate::common::checkpointing::{assert_matches_model, config, random_job};
+    use crate::common::model::Handles;
+    use statebackend::checkpoint::{
+        CheckpointCoordinator, RestoreMode, latest_restorable, restore_instance,
+    };
+    use statebackend::{BackendKind, CheckpointDriver, DriverOptions, KeyGroupRange};
+
+    let tmp = tempfile::tempdir()?;
+    let storage: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::new(tmp.path())?.without_hard_links());
+    let coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 1)?;
+    assert_eq!(coordinator.epoch(), 1);
+    let mut driver = CheckpointDriver::new(coordinator, DriverOptions::default());
+    let (mut job, model) = random_job(BackendKind::Heap, 2, 17, 300)?;
+    assert_eq!(driver.checkpoint(&mut job)?.id, 1);
+    assert_eq!(driver.checkpoint(&mut job)?.id, 2);
+    // A second coordinator claims the next epoch and fences the first.
+    let second = CheckpointCoordinator::open(Arc::clone(&storage), 1)?;
+    assert_eq!(second.epoch(), 2);
+    assert!(matches!(
+        driver.checkpoint(&mut job),
+        Err(Error::Fenced { .. })
+    ));
+    // Creating an existing `_metadata` still fails and replaces nothing.
+    let metadata = sp("chk-0000000002/_metadata");
+    let before = storage.get(&metadata)?;
+    assert!(matches!(
+        storage.put_new(&metadata, b"another writer"),
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert_eq!(storage.get(&metadata)?, before);
+    let meta = latest_restorable(storage.as_ref())?;
+    assert_eq!(meta.id, 2);
+    let mut restored = restore_instance(
+        storage.as_ref(),
+        &meta,
+        &config(BackendKind::Heap, KeyGroupRange::all(128)?),
+        RestoreMode::NoClaim,
+    )?;
+    let h = Handles::register(&mut restored)?;
+    assert_matches_model(&mut restored, &h, &model)?;
+    // Nothing but the layout's files: no temporary file of a create is left.
+    assert!(storage.list(None)?.iter().all(|o| !is_temporary(&o.path)));
+    Ok(())
+}
+
+/// A completion whose `_metadata` was written but whose directory `fsync` failed is not a
+/// completed checkpoint: the name is taken back, the completion fails with `NotDurable`, and
+/// nothing reports or restores it. The next checkpoint completes.
+#[test]
+fn a_completion_whose_metadata_is_not_durable_fails_and_leaves_no_checkpoint() -> TestResult {
+    use crate::common::checkpointing::random_job;
+    use statebackend::checkpoint::{CheckpointCoordinator, latest_restorable};
+    use statebackend::{BackendKind, CheckpointDriver, DriverOptions};
+
+    for no_links in [false, true] {
+        let tmp = tempfile::tempdir()?;
+        let mut local = LocalDirStorage::new(tmp.path())?;
+        if no_links {
+            local = local.without_hard_links();
+        }
+        let local = Arc::new(local);
+        let storage: Arc<dyn CheckpointStorage> = local.clone();
+        let mut driver = CheckpointDriver::new(
+            CheckpointCoordinator::open(Arc::clone(&storage), 1)?,
+            DriverOptions::default(),
+        );
+        let (mut job, _) = random_job(BackendKind::Heap, 2, 23, 200)?;
+        local.fail_put_new_dir_syncs(1);
+        let failed = driver.checkpoint(&mut job);
+        assert!(
+            matches!(&failed, Err(Error::NotDurable { file, .. }) if file == "chk-0000000001/_metadata"),
+            "no links {no_links}: {failed:?}"
+        );
+        assert!(driver.coordinator().latest().is_none());
+        assert!(!storage.exists(&sp("chk-0000000001/_metadata"))?);
+        assert!(matches!(
+            latest_restorable(storage.as_ref()),
+            Err(Error::NoRestorableCheckpoint { .. })
+        ));
+        let next = driver.checkpoint(&mut job)?;
+        assert_eq!(next.id, 2);
+        assert_eq!(latest_restorable(storage.as_ref())?.id, 2);
+    }
+    Ok(())
+}

@@ -15,6 +15,8 @@ use statebackend::storage::{CheckpointStorage, MULTIPART_THRESHOLD, StoragePath}
 use statebackend::{BackendKind, CheckpointDriver, DriverOptions, Error, KeyGroupRange, Result};
 use statebackend_s3_loopback::{Fault, FaultRule, LoopbackS3, RequestKind};
 
+mod faults;
+
 fn sp(path: &str) -> StoragePath {
     StoragePath::parse(path).unwrap()
 }
@@ -447,5 +449,170 @@ fn any_failed_request_of_a_checkpoint_cycle_loses_nothing() -> Result<()> {
             k += 1;
         }
     }
+    Ok(())
+}
+
+/// Issue 25, item 9: a multipart upload whose completion fails (an error past the client's
+/// retries, connection resets, a "no such upload" as a completion retried after it took effect
+/// gets) is aborted: its parts are not left behind, no object appears, and the error is the
+/// upload's (`ObjectStore`), never a missing file.
+#[test]
+fn a_multipart_upload_whose_completion_fails_is_aborted() -> Result<()> {
+    let server = start();
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("big.sst");
+    let data: Vec<u8> = (0..MULTIPART_THRESHOLD as usize + 1024)
+        .map(|i| (i % 249) as u8)
+        .collect();
+    std::fs::write(&local, &data).unwrap();
+    let faults = [
+        (0, Fault::Reject(500)),
+        (2, Fault::Reset),
+        (0, Fault::Reject(404)),
+    ];
+    for (retries, fault) in faults {
+        let storage = server.storage_with_retries("root", retries)?;
+        let path = sp(&format!("shared/a/{retries}.sst"));
+        server.inject(
+            FaultRule::new(fault.clone())
+                .on(RequestKind::CompleteMultipart)
+                .times(retries as u64 + 1),
+        );
+        let before = server.counts();
+        let failed = storage.put_file(&path, &local);
+        let counts = server.counts().since(&before);
+        server.clear_faults();
+        assert!(
+            matches!(failed, Err(Error::ObjectStore { .. })),
+            "{fault:?}: {failed:?}"
+        );
+        assert_eq!(
+            counts.of(RequestKind::CompleteMultipart),
+            retries as u64 + 1,
+            "{fault:?}: {counts:?}"
+        );
+        assert_eq!(
+            counts.of(RequestKind::AbortMultipart),
+            1,
+            "{fault:?}: {counts:?}"
+        );
+        assert_eq!(storage.size(&path)?, None, "{fault:?}");
+        // The server holds no upload in progress either.
+        assert!(
+            !walk(server.data_dir()).iter().any(|f| f.contains("upload")),
+            "{fault:?}: {:?}",
+            walk(server.data_dir())
+        );
+    }
+    Ok(())
+}
+
+/// Every file below `dir`, as paths relative to it.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                out.push(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Issue 25, item 15: a conditional create (an epoch file when a coordinator opens, a
+/// `_metadata` when it completes) whose connection is reset, before or after the create took
+/// effect, or whose answer is lost with no retries left, is retried: the open and the
+/// completion succeed, and a retry that finds the object holding its own bytes takes it as its
+/// own (the epoch is not skipped).
+#[test]
+fn a_reset_conditional_create_is_retried_and_finds_its_own_object() -> Result<()> {
+    let faults = [
+        (3, Fault::Reset),
+        (3, Fault::ResetAfterServing),
+        (0, Fault::Reset),
+        (0, Fault::ResetAfterServing),
+        (0, Fault::LoseResponse(500)),
+    ];
+    for (retries, fault) in faults {
+        let server = start();
+        let storage: Arc<dyn CheckpointStorage> =
+            Arc::new(server.storage_with_retries("root", retries)?);
+        let case = format!("{fault:?} with {retries} retries");
+        // The epoch file.
+        server.inject(
+            FaultRule::new(fault.clone())
+                .conditional()
+                .key_contains("_coordinator/epoch-"),
+        );
+        let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 2)
+            .unwrap_or_else(|e| panic!("{case}: open failed: {e:?}"));
+        assert_eq!(server.counts().faulted, 1, "{case}");
+        assert_eq!(coordinator.epoch(), 1, "{case}");
+        let epoch = storage.get(&sp("_coordinator/epoch-00000000000000000001"))?;
+        assert!(epoch.starts_with(b"1 "), "{case}: {epoch:?}");
+        // The `_metadata`.
+        let (mut job, model) = random_job(BackendKind::Heap, 2, 31, 300)?;
+        coordinator.begin(1)?;
+        let parts = job
+            .iter_mut()
+            .map(|b| Ok(b.snapshot(1)?.upload(storage.as_ref())?.0))
+            .collect::<Result<Vec<_>>>()?;
+        server.inject(
+            FaultRule::new(fault.clone())
+                .conditional()
+                .key_contains("_metadata"),
+        );
+        coordinator
+            .complete(1, parts)
+            .unwrap_or_else(|e| panic!("{case}: completion failed: {e:?}"));
+        assert_eq!(server.counts().faulted, 2, "{case}");
+        let meta = latest_restorable(storage.as_ref())?;
+        assert_eq!(meta.id, 1, "{case}");
+        let mut b = restore_instance(
+            storage.as_ref(),
+            &meta,
+            &config(BackendKind::Heap, KeyGroupRange::all(128)?),
+            RestoreMode::NoClaim,
+        )?;
+        let h = Handles::register(&mut b)?;
+        assert_matches_model(&mut b, &h, &model)?;
+    }
+    Ok(())
+}
+
+/// A conditional create whose first attempt is reset, and which another writer then wins with
+/// other bytes, is still `AlreadyExists`, and the other writer's object stays. Two openers of
+/// one root never write the same epoch file bytes.
+#[test]
+fn a_retried_create_that_lost_to_another_writer_is_already_exists() -> Result<()> {
+    let server = start();
+    let storage = server.storage_with_retries("root", 0)?;
+    let path = sp("chk-0000000001/_metadata");
+    server.inject(FaultRule::new(Fault::Reset).conditional());
+    server.inject(
+        FaultRule::new(Fault::RaceCreate(b"the other writer's".to_vec()))
+            .on(RequestKind::Put)
+            .key_contains("_metadata"),
+    );
+    let before = server.counts();
+    let lost = storage.put_new(&path, b"mine");
+    assert!(matches!(lost, Err(Error::AlreadyExists { .. })), "{lost:?}");
+    let counts = server.counts().since(&before);
+    assert_eq!((counts.conditional, counts.faulted), (2, 2), "{counts:?}");
+    assert_eq!(storage.get(&path)?, b"the other writer's");
+    // Epoch files: one per opener, each with bytes of its own.
+    let storage: Arc<dyn CheckpointStorage> = Arc::new(storage);
+    let first = CheckpointCoordinator::open(Arc::clone(&storage), 1)?;
+    let second = CheckpointCoordinator::open(Arc::clone(&storage), 1)?;
+    assert_eq!((first.epoch(), second.epoch()), (1, 2));
+    let one = storage.get(&sp("_coordinator/epoch-00000000000000000001"))?;
+    let two = storage.get(&sp("_coordinator/epoch-00000000000000000002"))?;
+    assert!(one.starts_with(b"1 ") && two.starts_with(b"2 "));
+    assert_ne!(one[2..], two[2..], "the nonces differ");
     Ok(())
 }

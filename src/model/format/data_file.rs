@@ -501,7 +501,7 @@ impl<R: Read + Seek> DataFileReader<R> {
         let body = check_trailing_crc(&index_bytes, name)?;
         let mut r = ByteReader::new(body, name);
         let n = r.count(14, "index entries")?;
-        let mut index = Vec::with_capacity(n);
+        let mut index = r.vec_for(n);
         for _ in 0..n {
             let entry = IndexEntry {
                 key_group: r.u16("index key group")?,
@@ -772,7 +772,7 @@ fn parse_header(data: &[u8], name: &str) -> Result<DataFileHeader> {
     if n > MAX_STATES {
         return Err(r.corrupt(format!("{n} states")));
     }
-    let mut states = Vec::with_capacity(n);
+    let mut states = r.vec_for(n);
     for _ in 0..n {
         states.push(read_state_info(&mut r)?);
     }

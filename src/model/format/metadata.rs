@@ -509,7 +509,7 @@ impl SnapshotMetadata {
         let id = r.u64("checkpoint id")?;
         let created_ms = r.u64("creation time")?;
         let n = r.count(38, "instances")?;
-        let mut instances = Vec::with_capacity(n);
+        let mut instances = r.vec_for(n);
         for _ in 0..n {
             instances.push(read_instance(&mut r, version)?);
         }
@@ -662,7 +662,7 @@ fn read_operator_state(r: &mut ByteReader<'_>) -> Result<OperatorState> {
             .ok_or_else(|| r.corrupt(format!("unknown operator state mode {code}")))?;
         let type_name = r.str(65_536, "operator state type name")?;
         let count = r.count(4, "operator state elements")?;
-        let mut elements = Vec::with_capacity(count);
+        let mut elements = r.vec_for(count);
         for _ in 0..count {
             elements.push(
                 r.bytes(MAX_METADATA_BYTES, "operator state element")?
@@ -705,12 +705,12 @@ fn read_instance(r: &mut ByteReader<'_>, version: u16) -> Result<InstanceMetadat
     }
     let key_groups = KeyGroupRange::new(start, end)?;
     let n_states = r.count(22, "states")?;
-    let mut states = Vec::with_capacity(n_states);
+    let mut states = r.vec_for(n_states);
     for _ in 0..n_states {
         states.push(read_state_info(r)?);
     }
     let n_files = r.count(23, "files")?;
-    let mut files = Vec::with_capacity(n_files);
+    let mut files = r.vec_for(n_files);
     for _ in 0..n_files {
         let path = StoragePath::parse(&r.str(1024, "file path")?)?;
         let local_name = r.str(255, "local file name")?;

@@ -166,6 +166,18 @@ impl<'a> ByteReader<'a> {
         Ok(n)
     }
 
+    /// An empty vector for `count` items about to be read from here (a count
+    /// [`ByteReader::count`] checked), with room reserved for no more items than the bytes left
+    /// would fill in memory. `count` alone is not a bound: an item in memory is often several
+    /// times its smallest encoding (an empty byte string: 4 bytes read, a 24-byte `Vec`), so
+    /// reserving `count` items let a crafted input ask for about 6 times its size before its
+    /// first item failed to decode. Items beyond the reservation grow the vector as they are
+    /// read, each having consumed input.
+    pub(crate) fn vec_for<T>(&self, count: usize) -> Vec<T> {
+        let fit = self.remaining() / std::mem::size_of::<T>().max(1);
+        Vec::with_capacity(count.min(fit))
+    }
+
     pub(crate) fn expect_end(&self, what: &str) -> Result<()> {
         if self.remaining() != 0 {
             return Err(self.corrupt(format!(
@@ -315,6 +327,23 @@ mod tests {
                 other => panic!("{len}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn reserved_capacity_never_exceeds_the_bytes_left() {
+        // 4,000 bytes: a count of 1,000 four-byte items passes `count`, but 1,000 `Vec`s of
+        // 24 bytes would need 24,000.
+        let mut data = 1000u32.to_le_bytes().to_vec();
+        data.resize(4004, 0);
+        let mut r = ByteReader::new(&data, "f");
+        let n = r.count(4, "items").unwrap();
+        assert_eq!(n, 1000);
+        let v: Vec<Vec<u8>> = r.vec_for(n);
+        assert!(v.capacity() * std::mem::size_of::<Vec<u8>>() <= r.remaining());
+        assert!(v.capacity() >= 4000 / 24);
+        // Small items: the count is the bound.
+        let v: Vec<u8> = r.vec_for(n);
+        assert_eq!(v.capacity(), 1000);
     }
 
     #[test]

@@ -554,10 +554,16 @@ impl CheckpointCoordinator {
         // Created only if absent: a second coordinator of this root (a zombie after a
         // failover) can never replace a completed checkpoint.
         if let Err(e) = self.storage.put_new(&path, &bytes) {
-            // A write can fail after the file is in place (the directory sync, a lost
-            // response): then the checkpoint exists, and a restart would restore it, so
-            // completion must not be reported as failed. A file with other bytes is another
-            // coordinator's.
+            if let Error::NotDurable { .. } = e {
+                // Written, and its directory could not be made durable: a crash may lose it,
+                // so it must not count as complete (retention would drop the checkpoints
+                // before it). The storage took the name back; make sure, and fail.
+                let _ = self.storage.delete(&path);
+                return Err(e);
+            }
+            // A write can fail after the file is in place (a lost response): then the
+            // checkpoint exists, and a restart would restore it, so completion must not be
+            // reported as failed. A file with other bytes is another coordinator's.
             match self.storage.get(&path) {
                 Ok(found) if found == bytes => {}
                 Ok(_) if matches!(e, Error::AlreadyExists { .. }) => {
@@ -1042,7 +1048,7 @@ fn newest_verified<'a>(
 }
 
 /// [`verify_files`], believed only when it is repeatable: damage is reported if
-/// [`READ_ATTEMPTS`] verifications find the same first bad file with the same figures. A
+/// three verifications find the same first bad file with the same figures. A
 /// verification that passes wins (a checksum cannot match by accident); reads that disagree
 /// are [`Error::UnstableRead`], not damage, so that a storage path which corrupts responses
 /// never makes a restore fall back to older state or start empty.

@@ -6,7 +6,8 @@
 //!
 //! Each coordinator, when it opens a root, creates `_coordinator/epoch-<n>` with `n` one above
 //! the highest epoch there, by a create-if-absent write ([`CheckpointStorage::put_new`]): of
-//! two coordinators opening at once, one gets `n` and the other retries with `n + 1`. Epoch
+//! two coordinators opening at once, one gets `n` and the other retries with `n + 1`. The
+//! file holds `n` and a random nonce, so no two openers ever write the same bytes. Epoch
 //! files are never deleted, so "someone opened the root after me" is exactly "the file of my
 //! epoch + 1 exists": one existence check (a HEAD on an object store), made before every
 //! `_metadata` write and before every deletion pass. A fenced coordinator stays fenced.
@@ -18,8 +19,17 @@
 
 use crate::model::error::{Error, Result};
 use crate::model::format::layout::{COORDINATOR_DIR, epoch_path, parse_epoch_file};
+use crate::model::format::metadata::InstanceId;
 use crate::model::format::path::StoragePath;
 use crate::storage::CheckpointStorage;
+
+/// The content of an epoch file: the epoch in decimal, a space and a random nonce of 32 hex
+/// digits. Nothing reads it (the name is the record); the nonce makes every opener's bytes its
+/// own, so a create retried after a lost response can tell its own file (same bytes) from
+/// another opener's that took the epoch ([`CheckpointStorage::put_new`]).
+fn epoch_content(epoch: u64) -> String {
+    format!("{epoch} {}", InstanceId::random().hex())
+}
 
 /// How many concurrent openers one open tolerates before giving up.
 const CLAIM_ATTEMPTS: u32 = 64;
@@ -52,7 +62,7 @@ impl Epoch {
                 id: 0,
                 reason: "coordinator epochs exhausted".into(),
             })?;
-            match storage.put_new(&epoch_path(epoch)?, epoch.to_string().as_bytes()) {
+            match storage.put_new(&epoch_path(epoch)?, epoch_content(epoch).as_bytes()) {
                 Ok(()) => {
                     return Ok(Self {
                         epoch,
