@@ -159,7 +159,7 @@ pub fn gc(root: &Location, options: GcOptions) -> CliResult<GcReport> {
                     .collect();
                 return Err(CliError::Failed(format!(
                     "no checkpoint of {} verifies, so gc drops none: damaged {}. Restore from \
-                     a savepoint, or repair the files; `statectl discard {} ID --force` sets a \
+                     a savepoint, or repair the files; `statectl discard {} ID` sets a \
                      damaged checkpoint aside for the next gc",
                     root.display(),
                     damaged.join(", "),
