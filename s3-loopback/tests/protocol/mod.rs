@@ -16,6 +16,7 @@ use statebackend::{BackendKind, CheckpointDriver, DriverOptions, Error, KeyGroup
 use statebackend_s3_loopback::{Fault, FaultRule, LoopbackS3, RequestKind};
 
 mod faults;
+mod untrusted;
 
 fn sp(path: &str) -> StoragePath {
     StoragePath::parse(path).unwrap()
@@ -284,11 +285,13 @@ fn garbage_collection_lists_the_root_only_after_failures() -> Result<()> {
         let deletes = counts.of(RequestKind::Delete);
         assert!(deletes > 0 && deletes <= 2 * 5, "{kind}: {counts:?}");
         println!("{kind}: 5 checkpoints of 2 instances: {counts:?}");
-        // Only the newest checkpoint's files are left (and the coordinator's epoch).
+        // Only the newest checkpoint's files are left (and the coordinator's epoch and, while
+        // it lives, its lease).
         let newest = driver.coordinator().latest().unwrap().clone();
         let mut expected: Vec<String> = newest.files().map(|f| f.path.to_string()).collect();
         expected.push(format!("chk-{:010}/_metadata", newest.id));
         expected.push("_coordinator/epoch-00000000000000000001".into());
+        expected.push("_coordinator/lease-00000000000000000001".into());
         expected.sort();
         let mut found: Vec<String> = storage
             .list(None)?

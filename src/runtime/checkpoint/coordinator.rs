@@ -579,11 +579,33 @@ impl CheckpointCoordinator {
         }
         // Retention must not drop the checkpoints before this one on the word of a store that
         // acknowledged the write: it may have lost it. Read it back first.
-        self.read_back(id, &path, &bytes)?;
+        let confirmed = match self.read_back(id, &path, &bytes) {
+            Ok(()) => true,
+            // Lost, or other bytes: this checkpoint does not exist.
+            Err(e @ Error::CheckpointState { .. }) => return Err(e),
+            // The read itself failed: the write was acknowledged, so the checkpoint is taken as
+            // complete (a restart would restore it), but nothing is dropped for it.
+            Err(e) => {
+                tracing::warn!(checkpoint = id, error = %e, "could not read _metadata back");
+                self.cleanup_error = Some(format!(
+                    "checkpoint {id}'s _metadata could not be read back ({e}); retention waits \
+                     for a checkpoint that is"
+                ));
+                false
+            }
+        };
         self.pending.remove(&id);
+        if confirmed {
+            // A checkpoint this coordinator wrote and read back: what it kept for lack of one
+            // (found at open, or before an unconfirmed completion) may go now.
+            self.state.protected.clear();
+        } else {
+            self.state
+                .protected
+                .extend(self.state.completed.keys().copied());
+            self.state.protected.insert(id);
+        }
         self.state.completed.insert(id, meta);
-        // A checkpoint this coordinator wrote and read back: what it found at open may go now.
-        self.state.protected.clear();
         self.renew_lease_quietly();
         self.cleanup();
         Ok(&self.state.completed[&id])
@@ -592,6 +614,10 @@ impl CheckpointCoordinator {
     /// Reads `_metadata` back after its write was acknowledged: it must be there with exactly
     /// the bytes written. Read again (up to [`READ_ATTEMPTS`] in all) while it differs, so a
     /// response damaged on its way does not fail a completion that took effect.
+    ///
+    /// # Errors
+    /// [`Error::CheckpointState`] if it is missing or holds other bytes; the read's own error
+    /// if reading failed (then nothing is known either way).
     fn read_back(&self, id: u64, path: &StoragePath, bytes: &[u8]) -> Result<()> {
         let mut last = None;
         for _ in 0..READ_ATTEMPTS {
@@ -1047,33 +1073,41 @@ fn newest_verified<'a>(
     }
 }
 
-/// [`verify_files`], believed only when it is repeatable: damage is reported if
-/// three verifications find the same first bad file with the same figures. A
-/// verification that passes wins (a checksum cannot match by accident); reads that disagree
-/// are [`Error::UnstableRead`], not damage, so that a storage path which corrupts responses
-/// never makes a restore fall back to older state or start empty.
+/// [`verify_files`], with damage believed only when it repeats: each file that fails is read
+/// again, up to three reads in all. One read that verifies wins (a crc32 cannot match by
+/// accident); three reads that fail with the same figures are damage; reads that fail
+/// differently are [`Error::UnstableRead`], not damage, so that a storage path which corrupts
+/// responses never makes a restore fall back to older state or start empty.
 ///
 /// # Errors
 /// As [`verify_files`]; [`Error::UnstableRead`].
 pub fn verify_files_stable(storage: &dyn CheckpointStorage, meta: &SnapshotMetadata) -> Result<()> {
-    let mut first: Option<Error> = None;
-    for _ in 0..READ_ATTEMPTS {
-        match verify_files(storage, meta) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_damage() => match &first {
-                None => first = Some(e),
-                Some(f) if f.to_string() == e.to_string() => {}
-                Some(f) => {
-                    return Err(Error::UnstableRead {
-                        file: format!("checkpoint {}", meta.id),
-                        reason: format!("one read found {f}, another {e}"),
-                    });
+    for file in meta.files() {
+        let mut first: Option<Error> = None;
+        for _ in 0..READ_ATTEMPTS {
+            match verify_file(storage, file) {
+                Ok(()) => {
+                    first = None;
+                    break;
                 }
-            },
-            Err(e) => return Err(e),
+                Err(e) if e.is_damage() => match &first {
+                    None => first = Some(e),
+                    Some(f) if f.to_string() == e.to_string() => {}
+                    Some(f) => {
+                        return Err(Error::UnstableRead {
+                            file: file.path.to_string(),
+                            reason: format!("one read found {f}, another {e}"),
+                        });
+                    }
+                },
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(damage) = first {
+            return Err(damage);
         }
     }
-    Err(first.unwrap_or_else(|| Error::corrupt(format!("checkpoint {}", meta.id), "damaged")))
+    Ok(())
 }
 
 /// Checks every file of `meta` in `storage`: present, recorded size, recorded crc32. Streams
@@ -1083,30 +1117,33 @@ pub fn verify_files_stable(storage: &dyn CheckpointStorage, meta: &SnapshotMetad
 /// The first bad file, as [`Error::MissingFile`], [`Error::SizeMismatch`] or
 /// [`Error::ChecksumMismatch`].
 pub fn verify_files(storage: &dyn CheckpointStorage, meta: &SnapshotMetadata) -> Result<()> {
-    for file in meta.files() {
-        let (size, crc) = match checksum(storage, &file.path) {
-            Ok(found) => found,
-            Err(Error::MissingFile { .. }) => {
-                return Err(Error::MissingFile {
-                    file: file.path.to_string(),
-                });
-            }
-            Err(e) => return Err(e),
-        };
-        if size != file.size {
-            return Err(Error::SizeMismatch {
+    meta.files().try_for_each(|file| verify_file(storage, file))
+}
+
+/// Checks one file against its entry (see [`verify_files`]).
+fn verify_file(storage: &dyn CheckpointStorage, file: &FileEntry) -> Result<()> {
+    let (size, crc) = match checksum(storage, &file.path) {
+        Ok(found) => found,
+        Err(Error::MissingFile { .. }) => {
+            return Err(Error::MissingFile {
                 file: file.path.to_string(),
-                expected: file.size,
-                actual: size,
             });
         }
-        if crc != file.crc32 {
-            return Err(Error::ChecksumMismatch {
-                file: file.path.to_string(),
-                expected: file.crc32,
-                actual: crc,
-            });
-        }
+        Err(e) => return Err(e),
+    };
+    if size != file.size {
+        return Err(Error::SizeMismatch {
+            file: file.path.to_string(),
+            expected: file.size,
+            actual: size,
+        });
+    }
+    if crc != file.crc32 {
+        return Err(Error::ChecksumMismatch {
+            file: file.path.to_string(),
+            expected: file.crc32,
+            actual: crc,
+        });
     }
     Ok(())
 }
