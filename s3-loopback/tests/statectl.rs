@@ -1,11 +1,13 @@
 //! `statectl`'s commands on an S3 root given as a URL, configured from the environment as the
-//! AWS tools are: list, inspect, verify (clean and with a damaged object), dump, convert into a
-//! savepoint on the store, and gc. One test in its own binary: it sets the process's
+//! AWS tools are: list, inspect, verify (clean and with a damaged object; of the prefix above
+//! the root), dump, convert into a savepoint on the store, gc (refusing what is not a root,
+//! keeping the newest checkpoint that verifies) and discard. One test in its own binary: it sets the process's
 //! environment.
 
 use std::sync::Arc;
 
 use statebackend::checkpoint::CheckpointCoordinator;
+use statebackend::cli::discard::{DiscardOptions, discard};
 use statebackend::cli::dump::{DumpOptions, dump};
 use statebackend::cli::gc::{GcOptions, gc};
 use statebackend::cli::inspect::inspect;
@@ -49,6 +51,8 @@ fn every_command_works_on_an_s3_url() -> Result<()> {
         let part = b.snapshot(id)?.upload(storage.as_ref())?.0;
         coordinator.complete(id, vec![part])?;
     }
+    // The job stops: its coordinator lets go of the root (gc and discard refuse a live one).
+    drop(coordinator);
     let savepoint_storage = server.storage("jobs/clicks/savepoints/sp-1")?;
     let part = b.savepoint()?.write(&savepoint_storage)?;
     complete_savepoint(&savepoint_storage, vec![part])?;
@@ -110,13 +114,67 @@ fn every_command_works_on_an_s3_url() -> Result<()> {
     assert!(!verified.ok);
     assert_eq!(verified.failures[0].file, format!("{root_url}/{data_file}"));
 
-    // gc keeps the newest checkpoint only; the savepoints below the root stay.
+    // `list` and `verify` of the prefix above the root cover the root and its savepoints, and
+    // say which checkpoint a restore would pick (3 is damaged: 2).
+    let parent = Location::parse(&format!("s3://{BUCKET}/jobs"));
+    let listed = list(&parent).map_err(to_error)?;
+    assert_eq!(listed.roots.len(), 1, "{listed:?}");
+    assert_eq!(listed.roots[0].path, root_url);
+    assert_eq!(listed.roots[0].restore.checkpoint, Some(2), "{listed:?}");
+    let picked: Vec<(u64, Option<&str>)> = listed
+        .entries
+        .iter()
+        .filter(|e| e.kind == "checkpoint")
+        .map(|e| (e.id, e.restore.as_deref().filter(|r| *r == "picked")))
+        .collect();
+    assert_eq!(picked, [(1, None), (2, Some("picked")), (3, None)]);
+    let verified = verify(&parent, VerifyOptions { all: false }).map_err(to_error)?;
+    assert!(!verified.ok);
+    assert_eq!(
+        verified.snapshots.len(),
+        1,
+        "stops at checkpoint 3: {verified:?}"
+    );
+    assert_eq!(
+        verified.skipped.len(),
+        4,
+        "2, 1 and two savepoints: {verified:?}"
+    );
+    assert!(
+        verified
+            .skipped
+            .iter()
+            .all(|s| s.reason == statebackend::cli::verify::STOPPED_EARLY)
+    );
+
+    // gc refuses what is not a checkpoint root, naming what it is.
     let options = GcOptions {
         dry_run: true,
         retained: 1,
+        ignore_lease: false,
     };
+    for (location, needle) in [
+        (parent.clone(), "did you mean it?".to_owned()),
+        (root.join("savepoints/sp-1"), "is a savepoint".to_owned()),
+        (
+            checkpoint_3.clone(),
+            "is the directory of checkpoint 3".to_owned(),
+        ),
+    ] {
+        let refused = gc(&location, options).expect_err("not a root");
+        assert!(refused.to_string().contains(&needle), "{refused}");
+    }
+    let refused = gc(&parent, options).expect_err("not a root");
+    assert!(refused.to_string().contains(&root_url), "{refused}");
+
+    // gc keeps the newest checkpoint that verifies (2) beyond the retention of 1; the
+    // savepoints below the root stay.
     let planned = gc(&root, options).map_err(to_error)?;
-    assert_eq!(planned.dropped_checkpoints, [1, 2]);
+    assert_eq!(planned.dropped_checkpoints, [1]);
+    assert_eq!(
+        planned.kept_beyond_retention.as_ref().map(|k| k.id),
+        Some(2)
+    );
     let done = gc(
         &root,
         GcOptions {
@@ -127,12 +185,50 @@ fn every_command_works_on_an_s3_url() -> Result<()> {
     .map_err(to_error)?;
     assert_eq!(done.deleted, planned.deleted);
     let listed = list(&root).map_err(to_error)?;
-    let ids: Vec<(&str, u64)> = listed.entries.iter().map(|e| (e.kind, e.id)).collect();
+    let ids: Vec<(&str, u64, &str)> = listed
+        .entries
+        .iter()
+        .map(|e| (e.kind, e.id, e.state))
+        .collect();
     assert_eq!(
         ids,
-        [("checkpoint", 3), ("savepoint", 3), ("savepoint", 0)],
+        [
+            ("checkpoint", 2, "completed"),
+            ("checkpoint", 3, "completed"),
+            ("savepoint", 3, "completed"),
+            ("savepoint", 0, "completed")
+        ],
         "{listed:?}"
     );
+
+    // discard on the store: a checkpoint that verifies only with force; the damaged one moves
+    // aside (GET, PUT, DELETE), and the next gc collects it.
+    let refused = discard(&root, 2, DiscardOptions::default()).expect_err("2 verifies");
+    assert!(refused.to_string().contains("--force"), "{refused}");
+    let discarded = discard(&root, 3, DiscardOptions::default()).map_err(to_error)?;
+    assert_eq!(discarded.was, "damaged");
+    assert_eq!(discarded.moved_to, "chk-0000000003/_metadata.discarded");
+    let metadata_3 = statebackend::storage::StoragePath::parse("chk-0000000003/_metadata")?;
+    assert!(!storage.exists(&metadata_3)?);
+    let listed = list(&root).map_err(to_error)?;
+    assert_eq!(
+        (listed.entries[1].id, listed.entries[1].state),
+        (3, "discarded"),
+        "{listed:?}"
+    );
+    gc(
+        &root,
+        GcOptions {
+            dry_run: false,
+            ..options
+        },
+    )
+    .map_err(to_error)?;
+    let chk_3 = statebackend::storage::StoragePath::parse("chk-0000000003")?;
+    assert_eq!(storage.list(Some(&chk_3))?, []);
+    let verified = verify(&root, VerifyOptions { all: true }).map_err(to_error)?;
+    assert!(verified.ok, "{verified:?}");
+    assert_eq!(verified.roots[0].restore.checkpoint, Some(2));
     Ok(())
 }
 

@@ -68,3 +68,20 @@ impl BackendConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::model::error::Error;
+
+    /// A restore refuses an unclean working directory unless `replace_existing` is set: the
+    /// message must name the option, not promise that any restore replaces it.
+    #[test]
+    fn an_unclean_working_directory_names_the_option_that_replaces_it() {
+        let message = Error::UncleanWorkingDirectory {
+            path: "/var/lib/job/0".into(),
+        }
+        .to_string();
+        assert!(message.contains("replace_existing"), "{message}");
+        assert!(message.contains("/var/lib/job/0"), "{message}");
+    }
+}

@@ -2,20 +2,30 @@
 //! references.
 //!
 //! Both runs compute the coordinator's plan ([`plan_collection`], the one function that decides
-//! what a checkpoint root may lose): the dry run reports it, the real run executes it. A root
-//! holding a checkpoint whose `_metadata` cannot be understood is refused: which shared files
-//! it needs is unknown, so an operator repairs it or removes its directory first.
+//! what a checkpoint root may lose): the dry run reports it, the real run executes it. Before
+//! planning, gc makes sure it cannot destroy state by an operator's mistake:
 //!
-//! Never run it on the root of a running job: the job's coordinator may have a checkpoint in
-//! flight whose files are not referenced yet.
+//! - `ROOT` must be a checkpoint root by its layout ([`require_root`]): a savepoint, a
+//!   checkpoint directory, the parent of a root or any other directory is refused;
+//! - no live coordinator may hold it ([`require_no_live_lease`]; `--ignore-lease` for a dead
+//!   job): a running job has checkpoints in flight whose files nothing lists yet;
+//! - every checkpoint's `_metadata` must be understood: which shared files an unreadable one
+//!   needs is unknown (`statectl discard` sets it aside);
+//! - the retention never drops the newest checkpoint that verifies (every file present with
+//!   its recorded size and crc32): when the plan would drop checkpoints, the completed ones
+//!   are verified newest first until one verifies, and that one is kept
+//!   ([`RootState::protected`]). If none verifies, nothing is dropped and gc fails.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Write};
 
 use serde::Serialize;
 
+use crate::cli::root::{
+    Candidate, LeaseInfo, PassedOver, require_no_live_lease, require_root, restore_choice,
+};
 use crate::cli::snapshot::Location;
-use crate::cli::{CliResult, human_bytes, plural};
+use crate::cli::{CliError, CliResult, human_bytes, plural};
 use crate::model::error::Error;
 use crate::runtime::checkpoint::coordinator::{RootState, execute_plan, plan_collection};
 use crate::storage::{ObjectMeta, StoragePath};
@@ -27,6 +37,9 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// How many completed checkpoints to keep (at least 1).
     pub retained: usize,
+    /// Collect even though a coordinator's lease on the root has not expired (the operator
+    /// knows the job is dead).
+    pub ignore_lease: bool,
 }
 
 /// A deleted (or, dry run, deletable) file.
@@ -36,6 +49,17 @@ pub struct GcFile {
     pub path: String,
     /// Size in bytes.
     pub size: u64,
+}
+
+/// A checkpoint kept beyond the retention, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeptBeyondRetention {
+    /// The checkpoint id.
+    pub id: u64,
+    /// Why it is kept.
+    pub reason: String,
+    /// The newer checkpoints that do not verify, with their first bad file.
+    pub damaged: Vec<PassedOver>,
 }
 
 /// What `gc` deleted (or would delete).
@@ -51,6 +75,13 @@ pub struct GcReport {
     pub retained_checkpoints: Vec<u64>,
     /// Completed checkpoints dropped (or to drop) because of the retention.
     pub dropped_checkpoints: Vec<u64>,
+    /// The checkpoint kept beyond the newest `retained` because it is the newest that
+    /// verifies, if the retention would have dropped it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_beyond_retention: Option<KeptBeyondRetention>,
+    /// A coordinator's lease found on the root and ignored (`--ignore-lease`), or expired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseInfo>,
     /// The deleted (or deletable) files.
     pub deleted: Vec<GcFile>,
     /// Number of deleted files.
@@ -60,13 +91,15 @@ pub struct GcReport {
 }
 
 /// Collects the garbage of the checkpoint root `root` (or, dry run, reports it), with the
-/// coordinator's own rules ([`plan_collection`]): the same plan, read-only or executed.
+/// coordinator's own rules ([`plan_collection`]): the same plan, read-only or executed, after
+/// the checks of the module docs.
 ///
 /// # Errors
 /// [`Error::Io`] if `root` is not a readable directory; [`Error::Incompatible`] if
-/// `retained` is 0; [`Error::UnreadableCheckpoint`] if a checkpoint's `_metadata` cannot be
-/// understood (which shared files it needs is unknown: nothing is deleted until an operator
-/// repairs it or removes its directory); storage errors.
+/// `retained` is 0; [`CliError::Failed`] if `root` is not a checkpoint root, if a live
+/// coordinator holds it, if a checkpoint's `_metadata` cannot be understood (nothing is
+/// deleted until an operator repairs or discards it), or if the retention would drop
+/// checkpoints and none verifies; storage errors.
 pub fn gc(root: &Location, options: GcOptions) -> CliResult<GcReport> {
     let storage = root.open()?;
     if options.retained == 0 {
@@ -75,10 +108,75 @@ pub fn gc(root: &Location, options: GcOptions) -> CliResult<GcReport> {
         }
         .into());
     }
-    let state = RootState::read(storage.as_ref())?;
-    state.require_readable()?;
+    require_root(root, storage.as_ref(), "gc")?;
+    let lease = require_no_live_lease(storage.as_ref(), root, options.ignore_lease)?;
+    let mut state = RootState::read(storage.as_ref())?;
+    if let Some(u) = state.unreadable.first() {
+        let ids: Vec<String> = state.unreadable.iter().map(|u| u.id.to_string()).collect();
+        return Err(CliError::Failed(format!(
+            "{}; gc deletes nothing while the root holds a checkpoint whose {} cannot be read \
+             (which shared files it needs is unknown). Repair it, or discard it: `statectl \
+             discard {} {}` moves its _metadata aside to _metadata.discarded (it is then no \
+             longer restorable), and the next gc deletes its directory and the shared files no \
+             other checkpoint lists (unreadable: {})",
+            Error::UnreadableCheckpoint {
+                id: u.id,
+                reason: u.error.to_string(),
+            },
+            crate::model::format::metadata::METADATA_FILE,
+            root.display(),
+            u.id,
+            ids.join(", ")
+        )));
+    }
     let listing = storage.list(None)?;
-    let plan = plan_collection(&state, options.retained, &BTreeSet::new(), Some(&listing));
+    let no_flight = BTreeSet::new();
+    let first = plan_collection(&state, options.retained, &no_flight, Some(&listing));
+    let mut kept_beyond_retention = None;
+    if !first.dropped.is_empty() {
+        let candidates: Vec<(u64, Candidate<'_>)> = state
+            .completed
+            .iter()
+            .map(|(id, meta)| (*id, Candidate::Readable(meta)))
+            .collect();
+        let choice = restore_choice(storage.as_ref(), &candidates);
+        match choice.checkpoint {
+            Some(id) => {
+                if first.dropped.contains(&id) {
+                    kept_beyond_retention = Some(KeptBeyondRetention {
+                        id,
+                        reason: "the newest checkpoint that verifies".into(),
+                        damaged: choice.passed_over.clone(),
+                    });
+                }
+                state.protected.insert(id);
+            }
+            None if choice.only_damage => {
+                let damaged: Vec<String> = choice
+                    .passed_over
+                    .iter()
+                    .map(|p| format!("{} ({})", p.id, p.reason))
+                    .collect();
+                return Err(CliError::Failed(format!(
+                    "no checkpoint of {} verifies, so gc drops none: damaged {}. Restore from \
+                     a savepoint, or repair the files; `statectl discard {} ID` sets a \
+                     damaged checkpoint aside for the next gc",
+                    root.display(),
+                    damaged.join(", "),
+                    root.display()
+                )));
+            }
+            None => {
+                return Err(CliError::Failed(format!(
+                    "gc drops no checkpoint of {} without knowing which one a restore would \
+                     use: {}",
+                    root.display(),
+                    choice.problem.unwrap_or_default()
+                )));
+            }
+        }
+    }
+    let plan = plan_collection(&state, options.retained, &no_flight, Some(&listing));
     let deleted = if options.dry_run {
         plan.deletable.clone()
     } else {
@@ -110,6 +208,8 @@ pub fn gc(root: &Location, options: GcOptions) -> CliResult<GcReport> {
         retained: options.retained,
         retained_checkpoints: plan.kept,
         dropped_checkpoints: plan.dropped,
+        kept_beyond_retention,
+        lease,
         files: deleted.len(),
         bytes: deleted.iter().map(|f| f.size).sum(),
         deleted,
@@ -129,6 +229,38 @@ impl GcReport {
         };
         for f in &self.deleted {
             writeln!(out, "{verb} {} ({} bytes)", f.path, f.size)?;
+        }
+        if let Some(lease) = &self.lease {
+            writeln!(
+                out,
+                "{} lease of coordinator epoch {} (until {})",
+                if lease.live {
+                    "ignored the live"
+                } else {
+                    "found an expired"
+                },
+                lease.epoch,
+                crate::cli::format_time_ms(lease.expires_ms)
+            )?;
+        }
+        if let Some(kept) = &self.kept_beyond_retention {
+            let damaged: Vec<String> = kept
+                .damaged
+                .iter()
+                .map(|d| format!("{} is damaged: {}", d.id, d.reason))
+                .collect();
+            writeln!(
+                out,
+                "kept checkpoint {} beyond the newest {}: {}{}",
+                kept.id,
+                self.retained,
+                kept.reason,
+                if damaged.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", damaged.join("; "))
+                }
+            )?;
         }
         if !self.dropped_checkpoints.is_empty() {
             let ids: Vec<String> = self

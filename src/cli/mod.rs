@@ -10,10 +10,14 @@
 //! - [`verify`]: checks every referenced file (presence, size, crc32, data-file blocks);
 //! - [`dump`]: a state's entries as JSON lines, decoded by their recorded type names;
 //! - [`convert`]: offline conversion of a checkpoint into a savepoint;
-//! - [`gc`]: deletion of the files no retained checkpoint references.
+//! - [`gc`]: deletion of the files no retained checkpoint references;
+//! - [`discard`]: setting an unusable checkpoint aside, so that `gc` can collect it.
 //!
-//! Apart from `convert` (which writes the new savepoint) and `gc` without `--dry-run`, the
-//! commands never write: in particular they do not open a
+//! [`root`] holds what the commands that change a root check first: that it is a checkpoint
+//! root by its layout, and that no live coordinator holds it.
+//!
+//! Apart from `convert` (which writes the new savepoint), `gc` without `--dry-run` and
+//! `discard`, the commands never write: in particular they do not open a
 //! [`CheckpointCoordinator`](crate::runtime::checkpoint::CheckpointCoordinator), which collects
 //! garbage when it opens a root.
 //!
@@ -22,12 +26,14 @@
 
 pub mod convert;
 pub mod decode;
+pub mod discard;
 pub mod dump;
 pub mod gc;
 pub mod inspect;
 pub mod list;
 pub mod location;
 pub mod progress;
+pub mod root;
 pub mod snapshot;
 pub mod verify;
 

@@ -5,15 +5,18 @@
 //! to the checkpoint root, its parent. A savepoint directory holds a `_metadata` (kind savepoint)
 //! whose file paths are relative to the savepoint directory itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use crate::cli::location::{Location, require_dir};
+use crate::cli::root::is_layout_area;
 use crate::model::error::{Error, Result};
-use crate::model::format::layout::{CHECKPOINT_DIR_PREFIX, SHARED_DIR, parse_checkpoint_dir};
+use crate::model::format::layout::{
+    COORDINATOR_DIR, checkpoint_dir_name, parse_checkpoint_dir, parse_epoch_file,
+};
 use crate::model::format::metadata::{MAX_METADATA_BYTES, METADATA_FILE};
 use crate::runtime::checkpoint::{FileEntry, SnapshotKind, SnapshotMetadata};
 use crate::storage::{CheckpointStorage, StoragePath};
@@ -135,12 +138,15 @@ pub fn is_data_file(entry: &FileEntry) -> bool {
 
 /// Whether `dir` holds a `_metadata` file (locally: not following a symlink).
 pub fn has_metadata(dir: &Location) -> bool {
+    holds_file(dir, METADATA_FILE)
+}
+
+/// Whether `dir` holds a file `name` (locally: not following a symlink).
+pub fn holds_file(dir: &Location, name: &str) -> bool {
     match dir {
-        Location::Dir(dir) => {
-            std::fs::symlink_metadata(dir.join(METADATA_FILE)).is_ok_and(|m| m.is_file())
-        }
+        Location::Dir(dir) => std::fs::symlink_metadata(dir.join(name)).is_ok_and(|m| m.is_file()),
         Location::Url(_) => dir.open().is_ok_and(|storage| {
-            StoragePath::parse(METADATA_FILE)
+            StoragePath::parse(name)
                 .and_then(|p| storage.exists(&p))
                 .unwrap_or(false)
         }),
@@ -263,111 +269,216 @@ pub struct ScannedSavepoint {
     pub loaded: Result<LoadedSnapshot>,
 }
 
-/// What a checkpoint root holds.
-#[derive(Debug, Default)]
-pub struct RootScan {
+/// A checkpoint root found by [`scan_tree`] (the rule of [`crate::cli::root`]).
+#[derive(Debug)]
+pub struct ScannedRoot {
+    /// The root.
+    pub dir: Location,
     /// Checkpoint directories with a `_metadata`, by ascending id.
     pub checkpoints: Vec<ScannedCheckpoint>,
-    /// Checkpoint directories without `_metadata` (in flight, failed or half deleted), by id.
+    /// Checkpoint directories without `_metadata` (in flight, failed, aborted or half
+    /// deleted; discarded ones hold `_metadata.discarded`), by id.
     pub incomplete: Vec<(u64, Location)>,
-    /// Savepoints found anywhere below the root, by path.
+}
+
+/// What a directory and everything below it hold.
+#[derive(Debug, Default)]
+pub struct RootScan {
+    /// The checkpoint roots, the directory itself or any directory below it, by path.
+    pub roots: Vec<ScannedRoot>,
+    /// Savepoints found anywhere below (or at) the directory, by path.
     pub savepoints: Vec<ScannedSavepoint>,
 }
 
-/// Scans `root`: its `chk-<id>` directories, and savepoints (directories with a `_metadata`
-/// that is not a checkpoint's) anywhere below it, outside the `chk-*` and `shared` areas. Never
-/// follows symlinks. On an object store, one listing of the root.
+/// Scans `dir` and everything below it for checkpoint roots (directories without a `_metadata`
+/// whose top level holds `chk-<id>` directories or `_coordinator/epoch-*` files) and
+/// savepoints (directories with a `_metadata` that is not a checkpoint's), outside the
+/// `chk-*`, `shared` and `_coordinator` areas of the roots. A directory holding `_metadata` is
+/// not searched further. Never follows symlinks. On an object store, one listing of `dir`.
 ///
 /// # Errors
-/// [`Error::Io`] if a local `root` is not a readable directory; storage errors listing it.
-pub fn scan_root(root: &Location) -> Result<RootScan> {
-    let mut scan = match root {
-        Location::Dir(path) => scan_local_root(path)?,
-        Location::Url(_) => scan_listed_root(root)?,
+/// [`Error::Io`] if a local `dir` is not a readable directory; storage errors listing it.
+pub fn scan_tree(dir: &Location) -> Result<RootScan> {
+    let mut scan = match dir {
+        Location::Dir(path) => {
+            require_dir(path)?;
+            let mut scan = RootScan::default();
+            scan_local_dir(path, 0, &mut scan)?;
+            scan
+        }
+        Location::Url(_) => scan_listed_tree(dir)?,
     };
-    scan.checkpoints.sort_by_key(|c| c.id);
-    scan.incomplete.sort_by_key(|(id, _)| *id);
+    for root in &mut scan.roots {
+        root.checkpoints.sort_by_key(|c| c.id);
+        root.incomplete.sort_by_key(|(id, _)| *id);
+    }
+    scan.roots.sort_by_key(|r| r.dir.display());
     scan.savepoints.sort_by_key(|s| s.dir.display());
     Ok(scan)
 }
 
-fn scan_local_root(root: &Path) -> Result<RootScan> {
-    require_dir(root)?;
-    let mut scan = RootScan::default();
-    let mut subdirs = Vec::new();
-    for entry in read_dir_sorted(root)? {
-        let (name, path, is_dir) = entry;
+fn scan_local_dir(dir: &Path, depth: usize, scan: &mut RootScan) -> Result<()> {
+    let location = Location::Dir(dir.to_owned());
+    if has_metadata(&location) {
+        push_savepoint(scan, &location);
+        return Ok(());
+    }
+    let entries = read_dir_sorted(dir)?;
+    let mut root = ScannedRoot {
+        dir: location,
+        checkpoints: Vec::new(),
+        incomplete: Vec::new(),
+    };
+    let mut epochs = false;
+    for (name, path, is_dir) in &entries {
         if !is_dir {
             continue;
         }
         let dir = Location::Dir(path.clone());
-        if let Some(id) = parse_checkpoint_dir(&name) {
+        if let Some(id) = parse_checkpoint_dir(name) {
             if has_metadata(&dir) {
                 let loaded = load(&dir);
-                scan.checkpoints.push(ScannedCheckpoint { id, dir, loaded });
+                root.checkpoints.push(ScannedCheckpoint { id, dir, loaded });
             } else {
-                scan.incomplete.push((id, dir));
+                root.incomplete.push((id, dir));
             }
-        } else if name != SHARED_DIR && !name.starts_with(CHECKPOINT_DIR_PREFIX) {
-            subdirs.push(path);
+        } else if name == COORDINATOR_DIR {
+            epochs = read_dir_sorted(path)?
+                .iter()
+                .any(|(name, _, is_dir)| !is_dir && parse_epoch_file(name).is_some());
         }
     }
-    let root = Location::Dir(root.to_owned());
-    if has_metadata(&root) {
-        push_savepoint(&mut scan, &root);
+    let is_root = epochs || !root.checkpoints.is_empty() || !root.incomplete.is_empty();
+    if depth >= MAX_SCAN_DEPTH {
+        if is_root {
+            scan.roots.push(root);
+        }
+        return Ok(());
     }
-    for dir in subdirs {
-        find_savepoints(&dir, 1, &mut scan)?;
+    for (name, path, is_dir) in entries {
+        // A root's own areas hold neither savepoints nor other roots.
+        if is_dir && !(is_root && is_layout_area(&name)) {
+            scan_local_dir(&path, depth + 1, scan)?;
+        }
     }
-    Ok(scan)
+    if is_root {
+        scan.roots.push(root);
+    }
+    Ok(())
 }
 
-/// [`scan_root`] of a root whose storage can only be listed (an object store).
-fn scan_listed_root(root: &Location) -> Result<RootScan> {
-    let storage = root.open()?;
-    let mut checkpoints: BTreeMap<u64, bool> = BTreeMap::new();
-    let mut savepoint_dirs: Vec<String> = Vec::new();
-    for object in storage.list(None)? {
-        let path = object.path.as_str();
-        let top = object.path.components().next().unwrap_or_default();
-        if let Some(id) = parse_checkpoint_dir(top) {
-            let metadata = path == format!("{top}/{METADATA_FILE}");
-            *checkpoints.entry(id).or_insert(false) |= metadata;
-        } else if top != SHARED_DIR && !top.starts_with(CHECKPOINT_DIR_PREFIX) {
-            if let Some(dir) = path.strip_suffix(METADATA_FILE) {
-                if dir.is_empty() || dir.ends_with('/') {
-                    savepoint_dirs.push(dir.trim_end_matches('/').to_owned());
-                }
+/// [`scan_tree`] of a directory whose storage can only be listed (an object store).
+fn scan_listed_tree(dir: &Location) -> Result<RootScan> {
+    let storage = dir.open()?;
+    let listing = storage.list(None)?;
+    let paths: Vec<Vec<&str>> = listing
+        .iter()
+        .map(|o| o.path.components().collect())
+        .collect();
+    let join = |parts: &[&str]| parts.join("/");
+    // Directories with a `_metadata` at their top, and candidate roots.
+    let mut metadata_dirs: BTreeSet<String> = BTreeSet::new();
+    let mut candidates: BTreeSet<String> = BTreeSet::new();
+    for parts in &paths {
+        for i in 0..parts.len() {
+            let checkpoint = parse_checkpoint_dir(parts[i]).is_some() && i + 1 < parts.len();
+            let epoch = parts[i] == COORDINATOR_DIR
+                && i + 2 == parts.len()
+                && parse_epoch_file(parts[i + 1]).is_some();
+            if checkpoint || epoch {
+                candidates.insert(join(&parts[..i]));
             }
         }
-    }
-    let mut scan = RootScan::default();
-    for (id, has_metadata) in checkpoints {
-        let dir = root.join(&crate::model::format::layout::checkpoint_dir_name(id));
-        if has_metadata {
-            let loaded = load(&dir);
-            scan.checkpoints.push(ScannedCheckpoint { id, dir, loaded });
-        } else {
-            scan.incomplete.push((id, dir));
+        if parts.last() == Some(&METADATA_FILE) {
+            metadata_dirs.insert(join(&parts[..parts.len() - 1]));
         }
     }
-    // As in a local scan, a savepoint's own directory is not searched further.
-    savepoint_dirs.sort();
-    let mut taken: Vec<&str> = Vec::new();
-    for dir in &savepoint_dirs {
-        let inside_taken = taken
+    // `inner` lies below `outer` ("" is the top).
+    let below = |inner: &str, outer: &str| -> Option<String> {
+        if outer.is_empty() {
+            return (!inner.is_empty()).then(|| inner.to_owned());
+        }
+        inner
+            .strip_prefix(outer)
+            .and_then(|r| r.strip_prefix('/'))
+            .map(str::to_owned)
+    };
+    let first = |rest: &str| rest.split('/').next().unwrap_or_default().to_owned();
+    // Shorter paths first: whether a candidate counts depends on the roots above it.
+    let mut ordered: Vec<&String> = candidates.iter().collect();
+    ordered.sort_by_key(|c| {
+        (
+            c.matches('/').count() + usize::from(!c.is_empty()),
+            c.as_str(),
+        )
+    });
+    let mut roots: Vec<String> = Vec::new();
+    for candidate in ordered {
+        let in_snapshot = metadata_dirs
             .iter()
-            .any(|t| t.is_empty() || dir.strip_prefix(t).is_some_and(|r| r.starts_with('/')));
-        if inside_taken {
+            .any(|m| m == candidate || below(candidate, m).is_some());
+        let in_area = roots
+            .iter()
+            .any(|r| below(candidate, r).is_some_and(|rest| is_layout_area(&first(&rest))));
+        if !in_snapshot && !in_area {
+            roots.push(candidate.clone());
+        }
+    }
+    let location = |relative: &str| {
+        if relative.is_empty() {
+            dir.clone()
+        } else {
+            dir.join(relative)
+        }
+    };
+    let mut scan = RootScan::default();
+    for root in &roots {
+        let mut checkpoints: BTreeMap<u64, bool> = BTreeMap::new();
+        for parts in &paths {
+            let path = join(parts);
+            let Some(rest) = below(&path, root) else {
+                continue;
+            };
+            let mut rest = rest.split('/');
+            let (Some(top), Some(second)) = (rest.next(), rest.next()) else {
+                continue;
+            };
+            if let Some(id) = parse_checkpoint_dir(top) {
+                *checkpoints.entry(id).or_insert(false) |=
+                    second == METADATA_FILE && rest.next().is_none();
+            }
+        }
+        let mut scanned = ScannedRoot {
+            dir: location(root),
+            checkpoints: Vec::new(),
+            incomplete: Vec::new(),
+        };
+        for (id, has_metadata) in checkpoints {
+            let dir = scanned.dir.join(&checkpoint_dir_name(id));
+            if has_metadata {
+                let loaded = load(&dir);
+                scanned
+                    .checkpoints
+                    .push(ScannedCheckpoint { id, dir, loaded });
+            } else {
+                scanned.incomplete.push((id, dir));
+            }
+        }
+        scan.roots.push(scanned);
+    }
+    // Savepoints: directories with a `_metadata` outside the roots' areas; as in a local scan,
+    // a savepoint's own directory is not searched further.
+    let mut taken: Vec<&str> = Vec::new();
+    for m in &metadata_dirs {
+        let in_area = roots
+            .iter()
+            .any(|r| below(m, r).is_some_and(|rest| is_layout_area(&first(&rest))));
+        let inside_taken = taken.iter().any(|t| below(m, t).is_some());
+        if in_area || inside_taken {
             continue;
         }
-        taken.push(dir);
-        let location = if dir.is_empty() {
-            root.clone()
-        } else {
-            root.join(dir)
-        };
-        push_savepoint(&mut scan, &location);
+        taken.push(m);
+        push_savepoint(&mut scan, &location(m));
     }
     Ok(scan)
 }
@@ -383,23 +494,6 @@ fn push_savepoint(scan: &mut RootScan, dir: &Location) {
         dir: dir.clone(),
         loaded,
     });
-}
-
-fn find_savepoints(dir: &Path, depth: usize, scan: &mut RootScan) -> Result<()> {
-    let location = Location::Dir(dir.to_owned());
-    if has_metadata(&location) {
-        push_savepoint(scan, &location);
-        return Ok(());
-    }
-    if depth >= MAX_SCAN_DEPTH {
-        return Ok(());
-    }
-    for (_, path, is_dir) in read_dir_sorted(dir)? {
-        if is_dir {
-            find_savepoints(&path, depth + 1, scan)?;
-        }
-    }
-    Ok(())
 }
 
 /// The entries of `dir`, sorted by name: (name, path, is a directory and not a symlink).

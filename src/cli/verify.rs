@@ -1,4 +1,6 @@
-//! `statectl verify PATH`: checks a checkpoint, a savepoint, or everything under a root.
+//! `statectl verify PATH`: checks a checkpoint, a savepoint, or everything below a directory
+//! (every checkpoint root and savepoint there), saying what it checked, what it did not, and
+//! which checkpoint a restore of each root would pick.
 //!
 //! For every snapshot: its `_metadata` parses (and is the one its directory stands for), every
 //! referenced file exists with its recorded size and crc32 (read streaming), and every
@@ -12,10 +14,14 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use crate::cli::progress::bytes_bar;
-use crate::cli::snapshot::{LoadedSnapshot, Location, has_metadata, is_data_file, load, scan_root};
+use crate::cli::root::{Candidate, RestoreChoice, restore_choice};
+use crate::cli::snapshot::{
+    LoadedSnapshot, Location, has_metadata, holds_file, is_data_file, load, scan_tree,
+};
 use crate::cli::{CliError, CliResult, human_bytes, plural};
 use crate::model::error::{Error, Result};
 use crate::model::format::data_file::DataFileReader;
+use crate::model::format::layout::DISCARDED_METADATA_FILE;
 use crate::model::format::metadata::METADATA_FILE;
 use crate::runtime::checkpoint::{FileEntry, InstanceMetadata, SnapshotKind};
 
@@ -28,7 +34,7 @@ pub struct VerifyOptions {
     pub all: bool,
 }
 
-/// The verdict on one checkpoint or savepoint.
+/// The verdict on one checkpoint or savepoint that was checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifiedSnapshot {
     /// `checkpoint` or `savepoint`.
@@ -37,12 +43,39 @@ pub struct VerifiedSnapshot {
     pub id: u64,
     /// The directory holding `_metadata`.
     pub path: String,
+    /// The checkpoint root it belongs to (checkpoints found below a directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
     /// Files it references.
     pub files: usize,
     /// Their total size.
     pub bytes: u64,
-    /// Whether everything checked was fine (`false` also when verification stopped early).
+    /// Whether everything checked was fine (`false` also when verification stopped inside
+    /// it, at its first bad file).
     pub ok: bool,
+}
+
+/// Something `verify` did not check, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SkippedItem {
+    /// `checkpoint` or `savepoint`.
+    pub kind: String,
+    /// Its id, when known.
+    pub id: Option<u64>,
+    /// Its directory.
+    pub path: String,
+    /// Why it was not checked.
+    pub reason: String,
+}
+
+/// A checkpoint root `verify` went through, and which checkpoint a restore of it would pick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifiedRoot {
+    /// The root.
+    pub path: String,
+    /// The newest checkpoint whose files all verified (what a restore picks), the ones a
+    /// restore would pass over, or why it is not known.
+    pub restore: RestoreChoice,
 }
 
 /// One problem found.
@@ -59,35 +92,56 @@ pub struct VerifyFailure {
 pub struct VerifyReport {
     /// Whether no problem was found.
     pub ok: bool,
-    /// The snapshots looked at.
+    /// The snapshots checked (every checkpoint of a root newest first, root by root, then the
+    /// savepoints).
     pub snapshots: Vec<VerifiedSnapshot>,
     /// Distinct files read.
     pub files_checked: u64,
     /// Their bytes.
     pub bytes_checked: u64,
-    /// Checkpoint directories without `_metadata` (in flight or abandoned), not verified.
-    pub skipped: Vec<String>,
+    /// What was not checked, with why: checkpoint directories without `_metadata` (in flight,
+    /// aborted, left over or discarded), and, without `--all`, everything after the first
+    /// failure.
+    pub skipped: Vec<SkippedItem>,
+    /// The checkpoint roots found, with the checkpoint a restore of each would pick.
+    pub roots: Vec<VerifiedRoot>,
     /// The problems, in the order found (at most one without `--all`).
     pub failures: Vec<VerifyFailure>,
 }
+
+/// Why an item after the first failure was not checked.
+pub const STOPPED_EARLY: &str = "not checked: stopped at the first failure; --all checks them";
 
 struct Target {
     kind: SnapshotKind,
     id: u64,
     dir: Location,
+    /// Index into the roots, for checkpoints of a root.
+    root: Option<usize>,
     loaded: Result<LoadedSnapshot>,
 }
 
-/// Verifies `path`: a checkpoint or savepoint directory (holding `_metadata`), or a root to
-/// verify everything under.
+/// How a target fared.
+enum Outcome {
+    NotChecked,
+    Ok,
+    /// The first failure: its message and whether it is damage.
+    Failed(String, bool),
+}
+
+/// Verifies `path`: a checkpoint or savepoint directory (holding `_metadata`), or a directory
+/// to verify everything under: every checkpoint of every checkpoint root at or below it
+/// (newest first), and every savepoint below it.
 ///
-/// Problems with the data are returned in the report (`ok == false`).
+/// Problems with the data are returned in the report (`ok == false`), as is everything that
+/// was not checked, with why, and which checkpoint a restore of each root would pick.
 ///
 /// # Errors
-/// [`Error::Io`] if `path` is not a readable directory; [`CliError::Failed`] if a root holds no
+/// [`Error::Io`] if `path` is not a readable directory; [`CliError::Failed`] if it holds no
 /// checkpoint or savepoint.
 pub fn verify(path: &Location, options: VerifyOptions) -> CliResult<VerifyReport> {
     let mut report = VerifyReport::default();
+    let mut roots: Vec<Location> = Vec::new();
     let targets = if has_metadata(path) {
         let loaded = load(path);
         let (kind, id) = match &loaded {
@@ -106,32 +160,44 @@ pub fn verify(path: &Location, options: VerifyOptions) -> CliResult<VerifyReport
             kind,
             id,
             dir: path.clone(),
+            root: None,
             loaded,
         }]
     } else {
-        let scan = scan_root(path)?;
-        report.skipped = scan
-            .incomplete
-            .iter()
-            .map(|(_, dir)| dir.display())
-            .collect();
-        let mut targets: Vec<Target> = scan
-            .checkpoints
-            .into_iter()
-            .map(|c| Target {
+        let scan = scan_tree(path)?;
+        let mut targets: Vec<Target> = Vec::new();
+        for root in scan.roots {
+            let index = roots.len();
+            roots.push(root.dir.clone());
+            for (id, dir) in &root.incomplete {
+                let discarded = holds_file(dir, DISCARDED_METADATA_FILE);
+                report.skipped.push(SkippedItem {
+                    kind: "checkpoint".into(),
+                    id: Some(*id),
+                    path: dir.display(),
+                    reason: if discarded {
+                        format!("discarded: no {METADATA_FILE}, only {DISCARDED_METADATA_FILE}")
+                    } else {
+                        format!("no {METADATA_FILE} (in flight, aborted or left over)")
+                    },
+                });
+            }
+            targets.extend(root.checkpoints.into_iter().rev().map(|c| Target {
                 kind: SnapshotKind::Checkpoint,
                 id: c.id,
                 dir: c.dir,
+                root: Some(index),
                 loaded: c.loaded,
-            })
-            .collect();
+            }));
+        }
         targets.extend(scan.savepoints.into_iter().map(|s| Target {
             kind: SnapshotKind::Savepoint,
             id: s.loaded.as_ref().map_or(0, |l| l.meta.id),
             dir: s.dir,
+            root: None,
             loaded: s.loaded,
         }));
-        if targets.is_empty() {
+        if targets.is_empty() && roots.is_empty() {
             return Err(CliError::Failed(format!(
                 "no checkpoint or savepoint found in {} (a directory holding {METADATA_FILE}, or a checkpoint root)",
                 path.display()
@@ -154,13 +220,26 @@ pub fn verify(path: &Location, options: VerifyOptions) -> CliResult<VerifyReport
     }
     let bar = bytes_bar(total);
     bar.set_message("verifying");
-    let mut verdicts: HashMap<(String, u64, u32), bool> = HashMap::new();
+    let mut verdicts: HashMap<(String, u64, u32), std::result::Result<(), (String, bool)>> =
+        HashMap::new();
+    let mut outcomes: Vec<Outcome> = targets.iter().map(|_| Outcome::NotChecked).collect();
+    let mut stopped = false;
 
-    'targets: for t in &targets {
+    for (t, outcome) in targets.iter().zip(outcomes.iter_mut()) {
+        if stopped {
+            report.skipped.push(SkippedItem {
+                kind: t.kind.to_string(),
+                id: Some(t.id).filter(|_| t.kind == SnapshotKind::Checkpoint),
+                path: t.dir.display(),
+                reason: STOPPED_EARLY.into(),
+            });
+            continue;
+        }
         let mut verdict = VerifiedSnapshot {
             kind: t.kind.to_string(),
             id: t.id,
             path: t.dir.display(),
+            root: t.root.map(|i| roots[i].display()),
             files: 0,
             bytes: 0,
             ok: true,
@@ -174,20 +253,20 @@ pub fn verify(path: &Location, options: VerifyOptions) -> CliResult<VerifyReport
                     file: t.dir.file_name(METADATA_FILE),
                     message: e.to_string(),
                 });
-                if options.all {
-                    continue;
-                }
-                break;
+                *outcome = Outcome::Failed(e.to_string(), e.is_damage());
+                stopped = !options.all;
+                continue;
             }
         };
         verdict.files = s.meta.files().count();
         verdict.bytes = s.meta.total_bytes();
         report.snapshots.push(verdict);
-        for instance in &s.meta.instances {
+        *outcome = Outcome::Ok;
+        'files: for instance in &s.meta.instances {
             for entry in &instance.files {
                 let key = (s.file_name(entry), entry.size, entry.crc32);
-                let good = match verdicts.get(&key) {
-                    Some(good) => *good,
+                let result = match verdicts.get(&key) {
+                    Some(result) => result.clone(),
                     None => {
                         let result = verify_file(s, instance, entry, &bar);
                         report.files_checked += 1;
@@ -198,22 +277,65 @@ pub fn verify(path: &Location, options: VerifyOptions) -> CliResult<VerifyReport
                                 message: e.to_string(),
                             });
                         }
-                        verdicts.insert(key, result.is_ok());
-                        result.is_ok()
+                        let result = result.map_err(|e| (e.to_string(), e.is_damage()));
+                        verdicts.insert(key, result.clone());
+                        result
                     }
                 };
-                if !good {
+                if let Err((message, damage)) = result {
                     if let Some(v) = report.snapshots.last_mut() {
                         v.ok = false;
                     }
+                    if matches!(outcome, Outcome::Ok) {
+                        *outcome = Outcome::Failed(message, damage);
+                    }
                     if !options.all {
-                        break 'targets;
+                        stopped = true;
+                        break 'files;
                     }
                 }
             }
         }
     }
     bar.finish_and_clear();
+
+    for (index, root) in roots.iter().enumerate() {
+        let candidates: Vec<(u64, Candidate<'_>)> = targets
+            .iter()
+            .zip(&outcomes)
+            .filter(|(t, _)| t.root == Some(index))
+            .rev()
+            .map(|(t, outcome)| {
+                let candidate = match (outcome, &t.loaded) {
+                    (Outcome::NotChecked, _) => Candidate::NotChecked,
+                    (_, Err(e)) => Candidate::Unreadable(e),
+                    (Outcome::Ok, Ok(_)) => Candidate::Verified(Ok(())),
+                    (Outcome::Failed(message, damage), Ok(_)) => {
+                        Candidate::Verified(Err((message.clone(), *damage)))
+                    }
+                };
+                (t.id, candidate)
+            })
+            .collect();
+        // Every candidate is verified already: nothing is read again.
+        let storage = root.open()?;
+        let mut restore = restore_choice(storage.as_ref(), &candidates);
+        if restore.stopped_at.is_some()
+            && candidates.iter().any(|(id, c)| {
+                Some(*id) == restore.stopped_at && matches!(c, Candidate::NotChecked)
+            })
+        {
+            restore.problem = Some(
+                "not determined: verification stopped at the first failure; --all checks every \
+                 checkpoint"
+                    .into(),
+            );
+        }
+        report.roots.push(VerifiedRoot {
+            path: root.display(),
+            restore,
+        });
+    }
     report.ok = report.failures.is_empty();
     Ok(report)
 }
@@ -336,16 +458,24 @@ impl VerifyReport {
                 human_bytes(s.bytes)
             )?;
         }
-        for dir in &self.skipped {
-            writeln!(
-                out,
-                "skipped {dir}: no {METADATA_FILE} (in flight or abandoned)"
-            )?;
+        for item in &self.skipped {
+            let name = match item.id {
+                Some(id) => format!("{} {id}", item.kind),
+                None => item.kind.clone(),
+            };
+            writeln!(out, "skipped {name}  {}: {}", item.path, item.reason)?;
         }
+        for root in &self.roots {
+            writeln!(out, "root {}: {}", root.path, root.restore.describe())?;
+        }
+        let skipped = match self.skipped.len() {
+            0 => String::new(),
+            n => format!("; {n} not checked (listed above)"),
+        };
         if self.ok {
             writeln!(
                 out,
-                "all good: {} snapshot{}, {} file{}, {} verified",
+                "all good: {} snapshot{}, {} file{}, {} verified{skipped}",
                 self.snapshots.len(),
                 plural(self.snapshots.len() as u64),
                 self.files_checked,
@@ -355,7 +485,7 @@ impl VerifyReport {
         } else {
             writeln!(
                 out,
-                "verification failed: {} problem{} found",
+                "verification failed: {} problem{} found{skipped}",
                 self.failures.len(),
                 plural(self.failures.len() as u64)
             )

@@ -323,9 +323,10 @@ pub enum Error {
     },
     /// A RocksDB working directory that was not closed cleanly. The write-ahead log is off
     /// (durability comes from checkpoints), so its database may hold state that no checkpoint
-    /// ever had: restore the instance from a checkpoint into it (the restore replaces it).
+    /// ever had: restore the instance from a checkpoint into it with
+    /// `BackendConfig::replace_existing` set (a restore refuses it otherwise).
     #[error(
-        "working directory {path} was not closed cleanly; restore it from a checkpoint or savepoint, which replaces it"
+        "working directory {path} was not closed cleanly; restore a checkpoint or savepoint into it with the option replace_existing set (BackendConfig::with_replace_existing(true)), which replaces it"
     )]
     UncleanWorkingDirectory {
         /// The working directory.

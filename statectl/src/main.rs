@@ -1,4 +1,4 @@
-//! `statectl`: inspect, verify, dump, convert and garbage-collect the checkpoints and
+//! `statectl`: inspect, verify, dump, convert, garbage-collect and discard the checkpoints and
 //! savepoints of `statebackend`.
 //!
 //! Argument parsing only; the commands live in `statebackend::cli`. Exit status: 0 success,
@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use statebackend::cli::CliError;
 use statebackend::cli::convert::convert;
+use statebackend::cli::discard::{DiscardOptions, discard, resolve};
 use statebackend::cli::dump::{DumpOptions, dump};
 use statebackend::cli::gc::{GcOptions, gc};
 use statebackend::cli::inspect::inspect;
@@ -19,7 +20,15 @@ use statebackend::cli::location::Location;
 use statebackend::cli::verify::{VerifyOptions, verify};
 use statebackend::key_group::KeyGroup;
 
-/// Inspect, verify, dump, convert and garbage-collect statebackend checkpoints and savepoints.
+/// The exit statuses, shown by `--help`.
+const EXIT_STATUS: &str = "Exit status:\n  \
+    0  success (verify: every snapshot checked is good)\n  \
+    1  failure: an error, a problem found, or a command refused to protect state (the reason \
+    on stderr as `error: ...`)\n  \
+    2  usage error (unknown command or option, missing or invalid argument)";
+
+/// Inspect, verify, dump, convert, garbage-collect and discard statebackend checkpoints and
+/// savepoints.
 ///
 /// A checkpoint root holds `chk-<id>/_metadata` directories and a `shared/` area; a savepoint
 /// is a directory holding a `_metadata` and one `.sbdf` data file per backend instance. Every
@@ -28,7 +37,13 @@ use statebackend::key_group::KeyGroup;
 /// the standard environment variables: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 /// `AWS_REGION`, `AWS_ENDPOINT_URL`, …).
 #[derive(Debug, Parser)]
-#[command(name = "statectl", version, propagate_version = true)]
+#[command(
+    name = "statectl",
+    version,
+    propagate_version = true,
+    after_help = EXIT_STATUS,
+    after_long_help = EXIT_STATUS
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,13 +51,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// List the checkpoints of a checkpoint root and the savepoints below it
+    /// List the checkpoints of every checkpoint root below a directory, and its savepoints
     ///
-    /// Lists the checkpoints of ROOT (`chk-*` directories with a `_metadata`; unreadable ones
-    /// are shown as such) and the savepoints anywhere below it (directories holding a savepoint
-    /// `_metadata`), with their backends, instances, files, total bytes and new bytes (bytes of
-    /// files the previous checkpoint does not reference). Reads `_metadata` files only: never
-    /// modifies ROOT.
+    /// Lists the checkpoints of every checkpoint root at or below DIR and the savepoints
+    /// anywhere below it (directories holding a savepoint `_metadata`), with their backends,
+    /// instances, files, total bytes and new bytes (bytes of files the previous checkpoint does
+    /// not reference). Each checkpoint has a state: completed (its `_metadata` reads and every
+    /// file it lists is present with its recorded size), damaged (a file missing or of another
+    /// size), unreadable (its `_metadata` cannot be used) or incomplete (a `chk-*` directory
+    /// without `_metadata`: in flight, aborted, left over or discarded). For each root it says
+    /// which checkpoint a restore would pick: the newest whose files all verify (the files of
+    /// the checkpoints it looks at are read), or that none would. Never modifies DIR.
     List(ListArgs),
     /// Show what a checkpoint or savepoint holds
     ///
@@ -50,11 +69,14 @@ enum Command {
     /// savepoint, and per backend instance its backend, key groups, max parallelism, states
     /// (with their types and, where data files tell, their number of entries) and files.
     Inspect(InspectArgs),
-    /// Check the files of a checkpoint, a savepoint or a whole root
+    /// Check the files of a checkpoint, a savepoint, or everything below a directory
     ///
     /// Verifies that every `_metadata` parses and that every file it references exists with
     /// its recorded size and crc32; data files (`.sbdf`) are also read back block by block.
-    /// Stops at the first problem unless `--all` is given. Exits 1 if there is any problem,
+    /// Given a directory without `_metadata`, checks every checkpoint of every checkpoint root
+    /// at or below it (newest first) and every savepoint below it, and says which checkpoint a
+    /// restore of each root would pick. Stops at the first problem unless `--all` is given;
+    /// everything not checked is listed as skipped, with why. Exits 1 if there is any problem,
     /// naming the bad file on stderr.
     Verify(VerifyArgs),
     /// Print a state's entries as JSON lines
@@ -73,16 +95,34 @@ enum Command {
     /// Delete the files of a checkpoint root that no retained checkpoint references
     ///
     /// Deletes what the library's garbage collection deletes: the checkpoints beyond the newest
-    /// `--retained`, and every file under `chk-*` and `shared/` that no retained checkpoint
-    /// references. Refuses a root holding a checkpoint whose `_metadata` cannot be understood
-    /// (repair it or remove its directory first). Never run it on the root of a running job:
-    /// the files of a checkpoint in flight are not referenced yet.
+    /// `--retained`, and every file the layout names under `chk-*` and `shared/` that no
+    /// retained checkpoint references; nothing else, ever.
+    ///
+    /// ROOT must be a checkpoint root: a directory whose top level holds no `_metadata` and
+    /// holds a `chk-<id>` directory (id of at least 10 digits, zero-padded) or a
+    /// `_coordinator/epoch-<n>` file. Anything else (a savepoint, a `chk-*` directory, the
+    /// parent of a root, any other directory) is refused with exit 1. Also refused: a root a
+    /// live coordinator holds (its lease has not expired: stop the job first, or pass
+    /// `--ignore-lease` if it is dead), and a root holding a checkpoint whose `_metadata`
+    /// cannot be understood (repair it, or set it aside with `statectl discard`). The retention
+    /// never drops the newest checkpoint that verifies: it is kept beyond `--retained`, and if
+    /// no checkpoint verifies gc drops none and fails.
     Gc(GcArgs),
+    /// Set a checkpoint aside so that gc can collect it
+    ///
+    /// Moves the `_metadata` of checkpoint ID of ROOT (or of the checkpoint directory
+    /// `ROOT/chk-<id>` given alone) to `chk-<id>/_metadata.discarded`: the checkpoint is no
+    /// longer restorable, and the next gc deletes its directory and the shared files no other
+    /// checkpoint lists (every file a kept checkpoint lists stays). For a checkpoint that
+    /// cannot be read or whose files are damaged. Refuses a checkpoint whose files all verify
+    /// unless `--force`, a root a live coordinator holds unless `--ignore-lease`, and anything
+    /// that is not a checkpoint root.
+    Discard(DiscardArgs),
 }
 
 #[derive(Debug, Args)]
 struct ListArgs {
-    /// The checkpoint root.
+    /// A checkpoint root, or a directory holding roots and savepoints.
     root: Location,
     /// Print one JSON array instead of a table.
     #[arg(long)]
@@ -100,7 +140,8 @@ struct InspectArgs {
 
 #[derive(Debug, Args)]
 struct VerifyArgs {
-    /// A checkpoint directory, a savepoint directory, or a root to verify everything under.
+    /// A checkpoint directory, a savepoint directory, or a directory (a checkpoint root, or one
+    /// holding roots and savepoints) to verify everything below.
     path: Location,
     /// Report every problem instead of stopping at the first.
     #[arg(long)]
@@ -148,6 +189,28 @@ struct GcArgs {
     #[arg(long, value_name = "N", default_value_t = 3,
           value_parser = clap::value_parser!(u64).range(1..))]
     retained: u64,
+    /// Collect even though a coordinator's lease on the root has not expired (the job is
+    /// known to be dead).
+    #[arg(long)]
+    ignore_lease: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct DiscardArgs {
+    /// The checkpoint root, or the checkpoint directory (`<root>/chk-<id>`) without ID.
+    target: Location,
+    /// The checkpoint id.
+    id: Option<u64>,
+    /// Discard even a checkpoint whose files all verify.
+    #[arg(long)]
+    force: bool,
+    /// Discard even though a coordinator's lease on the root has not expired (the job is
+    /// known to be dead).
+    #[arg(long)]
+    ignore_lease: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -238,8 +301,22 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
                 GcOptions {
                     dry_run: a.dry_run,
                     retained,
+                    ignore_lease: a.ignore_lease,
                 },
             )?;
+            if a.json {
+                print_json(out, &report)?;
+            } else {
+                report.write_human(out)?;
+            }
+        }
+        Command::Discard(a) => {
+            let (root, id) = resolve(&a.target, a.id)?;
+            let options = DiscardOptions {
+                force: a.force,
+                ignore_lease: a.ignore_lease,
+            };
+            let report = discard(&root, id, options)?;
             if a.json {
                 print_json(out, &report)?;
             } else {

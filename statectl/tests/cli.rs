@@ -453,12 +453,12 @@ fn verify_all_reports_every_bad_file() -> TestResult {
     assert_eq!(v["ok"], false);
     assert_eq!(v["failures"].as_array().unwrap().len(), 2);
 
-    // Without --all: the first failure only.
+    // Without --all: the first failure only (checkpoints newest first).
     let o = statectl(&["verify", p(&f.root)]);
     expect_code(&o, 1);
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains(first.path.as_str()), "{err}");
+    assert!(err.contains(second.path.as_str()), "{err}");
     Ok(())
 }
 
@@ -783,6 +783,378 @@ fn gc_honours_the_retention() -> TestResult {
     Ok(())
 }
 
+/// Every file below `dir` (relative paths), to show that a refused command changed nothing.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(base, &path, out);
+            } else {
+                out.push(path.strip_prefix(base).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Issue 25.1: gc ran on any directory. A directory that is not a checkpoint root by its
+/// layout is refused (exit 1, saying what it is), dry run or not, and loses nothing; in a real
+/// root, files the layout does not name (`shared/team-docs/plan.txt`) are never deleted.
+#[test]
+fn gc_refuses_what_is_not_a_checkpoint_root_and_keeps_stray_files_of_a_root() -> TestResult {
+    let f = HeapFixture::new()?;
+    let hex = f.chk2.instances[0].instance_id.hex();
+
+    // A directory with a `shared/` folder, but no checkpoint or coordinator.
+    let docs = f._tmp.path().join("docs");
+    std::fs::create_dir_all(docs.join("shared/team-docs"))?;
+    std::fs::write(docs.join("shared/team-docs/plan.txt"), b"the plan")?;
+    std::fs::create_dir_all(docs.join(format!("shared/{hex}")))?;
+    std::fs::write(docs.join(format!("shared/{hex}/000001.sst")), b"not ours")?;
+    // `/etc`-like: configuration files and folders.
+    let etc = f._tmp.path().join("etc");
+    std::fs::create_dir_all(etc.join("ssl"))?;
+    std::fs::write(etc.join("hosts"), b"127.0.0.1 localhost")?;
+    std::fs::write(etc.join("ssl/openssl.cnf"), b"[req]")?;
+    let before: Vec<(PathBuf, Vec<String>)> = [&docs, &etc, &f.root]
+        .iter()
+        .map(|d| (d.to_path_buf(), tree(d)))
+        .collect();
+
+    let parent = f._tmp.path().to_path_buf();
+    let cases: Vec<(PathBuf, Vec<&str>)> = vec![
+        (
+            docs.clone(),
+            vec!["is not a checkpoint root", "changes nothing here"],
+        ),
+        (etc.clone(), vec!["is not a checkpoint root"]),
+        (
+            f.savepoint_dir.clone(),
+            vec!["is a savepoint, not a checkpoint root"],
+        ),
+        (
+            f.chk_dir(2),
+            vec![
+                "is the directory of checkpoint 2",
+                "its root is",
+                p(&f.root),
+            ],
+        ),
+        (
+            parent.clone(),
+            vec!["is not a checkpoint root", "did you mean it?", p(&f.root)],
+        ),
+    ];
+    for (dir, needles) in &cases {
+        for extra in [&[][..], &["--dry-run"][..], &["--retained", "1"][..]] {
+            let mut args = vec!["gc", p(dir)];
+            args.extend_from_slice(extra);
+            let o = statectl(&args);
+            expect_code(&o, 1);
+            let err = stderr(&o);
+            for needle in needles {
+                assert!(err.contains(needle), "{args:?}: {needle:?} not in {err}");
+            }
+            assert!(o.stdout.is_empty(), "{args:?}: {}", stdout(&o));
+        }
+    }
+    // The real `/etc` (dry run: a refusal changes nothing anyway).
+    let o = statectl(&["gc", "/etc", "--dry-run"]);
+    expect_code(&o, 1);
+    assert!(
+        stderr(&o).contains("is not a checkpoint root"),
+        "{}",
+        stderr(&o)
+    );
+    for (dir, files) in &before {
+        assert_eq!(&tree(dir), files, "{} changed", dir.display());
+    }
+
+    // In a real root, a stray folder under `shared/` stays, while an orphan of the layout goes.
+    let plan = f.root.join("shared/team-docs/plan.txt");
+    std::fs::create_dir_all(plan.parent().unwrap())?;
+    std::fs::write(&plan, b"the plan")?;
+    let orphan = f.root.join(format!("shared/{hex}/000099.sst"));
+    std::fs::create_dir_all(orphan.parent().unwrap())?;
+    std::fs::write(&orphan, b"left by a failed checkpoint")?;
+    let o = statectl(&["gc", p(&f.root), "--retained", "1"]);
+    expect_code(&o, 0);
+    assert!(plan.exists(), "gc deleted a file the layout does not name");
+    assert!(!orphan.exists(), "{}", stdout(&o));
+    expect_code(&statectl(&["verify", p(&f.root)]), 0);
+    Ok(())
+}
+
+/// Issue 25.4: `verify` and `list` of a directory holding a checkpoint root and a savepoint
+/// (the demo's `--dir`) cover both, and say which checkpoint a restore would pick.
+#[test]
+fn verify_and_list_cover_every_root_and_savepoint_below_a_directory() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("demo");
+    let root = dir.join("checkpoints");
+    let mut coordinator = coordinator(&root)?;
+    let mut job = heap_job(2)?;
+    fill(&mut job, 0, 30)?;
+    checkpoint(&mut job, &mut coordinator, 1)?;
+    fill(&mut job, 30, 60)?;
+    checkpoint(&mut job, &mut coordinator, 2)?;
+    let sp = dir.join("savepoints").join("sp-final");
+    savepoint(&mut job, &sp)?;
+
+    let o = statectl(&["verify", p(&dir)]);
+    expect_code(&o, 0);
+    let out = stdout(&o);
+    assert!(
+        out.contains("checkpoint 2") && out.contains("checkpoint 1"),
+        "{out}"
+    );
+    assert!(out.contains("sp-final"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "root {}: a restore would pick checkpoint 2",
+            p(&root)
+        )),
+        "{out}"
+    );
+    assert!(out.contains("all good: 3 snapshots, 6 files"), "{out}");
+    let v = json(&statectl(&["verify", p(&dir), "--json"]));
+    assert_eq!(v["snapshots"].as_array().unwrap().len(), 3, "{v:#}");
+    assert_eq!(v["roots"][0]["restore"]["checkpoint"], 2, "{v:#}");
+    assert_eq!(v["skipped"], serde_json::json!([]));
+
+    let v = json(&statectl(&["list", p(&dir), "--json"]));
+    let entries = v.as_array().unwrap();
+    let kinds: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap(),
+                e["restore"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("checkpoint", "-"),
+            ("checkpoint", "picked"),
+            ("savepoint", "-")
+        ],
+        "{v:#}"
+    );
+    assert_eq!(entries[0]["root"], p(&root));
+    let o = statectl(&["list", p(&dir)]);
+    expect_code(&o, 0);
+    assert!(
+        stdout(&o).contains("a restore would pick checkpoint 2"),
+        "{}",
+        stdout(&o)
+    );
+    Ok(())
+}
+
+/// Issue 25.4: without `--all`, what verification did not reach after the first failure is
+/// reported as not checked, never passed over in silence; with `--all` everything is checked,
+/// and the restore choice passes over the damaged newest checkpoint.
+#[test]
+fn verify_says_what_it_did_not_check() -> TestResult {
+    let f = HeapFixture::new()?;
+    flip_byte(&f.file(&f.chk2.instances[0].files[0]), 100);
+    std::fs::create_dir_all(f.chk_dir(3).join(f.chk2.instances[0].instance_id.hex()))?;
+    std::fs::write(
+        f.chk_dir(3)
+            .join(f.chk2.instances[0].instance_id.hex())
+            .join("state.sbdf"),
+        b"in flight",
+    )?;
+
+    let o = statectl(&["verify", p(&f.root)]);
+    expect_code(&o, 1);
+    let out = stdout(&o);
+    assert!(out.contains("FAILED  checkpoint 2"), "{out}");
+    for skipped in [
+        format!(
+            "skipped checkpoint 1  {}: not checked: stopped at the first failure; --all checks them",
+            p(&f.chk_dir(1))
+        ),
+        format!(
+            "skipped savepoint  {}: not checked: stopped at the first failure",
+            p(&f.savepoint_dir)
+        ),
+        format!("skipped checkpoint 3  {}: no _metadata", p(&f.chk_dir(3))),
+    ] {
+        assert!(out.contains(&skipped), "{skipped:?} not in:\n{out}");
+    }
+    assert!(out.contains("not determined"), "{out}");
+    assert!(out.contains("3 not checked"), "{out}");
+    let v = json(&statectl(&["verify", p(&f.root), "--json"]));
+    assert_eq!(v["skipped"].as_array().unwrap().len(), 3, "{v:#}");
+    assert_eq!(v["roots"][0]["restore"]["checkpoint"], Value::Null, "{v:#}");
+
+    let o = statectl(&["verify", p(&f.root), "--all"]);
+    expect_code(&o, 1);
+    let out = stdout(&o);
+    assert!(out.contains("ok      checkpoint 1"), "{out}");
+    assert!(!out.contains("not checked: stopped"), "{out}");
+    assert!(
+        out.contains("a restore would pick checkpoint 1 (2 is damaged: checksum mismatch"),
+        "{out}"
+    );
+    let v = json(&statectl(&["verify", p(&f.root), "--all", "--json"]));
+    assert_eq!(v["roots"][0]["restore"]["checkpoint"], 1, "{v:#}");
+    assert_eq!(v["roots"][0]["restore"]["passed_over"][0]["id"], 2, "{v:#}");
+    Ok(())
+}
+
+/// Issue 25.4: `list` showed damaged checkpoints as completed and hid `chk-*` directories
+/// without `_metadata`. Now each has its state, and the restore pick is shown.
+#[test]
+fn list_shows_damaged_and_incomplete_checkpoints_and_the_restore_pick() -> TestResult {
+    let f = HeapFixture::new()?;
+    let gone = &f.chk2.instances[1].files[0];
+    std::fs::remove_file(f.file(gone))?;
+    std::fs::create_dir_all(f.chk_dir(3))?;
+    std::fs::write(f.chk_dir(3).join("_metadata.tmp-0123456789abcdef"), b"half")?;
+
+    let o = statectl(&["list", p(&f.root), "--json"]);
+    expect_code(&o, 0);
+    let v = json(&o);
+    let by_id = |id: u64| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "checkpoint" && e["id"] == id)
+            .unwrap_or_else(|| panic!("no checkpoint {id} in {v:#}"))
+            .clone()
+    };
+    let (c1, c2, c3) = (by_id(1), by_id(2), by_id(3));
+    assert_eq!(c1["state"], "completed");
+    assert_eq!(c1["metadata"], "ok");
+    assert_eq!(c1["files_present"], true);
+    assert_eq!(c1["restore"], "picked");
+    assert_eq!(c2["state"], "damaged");
+    assert_eq!(c2["metadata"], "ok");
+    assert_eq!(c2["files_present"], false);
+    assert!(
+        c2["file_problems"][0]
+            .as_str()
+            .unwrap()
+            .contains(gone.path.as_str()),
+        "{c2}"
+    );
+    assert!(
+        c2["restore"]
+            .as_str()
+            .unwrap()
+            .starts_with("passed over: missing file"),
+        "{c2}"
+    );
+    assert_eq!(c3["state"], "incomplete");
+    assert_eq!(c3["metadata"], "missing");
+
+    let o = statectl(&["list", p(&f.root)]);
+    expect_code(&o, 0);
+    let out = stdout(&o);
+    assert!(
+        out.contains("damaged") && out.contains("incomplete"),
+        "{out}"
+    );
+    assert!(
+        out.contains("a restore would pick checkpoint 1 (2 is damaged: missing file"),
+        "{out}"
+    );
+
+    // No checkpoint restores: said so.
+    std::fs::remove_file(f.file(&f.chk1.instances[0].files[0]))?;
+    let o = statectl(&["list", p(&f.root)]);
+    expect_code(&o, 0);
+    assert!(
+        stdout(&o).contains("no checkpoint would restore: every checkpoint is damaged (2, 1)"),
+        "{}",
+        stdout(&o)
+    );
+    Ok(())
+}
+
+/// Issue 25.6: a truncated `_metadata` is reported as truncated, not as a checksum mismatch
+/// against an "expected" value read from whatever bytes are left.
+#[test]
+fn a_truncated_metadata_is_reported_as_truncated() -> TestResult {
+    let f = HeapFixture::new()?;
+    let metadata = f.chk_dir(2).join("_metadata");
+    truncate(&metadata, 9);
+    let o = statectl(&["verify", p(&f.chk_dir(2))]);
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert!(err.contains("truncated"), "{err}");
+    assert!(!err.contains("checksum mismatch"), "{err}");
+    assert!(err.contains(p(&metadata)), "{err}");
+    std::fs::write(&metadata, b"SBMD\x01\x00")?;
+    let err = stderr(&statectl(&["verify", p(&f.chk_dir(2))]));
+    assert!(err.contains("truncated: 6 bytes"), "{err}");
+    Ok(())
+}
+
+/// Issue 25.6: `--help` lists the exit statuses.
+#[test]
+fn help_lists_the_exit_statuses() {
+    for args in [vec!["--help"], vec!["-h"]] {
+        let o = statectl(&args);
+        expect_code(&o, 0);
+        let out = stdout(&o);
+        assert!(out.contains("Exit status:"), "{out}");
+        for line in ["0  success", "1  failure", "2  usage error"] {
+            assert!(out.contains(line), "{line:?} not in {out}");
+        }
+    }
+}
+
+/// Issue 25.3: gc on the root of a running job deleted files of checkpoints in flight. While a
+/// coordinator holds the root (its lease is live), gc and discard refuse; `--ignore-lease`
+/// overrides; once the coordinator is gone, gc runs.
+#[test]
+fn gc_and_discard_refuse_a_root_a_live_coordinator_holds() -> TestResult {
+    let f = HeapFixture::new()?;
+    let live = coordinator(&f.root)?;
+    let before = tree(&f.root);
+    for args in [
+        vec!["gc", p(&f.root)],
+        vec!["gc", p(&f.root), "--retained", "1"],
+        vec!["discard", p(&f.root), "1", "--force"],
+    ] {
+        let o = statectl(&args);
+        expect_code(&o, 1);
+        let err = stderr(&o);
+        assert!(
+            err.contains("a coordinator (epoch 2) holds"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("stop the job first, or pass --ignore-lease"),
+            "{err}"
+        );
+    }
+    assert_eq!(tree(&f.root), before, "a refused command changed the root");
+
+    let o = statectl(&["gc", p(&f.root), "--ignore-lease"]);
+    expect_code(&o, 0);
+    assert!(
+        stdout(&o).contains("ignored the live lease of coordinator epoch 2"),
+        "{}",
+        stdout(&o)
+    );
+    drop(live);
+    let o = statectl(&["gc", p(&f.root), "--retained", "1"]);
+    expect_code(&o, 0);
+    assert!(!stdout(&o).contains("lease"), "{}", stdout(&o));
+    assert!(!f.chk_dir(1).exists());
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // usage
 
@@ -814,7 +1186,9 @@ fn usage_errors_exit_2() {
 fn every_subcommand_has_help() {
     let o = statectl(&["--help"]);
     expect_code(&o, 0);
-    for sub in ["list", "inspect", "verify", "dump", "convert", "gc"] {
+    for sub in [
+        "list", "inspect", "verify", "dump", "convert", "gc", "discard",
+    ] {
         assert!(stdout(&o).contains(sub), "{sub} not in the overview");
         for args in [vec![sub, "--help"], vec!["help", sub]] {
             let o = statectl(&args);
@@ -924,6 +1298,173 @@ mod rocksdb_backend {
             assert!(file.exists(), "{} was deleted", file.display());
         }
         expect_code(&statectl(&["verify", p(&root)]), 1);
+        Ok(())
+    }
+
+    /// Restores `root`'s checkpoint as a job's start would (`latest_restorable`), and returns
+    /// its id and which of the users `0..to` it holds.
+    fn restore_latest(root: &Path, to: u64) -> statebackend::Result<(u64, Vec<u64>)> {
+        use statebackend::checkpoint::{RestoreMode, latest_restorable, restore_instance};
+        let storage = LocalDirStorage::new(root)?;
+        let meta = latest_restorable(&storage)?;
+        let config = BackendConfig::rocksdb(MAX_PARALLELISM, KeyGroupRange::all(MAX_PARALLELISM)?);
+        let mut backend = restore_instance(&storage, &meta, &config, RestoreMode::Claim)?;
+        let counts: ValueState<String, (), u64> =
+            backend.value_state(&ValueStateDescriptor::new("counts"))?;
+        let mut users = Vec::new();
+        for i in 0..to {
+            if let Some(n) = counts.get(&backend, &format!("user-{i}"), &())? {
+                assert_eq!(n, i);
+                users.push(i);
+            }
+        }
+        Ok((meta.id, users))
+    }
+
+    /// Issue 25.2: with one byte flipped in an SST file the two newest checkpoints share,
+    /// `gc --retained 1` dropped the only checkpoint that still restored. It keeps the newest
+    /// that verifies, says so, and that checkpoint restores; if none verifies it drops none.
+    #[test]
+    fn gc_never_drops_the_newest_checkpoint_that_verifies() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("root");
+        let metas = rocksdb_root(&root)?;
+        let in_first: HashSet<_> = metas[0].files().map(|f| f.path.clone()).collect();
+        let in_third: HashSet<_> = metas[2].files().map(|f| f.path.clone()).collect();
+        let sst = metas[1]
+            .files()
+            .find(|f| f.shared && in_third.contains(&f.path) && !in_first.contains(&f.path))
+            .expect("an SST file checkpoints 2 and 3 share and 1 does not list");
+        flip_byte(&root.join(sst.path.as_str()), 100);
+
+        // Checkpoint 1 damaged too: no checkpoint verifies, gc drops none.
+        let private = metas[0]
+            .files()
+            .find(|f| !f.shared && f.size > 16)
+            .expect("a private file");
+        flip_byte(&root.join(private.path.as_str()), 3);
+        let before = tree(&root);
+        let o = statectl(&["gc", p(&root), "--retained", "1"]);
+        expect_code(&o, 1);
+        let err = stderr(&o);
+        assert!(err.contains("verifies, so gc drops none"), "{err}");
+        assert!(err.contains("statectl discard"), "{err}");
+        assert_eq!(tree(&root), before);
+        flip_byte(&root.join(private.path.as_str()), 3);
+
+        let o = statectl(&["gc", p(&root), "--retained", "1", "--dry-run", "--json"]);
+        expect_code(&o, 0);
+        let v = json(&o);
+        assert_eq!(v["dropped_checkpoints"], serde_json::json!([2]), "{v:#}");
+        assert_eq!(
+            v["retained_checkpoints"],
+            serde_json::json!([1, 3]),
+            "{v:#}"
+        );
+        assert_eq!(v["kept_beyond_retention"]["id"], 1, "{v:#}");
+        let damaged: Vec<u64> = v["kept_beyond_retention"]["damaged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(damaged, [3, 2], "{v:#}");
+
+        let o = statectl(&["gc", p(&root), "--retained", "1"]);
+        expect_code(&o, 0);
+        let out = stdout(&o);
+        assert!(
+            out.contains(&format!(
+                "kept checkpoint 1 beyond the newest 1: the newest checkpoint that verifies (3 is \
+                 damaged: checksum mismatch in {}",
+                sst.path
+            )),
+            "{out}"
+        );
+        assert!(root.join("chk-0000000001/_metadata").exists());
+        assert!(!root.join("chk-0000000002").exists());
+        let (id, users) = restore_latest(&root, 600)?;
+        assert_eq!(id, 1);
+        assert_eq!(users, (0..200).collect::<Vec<_>>());
+        Ok(())
+    }
+
+    /// Issue 25.5: gc refuses a root with an unreadable checkpoint and says how to discard it;
+    /// `statectl discard` moves its `_metadata` aside, the next gc collects its directory and
+    /// the shared files only it listed, and the other checkpoints restore.
+    #[test]
+    fn discard_sets_an_unreadable_checkpoint_aside_for_gc() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("root");
+        let metas = rocksdb_root(&root)?;
+        let chk3 = root.join("chk-0000000003");
+        truncate(&chk3.join("_metadata"), 9);
+
+        let o = statectl(&["gc", p(&root)]);
+        expect_code(&o, 1);
+        let err = stderr(&o);
+        assert!(err.contains("checkpoint 3 cannot be read"), "{err}");
+        assert!(
+            err.contains(&format!("statectl discard {} 3", p(&root))),
+            "{err}"
+        );
+
+        // A checkpoint that verifies is not discarded without --force; nor is a non-root.
+        let o = statectl(&["discard", p(&root.join("chk-0000000002"))]);
+        expect_code(&o, 1);
+        assert!(stderr(&o).contains("pass --force"), "{}", stderr(&o));
+        let o = statectl(&["discard", p(tmp.path()), "3"]);
+        expect_code(&o, 1);
+        assert!(
+            stderr(&o).contains("not a checkpoint root"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(root.join("chk-0000000002/_metadata").exists());
+
+        let o = statectl(&["discard", p(&root), "3", "--json"]);
+        expect_code(&o, 0);
+        let v = json(&o);
+        assert_eq!(v["id"], 3);
+        assert_eq!(v["was"], "unreadable");
+        assert!(v["problem"].as_str().unwrap().contains("truncated"), "{v}");
+        assert!(!chk3.join("_metadata").exists());
+        assert!(chk3.join("_metadata.discarded").exists());
+        let o = statectl(&["discard", p(&root), "3"]);
+        expect_code(&o, 1);
+        assert!(stderr(&o).contains("discarded already"), "{}", stderr(&o));
+        let v = json(&statectl(&["list", p(&root), "--json"]));
+        assert_eq!(v[2]["id"], 3, "{v:#}");
+        assert_eq!(v[2]["state"], "discarded", "{v:#}");
+        assert_eq!(v[1]["restore"], "picked", "{v:#}");
+
+        let kept: HashSet<_> = metas[..2]
+            .iter()
+            .flat_map(|m| m.files().map(|f| f.path.clone()))
+            .collect();
+        let only_third: Vec<_> = metas[2]
+            .files()
+            .filter(|f| !kept.contains(&f.path))
+            .map(|f| root.join(f.path.as_str()))
+            .collect();
+        assert!(
+            only_third
+                .iter()
+                .any(|f| f.starts_with(root.join("shared")))
+        );
+        let o = statectl(&["gc", p(&root)]);
+        expect_code(&o, 0);
+        assert!(!chk3.exists(), "{}", stdout(&o));
+        for f in &only_third {
+            assert!(!f.exists(), "{} was kept", f.display());
+        }
+        for f in &kept {
+            assert!(root.join(f.as_str()).exists(), "{f} was deleted");
+        }
+        expect_code(&statectl(&["verify", p(&root)]), 0);
+        let (id, users) = restore_latest(&root, 600)?;
+        assert_eq!(id, 2);
+        assert_eq!(users, (0..400).collect::<Vec<_>>());
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use crate::model::codec::CodecId;
 use crate::model::error::{Error, Result};
 use crate::model::format::data_file::{read_state_info, write_state_info};
 use crate::model::format::path::StoragePath;
-use crate::model::format::{ByteReader, ByteWriter, check_trailing_crc};
+use crate::model::format::{ByteReader, ByteWriter, check_declared_length, check_trailing_crc};
 use crate::model::key_group::{KeyGroupRange, MAX_MAX_PARALLELISM};
 use crate::model::state::StateInfo;
 use crate::model::state::backend::BackendKind;
@@ -494,6 +494,7 @@ impl SnapshotMetadata {
                 });
             }
         }
+        check_declared_length(data, 10, 6, file)?;
         let all = check_trailing_crc(data, file)?;
         let mut r = ByteReader::new(all, file);
         r.take(6, "magic and version")?;

@@ -189,6 +189,42 @@ impl<'a> ByteReader<'a> {
     }
 }
 
+/// Checks that `data` is as long as the header at its start declares: at least `header` bytes
+/// (ending in the body length, a u32 at `length_at`), then that many body bytes and a trailing
+/// crc32. A shorter file is [`Error::Corrupt`] saying "truncated": its last four bytes are not
+/// its checksum, so comparing them with one would report a mismatch against a value that was
+/// never written.
+pub(crate) fn check_declared_length(
+    data: &[u8],
+    header: usize,
+    length_at: usize,
+    file: &str,
+) -> Result<()> {
+    let smallest = header + 4;
+    if data.len() < smallest {
+        return Err(Error::corrupt(
+            file,
+            format!(
+                "truncated: {} bytes, fewer than the {smallest} of the smallest such file",
+                data.len()
+            ),
+        ));
+    }
+    let mut length = [0u8; 4];
+    length.copy_from_slice(&data[length_at..length_at + 4]);
+    let declared = smallest as u64 + u64::from(u32::from_le_bytes(length));
+    if (data.len() as u64) < declared {
+        return Err(Error::corrupt(
+            file,
+            format!(
+                "truncated: {} bytes, where its header declares {declared}",
+                data.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Splits `data` into body and trailing crc32, checking the crc. Errors name `file`.
 pub(crate) fn check_trailing_crc<'a>(data: &'a [u8], file: &str) -> Result<&'a [u8]> {
     if data.len() < 4 {
@@ -275,6 +311,22 @@ mod tests {
         let data = u32::MAX.to_le_bytes();
         let mut r = ByteReader::new(&data, "f");
         assert!(matches!(r.count(1, "n"), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_short_file_is_truncated_not_a_checksum_mismatch() {
+        let mut w = ByteWriter::new();
+        w.raw(b"HEAD").u32(7).raw(b"payload").crc_of_all();
+        let data = w.into_inner();
+        assert!(check_declared_length(&data, 8, 4, "f").is_ok());
+        for len in [0, 3, 11, data.len() - 1] {
+            match check_declared_length(&data[..len], 8, 4, "f") {
+                Err(Error::Corrupt { reason, .. }) => {
+                    assert!(reason.starts_with("truncated"), "{reason}")
+                }
+                other => panic!("{len}: {other:?}"),
+            }
+        }
     }
 
     #[test]
