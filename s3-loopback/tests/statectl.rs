@@ -1,7 +1,8 @@
 //! `statectl`'s commands on an S3 root given as a URL, configured from the environment as the
 //! AWS tools are: list, inspect, verify (clean and with a damaged object; of the prefix above
 //! the root), dump, convert into a savepoint on the store, gc (refusing what is not a root,
-//! keeping the newest checkpoint that verifies) and discard. One test in its own binary: it sets the process's
+//! keeping the newest checkpoint that verifies, deleting nothing of a checkpoint a listing
+//! omits) and discard. One test in its own binary: it sets the process's
 //! environment.
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use statebackend::{
     AnyBackend, BackendConfig, KeyGroupRange, KeyedStateBackend, Result, ValueState,
     ValueStateDescriptor,
 };
-use statebackend_s3_loopback::{ACCESS_KEY, BUCKET, LoopbackS3, SECRET_KEY};
+use statebackend_s3_loopback::{ACCESS_KEY, BUCKET, Fault, FaultRule, LoopbackS3, SECRET_KEY};
 
 #[test]
 fn every_command_works_on_an_s3_url() -> Result<()> {
@@ -226,6 +227,28 @@ fn every_command_works_on_an_s3_url() -> Result<()> {
     .map_err(to_error)?;
     let chk_3 = statebackend::storage::StoragePath::parse("chk-0000000003")?;
     assert_eq!(storage.list(Some(&chk_3))?, []);
+    let verified = verify(&root, VerifyOptions { all: true }).map_err(to_error)?;
+    assert!(verified.ok, "{verified:?}");
+    assert_eq!(verified.roots[0].restore.checkpoint, Some(2));
+
+    // A store whose listings omit checkpoint 2's `_metadata`: gc reads it directly before it
+    // deletes anything, and deletes nothing of checkpoint 2.
+    server.inject(
+        FaultRule::new(Fault::OmitFromListing)
+            .key_contains("chk-0000000002/_metadata")
+            .always(),
+    );
+    let swept = gc(
+        &root,
+        GcOptions {
+            dry_run: false,
+            ..options
+        },
+    )
+    .map_err(to_error)?;
+    assert!(server.counts().faulted > 0, "the listing omitted it");
+    server.clear_faults();
+    assert_eq!(swept.deleted, [], "{swept:?}");
     let verified = verify(&root, VerifyOptions { all: true }).map_err(to_error)?;
     assert!(verified.ok, "{verified:?}");
     assert_eq!(verified.roots[0].restore.checkpoint, Some(2));

@@ -26,7 +26,7 @@ use crate::model::format::layout::{
 };
 use crate::model::format::metadata::METADATA_FILE;
 use crate::model::format::path::StoragePath;
-use crate::runtime::checkpoint::coordinator::verify_files;
+use crate::runtime::checkpoint::coordinator::verify_files_stable;
 use crate::runtime::checkpoint::{SnapshotKind, SnapshotMetadata};
 
 /// How to discard.
@@ -122,7 +122,7 @@ pub fn discard(root: &Location, id: u64, options: DiscardOptions) -> CliResult<D
     let name = root.file_name(metadata.as_str());
     let (was, problem) = match SnapshotMetadata::decode(&bytes, &name) {
         Ok(meta) if meta.kind == SnapshotKind::Checkpoint && meta.id == id => {
-            match verify_files(storage.as_ref(), &meta) {
+            match verify_files_stable(storage.as_ref(), &meta) {
                 Ok(()) if options.force => ("verified", None),
                 Ok(()) => {
                     return Err(CliError::Failed(format!(

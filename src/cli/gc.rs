@@ -1,8 +1,10 @@
 //! `statectl gc ROOT`: deletes the files of a checkpoint root that no retained checkpoint
 //! references.
 //!
-//! Both runs compute the coordinator's plan ([`plan_collection`], the one function that decides
-//! what a checkpoint root may lose): the dry run reports it, the real run executes it. Before
+//! Both runs compute the coordinator's plan ([`confirmed_plan`]: `plan_collection`, the one
+//! function that decides what a checkpoint root may lose, confirmed by reads so that a listing
+//! that omits a `_metadata` deletes nothing of its checkpoint): the dry run reports it, the
+//! real run executes it. Before
 //! planning, gc makes sure it cannot destroy state by an operator's mistake:
 //!
 //! - `ROOT` must be a checkpoint root by its layout ([`require_root`]): a savepoint, a
@@ -27,7 +29,7 @@ use crate::cli::root::{
 use crate::cli::snapshot::Location;
 use crate::cli::{CliError, CliResult, human_bytes, plural};
 use crate::model::error::Error;
-use crate::runtime::checkpoint::coordinator::{RootState, execute_plan, plan_collection};
+use crate::runtime::checkpoint::coordinator::{RootState, confirmed_plan, execute_plan};
 use crate::storage::{ObjectMeta, StoragePath};
 
 /// How to collect.
@@ -91,7 +93,7 @@ pub struct GcReport {
 }
 
 /// Collects the garbage of the checkpoint root `root` (or, dry run, reports it), with the
-/// coordinator's own rules ([`plan_collection`]): the same plan, read-only or executed, after
+/// coordinator's own rules ([`confirmed_plan`]): the same plan, read-only or executed, after
 /// the checks of the module docs.
 ///
 /// # Errors
@@ -111,6 +113,16 @@ pub fn gc(root: &Location, options: GcOptions) -> CliResult<GcReport> {
     require_root(root, storage.as_ref(), "gc")?;
     let lease = require_no_live_lease(storage.as_ref(), root, options.ignore_lease)?;
     let mut state = RootState::read(storage.as_ref())?;
+    let listing = storage.list(None)?;
+    let no_flight = BTreeSet::new();
+    // Confirmed by reads: a checkpoint a listing omitted is found before anything is planned.
+    let first = confirmed_plan(
+        &mut state,
+        storage.as_ref(),
+        options.retained,
+        &no_flight,
+        Some(&listing),
+    )?;
     if let Some(u) = state.unreadable.first() {
         let ids: Vec<String> = state.unreadable.iter().map(|u| u.id.to_string()).collect();
         return Err(CliError::Failed(format!(
@@ -129,9 +141,6 @@ pub fn gc(root: &Location, options: GcOptions) -> CliResult<GcReport> {
             ids.join(", ")
         )));
     }
-    let listing = storage.list(None)?;
-    let no_flight = BTreeSet::new();
-    let first = plan_collection(&state, options.retained, &no_flight, Some(&listing));
     let mut kept_beyond_retention = None;
     if !first.dropped.is_empty() {
         let candidates: Vec<(u64, Candidate<'_>)> = state
@@ -176,7 +185,13 @@ pub fn gc(root: &Location, options: GcOptions) -> CliResult<GcReport> {
             }
         }
     }
-    let plan = plan_collection(&state, options.retained, &no_flight, Some(&listing));
+    let plan = confirmed_plan(
+        &mut state,
+        storage.as_ref(),
+        options.retained,
+        &no_flight,
+        Some(&listing),
+    )?;
     let deleted = if options.dry_run {
         plan.deletable.clone()
     } else {

@@ -23,7 +23,7 @@ use crate::model::format::layout::{
     COORDINATOR_DIR, SHARED_DIR, parse_checkpoint_dir, parse_epoch_file,
 };
 use crate::model::format::metadata::METADATA_FILE;
-use crate::runtime::checkpoint::coordinator::verify_files;
+use crate::runtime::checkpoint::coordinator::verify_files_stable;
 use crate::runtime::checkpoint::lease;
 use crate::runtime::checkpoint::{SnapshotKind, SnapshotMetadata};
 use crate::storage::CheckpointStorage;
@@ -368,7 +368,7 @@ impl RestoreChoice {
 
 /// How one checkpoint of a root stands, as the restore choice sees it.
 pub enum Candidate<'a> {
-    /// A completed checkpoint: its files are verified with [`verify_files`].
+    /// A completed checkpoint: its files are verified with [`verify_files_stable`] (a failing file is read again before damage is believed).
     Readable(&'a SnapshotMetadata),
     /// A completed checkpoint the caller verified: `Err((message, is damage))` for the first
     /// failure, if any.
@@ -410,7 +410,7 @@ pub fn restore_choice(
                 choice.problem = Some(format!("a restore would fail reading checkpoint {id}: {e}"));
                 return choice;
             }
-            Candidate::Readable(meta) => match verify_files(storage, meta) {
+            Candidate::Readable(meta) => match verify_files_stable(storage, meta) {
                 Ok(()) => Ok(()),
                 Err(e) if e.is_damage() => Err(e.to_string()),
                 Err(e) => {

@@ -45,7 +45,7 @@ use crate::storage::{CheckpointStorage, ObjectMeta, StoragePath, checksum, for_e
 pub const DEFAULT_RETAINED_CHECKPOINTS: usize = 3;
 
 /// A checkpoint whose `_metadata` exists but cannot be understood. Left in place, with every
-/// shared file, until an operator repairs it or removes its directory; never used for restore.
+/// shared file, until an operator repairs it or sets it aside (`statectl discard`); never used for restore.
 #[derive(Debug)]
 pub struct UnreadableCheckpoint {
     /// The checkpoint id.
@@ -298,6 +298,99 @@ pub fn plan_collection(
         dropped,
         deletable,
     }
+}
+
+/// [`plan_collection`], confirmed by reads so that no deletion rests on a listing alone.
+///
+/// A listing may omit objects (some S3-compatible stores and caches do): an omitted
+/// `_metadata` would make a completed checkpoint look like an aborted one's leftovers, and
+/// its files (and the shared files only it lists) deletable. So before a listing-based
+/// plan is executed, every checkpoint directory the listing shows that is neither known
+/// nor in flight, and every id above the newest known checkpoint up to one past the
+/// highest id seen, has its `_metadata` read directly. A checkpoint found that way joins
+/// the known ones (kept by retention until this coordinator completes a newer one), an
+/// unreadable one keeps `shared/` whole, and the plan is made again. Before any dropped
+/// checkpoint's files go, its no-claim marker is looked up directly as well.
+///
+/// # Errors
+/// Storage errors of those reads: nothing is deleted on an unconfirmed plan.
+pub fn confirmed_plan(
+    state: &mut RootState,
+    storage: &dyn CheckpointStorage,
+    retained: usize,
+    in_flight: &BTreeSet<u64>,
+    listing: Option<&[ObjectMeta]>,
+) -> Result<GcPlan> {
+    if let Some(listing) = listing {
+        learn_unlisted(state, storage, in_flight, listing)?;
+    }
+    loop {
+        let plan = plan_collection(state, retained, in_flight, listing);
+        let mut changed = false;
+        for id in &plan.dropped {
+            if storage.exists(&no_claim_marker_path(*id)?)? {
+                state.no_claim.insert(*id);
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(plan);
+        }
+    }
+}
+
+/// Reads the `_metadata` of checkpoints a listing may have hidden (see [`confirmed_plan`]),
+/// and again those found unreadable before.
+fn learn_unlisted(
+    state: &mut RootState,
+    storage: &dyn CheckpointStorage,
+    in_flight: &BTreeSet<u64>,
+    listing: &[ObjectMeta],
+) -> Result<()> {
+    let known = |id: &u64| {
+        state.completed.contains_key(id)
+            || in_flight.contains(id)
+            || state.unreadable.iter().any(|u| u.id == *id)
+    };
+    let listed: BTreeSet<u64> = listing
+        .iter()
+        .filter_map(|o| o.path.components().next().and_then(parse_checkpoint_dir))
+        .collect();
+    let highest_seen = listed.last().copied().unwrap_or(0).max(state.highest_id);
+    let newest_known = state
+        .completed
+        .keys()
+        .chain(state.unreadable.iter().map(|u| &u.id))
+        .max()
+        .copied()
+        .unwrap_or(0);
+    let mut probe: BTreeSet<u64> = listed.into_iter().filter(|id| !known(id)).collect();
+    probe.extend((newest_known + 1..=highest_seen.saturating_add(1)).filter(|id| !known(id)));
+    // Unreadable ones are read again: one damaged response must not stop collection of
+    // `shared/` for a coordinator's whole life.
+    probe.extend(state.unreadable.iter().map(|u| u.id));
+    for id in probe {
+        match read_checkpoint_metadata(storage, id)? {
+            Found::Completed(meta) => {
+                tracing::warn!(
+                    checkpoint = id,
+                    "a listing of the root omitted this checkpoint's _metadata; kept"
+                );
+                state.unreadable.retain(|u| u.id != id);
+                state.completed.insert(id, *meta);
+                state.protected.insert(id);
+                state.highest_id = state.highest_id.max(id);
+            }
+            Found::Unreadable(u) => {
+                state.highest_id = state.highest_id.max(id);
+                if !state.unreadable.iter().any(|k| k.id == id) {
+                    state.unreadable.push(u);
+                }
+            }
+            Found::Absent(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the files of `plan`: every `_metadata` first, one by one, stopping at the first
@@ -771,91 +864,15 @@ impl CheckpointCoordinator {
         }
     }
 
-    /// The plan of a cleanup, confirmed by reads so that no deletion rests on a listing alone.
-    ///
-    /// A listing may omit objects (some S3-compatible stores and caches do): an omitted
-    /// `_metadata` would make a completed checkpoint look like an aborted one's leftovers, and
-    /// its files (and the shared files only it lists) deletable. So before a listing-based
-    /// plan is executed, every checkpoint directory the listing shows that is neither known
-    /// nor in flight, and every id above the newest known checkpoint up to one past the
-    /// highest id seen, has its `_metadata` read directly. A checkpoint found that way joins
-    /// the known ones (kept by retention until this coordinator completes a newer one), an
-    /// unreadable one keeps `shared/` whole, and the plan is made again. Before any dropped
-    /// checkpoint's files go, its no-claim marker is looked up directly as well.
-    ///
-    /// # Errors
-    /// Storage errors of those reads: nothing is deleted on an unconfirmed plan.
+    /// [`confirmed_plan`] for this coordinator's root, retention and checkpoints in flight.
     fn confirmed_plan(&mut self, listing: Option<&[ObjectMeta]>) -> Result<GcPlan> {
-        if let Some(listing) = listing {
-            self.learn_unlisted(listing)?;
-        }
-        loop {
-            let plan = plan_collection(&self.state, self.retained, &self.pending, listing);
-            let mut changed = false;
-            for id in &plan.dropped {
-                if self.storage.exists(&no_claim_marker_path(*id)?)? {
-                    self.state.no_claim.insert(*id);
-                    changed = true;
-                }
-            }
-            if !changed {
-                return Ok(plan);
-            }
-        }
-    }
-
-    /// Reads the `_metadata` of checkpoints a listing may have hidden (see
-    /// [`CheckpointCoordinator::confirmed_plan`]), and again those found unreadable before.
-    fn learn_unlisted(&mut self, listing: &[ObjectMeta]) -> Result<()> {
-        let known = |id: &u64| {
-            self.state.completed.contains_key(id)
-                || self.pending.contains(id)
-                || self.state.unreadable.iter().any(|u| u.id == *id)
-        };
-        let listed: BTreeSet<u64> = listing
-            .iter()
-            .filter_map(|o| o.path.components().next().and_then(parse_checkpoint_dir))
-            .collect();
-        let highest_seen = listed
-            .last()
-            .copied()
-            .unwrap_or(0)
-            .max(self.state.highest_id);
-        let newest_known = self
-            .state
-            .completed
-            .keys()
-            .chain(self.state.unreadable.iter().map(|u| &u.id))
-            .max()
-            .copied()
-            .unwrap_or(0);
-        let mut probe: BTreeSet<u64> = listed.into_iter().filter(|id| !known(id)).collect();
-        probe.extend((newest_known + 1..=highest_seen.saturating_add(1)).filter(|id| !known(id)));
-        // Unreadable ones are read again: one damaged response must not stop collection of
-        // `shared/` for the coordinator's whole life.
-        probe.extend(self.state.unreadable.iter().map(|u| u.id));
-        for id in probe {
-            match read_checkpoint_metadata(self.storage.as_ref(), id)? {
-                Found::Completed(meta) => {
-                    tracing::warn!(
-                        checkpoint = id,
-                        "a listing of the root omitted this checkpoint's _metadata; kept"
-                    );
-                    self.state.unreadable.retain(|u| u.id != id);
-                    self.state.completed.insert(id, *meta);
-                    self.state.protected.insert(id);
-                    self.state.highest_id = self.state.highest_id.max(id);
-                }
-                Found::Unreadable(u) => {
-                    self.state.highest_id = self.state.highest_id.max(id);
-                    if !self.state.unreadable.iter().any(|k| k.id == id) {
-                        self.state.unreadable.push(u);
-                    }
-                }
-                Found::Absent(_) => {}
-            }
-        }
-        Ok(())
+        confirmed_plan(
+            &mut self.state,
+            self.storage.as_ref(),
+            self.retained,
+            &self.pending,
+            listing,
+        )
     }
 
     /// Files under `chk-*` and `shared/` that garbage collection would delete now (see
