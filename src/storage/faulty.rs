@@ -173,6 +173,10 @@ impl<S: CheckpointStorage> FaultyStorage<S> {
 }
 
 impl<S: CheckpointStorage> CheckpointStorage for FaultyStorage<S> {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
     /// Counts as a mutating operation.
     fn put(&self, path: &StoragePath, data: &[u8]) -> Result<()> {
         self.gated_write(path, data, |inner| inner.put(path, data))

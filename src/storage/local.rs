@@ -367,6 +367,10 @@ impl LocalDirStorage {
 }
 
 impl CheckpointStorage for LocalDirStorage {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
     fn put(&self, path: &StoragePath, data: &[u8]) -> Result<()> {
         self.write_atomically(path, |file, temp| {
             file.write_all(data).map_err(|e| Error::io(temp, e))?;

@@ -256,6 +256,13 @@ pub trait CheckpointStorage: Send + Sync {
     fn transfer_concurrency(&self) -> usize {
         1
     }
+
+    /// Where this storage is, for messages: a directory, a bucket and prefix. Errors that
+    /// concern the storage as a whole (no savepoint in it, no checkpoint that restores) name
+    /// it with this.
+    fn location(&self) -> String {
+        "checkpoint storage".into()
+    }
 }
 
 /// Forwards [`CheckpointStorage`] through a pointer type, so that `&S`, `Box<dyn …>` and
@@ -292,6 +299,9 @@ macro_rules! forward_storage {
             }
             fn exists(&self, path: &StoragePath) -> Result<bool> {
                 (**self).exists(path)
+            }
+            fn location(&self) -> String {
+                (**self).location()
             }
             fn size(&self, path: &StoragePath) -> Result<Option<u64>> {
                 (**self).size(path)

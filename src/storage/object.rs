@@ -251,6 +251,10 @@ impl CheckpointStorage for ObjectStorage {
         true
     }
 
+    fn location(&self) -> String {
+        format!("{} under {:?}", self.store, self.prefix)
+    }
+
     /// One ranged GET.
     fn read_range(&self, path: &StoragePath, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
         if range.is_empty() {

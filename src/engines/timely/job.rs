@@ -18,18 +18,23 @@ use ::timely::dataflow::channels::pact::Pipeline;
 use ::timely::dataflow::operators::vec::{Broadcast, Input};
 use ::timely::dataflow::operators::{Operator, Probe};
 use ::timely::worker::Worker;
+use serde::{Deserialize, Serialize};
 
 use crate::backends::any::AnyBackend;
 use crate::backends::config::BackendConfig;
+use crate::backends::interface::CheckpointedBackend;
+use crate::engines::timely::committer::EPOCH_KEY;
 use crate::engines::timely::routing::KeyGroupRouting;
 use crate::model::error::{Error, Result};
 use crate::model::format::layout::metadata_path;
 use crate::model::format::metadata::SnapshotMetadata;
+use crate::model::format::view::{RowEmit, RowSource};
 use crate::model::key_group::KeyGroupRange;
 use crate::model::state::BackendKind;
+use crate::model::state::StateInfo;
 use crate::model::state::operator::OperatorState;
 use crate::runtime::checkpoint::coordinator::{
-    CheckpointCoordinator, RootState, latest_restorable,
+    CheckpointCoordinator, RootState, latest_restorable_skipping,
 };
 use crate::runtime::checkpoint::restore::{RestoreMode, restore_instance};
 use crate::runtime::savepoint::{read_savepoint, restore_savepoint};
@@ -47,7 +52,13 @@ pub enum StartFrom {
     /// Empty state, epoch 0.
     Empty,
     /// The newest completed checkpoint of the root whose files verify, or empty state if the
-    /// root has none.
+    /// root holds no checkpoint at all.
+    ///
+    /// Damaged checkpoints (a file missing or corrupt, an unreadable `_metadata`) newer than
+    /// the one restored are skipped and reported: a `tracing` warning and
+    /// [`Job::skipped_checkpoints`]. If the root holds checkpoints and none of them restores,
+    /// the start fails with [`Error::NoVerifiedCheckpoint`] naming each, unless
+    /// [`Checkpointing::start_empty_if_all_damaged`] allows starting empty.
     LatestCheckpoint,
     /// A savepoint (a directory or prefix of its own).
     Savepoint(Arc<dyn CheckpointStorage>),
@@ -73,7 +84,15 @@ pub struct Checkpointing {
     pub start: StartFrom,
     /// Savepoints to write: when the input frontier passes the epoch, into the storage. A
     /// savepoint at an epoch the input never reaches is written when the input ends, with that
-    /// epoch as its position: a job restored from it resumes at the next epoch.
+    /// epoch as its position: it holds every record the input sent (held-back ones included)
+    /// and the timers up to its epoch fired, and a job restored from it resumes at the next
+    /// epoch.
+    ///
+    /// A savepoint at an epoch before the one the job resumes at (the run has passed it) is
+    /// refused by [`Job::start`] with [`Error::InvalidOptions`], not skipped, unless its
+    /// storage already holds a completed savepoint at exactly that epoch (an earlier run of
+    /// the job wrote it, and this one restarted with the same settings): that one is left as
+    /// it is.
     pub savepoints: Vec<(u64, Arc<dyn CheckpointStorage>)>,
     /// The backend of every instance.
     pub backend: BackendKind,
@@ -81,7 +100,25 @@ pub struct Checkpointing {
     pub max_parallelism: u32,
     /// Where RocksDB instances keep their working directories (one subdirectory per operator
     /// and worker); `None` for temporary directories.
+    ///
+    /// What such a directory holds is never state the job starts from: it may be a crashed
+    /// run's, newer than any checkpoint, or an earlier job's. See
+    /// [`Checkpointing::replace_working_dirs`].
     pub working_dir: Option<PathBuf>,
+    /// Whether a start replaces what an instance's working directory holds (a database, the
+    /// leftovers of a crash) with the state the job starts from: restored, or empty on a
+    /// fresh start. `true` by default. With `false`, a start into a directory that is not
+    /// empty fails instead ([`Error::UncleanWorkingDirectory`] or [`Error::Incompatible`],
+    /// naming it) and nothing in it is touched. Either way, a leftover database is never
+    /// reopened as the job's state.
+    pub replace_working_dirs: bool,
+    /// Whether a start from [`StartFrom::LatestCheckpoint`] whose root holds checkpoints none
+    /// of which restores (each damaged) begins with empty state, at epoch 0, instead of
+    /// failing with [`Error::NoVerifiedCheckpoint`]. `false` by default: starting empty loses
+    /// the job's state, so only a caller who means it asks for it. The start then warns, lists
+    /// the damaged checkpoints in [`Job::skipped_checkpoints`], and deletes none of them: the
+    /// run's retention keeps them until it has retained as many checkpoints of its own.
+    pub start_empty_if_all_damaged: bool,
 }
 
 impl Checkpointing {
@@ -108,8 +145,21 @@ impl Checkpointing {
             backend,
             max_parallelism: 128,
             working_dir: None,
+            replace_working_dirs: true,
+            start_empty_if_all_damaged: false,
         }
     }
+}
+
+/// A checkpoint [`Job::start`] skipped because it is damaged: newer than the one the job
+/// restored, or, with [`Checkpointing::start_empty_if_all_damaged`], any of a root none of
+/// whose checkpoints restores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedCheckpoint {
+    /// The checkpoint's id.
+    pub id: u64,
+    /// Why it does not restore (the first bad file, or why its `_metadata` is unreadable).
+    pub reason: String,
 }
 
 /// The snapshot the instances restore from.
@@ -119,10 +169,56 @@ enum Source {
     Savepoint(Arc<dyn CheckpointStorage>, SnapshotMetadata),
 }
 
-/// Worker 0's decision, as broadcast: `(source, checkpoint id, first id, error, settings)` with
-/// source 0 for empty state, 1 for a checkpoint, 2 for the savepoint, and worker 0's
-/// [`fingerprint`] of the settings.
-type Decision = (u8, u64, u64, String, String);
+/// A worker's message at start, as broadcast: worker 0's decision, and every worker's
+/// [`fingerprint`] of its settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Decision {
+    /// 0 for empty state, 1 for a checkpoint, 2 for the savepoint.
+    source: u8,
+    /// The checkpoint's id, for source 1.
+    checkpoint: u64,
+    /// The id of the run's first checkpoint.
+    first_id: u64,
+    /// Why worker 0 could not decide.
+    error: Option<StartError>,
+    /// The sender's fingerprint of its settings.
+    fingerprint: String,
+    /// The damaged checkpoints worker 0 skipped.
+    skipped: Vec<SkippedCheckpoint>,
+}
+
+/// Why worker 0 could not decide, as every worker returns it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum StartError {
+    /// [`Error::NoVerifiedCheckpoint`].
+    NoVerifiedCheckpoint { root: String, damaged: String },
+    /// Any other error, as text.
+    Other(String),
+}
+
+impl StartError {
+    fn of(e: &Error) -> Self {
+        match e {
+            Error::NoVerifiedCheckpoint { root, damaged } => Self::NoVerifiedCheckpoint {
+                root: root.clone(),
+                damaged: damaged.clone(),
+            },
+            other => Self::Other(other.to_string()),
+        }
+    }
+
+    fn into_error(self) -> Error {
+        match self {
+            Self::NoVerifiedCheckpoint { root, damaged } => {
+                Error::NoVerifiedCheckpoint { root, damaged }
+            }
+            Self::Other(reason) => Error::CheckpointState {
+                id: 0,
+                reason: format!("the job could not start: {reason}"),
+            },
+        }
+    }
+}
 
 /// What every worker's settings must agree on: the barriers, the routing, the backend and what
 /// the job starts from (a worker that disagreed would take other barriers, route to other
@@ -149,6 +245,7 @@ pub struct Job {
     first_id: u64,
     resume_epoch: u64,
     coordinator: Option<CheckpointCoordinator>,
+    skipped: Vec<SkippedCheckpoint>,
 }
 
 impl Job {
@@ -156,39 +253,42 @@ impl Job {
     /// it on every worker, before building the job's dataflow.
     ///
     /// # Errors
-    /// [`Error::InvalidOperator`] for more workers than key groups; worker 0's errors reading
-    /// the root or the savepoint and opening the coordinator (every worker returns them);
-    /// errors reading the chosen snapshot's metadata.
+    /// [`Error::InvalidOperator`] for more workers than key groups;
+    /// [`Error::NoVerifiedCheckpoint`] (on every worker) if the root holds checkpoints and none
+    /// restores, unless [`Checkpointing::start_empty_if_all_damaged`]; worker 0's other errors
+    /// reading the root or the savepoint (a missing savepoint names its `_metadata` path) and
+    /// opening the coordinator (every worker returns them); errors reading the chosen
+    /// snapshot's metadata; [`Error::InvalidOptions`] for a savepoint at an epoch before the
+    /// resume epoch (see [`Checkpointing::savepoints`]).
     pub fn start(worker: &mut Worker, settings: Checkpointing) -> Result<Job> {
         let routing = KeyGroupRouting::new(settings.max_parallelism, worker.peers())?;
         let index = worker.index();
         let mut coordinator = None;
-        let mine = if index == 0 {
+        let mut mine = Decision {
+            fingerprint: fingerprint(&settings),
+            ..Decision::default()
+        };
+        if index == 0 {
             match decide(&settings) {
                 Ok((decision, opened)) => {
                     coordinator = Some(opened);
-                    decision
+                    mine = decision;
                 }
-                Err(e) => (0, 0, 0, e.to_string(), fingerprint(&settings)),
+                Err(e) => mine.error = Some(StartError::of(&e)),
             }
-        } else {
-            (0, 0, 0, String::new(), fingerprint(&settings))
-        };
-        let (kind, checkpoint, first_id, error, _) = broadcast_from_first(worker, mine)?;
-        if !error.is_empty() {
-            return Err(Error::CheckpointState {
-                id: checkpoint,
-                reason: format!("the job could not start: {error}"),
-            });
         }
-        let source = match (kind, &settings.start) {
+        let decision = broadcast_from_first(worker, mine)?;
+        if let Some(error) = decision.error {
+            return Err(error.into_error());
+        }
+        let source = match (decision.source, &settings.start) {
             (1, _) => Some(Source::Checkpoint(SnapshotMetadata::read(
                 settings.root.as_ref(),
-                &metadata_path(checkpoint)?,
+                &metadata_path(decision.checkpoint)?,
             )?)),
             (2, StartFrom::Savepoint(storage)) => Some(Source::Savepoint(
                 Arc::clone(storage),
-                read_savepoint(storage.as_ref())?,
+                read_savepoint_named(storage.as_ref())?,
             )),
             _ => None,
         };
@@ -196,15 +296,25 @@ impl Job {
             Some(Source::Checkpoint(meta) | Source::Savepoint(_, meta)) => resume_epoch_of(meta)?,
             None => 0,
         };
+        check_savepoints(&settings.savepoints, resume_epoch)?;
         Ok(Job {
             settings: Arc::new(settings),
             routing,
             index,
             source,
-            first_id,
+            first_id: decision.first_id,
             resume_epoch,
             coordinator,
+            skipped: decision.skipped,
         })
+    }
+
+    /// The damaged checkpoints this start skipped, by id: those newer than the one it
+    /// restored (it fell back past them), or every checkpoint of a root none of whose
+    /// checkpoints restores when [`Checkpointing::start_empty_if_all_damaged`] let it start
+    /// empty. Empty when nothing was skipped. The same on every worker.
+    pub fn skipped_checkpoints(&self) -> &[SkippedCheckpoint] {
+        &self.skipped
     }
 
     /// The first epoch the job's source must produce: 0, or the epoch after the restored
@@ -247,11 +357,15 @@ impl Job {
     }
 
     /// This worker's instance of operator `operator`: the key groups it owns, restored from
-    /// what the job starts from, or empty.
+    /// what the job starts from, or empty. Its working directory, if the settings give one,
+    /// is replaced whatever it holds, or refused if it is not empty, as
+    /// [`Checkpointing::replace_working_dirs`] says: a fresh start is empty too.
     ///
     /// # Errors
     /// Restore errors (naming the file); [`Error::Incompatible`] for a snapshot of another max
-    /// parallelism.
+    /// parallelism; with [`Checkpointing::replace_working_dirs`] off,
+    /// [`Error::UncleanWorkingDirectory`] or [`Error::Incompatible`] for a working directory
+    /// that is not empty.
     pub fn open_instance(&self, operator: &str) -> Result<AnyBackend> {
         let range = self.routing.range_of(self.index)?;
         let mut config = BackendConfig::heap(self.settings.max_parallelism, range);
@@ -261,8 +375,14 @@ impl Job {
             .working_dir
             .as_ref()
             .map(|dir| dir.join(format!("{operator}-{}", self.index)));
-        config.replace_existing = true;
+        config.replace_existing = self.settings.replace_working_dirs;
         match &self.source {
+            // A fresh start into a working directory goes through the restore path, with no
+            // rows: what the directory holds (a crashed run's database, an earlier run's) is
+            // replaced or refused, never reopened as the job's state.
+            None if config.working_dir.is_some() && config.kind == BackendKind::RocksDb => {
+                <AnyBackend as CheckpointedBackend>::restore_rows(&config, &mut NoRows)
+            }
             None => AnyBackend::open(&config),
             Some(Source::Checkpoint(meta)) => restore_instance(
                 self.settings.root.as_ref(),
@@ -277,30 +397,134 @@ impl Job {
     }
 }
 
+/// The rows of an empty instance: what a fresh start restores.
+struct NoRows;
+
+impl RowSource for NoRows {
+    fn states(&self) -> &[StateInfo] {
+        &[]
+    }
+
+    fn emit_rows(&mut self, _emit: &mut RowEmit<'_>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// [`read_savepoint`], with a missing `_metadata` named by its storage's location: "missing
+/// file _metadata" alone does not say which directory was expected to hold a savepoint.
+fn read_savepoint_named(storage: &dyn CheckpointStorage) -> Result<SnapshotMetadata> {
+    read_savepoint(storage).map_err(|e| match e {
+        Error::MissingFile { file } => Error::MissingFile {
+            file: format!(
+                "{file} in {} (no savepoint there: none was written, or it did not complete)",
+                storage.location()
+            ),
+        },
+        other => other,
+    })
+}
+
+/// Refuses savepoints at epochs before `resume_epoch`: the run has passed them and would write
+/// nothing. One whose storage already holds a completed savepoint at exactly that epoch (an
+/// earlier run of this job wrote it) is left as it is.
+fn check_savepoints(
+    savepoints: &[(u64, Arc<dyn CheckpointStorage>)],
+    resume_epoch: u64,
+) -> Result<()> {
+    for (epoch, storage) in savepoints.iter().filter(|(e, _)| *e < resume_epoch) {
+        let written = read_savepoint(storage.as_ref())
+            .ok()
+            .and_then(|meta| meta.engine.get(EPOCH_KEY).cloned())
+            .is_some_and(|bytes| bytes == epoch.to_le_bytes());
+        if written {
+            tracing::info!(
+                epoch,
+                savepoint = %storage.location(),
+                "savepoint written by an earlier run: left as it is"
+            );
+            continue;
+        }
+        return Err(Error::InvalidOptions {
+            reason: format!(
+                "a savepoint at epoch {epoch} (into {}) cannot be taken: the job resumes at \
+                 epoch {resume_epoch}, past it; ask for one at epoch {resume_epoch} or later",
+                storage.location()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Worker 0's decision: what to start from, the coordinator opened on the root, and the first
 /// checkpoint id (begun at once if a sweep is pending, see [`crate::engines::timely::committer`]).
 fn decide(settings: &Checkpointing) -> Result<(Decision, CheckpointCoordinator)> {
+    let mut skipped = Vec::new();
     let chosen = match &settings.start {
         StartFrom::Empty => (0, 0),
-        StartFrom::LatestCheckpoint => match latest_restorable(settings.root.as_ref()) {
-            Ok(meta) => (1, meta.id),
-            Err(Error::NoRestorableCheckpoint { .. }) => (0, 0),
-            Err(e) => return Err(e),
-        },
+        StartFrom::LatestCheckpoint => {
+            let root = settings.root.as_ref();
+            let (found, damaged) = latest_restorable_skipping(root)?;
+            skipped = damaged
+                .iter()
+                .map(|(id, reason)| SkippedCheckpoint {
+                    id: *id,
+                    reason: reason.clone(),
+                })
+                .collect();
+            let list = || {
+                damaged
+                    .iter()
+                    .map(|(id, why)| format!("{id} ({why})"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            match found {
+                Some(meta) => {
+                    if !damaged.is_empty() {
+                        tracing::warn!(
+                            restored = meta.id,
+                            skipped = %list(),
+                            "the job restores an older checkpoint: newer ones are damaged"
+                        );
+                    }
+                    (1, meta.id)
+                }
+                None if damaged.is_empty() => (0, 0),
+                None if settings.start_empty_if_all_damaged => {
+                    tracing::warn!(
+                        root = %root.location(),
+                        damaged = %list(),
+                        "no checkpoint of the root restores: the job starts empty, as its \
+                         settings allow; the damaged checkpoints are kept"
+                    );
+                    (0, 0)
+                }
+                None => {
+                    return Err(Error::NoVerifiedCheckpoint {
+                        root: root.location(),
+                        damaged: list(),
+                    });
+                }
+            }
+        }
         StartFrom::Savepoint(storage) => {
-            read_savepoint(storage.as_ref())?;
+            read_savepoint_named(storage.as_ref())?;
             (2, 0)
         }
     };
     // Chosen before the coordinator opens, which drops what lies beyond the retention. A
     // fallback past damaged newer checkpoints may lie beyond it: the retention of this run
-    // then widens to keep it (and the damaged ones, which a user may want to inspect).
+    // then widens to keep it (and the damaged ones, which a user may want to inspect). An
+    // empty start past a root of damaged checkpoints keeps them all until the run has
+    // retained as many of its own.
     let retained = if chosen.0 == 1 {
         let newer = RootState::read(settings.root.as_ref())?
             .completed
             .range(chosen.1 + 1..)
             .count();
         settings.retained.max(newer + 1)
+    } else if !skipped.is_empty() {
+        settings.retained.saturating_add(skipped.len())
     } else {
         settings.retained
     };
@@ -314,13 +538,14 @@ fn decide(settings: &Checkpointing) -> Result<(Decision, CheckpointCoordinator)>
         coordinator.begin(first_id)?;
     }
     Ok((
-        (
-            chosen.0,
-            chosen.1,
+        Decision {
+            source: chosen.0,
+            checkpoint: chosen.1,
             first_id,
-            String::new(),
-            fingerprint(settings),
-        ),
+            error: None,
+            fingerprint: fingerprint(settings),
+            skipped,
+        },
         coordinator,
     ))
 }
@@ -388,11 +613,14 @@ fn broadcast_from_first(worker: &mut Worker, message: Decision) -> Result<Decisi
             reason: "worker 0's start decision never arrived".into(),
         });
     };
-    if let Some((other, (.., theirs))) = all.iter().find(|(_, d)| d.4 != decision.4) {
+    if let Some((other, theirs)) = all
+        .iter()
+        .find(|(_, d)| d.fingerprint != decision.fingerprint)
+    {
         return Err(Error::Incompatible {
             reason: format!(
-                "worker {other} runs with other settings than worker 0: {theirs} against {}",
-                decision.4
+                "worker {other} runs with other settings than worker 0: {} against {}",
+                theirs.fingerprint, decision.fingerprint
             ),
         });
     }

@@ -26,6 +26,6 @@ mod routing;
 
 pub use ack::{Ack, Target};
 pub use committer::{CommitReport, EPOCH_KEY};
-pub use job::{Checkpointing, Job, POSITION_STATE, RESUME_EPOCH_KEY, StartFrom};
+pub use job::{Checkpointing, Job, POSITION_STATE, RESUME_EPOCH_KEY, SkippedCheckpoint, StartFrom};
 pub use operator::{Context, KeyedLogic};
 pub use routing::KeyGroupRouting;

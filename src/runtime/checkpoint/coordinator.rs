@@ -1034,8 +1034,42 @@ impl Drop for CheckpointCoordinator {
 /// # Errors
 /// As [`CheckpointCoordinator::latest_verified`]; storage errors reading the root.
 pub fn latest_restorable(storage: &dyn CheckpointStorage) -> Result<SnapshotMetadata> {
+    match latest_restorable_skipping(storage)? {
+        (Some(meta), _) => Ok(meta),
+        (None, damaged) if damaged.is_empty() => Err(Error::NoRestorableCheckpoint {
+            root: storage.location(),
+        }),
+        (None, damaged) => Err(Error::NoVerifiedCheckpoint {
+            root: storage.location(),
+            damaged: list_damaged(&damaged),
+        }),
+    }
+}
+
+/// [`latest_restorable`], with the damaged checkpoints it skipped, `(id, why)` by id (an
+/// unreadable `_metadata` counts as damage): those newer than the checkpoint it returns, or
+/// every checkpoint of the root if none restores (`None` with a list that is not empty;
+/// `None` with an empty list for a root that holds no checkpoint). An engine reports them: a
+/// restore that falls back, or a start that the caller allowed to begin empty, is not a
+/// silent one.
+///
+/// # Errors
+/// As [`latest_restorable`], except the two errors that say there is nothing to restore.
+pub fn latest_restorable_skipping(
+    storage: &dyn CheckpointStorage,
+) -> Result<(Option<SnapshotMetadata>, Vec<(u64, String)>)> {
     let state = RootState::read(storage)?;
-    newest_verified(&state, storage).cloned()
+    let (meta, skipped) = newest_verified_skipping(&state, storage)?;
+    Ok((meta.cloned(), skipped))
+}
+
+/// `id (why); ...`: the `damaged` of [`Error::NoVerifiedCheckpoint`].
+fn list_damaged(damaged: &[(u64, String)]) -> String {
+    damaged
+        .iter()
+        .map(|(id, why)| format!("{id} ({why})"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The newest completed checkpoint of `state` whose files all verify in `storage` (see
@@ -1044,16 +1078,34 @@ fn newest_verified<'a>(
     state: &'a RootState,
     storage: &dyn CheckpointStorage,
 ) -> Result<&'a SnapshotMetadata> {
+    match newest_verified_skipping(state, storage)? {
+        (Some(meta), _) => Ok(meta),
+        (None, damaged) if damaged.is_empty() => Err(Error::NoRestorableCheckpoint {
+            root: storage.location(),
+        }),
+        (None, damaged) => Err(Error::NoVerifiedCheckpoint {
+            root: storage.location(),
+            damaged: list_damaged(&damaged),
+        }),
+    }
+}
+
+/// [`newest_verified`], with the damaged checkpoints skipped (see
+/// [`latest_restorable_skipping`]).
+fn newest_verified_skipping<'a>(
+    state: &'a RootState,
+    storage: &dyn CheckpointStorage,
+) -> Result<(Option<&'a SnapshotMetadata>, Vec<(u64, String)>)> {
     let newer_format = |than: u64| {
         state
             .unreadable
             .iter()
             .find(|u| u.id > than && matches!(u.error, Error::UnsupportedFormat { .. }))
     };
-    let mut damaged: Vec<String> = state
+    let mut damaged: Vec<(u64, String)> = state
         .unreadable
         .iter()
-        .map(|u| format!("{} (unreadable _metadata: {})", u.id, u.error))
+        .map(|u| (u.id, format!("unreadable _metadata: {}", u.error)))
         .collect();
     for meta in state.completed.values().rev() {
         if let Some(u) = newer_format(meta.id) {
@@ -1064,30 +1116,23 @@ fn newest_verified<'a>(
         }
         match verify_files_stable(storage, meta) {
             Ok(()) => {
+                damaged.retain(|(id, _)| *id > meta.id);
+                damaged.sort();
                 if !damaged.is_empty() {
                     tracing::warn!(
                         checkpoint = meta.id,
-                        skipped = %damaged.join("; "),
+                        skipped = %list_damaged(&damaged),
                         "falling back past damaged checkpoints"
                     );
                 }
-                return Ok(meta);
+                return Ok((Some(meta), damaged));
             }
-            Err(e) if e.is_damage() => damaged.push(format!("{} ({e})", meta.id)),
+            Err(e) if e.is_damage() => damaged.push((meta.id, e.to_string())),
             Err(e) => return Err(e),
         }
     }
-    if damaged.is_empty() {
-        Err(Error::NoRestorableCheckpoint {
-            root: "checkpoint storage".into(),
-        })
-    } else {
-        damaged.sort();
-        Err(Error::NoVerifiedCheckpoint {
-            root: "checkpoint storage".into(),
-            damaged: damaged.join("; "),
-        })
-    }
+    damaged.sort();
+    Ok((None, damaged))
 }
 
 /// [`verify_files`], with damage believed only when it repeats: each file that fails is read

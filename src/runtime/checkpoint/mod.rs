@@ -26,8 +26,8 @@ pub mod restore;
 pub use crate::backends::interface::{PendingSnapshot, UploadStats};
 pub use crate::model::format::{layout, metadata};
 pub use coordinator::{
-    CheckpointCoordinator, DEFAULT_RETAINED_CHECKPOINTS, GcReport, latest_restorable, verify_files,
-    verify_files_stable,
+    CheckpointCoordinator, DEFAULT_RETAINED_CHECKPOINTS, GcReport, latest_restorable,
+    latest_restorable_skipping, verify_files, verify_files_stable,
 };
 pub use metadata::{
     FileEntry, InstanceId, InstanceMetadata, SnapshotKind, SnapshotMetadata, check_partition,
