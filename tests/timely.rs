@@ -194,49 +194,86 @@ fn run_job_with(
     Ok((commits, fired.load(std::sync::atomic::Ordering::Relaxed)))
 }
 
+/// Per key, (records, timers fired) in `backend`, and the resume epoch its operator state
+/// records.
+fn counts_and_position(backend: &mut AnyBackend) -> (BTreeMap<u64, (u64, u64)>, Option<u64>) {
+    let (records, fired) = register(backend).unwrap();
+    let mut found = BTreeMap::new();
+    for item in backend.keys::<u64, ()>(records.id(), None).unwrap() {
+        let (key, ()) = item.unwrap();
+        let n = records.get(&*backend, &key, &()).unwrap().unwrap_or(0);
+        let f = fired.get(&*backend, &key, &()).unwrap().unwrap_or(0);
+        found.insert(key, (n, f));
+    }
+    let operator = backend.operator_state_mut();
+    let position = operator
+        .broadcast_state::<String, u64>(POSITION_STATE)
+        .unwrap();
+    let resume = position.get(operator, &RESUME_EPOCH_KEY.into()).unwrap();
+    (found, resume)
+}
+
+/// The epoch a completed snapshot's engine metadata records.
+fn epoch_of(meta: &statebackend::checkpoint::SnapshotMetadata) -> u64 {
+    u64::from_le_bytes(
+        meta.engine[EPOCH_KEY]
+            .as_slice()
+            .try_into()
+            .expect("8 bytes"),
+    )
+}
+
+/// Checkpoint `meta` of `root`, restored into one instance owning every key group: the state
+/// of `operator` and its resume epoch.
+fn checkpoint_state(
+    root: &dyn CheckpointStorage,
+    meta: &statebackend::checkpoint::SnapshotMetadata,
+    operator: &str,
+) -> (BTreeMap<u64, (u64, u64)>, Option<u64>) {
+    let mut config = BackendConfig::heap(128, KeyGroupRange::new(0, 128).unwrap());
+    config.kind = meta.instances[0].backend;
+    let mut backend = restore_instance(
+        root,
+        &meta.for_operator(operator).unwrap(),
+        &config,
+        RestoreMode::NoClaim,
+    )
+    .expect("restore");
+    counts_and_position(&mut backend)
+}
+
+/// The savepoint in `storage`, restored into one heap instance owning every key group: the
+/// state of `operator` and its resume epoch.
+fn savepoint_state(
+    storage: &dyn CheckpointStorage,
+    operator: &str,
+) -> (BTreeMap<u64, (u64, u64)>, Option<u64>) {
+    let meta = statebackend::savepoint::read_savepoint(storage).expect("a savepoint");
+    let config = BackendConfig::heap(128, KeyGroupRange::new(0, 128).unwrap());
+    let mut backend = statebackend::savepoint::restore_savepoint(
+        storage,
+        &meta.for_operator(operator).unwrap(),
+        &config,
+    )
+    .expect("restore");
+    counts_and_position(&mut backend)
+}
+
 /// Every completed checkpoint of `root`, restored into one instance owning every key group,
 /// compared with the model at its epoch; returns the epochs checked.
 fn check_every_checkpoint(root: &dyn CheckpointStorage) -> Vec<u64> {
     let state = RootState::read(root).expect("root");
     let mut epochs = Vec::new();
     for meta in state.completed.values() {
-        let epoch = u64::from_le_bytes(
-            meta.engine[EPOCH_KEY]
-                .as_slice()
-                .try_into()
-                .expect("8 bytes"),
-        );
-        let mut config = BackendConfig::heap(128, KeyGroupRange::new(0, 128).unwrap());
-        config.kind = meta.instances[0].backend;
-        let mut backend = restore_instance(
-            root,
-            &meta.for_operator("counting").unwrap(),
-            &config,
-            RestoreMode::NoClaim,
-        )
-        .expect("restore");
-        let (records, fired) = register(&mut backend).unwrap();
-        let mut found = BTreeMap::new();
-        for item in backend.keys::<u64, ()>(records.id(), None).unwrap() {
-            let (key, ()) = item.unwrap();
-            let n = records.get(&backend, &key, &()).unwrap().unwrap_or(0);
-            let f = fired.get(&backend, &key, &()).unwrap().unwrap_or(0);
-            found.insert(key, (n, f));
-        }
+        let epoch = epoch_of(meta);
+        let (found, resume) = checkpoint_state(root, meta, "counting");
         assert_eq!(
             found,
             model_at(epoch),
             "checkpoint {} at epoch {epoch}",
             meta.id
         );
-        let operator = backend.operator_state_mut();
-        let position = operator
-            .broadcast_state::<String, u64>(POSITION_STATE)
-            .unwrap();
-        assert_eq!(
-            position.get(operator, &RESUME_EPOCH_KEY.into()).unwrap(),
-            Some(epoch + 1)
-        );
+        assert_eq!(resume, Some(epoch + 1));
         epochs.push(epoch);
     }
     epochs
@@ -492,4 +529,467 @@ fn a_fallback_past_damaged_checkpoints_is_kept_and_restored_whatever_the_retenti
     let newest = RootState::read(root.as_ref()).unwrap();
     let latest = newest.completed.values().next_back().unwrap();
     assert_eq!(latest.engine[EPOCH_KEY], 17u64.to_le_bytes().to_vec());
+}
+
+/// The state after a run of epochs `0..epochs` whose input ended: every record counted and
+/// every timer fired.
+fn model_ended(epochs: u64) -> BTreeMap<u64, (u64, u64)> {
+    let mut out: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for epoch in 0..epochs {
+        let mut keys_this_epoch = std::collections::BTreeSet::new();
+        for j in 0..PER_EPOCH {
+            let key = key_of(epoch, j);
+            out.entry(key).or_default().0 += 1;
+            keys_this_epoch.insert(key);
+        }
+        for key in keys_this_epoch {
+            out.entry(key).or_default().1 += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn a_savepoint_at_input_end_holds_the_records_held_back_for_a_dropped_checkpoint() {
+    for kind in kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let root: Arc<dyn CheckpointStorage> =
+            Arc::new(LocalDirStorage::new(dir.path().join("root")).unwrap());
+        let savepoint: Arc<dyn CheckpointStorage> =
+            Arc::new(LocalDirStorage::new(dir.path().join("savepoint")).unwrap());
+        let mut s = Checkpointing::new(root, 10, kind);
+        s.savepoints = vec![(1000, Arc::clone(&savepoint))];
+        // Epochs 0..=15 sent and the input dropped before the first step: the records of 10..=15
+        // wait for the checkpoint at 9, which the end of the input drops.
+        let (commits, _) = run_job_with(1, 16, s, Close::AtOnce, None).unwrap();
+        assert!(
+            commits
+                .iter()
+                .any(|c| c.target == Target::Savepoint(0) && c.epoch == 1000 && c.outcome.is_ok()),
+            "{commits:?}"
+        );
+        let (state, resume) = savepoint_state(savepoint.as_ref(), "counting");
+        assert_eq!(resume, Some(1001), "{kind:?}");
+        // Every record is in it, and every timer up to 1000 fired: a job restored from it and
+        // resumed at 1001 has lost nothing.
+        assert_eq!(state, model_ended(16), "{kind:?}");
+    }
+}
+
+/// A record of the two-operator pipeline: `(a, b)`; the first operator is keyed by `a`, the
+/// second by `b`.
+type Pair = (u64, u64);
+
+/// Records per epoch in the pipeline.
+const PAIRS_PER_EPOCH: u64 = 8;
+
+fn pair_of(epoch: u64, j: u64) -> Pair {
+    ((epoch * 7 + j) % 13, (epoch * 3 + j * 5) % 11)
+}
+
+/// Which field of a [`Pair`] an operator is keyed by, and whether it passes records on.
+trait Pick: 'static {
+    const PASS: bool;
+    fn pick(pair: &Pair) -> u64;
+}
+
+/// Keyed by `a`, passes every record on.
+struct ByA;
+impl Pick for ByA {
+    const PASS: bool = true;
+    fn pick(pair: &Pair) -> u64 {
+        pair.0
+    }
+}
+
+/// Keyed by `b`, emits nothing.
+struct ByB;
+impl Pick for ByB {
+    const PASS: bool = false;
+    fn pick(pair: &Pair) -> u64 {
+        pair.1
+    }
+}
+
+/// Counts records per key (in the `records` state of [`register`]).
+struct Tally<P> {
+    states: Option<States>,
+    pick: std::marker::PhantomData<P>,
+}
+
+impl<P> Default for Tally<P> {
+    fn default() -> Self {
+        Self {
+            states: None,
+            pick: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<P: Pick> KeyedLogic for Tally<P> {
+    type Input = Pair;
+    type Output = Pair;
+    type Key = u64;
+    type Namespace = u64;
+
+    fn key(input: &Pair) -> u64 {
+        P::pick(input)
+    }
+
+    fn open(&mut self, backend: &mut AnyBackend) -> Result<()> {
+        self.states = Some(register(backend)?);
+        Ok(())
+    }
+
+    fn on_record(
+        &mut self,
+        cx: &mut Context<'_, u64, u64>,
+        key: &KeyContext<u64>,
+        input: Pair,
+        output: &mut Vec<Pair>,
+    ) -> Result<()> {
+        let (records, _) = self.states.as_ref().expect("opened");
+        let n = records.get(cx.backend, key, &())?.unwrap_or(0);
+        records.put(cx.backend, key, &(), n + 1)?;
+        if P::PASS {
+            output.push(input);
+        }
+        Ok(())
+    }
+
+    fn on_timer(
+        &mut self,
+        _cx: &mut Context<'_, u64, u64>,
+        _timer: Timer<u64, u64>,
+        _output: &mut Vec<Pair>,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Per key of `pick`, the records of epochs `0..epochs`.
+fn pipeline_model(epochs: u64, pick: fn(&Pair) -> u64) -> BTreeMap<u64, (u64, u64)> {
+    let mut out: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for epoch in 0..epochs {
+        for j in 0..PAIRS_PER_EPOCH {
+            out.entry(pick(&pair_of(epoch, j))).or_default().0 += 1;
+        }
+    }
+    out
+}
+
+/// Runs the pipeline A (keyed by `a`, passing records on) → B (keyed by `b`, counting) on
+/// `workers` threads for epochs up to `epochs`, every worker sending all its epochs before it
+/// steps once; both operators' acknowledgements go to one committer. Returns the reports.
+fn run_pipeline(
+    workers: usize,
+    epochs: u64,
+    settings: Checkpointing,
+) -> std::result::Result<Vec<CommitReport>, String> {
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&commits);
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let mut job = Job::start(worker, settings.clone()).map_err(|e| e.to_string())?;
+        let (index, peers) = (worker.index() as u64, worker.peers() as u64);
+        let from = job.resume_epoch();
+        let probe = ProbeHandle::new();
+        let log = Arc::clone(&log);
+        let mut input = worker
+            .dataflow::<u64, _, _>(|scope| -> Result<_> {
+                use timely::dataflow::operators::Concatenate;
+                let (input, records) = scope.new_input::<Pair>();
+                let (passed, acks_a) = job.stateful(records, "a", Tally::<ByA>::default())?;
+                let (out, acks_b) = job.stateful(passed, "b", Tally::<ByB>::default())?;
+                let acks = scope.concatenate(vec![acks_a, acks_b]);
+                job.commit(acks, move |report| log.lock().unwrap().push(report.clone()));
+                out.probe_with(&probe);
+                Ok(input)
+            })
+            .map_err(|e| e.to_string())?;
+        input.advance_to(from);
+        for epoch in from..epochs {
+            for j in (index..PAIRS_PER_EPOCH).step_by(peers as usize) {
+                input.send(pair_of(epoch, j));
+            }
+            input.advance_to(epoch + 1);
+        }
+        while probe.less_than(&epochs) {
+            worker.step();
+        }
+        drop(input);
+        while worker.step() {}
+        Ok::<_, String>(())
+    })?;
+    for result in guards.join() {
+        result??;
+    }
+    let commits = commits.lock().unwrap().clone();
+    Ok(commits)
+}
+
+#[test]
+fn chained_stateful_operators_restore_to_one_cut_and_count_nothing_twice() {
+    for kind in kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let root: Arc<dyn CheckpointStorage> =
+            Arc::new(LocalDirStorage::new(dir.path().join("root")).unwrap());
+        let mut s = Checkpointing::new(Arc::clone(&root), 10, kind);
+        s.retained = 100;
+        // Epochs 0..=25, all sent before the first step: checkpoints at 9 and 19.
+        let commits = run_pipeline(2, 26, s.clone()).unwrap();
+        assert!(commits.iter().all(|c| c.outcome.is_ok()), "{commits:?}");
+        // Every checkpoint holds both operators at exactly its epoch.
+        let state = RootState::read(root.as_ref()).unwrap();
+        assert_eq!(state.completed.len(), 2, "{kind:?}");
+        for meta in state.completed.values() {
+            let epoch = epoch_of(meta);
+            let (a, _) = checkpoint_state(root.as_ref(), meta, "a");
+            let (b, _) = checkpoint_state(root.as_ref(), meta, "b");
+            assert_eq!(
+                a,
+                pipeline_model(epoch + 1, |p| p.0),
+                "a at {epoch}, {kind:?}"
+            );
+            assert_eq!(
+                b,
+                pipeline_model(epoch + 1, |p| p.1),
+                "b at {epoch}, {kind:?}"
+            );
+        }
+        // A crash after the checkpoint at 9 completed: the one at 19 never did.
+        let newest = *state.completed.keys().next_back().unwrap();
+        root.delete(&statebackend::checkpoint::layout::metadata_path(newest).unwrap())
+            .unwrap();
+        // The restart replays 10..=25 and writes a savepoint at the last epoch.
+        let savepoint: Arc<dyn CheckpointStorage> =
+            Arc::new(LocalDirStorage::new(dir.path().join("savepoint")).unwrap());
+        s.savepoints = vec![(25, Arc::clone(&savepoint))];
+        run_pipeline(2, 26, s).unwrap();
+        let (b, resume) = savepoint_state(savepoint.as_ref(), "b");
+        assert_eq!(resume, Some(26));
+        let counted: u64 = b.values().map(|(n, _)| n).sum();
+        assert_eq!(counted, 26 * PAIRS_PER_EPOCH, "{kind:?}");
+        assert_eq!(b, pipeline_model(26, |p| p.1), "{kind:?}");
+        let (a, _) = savepoint_state(savepoint.as_ref(), "a");
+        assert_eq!(a, pipeline_model(26, |p| p.0), "{kind:?}");
+    }
+}
+
+#[test]
+fn a_fresh_start_never_reopens_a_leftover_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let run = |name: &str, replace: bool| {
+        let root: Arc<dyn CheckpointStorage> =
+            Arc::new(LocalDirStorage::new(dir.path().join(format!("root-{name}"))).unwrap());
+        let savepoint: Arc<dyn CheckpointStorage> =
+            Arc::new(LocalDirStorage::new(dir.path().join(format!("savepoint-{name}"))).unwrap());
+        let mut s = Checkpointing::new(root, 3, BackendKind::RocksDb);
+        s.working_dir = Some(work.clone());
+        s.replace_working_dirs = replace;
+        s.savepoints = vec![(9, Arc::clone(&savepoint))];
+        run_job_with(1, 10, s, Close::AfterLastEpoch, None)
+            .map(|_| savepoint_state(savepoint.as_ref(), "counting").0)
+    };
+    // The savepoint at the last epoch, 9, taken while the input runs.
+    let expected = model_at(9);
+    assert_eq!(run("first", true).unwrap(), expected);
+    // A second fresh run (a new root: nothing to restore) into the same working directory
+    // starts empty, not from the first run's database.
+    assert_eq!(run("second", true).unwrap(), expected);
+    // A run that died leaves its database marked as not closed cleanly: a fresh start
+    // replaces it.
+    std::fs::write(work.join("counting-0").join("db.open"), b"").unwrap();
+    assert_eq!(run("after-crash", true).unwrap(), expected);
+    // Told not to replace, a fresh start refuses the directory, naming it, and leaves it as
+    // it is.
+    let refused = run("refused", false);
+    assert!(
+        matches!(&refused, Err(e) if e.contains("counting-0")),
+        "{refused:?}"
+    );
+    assert!(work.join("counting-0").join("db").exists());
+}
+
+/// What [`Job::start`] returned on each worker: the checkpoint restored, the resume epoch and
+/// the skipped checkpoints' ids; or the error, with whether it is
+/// [`statebackend::Error::NoVerifiedCheckpoint`].
+type Started = std::result::Result<(Option<u64>, u64, Vec<u64>), (bool, String)>;
+
+/// Starts a job on `workers` threads and stops there (no dataflow).
+fn start_only(workers: usize, settings: Checkpointing) -> Vec<Started> {
+    let guards = timely::execute(
+        timely::Config::process(workers),
+        move |worker| match Job::start(worker, settings.clone()) {
+            Ok(job) => Ok((
+                job.restored_checkpoint(),
+                job.resume_epoch(),
+                job.skipped_checkpoints().iter().map(|s| s.id).collect(),
+            )),
+            Err(e) => Err((
+                matches!(e, statebackend::Error::NoVerifiedCheckpoint { .. }),
+                e.to_string(),
+            )),
+        },
+    )
+    .unwrap();
+    guards.join().into_iter().map(|r| r.unwrap()).collect()
+}
+
+/// Deletes a file of each of the `n` newest checkpoints of `root`; returns their ids.
+fn damage_newest(root: &dyn CheckpointStorage, n: usize) -> Vec<u64> {
+    let state = RootState::read(root).unwrap();
+    let mut ids = Vec::new();
+    for meta in state.completed.values().rev().take(n) {
+        root.delete(&meta.files().next().unwrap().path).unwrap();
+        ids.push(meta.id);
+    }
+    ids.sort_unstable();
+    ids
+}
+
+/// Every path in `root`.
+fn listing(root: &dyn CheckpointStorage) -> std::collections::BTreeSet<String> {
+    root.list(None)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.path.to_string())
+        .collect()
+}
+
+#[test]
+fn a_root_whose_every_checkpoint_is_damaged_fails_the_start_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let root: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(dir.path()).unwrap());
+    run_job(2, 20, settings(Arc::clone(&root), BackendKind::Heap)).unwrap();
+    let damaged = damage_newest(root.as_ref(), usize::MAX);
+    assert_eq!(damaged.len(), 6);
+    let before = listing(root.as_ref());
+    for started in start_only(2, settings(Arc::clone(&root), BackendKind::Heap)) {
+        let Err((typed, message)) = started else {
+            panic!("started on a root of damaged checkpoints: {started:?}");
+        };
+        assert!(typed, "{message}");
+        for id in &damaged {
+            assert!(message.contains(&format!("{id} (")), "{id}: {message}");
+        }
+        assert!(
+            message.contains(&dir.path().display().to_string()),
+            "{message}"
+        );
+    }
+    // Nothing of the checkpoints was touched.
+    let after = listing(root.as_ref());
+    assert!(
+        before
+            .iter()
+            .filter(|p| p.starts_with("chk-"))
+            .all(|p| after.contains(p))
+    );
+}
+
+#[test]
+fn starting_empty_past_a_damaged_root_must_be_asked_for_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(dir.path()).unwrap());
+    run_job(2, 20, settings(Arc::clone(&root), BackendKind::Heap)).unwrap();
+    let damaged = damage_newest(root.as_ref(), usize::MAX);
+    let before = listing(root.as_ref());
+    let mut s = settings(Arc::clone(&root), BackendKind::Heap);
+    s.retained = 2;
+    s.start_empty_if_all_damaged = true;
+    for started in start_only(2, s.clone()) {
+        assert_eq!(started, Ok((None, 0, damaged.clone())));
+    }
+    // A run from empty state, with a retention of two: its checkpoints hold the state from
+    // epoch 0, and every damaged checkpoint's files are still there after it (the run keeps
+    // them until it has retained two checkpoints of its own).
+    let commits = run_job(2, 6, s).unwrap();
+    assert_eq!(
+        commits
+            .iter()
+            .map(|c| (c.epoch, c.outcome.is_ok()))
+            .collect::<Vec<_>>(),
+        vec![(2, true), (5, true)]
+    );
+    let after = listing(root.as_ref());
+    let lost: Vec<&String> = before
+        .iter()
+        .filter(|p| p.starts_with("chk-") || p.starts_with("shared"))
+        .filter(|p| !after.contains(*p))
+        .collect();
+    assert!(lost.is_empty(), "deleted: {lost:?}");
+    let state = RootState::read(root.as_ref()).unwrap();
+    let newest = state.completed.values().next_back().unwrap();
+    assert_eq!(epoch_of(newest), 5);
+    assert_eq!(
+        checkpoint_state(root.as_ref(), newest, "counting"),
+        (model_at(5), Some(6))
+    );
+}
+
+#[test]
+fn a_fallback_past_a_damaged_newest_checkpoint_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let root: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(dir.path()).unwrap());
+    run_job(2, 20, settings(Arc::clone(&root), BackendKind::Heap)).unwrap();
+    let newest = damage_newest(root.as_ref(), 1);
+    let state = RootState::read(root.as_ref()).unwrap();
+    let previous = *state.completed.keys().rev().nth(1).unwrap();
+    for started in start_only(2, settings(Arc::clone(&root), BackendKind::Heap)) {
+        // Restored the checkpoint at epoch 14, resumed at 15, the one at 17 skipped.
+        assert_eq!(started, Ok((Some(previous), 15, newest.clone())));
+    }
+}
+
+#[test]
+fn a_savepoint_at_an_epoch_the_run_has_passed_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let root: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::new(dir.path().join("root")).unwrap());
+    let early: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::new(dir.path().join("early")).unwrap());
+    let mut first = settings(Arc::clone(&root), BackendKind::Heap);
+    first.savepoints = vec![(5, Arc::clone(&early))];
+    run_job(2, 20, first.clone()).unwrap();
+    // A restart with the same settings: the savepoint at 5 was written by the first run.
+    assert!(
+        start_only(2, first.clone()).iter().all(|s| s.is_ok()),
+        "a savepoint written before refused the restart"
+    );
+    // One at 5 into a directory that holds none: the run resumes at 18 and would write nothing.
+    let missed = dir.path().join("missed");
+    let mut second = first;
+    second.savepoints = vec![(
+        5,
+        Arc::new(LocalDirStorage::new(&missed).unwrap()) as Arc<dyn CheckpointStorage>,
+    )];
+    for started in start_only(2, second) {
+        let Err((_, message)) = started else {
+            panic!("started with a passed savepoint epoch: {started:?}");
+        };
+        assert!(message.contains("epoch 5"), "{message}");
+        assert!(message.contains("18"), "{message}");
+        assert!(message.contains(&missed.display().to_string()), "{message}");
+    }
+}
+
+#[test]
+fn a_start_from_a_missing_savepoint_names_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let root: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::new(dir.path().join("root")).unwrap());
+    let nowhere = dir.path().join("no-savepoint-here");
+    let mut s = settings(root, BackendKind::Heap);
+    s.start = StartFrom::Savepoint(Arc::new(LocalDirStorage::new(&nowhere).unwrap()));
+    for started in start_only(2, s) {
+        let Err((_, message)) = started else {
+            panic!("started from a missing savepoint: {started:?}");
+        };
+        assert!(message.contains("_metadata"), "{message}");
+        assert!(
+            message.contains(&nowhere.display().to_string()),
+            "{message}"
+        );
+    }
 }

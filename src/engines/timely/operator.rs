@@ -13,6 +13,17 @@
 //! runs on a thread of its own while the operator goes on, and its acknowledgement goes to the
 //! committer ([`Job::commit`]) at the barrier's epoch.
 //!
+//! Outputs are sent at the time of what produced them: a record's epoch, a timer's timestamp
+//! (or the operator's output frontier, if a timer was registered at a time already passed). A
+//! downstream stateful operator therefore folds an output into its checkpoint at barrier `b`
+//! exactly when this operator's checkpoint at `b` holds the record: chained operators restore
+//! to one consistent cut, and nothing is applied twice after a restore.
+//!
+//! When the input ends (the frontier becomes empty) no further checkpoint is taken; the
+//! savepoints still due are taken then, each after every record held back up to its epoch has
+//! been processed and every timer up to it has fired: a savepoint holds what its resume
+//! epoch says.
+//!
 //! A state error fails the worker (the operator panics with it), as a failed task fails a
 //! Flink job: the job is restarted and restores the latest checkpoint.
 
@@ -62,7 +73,8 @@ pub trait KeyedLogic: 'static {
     /// Registration errors; they fail the worker.
     fn open(&mut self, backend: &mut AnyBackend) -> Result<()>;
 
-    /// Processes one record of epoch `context.epoch`, whose key is `key`.
+    /// Processes one record of epoch `context.epoch`, whose key is `key`. What it pushes to
+    /// `output` is sent at that epoch.
     ///
     /// # Errors
     /// State errors; they fail the worker.
@@ -74,7 +86,8 @@ pub trait KeyedLogic: 'static {
         output: &mut Vec<Self::Output>,
     ) -> Result<()>;
 
-    /// An event-time timer fired: event time (`context.epoch`) reached its timestamp.
+    /// An event-time timer fired: event time (`context.epoch`) reached its timestamp. What it
+    /// pushes to `output` is sent at that timestamp.
     ///
     /// # Errors
     /// State errors; they fail the worker.
@@ -179,6 +192,11 @@ struct Instance<L: KeyedLogic> {
     barriers: Barriers,
     /// Records of epochs past the next barrier, by epoch.
     early: BTreeMap<u64, Vec<L::Input>>,
+    /// Outputs not yet sent, by the time they are sent at: their record's epoch or their
+    /// timer's timestamp.
+    outputs: BTreeMap<u64, Vec<L::Output>>,
+    /// Where the logic writes one record's or timer's outputs.
+    scratch: Vec<L::Output>,
     uploads: Vec<Upload>,
     /// Checkpoints this instance uploaded and has not heard completed, oldest first.
     unconfirmed: Vec<u64>,
@@ -208,6 +226,8 @@ impl Job {
             settings: Arc::clone(self.settings()),
             barriers: Barriers::new(self),
             early: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+            scratch: Vec::new(),
             uploads: Vec::new(),
             unconfirmed: Vec::new(),
         };
@@ -240,7 +260,6 @@ impl Job {
             move |frontiers: &[MutableAntichain<u64>]| {
                 let frontier = frontiers[0].frontier();
                 let first = frontier.first().copied();
-                let mut out = Vec::new();
                 records.for_each(|capability, data| {
                     // One time per message from an input handle; a message under several
                     // times counts at the earliest, one under none at the frontier.
@@ -249,7 +268,7 @@ impl Job {
                         if instance.barriers.next().is_some_and(|b| epoch > b) {
                             instance.early.entry(epoch).or_default().push(record);
                         } else {
-                            instance.process(epoch, record, &mut out);
+                            instance.process(epoch, record);
                         }
                     }
                 });
@@ -261,7 +280,13 @@ impl Job {
                     if first.is_some_and(|f| f <= barrier) {
                         break;
                     }
-                    instance.fire_timers(barrier, &mut out);
+                    if first.is_none() {
+                        // The input ended: records held back for a checkpoint barrier it
+                        // dropped belong to the state at this barrier, every epoch is
+                        // complete, and timers fire between the epochs.
+                        instance.process_complete_early(barrier);
+                    }
+                    instance.fire_timers(barrier);
                     let targets = instance.barriers.take(barrier);
                     for target in targets {
                         let Some(cap) = ack_capability.as_ref() else {
@@ -271,12 +296,12 @@ impl Job {
                         let activator = Arc::clone(&activator);
                         instance.uploads.push(upload.start(activator));
                     }
-                    instance.process_early(&mut out);
+                    instance.process_early();
                 }
                 if first.is_none() {
                     // The input ended with records past a barrier still held back (the frontier
                     // jumped to empty): no barrier is left to wait for.
-                    instance.process_early(&mut out);
+                    instance.process_complete_early(u64::MAX);
                 }
                 // Acknowledgements are sent at barriers only: held at the next one, if any.
                 match (instance.barriers.next(), ack_capability.as_mut()) {
@@ -291,11 +316,20 @@ impl Job {
                     None => Some(u64::MAX),
                 };
                 if let Some(w) = watermark {
-                    instance.fire_timers(w, &mut out);
+                    instance.fire_timers(w);
                 }
-                if !out.is_empty() {
-                    if let Some(cap) = data_capability.as_ref() {
-                        data_output.activate().session(cap).give_container(&mut out);
+                // Each output at its record's epoch or its timer's timestamp (never before the
+                // capability's time, where a timer registered in the past fires): a downstream
+                // operator folds it into its checkpoints exactly where this one folds the
+                // record, so state and outputs agree at every barrier.
+                let outputs = std::mem::take(&mut instance.outputs);
+                if let Some(cap) = data_capability.as_ref() {
+                    let mut output = data_output.activate();
+                    for (time, mut data) in outputs {
+                        let time = time.max(*cap.time());
+                        output
+                            .session(&cap.delayed(&time))
+                            .give_container(&mut data);
                     }
                 }
                 instance.finish_uploads(&mut ack_output);
@@ -316,22 +350,37 @@ impl<L: KeyedLogic> Instance<L> {
         panic!("stateful operator {}: {what}: {e}", self.name)
     }
 
-    fn process(&mut self, epoch: u64, record: L::Input, out: &mut Vec<L::Output>) {
+    fn process(&mut self, epoch: u64, record: L::Input) {
+        let mut out = std::mem::take(&mut self.scratch);
         let result = self.backend.key_context(L::key(&record)).and_then(|key| {
             let mut context = Context {
                 backend: &mut self.backend,
                 timers: &mut self.timers,
                 epoch,
             };
-            self.logic.on_record(&mut context, &key, record, out)
+            self.logic.on_record(&mut context, &key, record, &mut out)
         });
         if let Err(e) = result {
             self.fail("processing a record", e);
         }
+        self.emit_at(epoch, out);
+    }
+
+    /// Queues `out` to be sent at `time`, and keeps its buffer as the next scratch space.
+    fn emit_at(&mut self, time: u64, mut out: Vec<L::Output>) {
+        if !out.is_empty() {
+            let queued = self.outputs.entry(time).or_default();
+            if queued.is_empty() {
+                std::mem::swap(queued, &mut out);
+            } else {
+                queued.append(&mut out);
+            }
+        }
+        self.scratch = out;
     }
 
     /// Processes the early records the last barrier held back, up to the next barrier.
-    fn process_early(&mut self, out: &mut Vec<L::Output>) {
+    fn process_early(&mut self) {
         let limit = self.barriers.next().unwrap_or(u64::MAX);
         while let Some(entry) = self.early.first_entry() {
             if *entry.key() > limit {
@@ -339,27 +388,48 @@ impl<L: KeyedLogic> Instance<L> {
             }
             let (epoch, records) = entry.remove_entry();
             for record in records {
-                self.process(epoch, record, out);
+                self.process(epoch, record);
+            }
+        }
+    }
+
+    /// Processes the early records up to `limit` once the input ended: every epoch is complete,
+    /// so before the records of each epoch the timers of the epochs before it fire, as they
+    /// would have had the frontier passed them one by one.
+    fn process_complete_early(&mut self, limit: u64) {
+        while let Some(entry) = self.early.first_entry() {
+            if *entry.key() > limit {
+                break;
+            }
+            let (epoch, records) = entry.remove_entry();
+            if let Some(before) = epoch.checked_sub(1) {
+                self.fire_timers(before);
+            }
+            for record in records {
+                self.process(epoch, record);
             }
         }
     }
 
     /// Fires every event-time timer up to `epoch`.
-    fn fire_timers(&mut self, epoch: u64, out: &mut Vec<L::Output>) {
+    fn fire_timers(&mut self, epoch: u64) {
         let watermark = i64::try_from(epoch).unwrap_or(i64::MAX);
         let fired = match self.timers.advance_watermark(&mut self.backend, watermark) {
             Ok(fired) => fired,
             Err(e) => self.fail("firing timers", e),
         };
         for timer in fired {
+            let at = u64::try_from(timer.timestamp).unwrap_or(0);
+            let mut out = std::mem::take(&mut self.scratch);
             let mut context = Context {
                 backend: &mut self.backend,
                 timers: &mut self.timers,
-                epoch: u64::try_from(timer.timestamp).unwrap_or(0),
+                epoch: at,
             };
-            if let Err(e) = self.logic.on_timer(&mut context, timer, out) {
+            if let Err(e) = self.logic.on_timer(&mut context, timer, &mut out) {
                 self.fail("firing a timer", e);
             }
+            self.emit_at(at, out);
         }
     }
 
