@@ -67,6 +67,8 @@ pub struct Options {
     pub from_savepoint: Option<PathBuf>,
     /// Start empty, ignoring the root's checkpoints.
     pub fresh: bool,
+    /// Start empty if the root holds checkpoints and every one is damaged (instead of failing).
+    pub start_empty_if_all_damaged: bool,
     /// Savepoints to write: `(epoch, directory)`.
     pub savepoints: Vec<(u64, PathBuf)>,
     /// Where each worker writes its closed windows (one file per worker and run).
@@ -91,6 +93,7 @@ impl Default for Options {
             backend: BackendKind::RocksDb,
             from_savepoint: None,
             fresh: false,
+            start_empty_if_all_damaged: false,
             savepoints: Vec::new(),
             results: None,
             work_dir: None,
@@ -103,7 +106,7 @@ impl Default for Options {
 
 /// Usage of the example's own options (timely's follow `--`).
 pub const USAGE: &str = "usage: timely_windows --root DIR [--epochs N] [--views-per-epoch N] \
-[--checkpoint-every N] [--backend rocksdb|heap] [--fresh] [--from-savepoint DIR] \
+[--checkpoint-every N] [--backend rocksdb|heap] [--fresh] [--start-empty-if-all-damaged] [--from-savepoint DIR] \
 [--savepoint-at EPOCH:DIR]... [--results DIR] [--work-dir DIR] [--stall-at EPOCH] [--epochs-in-flight N] \
 [-- TIMELY ARGS: -w THREADS -n PROCESSES -p INDEX -h HOSTFILE]";
 
@@ -135,6 +138,7 @@ impl Options {
                     }
                 }
                 "--fresh" => o.fresh = true,
+                "--start-empty-if-all-damaged" => o.start_empty_if_all_damaged = true,
                 "--from-savepoint" => o.from_savepoint = Some(PathBuf::from(value()?)),
                 "--savepoint-at" => {
                     let v = value()?;
@@ -171,6 +175,7 @@ impl Options {
             .map(|(epoch, dir)| Ok((*epoch, storage(dir)?)))
             .collect::<Result<_>>()?;
         c.working_dir = self.work_dir.clone();
+        c.start_empty_if_all_damaged = self.start_empty_if_all_damaged;
         Ok(c)
     }
 }
@@ -275,6 +280,8 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// The checkpoint the run restored, if any.
     pub restored: Option<u64>,
+    /// Damaged checkpoints the start skipped (newer than the one restored).
+    pub skipped: Vec<statebackend::timely::SkippedCheckpoint>,
     /// Snapshots worker 0 committed: the committer's reports.
     pub commits: Vec<CommitReport>,
 }
@@ -369,6 +376,7 @@ pub fn run(worker: &mut Worker, options: &Options) -> Result<RunReport> {
         views,
         elapsed: started.elapsed(),
         restored: job.restored_checkpoint(),
+        skipped: job.skipped_checkpoints().to_vec(),
         commits,
     })
 }

@@ -49,10 +49,11 @@ fn main() -> ExitCode {
                 "worker {index}: epochs {}..{} ({}), {} views in {:.2} s, {:.0} views/s",
                 r.resumed_at,
                 run_options.epochs,
-                r.restored
-                    .map_or("fresh or from a savepoint".into(), |id| format!(
-                        "restored checkpoint {id}"
-                    )),
+                match (r.restored, &run_options.from_savepoint) {
+                    (Some(id), _) => format!("restored checkpoint {id}"),
+                    (None, Some(dir)) => format!("from savepoint {}", dir.display()),
+                    (None, None) => "fresh: empty state".into(),
+                },
                 r.views,
                 r.elapsed.as_secs_f64(),
                 r.views as f64 / r.elapsed.as_secs_f64()
@@ -61,6 +62,12 @@ fn main() -> ExitCode {
         }
         if let Ok(r) = &report {
             if index == 0 {
+                for skipped in &r.skipped {
+                    println!(
+                        "  skipped damaged checkpoint {}: {}",
+                        skipped.id, skipped.reason
+                    );
+                }
                 print_job_summary(r, &run_options);
             }
         }
