@@ -4,11 +4,14 @@
 //! A job built with this module:
 //!
 //! 1. starts with [`Job::start`] on every worker: worker 0 decides what the job restores
-//!    (the root's latest restorable checkpoint, a savepoint, or nothing) and every worker
-//!    restores the key groups it owns at the worker count it now runs at;
+//!    (the root's latest restorable checkpoint, a savepoint, or nothing: never a leftover
+//!    working directory, and never nothing for a root whose checkpoints are all damaged
+//!    unless the settings say so) and every worker restores the key groups it owns at the
+//!    worker count it now runs at;
 //! 2. routes records to the worker that owns their key group ([`KeyGroupRouting`]) and
 //!    processes them in a keyed operator ([`Job::stateful`], logic in [`KeyedLogic`]) that
-//!    owns the worker's backend and timers, with epochs as event time;
+//!    owns the worker's backend and timers, with epochs as event time; what it emits is sent
+//!    at its record's epoch (or its timer's timestamp), so stateful operators chain;
 //! 3. takes a checkpoint when the operators' input frontier passes a checkpoint epoch: the
 //!    state at exactly that epoch, uploaded in the background, acknowledged to worker 0,
 //!    whose committer ([`Job::commit`]) completes the checkpoint once every instance has
