@@ -557,8 +557,10 @@ fn a_savepoint_at_input_end_holds_the_records_held_back_for_a_dropped_checkpoint
             Arc::new(LocalDirStorage::new(dir.path().join("root")).unwrap());
         let savepoint: Arc<dyn CheckpointStorage> =
             Arc::new(LocalDirStorage::new(dir.path().join("savepoint")).unwrap());
+        let at_12: Arc<dyn CheckpointStorage> =
+            Arc::new(LocalDirStorage::new(dir.path().join("at-12")).unwrap());
         let mut s = Checkpointing::new(root, 10, kind);
-        s.savepoints = vec![(1000, Arc::clone(&savepoint))];
+        s.savepoints = vec![(1000, Arc::clone(&savepoint)), (12, Arc::clone(&at_12))];
         // Epochs 0..=15 sent and the input dropped before the first step: the records of 10..=15
         // wait for the checkpoint at 9, which the end of the input drops.
         let (commits, _) = run_job_with(1, 16, s, Close::AtOnce, None).unwrap();
@@ -573,6 +575,13 @@ fn a_savepoint_at_input_end_holds_the_records_held_back_for_a_dropped_checkpoint
         // Every record is in it, and every timer up to 1000 fired: a job restored from it and
         // resumed at 1001 has lost nothing.
         assert_eq!(state, model_ended(16), "{kind:?}");
+        // The one at 12, taken at the end of the input too, holds exactly the state at 12:
+        // the held-back records of 10..=12 in, those of 13..=15 out.
+        assert_eq!(
+            savepoint_state(at_12.as_ref(), "counting"),
+            (model_at(12), Some(13)),
+            "{kind:?}"
+        );
     }
 }
 
