@@ -53,6 +53,14 @@ fn due_timers_fire_in_order_once_and_registering_twice_keeps_one() -> Result<()>
             [(10, k1.clone(), 1)]
         );
         assert!(timers.advance_watermark(&mut b, 12)?.is_empty());
+        // A late timer (at or before the watermark) fires at the next call, even at the same
+        // watermark or a lower one: time does not go back.
+        timers.register_event_time_timer(&mut b, &k2, &7, 11)?;
+        assert_eq!(
+            fired(timers.advance_watermark(&mut b, 3)?),
+            [(11, k2.clone(), 7)]
+        );
+        assert_eq!(timers.watermark(), Some(12));
         // A due timer's key is ready as the current key.
         let due = timers.advance_watermark(&mut b, 100)?;
         assert_eq!(due.len(), 1);
@@ -216,10 +224,13 @@ fn every_timer_fires_exactly_once_across_checkpoint_crash_and_rescale() -> Resul
 /// A fired timer: (timestamp, key, namespace).
 type Fired = (i64, String, u32);
 
+/// A timer a callback registers or deletes on its own key: (timestamp, namespace).
+type Planned = (i64, u32);
+
 /// What the callback of a firing timer does, on its own key: registers the timers `.0` and
 /// deletes the timers `.1`, each `(timestamp, namespace)`. Timers the script registers have no
 /// reaction of their own unless listed here.
-fn reaction(timer: &Fired) -> (Vec<(i64, u32)>, Vec<(i64, u32)>) {
+fn reaction(timer: &Fired) -> (Vec<Planned>, Vec<Planned>) {
     match (timer.0, timer.1.as_str(), timer.2) {
         // Below the current timestamp and between it and the watermark (25); deletes a
         // later-due timer of the same batch.

@@ -10,9 +10,8 @@
 //!   order, are split evenly over the new instances: element `j` of `n` (counted from 0) goes to
 //!   the instance that owns key group `j * max_parallelism / n`, the division rounded down. So
 //!   the instance owning key groups `[a, b)` gets elements `ceil(a * n / max_parallelism)` up
-//!   to (not including) `ceil(b * n / max_parallelism)`, a contiguous run in the old order, and
-//!   shares differ from `n / instances` by less than one element per key group of difference
-//!   between the instances' ranges.
+//!   to (not including) `ceil(b * n / max_parallelism)`, a contiguous run in the old order of
+//!   `(b - a) * n / max_parallelism` elements rounded up or down.
 //! - [`OperatorStateMode::UnionList`] ([`OperatorState::union_list_state`]): every new instance
 //!   receives all elements of every old instance.
 //! - [`OperatorStateMode::Broadcast`] ([`OperatorState::broadcast_state`]): a map that every
