@@ -29,6 +29,12 @@ pub struct BackendConfig {
     /// [`crate::Error::UncleanWorkingDirectory`] or [`crate::Error::Incompatible`] naming the directory, and
     /// nothing is touched. Ignored by the heap backend and by [`crate::AnyBackend::open`].
     pub replace_existing: bool,
+    /// How many instances the operator runs, if the engine says (`None`, the default: not
+    /// said). A restore at the snapshot's instance count then keeps each split-list operator
+    /// state with the instance of the same key groups, as Flink does; without it the key
+    /// groups alone decide, which they can only at some counts (1 to 12 of max parallelism
+    /// 128), and the lists are otherwise split evenly ([`crate::state::OperatorState`]).
+    pub parallelism: Option<u32>,
 }
 
 impl BackendConfig {
@@ -42,6 +48,7 @@ impl BackendConfig {
             #[cfg(feature = "rocksdb")]
             rocksdb: RocksDbOptions::default(),
             replace_existing: false,
+            parallelism: None,
         }
     }
 
@@ -49,6 +56,13 @@ impl BackendConfig {
     #[must_use]
     pub fn with_replace_existing(mut self, replace: bool) -> Self {
         self.replace_existing = replace;
+        self
+    }
+
+    /// This configuration with [`BackendConfig::parallelism`] set to `parallelism`.
+    #[must_use]
+    pub fn with_parallelism(mut self, parallelism: u32) -> Self {
+        self.parallelism = Some(parallelism);
         self
     }
 

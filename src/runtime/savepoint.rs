@@ -177,7 +177,8 @@ pub fn restore_savepoint_into<B: CheckpointedBackend>(
         .map(|instance| open_instance_data_file(instance, dir.path(), &fetch, config.key_groups))
         .collect::<Result<Vec<_>>>()?;
     let mut backend = B::restore_rows(config, &mut DataFileRows::new(readers, config.key_groups)?)?;
-    *backend.operator_state_mut() = meta.operator_state_for(config.key_groups);
+    *backend.operator_state_mut() =
+        meta.operator_state_for_instance(config.key_groups, config.parallelism);
     Ok(backend)
 }
 

@@ -2,9 +2,30 @@
 //! event time (the watermark) or processing time passes a point.
 //!
 //! A timer is `(key, namespace, timestamp)` in one of two domains, event time and processing
-//! time; registering the same timer twice keeps one. [`TimerService::advance_watermark`] (and
-//! [`TimerService::advance_processing_time`]) removes and returns the due timers in timestamp
-//! order, each with its key as a [`KeyContext`], ready for the state calls the timer triggers.
+//! time; registering the same timer twice keeps one.
+//!
+//! Timers fire one at a time from the head of their queue, as in Flink's timer service: the
+//! engine moves time forward ([`TimerService::advance_watermark_to`],
+//! [`TimerService::advance_processing_time_to`]), then takes the next due timer
+//! ([`TimerService::next_due_event_time`], [`TimerService::next_due_processing_time`]) and runs
+//! its callback, until none is due. Each timer is removed from the queue and the state just
+//! before it is handed out, with its key as a [`KeyContext`], ready for the state calls the
+//! timer triggers. So whatever a callback does to the timers counts for the timers after it in
+//! the same advance: a timer it registers at or before the current time fires in that advance,
+//! after the current one, in timestamp order; a timer it deletes does not fire.
+//! [`TimerService::fire_event_time_timers`] and [`TimerService::fire_processing_time_timers`]
+//! run that loop with a callback that gets the service and the backend.
+//!
+//! [`TimerService::advance_watermark`] and [`TimerService::advance_processing_time`] take the
+//! batch due now, in timestamp order: the timers they return were removed before any of them
+//! was handed out, so nothing done while processing the batch changes it (timers registered
+//! then at or before the current time fire at the next call, timers deleted then still come in
+//! the batch). Engines whose timer callbacks register or delete timers use the one-at-a-time
+//! calls.
+//!
+//! Time does not go back: advancing to a time below the current one leaves it, and a call
+//! hands out what is due at the current time (a timer registered at or before the current time
+//! fires at the next call, even one with the same time).
 //!
 //! Timers are keyed state: each domain is a map state (`__timers/<service>/event-time` and
 //! `__timers/<service>/processing-time`) from the key to its `(timestamp, namespace)` pairs.
@@ -14,7 +35,8 @@
 //! an in-memory index ordered by `(timestamp, key bytes, namespace bytes)` next to the state,
 //! rebuilt from the state when the service is created on a restored backend. Ties at one
 //! timestamp fire in the order of the keys' and namespaces' encodings, the same on every
-//! backend and at every parallelism.
+//! backend and at every parallelism. The current times are the engine's (not checkpointed): a
+//! service created on a restored backend starts with none.
 
 use std::collections::BTreeSet;
 
@@ -133,9 +155,15 @@ impl<K: StateKey, N: StateKey> TimerService<K, N> {
             .delete(backend, key, namespace, timestamp)
     }
 
-    /// Moves event time to `watermark`: removes and returns every event-time timer with a
-    /// timestamp at or before it, in timestamp order. A watermark below the current one
-    /// changes nothing (watermarks do not go back).
+    /// Moves event time to `watermark` and takes the batch due now: removes and returns every
+    /// event-time timer with a timestamp at or before the event time, in timestamp order. A
+    /// watermark below the current one leaves event time where it is (watermarks do not go
+    /// back); the timers due at the current one are still taken.
+    ///
+    /// The batch is taken whole before the caller sees any of it: timers that processing it
+    /// registers or deletes do not change it (module docs). For callbacks that register or
+    /// delete timers, use [`TimerService::fire_event_time_timers`] or
+    /// [`TimerService::advance_watermark_to`] with [`TimerService::next_due_event_time`].
     ///
     /// # Errors
     /// Decode and backend errors; the timers not yet removed stay pending.
@@ -144,15 +172,16 @@ impl<K: StateKey, N: StateKey> TimerService<K, N> {
         backend: &mut B,
         watermark: i64,
     ) -> Result<Vec<Timer<K, N>>> {
-        if self.watermark.is_some_and(|w| w >= watermark) {
-            return Ok(Vec::new());
+        self.advance_watermark_to(watermark);
+        let mut due = Vec::new();
+        while let Some(timer) = self.next_due_event_time(backend)? {
+            due.push(timer);
         }
-        let due = self.event_time.take_due(backend, watermark)?;
-        self.watermark = Some(watermark);
         Ok(due)
     }
 
-    /// Moves processing time to `now`, as [`TimerService::advance_watermark`] does event time.
+    /// Moves processing time to `now` and takes the batch due now, as
+    /// [`TimerService::advance_watermark`] does for event time.
     ///
     /// # Errors
     /// As [`TimerService::advance_watermark`].
@@ -161,18 +190,123 @@ impl<K: StateKey, N: StateKey> TimerService<K, N> {
         backend: &mut B,
         now: i64,
     ) -> Result<Vec<Timer<K, N>>> {
-        if self.processing_now.is_some_and(|p| p >= now) {
-            return Ok(Vec::new());
+        self.advance_processing_time_to(now);
+        let mut due = Vec::new();
+        while let Some(timer) = self.next_due_processing_time(backend)? {
+            due.push(timer);
         }
-        let due = self.processing_time.take_due(backend, now)?;
-        self.processing_now = Some(now);
         Ok(due)
     }
 
-    /// The last watermark advanced to, if any (not checkpointed: the engine's, like source
-    /// positions).
+    /// Moves event time to `watermark`, firing nothing: the event-time timers at or before it
+    /// become due, for [`TimerService::next_due_event_time`]. A watermark below the current one
+    /// changes nothing. Returns the event time now.
+    pub fn advance_watermark_to(&mut self, watermark: i64) -> i64 {
+        let now = self.watermark.map_or(watermark, |w| w.max(watermark));
+        self.watermark = Some(now);
+        now
+    }
+
+    /// Moves processing time to `now`, firing nothing, as
+    /// [`TimerService::advance_watermark_to`] does event time. Returns the processing time now.
+    pub fn advance_processing_time_to(&mut self, now: i64) -> i64 {
+        let now = self.processing_now.map_or(now, |p| p.max(now));
+        self.processing_now = Some(now);
+        now
+    }
+
+    /// Removes and returns the first due event-time timer (the earliest, at or before the
+    /// event time), or `None` if none is due (or event time was never advanced). Call it again
+    /// after handling each timer: timers registered or deleted in between are seen.
+    ///
+    /// # Errors
+    /// Decode and backend errors; the timer then stays pending.
+    pub fn next_due_event_time<B: KeyedStateBackend>(
+        &mut self,
+        backend: &mut B,
+    ) -> Result<Option<Timer<K, N>>> {
+        match self.watermark {
+            Some(until) => self.event_time.pop_due(backend, until),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes and returns the first due processing-time timer, as
+    /// [`TimerService::next_due_event_time`] does for event time.
+    ///
+    /// # Errors
+    /// As [`TimerService::next_due_event_time`].
+    pub fn next_due_processing_time<B: KeyedStateBackend>(
+        &mut self,
+        backend: &mut B,
+    ) -> Result<Option<Timer<K, N>>> {
+        match self.processing_now {
+            Some(until) => self.processing_time.pop_due(backend, until),
+            None => Ok(None),
+        }
+    }
+
+    /// Moves event time to `watermark` and fires the due event-time timers one at a time, in
+    /// timestamp order: `on_timer` gets the service, the backend and the timer, and may
+    /// register and delete timers, which then fire (at or before the event time) or not
+    /// (deleted) in this same call. Returns how many fired. A callback that registers a due
+    /// timer every time it runs never lets this return.
+    ///
+    /// # Errors
+    /// The first error of `on_timer` or of the timers' state; the timers after it stay
+    /// pending (the one whose callback failed has been removed).
+    pub fn fire_event_time_timers<B, F>(
+        &mut self,
+        backend: &mut B,
+        watermark: i64,
+        mut on_timer: F,
+    ) -> Result<usize>
+    where
+        B: KeyedStateBackend,
+        F: FnMut(&mut Self, &mut B, Timer<K, N>) -> Result<()>,
+    {
+        self.advance_watermark_to(watermark);
+        let mut fired = 0;
+        while let Some(timer) = self.next_due_event_time(backend)? {
+            on_timer(self, backend, timer)?;
+            fired += 1;
+        }
+        Ok(fired)
+    }
+
+    /// Moves processing time to `now` and fires the due processing-time timers one at a time,
+    /// as [`TimerService::fire_event_time_timers`] does for event time.
+    ///
+    /// # Errors
+    /// As [`TimerService::fire_event_time_timers`].
+    pub fn fire_processing_time_timers<B, F>(
+        &mut self,
+        backend: &mut B,
+        now: i64,
+        mut on_timer: F,
+    ) -> Result<usize>
+    where
+        B: KeyedStateBackend,
+        F: FnMut(&mut Self, &mut B, Timer<K, N>) -> Result<()>,
+    {
+        self.advance_processing_time_to(now);
+        let mut fired = 0;
+        while let Some(timer) = self.next_due_processing_time(backend)? {
+            on_timer(self, backend, timer)?;
+            fired += 1;
+        }
+        Ok(fired)
+    }
+
+    /// The event time: the highest watermark advanced to, if any (not checkpointed: the
+    /// engine's, like source positions).
     pub fn watermark(&self) -> Option<i64> {
         self.watermark
+    }
+
+    /// The processing time: the highest time advanced to, if any (not checkpointed).
+    pub fn processing_time(&self) -> Option<i64> {
+        self.processing_now
     }
 
     /// Pending timers: (event time, processing time).
@@ -186,6 +320,12 @@ impl<K: StateKey, N: StateKey> TimerService<K, N> {
     /// The earliest pending event-time timestamp, if any.
     pub fn next_event_time(&self) -> Option<i64> {
         self.event_time.index.first().map(|t| t.0)
+    }
+
+    /// The earliest pending processing-time timestamp, if any (for an engine that sets a wall
+    /// clock alarm).
+    pub fn next_processing_time(&self) -> Option<i64> {
+        self.processing_time.index.first().map(|t| t.0)
     }
 }
 
@@ -250,36 +390,36 @@ impl<K: StateKey, N: StateKey> TimerQueue<K, N> {
         Ok(())
     }
 
-    fn take_due<B: KeyedStateBackend>(
+    /// Removes and returns the head of the queue if it is due at `until`.
+    fn pop_due<B: KeyedStateBackend>(
         &mut self,
         backend: &mut B,
         until: i64,
-    ) -> Result<Vec<Timer<K, N>>> {
+    ) -> Result<Option<Timer<K, N>>> {
+        let Some((timestamp, key_bytes, namespace_bytes)) = self.index.first() else {
+            return Ok(None);
+        };
+        if *timestamp > until {
+            return Ok(None);
+        }
+        let timestamp = *timestamp;
         let name = &self.name;
         let codec = DefaultCodec::default();
-        let mut due = Vec::new();
-        while let Some(first) = self.index.first() {
-            if first.0 > until {
-                break;
-            }
-            let (timestamp, key_bytes, namespace_bytes) = first.clone();
-            let key: K = codec
-                .decode(&key_bytes)
-                .map_err(|e| decode_error(name, e.0))?;
-            let namespace: N = codec
-                .decode(&namespace_bytes)
-                .map_err(|e| decode_error(name, e.0))?;
-            let key = backend.key_context(key)?;
-            self.state
-                .remove(backend, &key, &(), &(timestamp, namespace.clone()))?;
-            self.index.pop_first();
-            due.push(Timer {
-                timestamp,
-                key,
-                namespace,
-            });
-        }
-        Ok(due)
+        let key: K = codec
+            .decode(key_bytes)
+            .map_err(|e| decode_error(name, e.0))?;
+        let namespace: N = codec
+            .decode(namespace_bytes)
+            .map_err(|e| decode_error(name, e.0))?;
+        let key = backend.key_context(key)?;
+        self.state
+            .remove(backend, &key, &(), &(timestamp, namespace.clone()))?;
+        self.index.pop_first();
+        Ok(Some(Timer {
+            timestamp,
+            key,
+            namespace,
+        }))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Operator state and engine metadata: in checkpoints and savepoints, restored at another
 //! parallelism by mode (split lists divided, union lists whole everywhere, broadcast state
-//! copied), on every backend; `_metadata` stays version 1 when neither is used.
+//! copied), on every backend; at the same parallelism each instance keeps its own split lists;
+//! `_metadata` stays version 1 when neither is used.
 use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -133,6 +134,91 @@ fn operator_state_is_redistributed_by_mode_from_checkpoints_and_savepoints() -> 
                 })
                 .collect::<Result<Vec<_>>>()?;
             check_redistributed(p, &mut restored)?;
+        }
+    }
+    Ok(())
+}
+
+/// Instance `i` of a restored job of `p` instances holds exactly the split list it held.
+fn check_kept(restored: &mut [AnyBackend], what: &str) -> Result<()> {
+    for (i, b) in restored.iter_mut().enumerate() {
+        let ops = b.operator_state_mut();
+        let i = i as u64;
+        let expected: Vec<u64> = (0..=i + 4).map(|j| i * 1000 + j).collect();
+        assert_eq!(
+            ops.list_state::<u64>("offsets")?.get(ops)?,
+            expected,
+            "{what}: instance {i}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn split_lists_stay_with_their_instance_when_the_parallelism_is_unchanged() -> Result<()> {
+    for kind in kinds() {
+        // (old count, new count, the count given to the restore): 3 -> 3 is told by its key
+        // groups alone; 16 -> 16 only when the count is given (15 instances share ranges with
+        // 16), and re-dealt evenly otherwise; 16 -> 15 is a rescale, with ranges in common.
+        for (p, q, given) in [
+            (3u32, 3u32, None),
+            (3, 3, Some(3)),
+            (16, 16, Some(16)),
+            (16, 16, None),
+            (16, 15, Some(15)),
+            (16, 15, None),
+        ] {
+            let what = format!("{kind} {p}->{q} given {given:?}");
+            let tmp = tempfile::tempdir().unwrap();
+            let storage: Arc<dyn CheckpointStorage> =
+                crate::root::open(tmp.path().join("checkpoints"))?;
+            let mut driver = CheckpointDriver::new(
+                CheckpointCoordinator::open(Arc::clone(&storage), 2)?,
+                DriverOptions::default(),
+            );
+            let mut backends = job(kind, p)?;
+            driver.checkpoint(&mut backends)?;
+            let sp: Arc<dyn CheckpointStorage> = crate::root::open(tmp.path().join("savepoint"))?;
+            let parts = backends
+                .iter_mut()
+                .map(|b| b.savepoint()?.write(sp.as_ref()))
+                .collect::<Result<Vec<_>>>()?;
+            complete_savepoint_with(sp.as_ref(), parts, engine())?;
+            drop(backends);
+            let meta = latest_restorable(storage.as_ref())?;
+            let sp_meta = read_savepoint(sp.as_ref())?;
+            let configure = |kind, i| -> Result<_> {
+                let mut c = config(kind, KeyGroupRange::for_operator(128, q, i)?);
+                c.parallelism = given;
+                Ok(c)
+            };
+            let mut from_checkpoint = (0..q)
+                .map(|i| {
+                    restore_instance(
+                        storage.as_ref(),
+                        &meta,
+                        &configure(kind, i)?,
+                        RestoreMode::NoClaim,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut from_savepoint = (0..q)
+                .map(|i| {
+                    restore_savepoint(sp.as_ref(), &sp_meta, &configure(BackendKind::Heap, i)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            for restored in [&mut from_checkpoint, &mut from_savepoint] {
+                if p == q && (given.is_some() || p == 3) {
+                    check_kept(restored, &what)?;
+                } else {
+                    // The even re-deal: no element lost or repeated, and a kept list would
+                    // differ (the lists grow by one element per instance).
+                    check_redistributed(p, restored)?;
+                    let ops = restored[0].operator_state_mut();
+                    let first = ops.list_state::<u64>("offsets")?.get(ops)?;
+                    assert_ne!(first, (0..=4).collect::<Vec<u64>>(), "{what}");
+                }
+            }
         }
     }
     Ok(())

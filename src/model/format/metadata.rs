@@ -398,15 +398,25 @@ impl SnapshotMetadata {
 
     /// The operator state of a new instance owning `range`, from every instance's (not only
     /// the overlapping ones: union and split lists draw on all of them), by each state's mode
-    /// ([`OperatorState::redistribute`]).
+    /// ([`OperatorState::redistribute`]; the new instance count not known).
     pub fn operator_state_for(&self, range: KeyGroupRange) -> OperatorState {
+        self.operator_state_for_instance(range, None)
+    }
+
+    /// As [`SnapshotMetadata::operator_state_for`], for an instance of an operator that runs
+    /// `parallelism` instances, if known ([`OperatorState::redistribute_at`]).
+    pub fn operator_state_for_instance(
+        &self,
+        range: KeyGroupRange,
+        parallelism: Option<u32>,
+    ) -> OperatorState {
         let parts: Vec<(KeyGroupRange, &OperatorState)> = self
             .instances
             .iter()
             .map(|i| (i.key_groups, &i.operator_state))
             .collect();
         let max_parallelism = self.instances.first().map_or(0, |i| i.max_parallelism);
-        OperatorState::redistribute(&parts, range, max_parallelism)
+        OperatorState::redistribute_at(&parts, range, max_parallelism, parallelism)
     }
 
     /// Serializes to the `_metadata` byte format.

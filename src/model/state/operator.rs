@@ -3,14 +3,29 @@
 //!
 //! Three modes, which differ in how a restore at another parallelism hands the state out:
 //!
-//! - [`OperatorStateMode::SplitList`] ([`OperatorState::list_state`]): the elements of every old
-//!   instance, concatenated in key-group order, are split evenly over the new instances
-//!   (element `j` of `n` goes to the instance that owns key group `j * max_parallelism / n`).
+//! - [`OperatorStateMode::SplitList`] ([`OperatorState::list_state`]): at the instance count
+//!   of the snapshot, each instance keeps its own list, as in Flink: the new instance with the
+//!   key groups of old instance `i` gets exactly the list old instance `i` held, in its order.
+//!   At another instance count, the elements of every old instance, concatenated in key-group
+//!   order, are split evenly over the new instances: element `j` of `n` (counted from 0) goes to
+//!   the instance that owns key group `j * max_parallelism / n`, the division rounded down. So
+//!   the instance owning key groups `[a, b)` gets elements `ceil(a * n / max_parallelism)` up
+//!   to (not including) `ceil(b * n / max_parallelism)`, a contiguous run in the old order of
+//!   `(b - a) * n / max_parallelism` elements rounded up or down.
 //! - [`OperatorStateMode::UnionList`] ([`OperatorState::union_list_state`]): every new instance
 //!   receives all elements of every old instance.
 //! - [`OperatorStateMode::Broadcast`] ([`OperatorState::broadcast_state`]): a map that every
 //!   instance holds identically; every new instance receives the map of the old instance with
 //!   the lowest key groups.
+//!
+//! "The instance count of the snapshot" is decided per restore ([`OperatorState::redistribute_at`]):
+//! the old instances' key groups must be the ranges of [`KeyGroupRange::for_operator`] at
+//! their count `p`, the new instance's key groups one of them, and the new instance count,
+//! when the engine gives it (`BackendConfig::parallelism`), `p`. Without the count, the key
+//! groups decide alone, which they can only where no other count has a range equal to one of
+//! the snapshot's (at max parallelism 128: 1 to 12 instances; 256: 1 to 15 and 18): a restore
+//! at 16 of 128 instances that keeps lists at ranges it shares with 15 instances would lose or
+//! repeat elements if the job in fact ran at 15. Otherwise the lists are split evenly.
 //!
 //! Elements are kept encoded (the codec of keyed state), so a snapshot is a copy of a few
 //! byte strings taken at the barrier. It is stored in the checkpoint's and savepoint's
@@ -176,14 +191,28 @@ impl OperatorState {
 
     /// The operator state of a new instance owning `range` of `max_parallelism`, from the
     /// operator states of the old instances `parts` (each with the key groups it owned), by
-    /// each state's mode (module docs).
+    /// each state's mode (module docs), the new instance count not known:
+    /// [`OperatorState::redistribute_at`] with `None`.
     pub fn redistribute(
         parts: &[(KeyGroupRange, &OperatorState)],
         range: KeyGroupRange,
         max_parallelism: u32,
     ) -> OperatorState {
+        Self::redistribute_at(parts, range, max_parallelism, None)
+    }
+
+    /// As [`OperatorState::redistribute`], for a new instance of an operator of `parallelism`
+    /// instances if known: at the old instances' count, every split list stays with the
+    /// instance of the same key groups (module docs).
+    pub fn redistribute_at(
+        parts: &[(KeyGroupRange, &OperatorState)],
+        range: KeyGroupRange,
+        max_parallelism: u32,
+        parallelism: Option<u32>,
+    ) -> OperatorState {
         let mut parts: Vec<_> = parts.to_vec();
         parts.sort_by_key(|(r, _)| r.start());
+        let own = same_instance(&parts, range, max_parallelism, parallelism);
         let mut out = OperatorState::default();
         for (_, part) in &parts {
             for (name, entry) in &part.states {
@@ -203,14 +232,21 @@ impl OperatorState {
                 .filter(|e| e.mode == target.mode)
                 .flat_map(|e| e.elements.iter())
                 .collect();
-            target.elements = match target.mode {
-                OperatorStateMode::UnionList => all.into_iter().cloned().collect(),
-                OperatorStateMode::Broadcast => parts
+            target.elements = match (target.mode, own) {
+                (OperatorStateMode::UnionList, _) => all.into_iter().cloned().collect(),
+                (OperatorStateMode::Broadcast, _) => parts
                     .iter()
                     .find_map(|(_, p)| p.states.get(name))
                     .map(|e| e.elements.clone())
                     .unwrap_or_default(),
-                OperatorStateMode::SplitList => {
+                (OperatorStateMode::SplitList, Some(i)) => parts[i]
+                    .1
+                    .states
+                    .get(name)
+                    .filter(|e| e.mode == target.mode)
+                    .map(|e| e.elements.clone())
+                    .unwrap_or_default(),
+                (OperatorStateMode::SplitList, None) => {
                     let n = all.len() as u64;
                     all.into_iter()
                         .enumerate()
@@ -225,6 +261,52 @@ impl OperatorState {
         }
         out
     }
+}
+
+/// The index in `parts` (sorted by start) of the old instance whose split lists the new
+/// instance owning `range` keeps, if the restore is at the old instance count (module docs).
+fn same_instance(
+    parts: &[(KeyGroupRange, &OperatorState)],
+    range: KeyGroupRange,
+    max_parallelism: u32,
+    parallelism: Option<u32>,
+) -> Option<usize> {
+    let (m, p) = (u64::from(max_parallelism), parts.len() as u64);
+    if p == 0 || p > m {
+        return None;
+    }
+    // The old instances are those of `for_operator` at `p`.
+    let laid_out = parts.iter().enumerate().all(|(i, (r, _))| {
+        let i = i as u64;
+        u64::from(r.start()) == (i * m).div_ceil(p)
+            && u64::from(r.end()) == ((i + 1) * m).div_ceil(p)
+    });
+    let own = parts.iter().position(|(r, _)| *r == range)?;
+    if !laid_out {
+        return None;
+    }
+    let same_count = match parallelism {
+        Some(q) => u64::from(q) == p,
+        None => parts
+            .iter()
+            .all(|(r, _)| !is_range_of_other_count(*r, m, p)),
+    };
+    same_count.then_some(own)
+}
+
+/// Whether `range` is a range of [`KeyGroupRange::for_operator`] at an instance count other
+/// than `p`.
+fn is_range_of_other_count(range: KeyGroupRange, m: u64, p: u64) -> bool {
+    let (a, b) = (u64::from(range.start()), u64::from(range.end()));
+    let len = b - a;
+    // A range of `q` instances has floor(m / q) or ceil(m / q) key groups, so
+    // m / (len + 1) < q < m / (len - 1).
+    let low = m / (len + 1) + 1;
+    let high = if len > 1 { m.div_ceil(len - 1) } else { m };
+    (low..=high.min(m)).filter(|&q| q != p).any(|q| {
+        let j = a * q / m;
+        (j * m).div_ceil(q) == a && ((j + 1) * m).div_ceil(q) == b
+    })
 }
 
 #[cold]
@@ -359,5 +441,54 @@ impl<K: StateKey + Ord, V: StateValue> BroadcastState<K, V> {
             .collect::<Result<Vec<_>>>()?;
         *state.elements_mut(&self.name)? = encoded;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(m: u32, p: u32) -> Vec<KeyGroupRange> {
+        (0..p)
+            .map(|i| KeyGroupRange::for_operator(m, p, i).unwrap())
+            .collect()
+    }
+
+    /// `is_range_of_other_count` agrees with comparing every instance count's ranges.
+    #[test]
+    fn ranges_shared_with_another_count_are_found_as_by_comparing_every_count() {
+        for m in [1u32, 7, 128, 200, 256] {
+            let all: Vec<Vec<KeyGroupRange>> = (1..=m).map(|q| partition(m, q)).collect();
+            for p in 1..=m {
+                for r in &all[p as usize - 1] {
+                    let expected = (1..=m)
+                        .filter(|&q| q != p)
+                        .any(|q| all[q as usize - 1].contains(r));
+                    assert_eq!(
+                        is_range_of_other_count(*r, u64::from(m), u64::from(p)),
+                        expected,
+                        "m {m} p {p} {r}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Which counts keep their lists without being told, as the module docs say.
+    #[test]
+    fn counts_told_by_their_key_groups_alone() {
+        let told = |m: u32| -> Vec<u32> {
+            (1..=m)
+                .filter(|&p| {
+                    partition(m, p)
+                        .iter()
+                        .all(|r| !is_range_of_other_count(*r, u64::from(m), u64::from(p)))
+                })
+                .collect()
+        };
+        assert_eq!(told(128), (1..=12).collect::<Vec<_>>());
+        let mut at_256: Vec<u32> = (1..=15).collect();
+        at_256.push(18);
+        assert_eq!(told(256), at_256);
     }
 }

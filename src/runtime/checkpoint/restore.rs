@@ -72,6 +72,7 @@ pub fn restore_instance_into<B: CheckpointedBackend>(
         &verified_fetcher(storage),
         mode == RestoreMode::Claim,
     )?;
-    *backend.operator_state_mut() = meta.operator_state_for(config.key_groups);
+    *backend.operator_state_mut() =
+        meta.operator_state_for_instance(config.key_groups, config.parallelism);
     Ok(backend)
 }
