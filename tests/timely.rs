@@ -12,7 +12,7 @@ use statebackend::state::key::KeyContext;
 use statebackend::storage::{CheckpointStorage, FaultMode, FaultyStorage, LocalDirStorage};
 use statebackend::timely::{
     Checkpointing, CommitReport, Context, EPOCH_KEY, Job, KeyedLogic, POSITION_STATE,
-    RESUME_EPOCH_KEY, StartFrom, Target,
+    ProcessingClock, RESUME_EPOCH_KEY, StartFrom, Target, TimeDomain,
 };
 use statebackend::{
     AnyBackend, BackendConfig, BackendKind, CheckpointedBackend, KeyGroupRange, KeyedStateBackend,
@@ -1001,4 +1001,224 @@ fn a_start_from_a_missing_savepoint_names_its_directory() {
             "{message}"
         );
     }
+}
+
+/// Each record `k` of epoch `e` sets two event-time timers at `e + 1`: namespace 0, and a
+/// victim, namespace 100. Timer 0 deletes the victim and sets timer 1 at the same time; timers
+/// 1 and 2 set the next one, up to 3. Every timer emits `(key, namespace)`.
+#[derive(Default)]
+struct Chain;
+
+impl KeyedLogic for Chain {
+    type Input = u64;
+    type Output = (u64, u64, TimeDomain);
+    type Key = u64;
+    type Namespace = u64;
+
+    fn key(input: &u64) -> u64 {
+        *input
+    }
+
+    fn open(&mut self, _backend: &mut AnyBackend) -> Result<()> {
+        Ok(())
+    }
+
+    fn on_record(
+        &mut self,
+        cx: &mut Context<'_, u64, u64>,
+        key: &KeyContext<u64>,
+        _input: u64,
+        _output: &mut Vec<(u64, u64, TimeDomain)>,
+    ) -> Result<()> {
+        let at = (cx.epoch + 1) as i64;
+        cx.timers
+            .register_event_time_timer(cx.backend, key, &0, at)?;
+        cx.timers
+            .register_event_time_timer(cx.backend, key, &100, at)
+    }
+
+    fn on_timer(
+        &mut self,
+        cx: &mut Context<'_, u64, u64>,
+        timer: Timer<u64, u64>,
+        output: &mut Vec<(u64, u64, TimeDomain)>,
+    ) -> Result<()> {
+        let n = timer.namespace;
+        if n == 0 {
+            cx.timers
+                .delete_event_time_timer(cx.backend, &timer.key, &100, timer.timestamp)?;
+        }
+        if n < 3 {
+            // At the same time: due now.
+            cx.timers.register_event_time_timer(
+                cx.backend,
+                &timer.key,
+                &(n + 1),
+                timer.timestamp,
+            )?;
+        }
+        output.push((*timer.key.key(), n, cx.domain));
+        Ok(())
+    }
+}
+
+/// Runs `logic` on one worker: the records of `epochs` (epoch, keys) sent, the input
+/// advanced past each; `between(epoch)` runs after each epoch was sent and the output's
+/// frontier passed it. Returns every output with its time.
+fn run_one_worker<L, F>(
+    logic: L,
+    settings: Checkpointing,
+    epochs: Vec<(u64, Vec<u64>)>,
+    close: Close,
+    between: F,
+) -> Vec<(u64, (u64, u64, TimeDomain))>
+where
+    L: KeyedLogic<Input = u64, Output = (u64, u64, TimeDomain)> + Send,
+    F: Fn(u64) + Send + Sync + 'static,
+{
+    let outputs = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&outputs);
+    let logic = Mutex::new(Some(logic));
+    timely::execute(timely::Config::thread(), move |worker| {
+        let mut job = Job::start(worker, settings.clone()).unwrap();
+        let logic = logic.lock().unwrap().take().unwrap();
+        let probe = ProbeHandle::new();
+        let sink = Arc::clone(&sink);
+        let mut input = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, records) = scope.new_input::<u64>();
+            let (out, acks) = job.stateful(records, "logic", logic).unwrap();
+            job.commit(acks, |_| {});
+            out.probe_with(&probe)
+                .sink(Pipeline, "Collect", move |(input, _)| {
+                    input.for_each(|time, data| {
+                        let t = *time.least().expect("a time");
+                        sink.lock().unwrap().extend(data.drain(..).map(|d| (t, d)));
+                    })
+                });
+            input
+        });
+        for (epoch, records) in &epochs {
+            input.advance_to(*epoch);
+            for r in records {
+                input.send(*r);
+            }
+            input.advance_to(epoch + 1);
+            if close == Close::AfterLastEpoch {
+                while probe.less_than(&(epoch + 1)) {
+                    worker.step();
+                }
+                between(*epoch);
+            }
+        }
+        drop(input);
+        while worker.step() {}
+    })
+    .unwrap();
+    let out = outputs.lock().unwrap().clone();
+    out
+}
+
+#[test]
+fn timers_set_or_deleted_by_a_firing_timer_count_in_the_same_pass() {
+    for close in [Close::AfterLastEpoch, Close::AtOnce] {
+        let dir = tempfile::tempdir().unwrap();
+        let root: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(dir.path()).unwrap());
+        let epochs: Vec<(u64, Vec<u64>)> = (0..4)
+            .map(|e| (e, (0..5).map(|j| e * 10 + j).collect()))
+            .collect();
+        let outputs = run_one_worker(
+            Chain,
+            Checkpointing::new(root, 2, BackendKind::Heap),
+            epochs,
+            close,
+            |_| {},
+        );
+        let mut per_namespace: BTreeMap<u64, usize> = BTreeMap::new();
+        for (time, (key, n, domain)) in &outputs {
+            assert_eq!(*domain, TimeDomain::EventTime);
+            // At the timer's own time, the epoch after its record's.
+            assert_eq!(*time, key / 10 + 1, "timer {n} of key {key}");
+            *per_namespace.entry(*n).or_default() += 1;
+        }
+        // Every chain ran to its end, the last ones at the end of the input; no victim fired.
+        assert_eq!(
+            per_namespace,
+            BTreeMap::from([(0, 20), (1, 20), (2, 20), (3, 20)]),
+            "input closed {}",
+            if close == Close::AtOnce {
+                "at once"
+            } else {
+                "after the last epoch"
+            }
+        );
+    }
+}
+
+/// Each record `k` sets a processing-time timer at 1,000; the timer emits `(key, 0)`.
+#[derive(Default)]
+struct Alarm;
+
+impl KeyedLogic for Alarm {
+    type Input = u64;
+    type Output = (u64, u64, TimeDomain);
+    type Key = u64;
+    type Namespace = u64;
+
+    fn key(input: &u64) -> u64 {
+        *input
+    }
+
+    fn open(&mut self, _backend: &mut AnyBackend) -> Result<()> {
+        Ok(())
+    }
+
+    fn on_record(
+        &mut self,
+        cx: &mut Context<'_, u64, u64>,
+        key: &KeyContext<u64>,
+        _input: u64,
+        _output: &mut Vec<(u64, u64, TimeDomain)>,
+    ) -> Result<()> {
+        cx.timers
+            .register_processing_time_timer(cx.backend, key, &0, 1_000)
+    }
+
+    fn on_timer(
+        &mut self,
+        cx: &mut Context<'_, u64, u64>,
+        timer: Timer<u64, u64>,
+        output: &mut Vec<(u64, u64, TimeDomain)>,
+    ) -> Result<()> {
+        output.push((*timer.key.key(), cx.epoch, cx.domain));
+        Ok(())
+    }
+}
+
+#[test]
+fn processing_time_timers_fire_by_the_jobs_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let root: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(dir.path()).unwrap());
+    let now = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let mut s = Checkpointing::new(root, 0, BackendKind::Heap);
+    let clock = Arc::clone(&now);
+    s.clock = ProcessingClock::new(move || clock.load(std::sync::atomic::Ordering::SeqCst));
+    // Epoch 0 registers the timers at 1,000; the clock then reads 2,000 from epoch 1 on.
+    let epochs = vec![(0, vec![1, 2, 3]), (1, vec![]), (2, vec![])];
+    let hands = Arc::clone(&now);
+    let outputs = run_one_worker(Alarm, s, epochs, Close::AfterLastEpoch, move |epoch| {
+        if epoch == 0 {
+            hands.store(2_000, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let mut fired: Vec<(u64, u64)> = outputs
+        .iter()
+        .map(|(time, (key, epoch, domain))| {
+            assert_eq!(*domain, TimeDomain::ProcessingTime);
+            assert_eq!(time, epoch, "sent at the epoch the logic was told");
+            (*key, *epoch)
+        })
+        .collect();
+    fired.sort_unstable();
+    // Each fired once, while epoch 1 was open.
+    assert_eq!(fired, vec![(1, 1), (2, 1), (3, 1)]);
 }

@@ -119,6 +119,49 @@ pub struct Checkpointing {
     /// the damaged checkpoints in [`Job::skipped_checkpoints`], and deletes none of them: the
     /// run's retention keeps them until it has retained as many checkpoints of its own.
     pub start_empty_if_all_damaged: bool,
+    /// The clock processing-time timers fire by: the system's wall clock by default; a test
+    /// replaces it. Processing-time timers fire while the input runs (the operator wakes when
+    /// the next one is due), not at its end; what they change lands in the next checkpoint, so
+    /// a restore may fire a timer again that had fired before the crash, as in Flink.
+    pub clock: ProcessingClock,
+}
+
+/// The clock of [`Checkpointing::clock`]: milliseconds (since the Unix epoch, for the
+/// system's).
+#[derive(Clone)]
+pub struct ProcessingClock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl ProcessingClock {
+    /// The system's wall clock, in milliseconds since the Unix epoch.
+    pub fn system() -> Self {
+        Self(Arc::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        }))
+    }
+
+    /// A clock that reads `now`.
+    pub fn new(now: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+
+    /// The time now.
+    pub fn now(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl Default for ProcessingClock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl std::fmt::Debug for ProcessingClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProcessingClock({})", self.now())
+    }
 }
 
 impl Checkpointing {
@@ -147,6 +190,7 @@ impl Checkpointing {
             working_dir: None,
             replace_working_dirs: true,
             start_empty_if_all_damaged: false,
+            clock: ProcessingClock::system(),
         }
     }
 }

@@ -29,6 +29,9 @@ mod routing;
 
 pub use ack::{Ack, Target};
 pub use committer::{CommitReport, EPOCH_KEY};
-pub use job::{Checkpointing, Job, POSITION_STATE, RESUME_EPOCH_KEY, SkippedCheckpoint, StartFrom};
-pub use operator::{Context, KeyedLogic};
+pub use job::{
+    Checkpointing, Job, POSITION_STATE, ProcessingClock, RESUME_EPOCH_KEY, SkippedCheckpoint,
+    StartFrom,
+};
+pub use operator::{Context, KeyedLogic, TimeDomain};
 pub use routing::KeyGroupRouting;

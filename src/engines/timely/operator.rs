@@ -30,7 +30,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ::timely::ExchangeData;
 use ::timely::dataflow::StreamVec;
@@ -86,8 +86,16 @@ pub trait KeyedLogic: 'static {
         output: &mut Vec<Self::Output>,
     ) -> Result<()>;
 
-    /// An event-time timer fired: event time (`context.epoch`) reached its timestamp. What it
-    /// pushes to `output` is sent at that timestamp.
+    /// A timer fired, one at a time in timestamp order: timers this call registers at or
+    /// before the current time fire after it in the same pass, and timers it deletes do not
+    /// fire.
+    ///
+    /// An event-time timer (`context.domain` is [`TimeDomain::EventTime`]) fires when event
+    /// time (`context.epoch`) reaches its timestamp; what it pushes to `output` is sent at that
+    /// timestamp. A processing-time timer ([`TimeDomain::ProcessingTime`]) fires when the
+    /// job's clock ([`Checkpointing::clock`]) reaches its timestamp, while the input runs;
+    /// `context.epoch` is then the earliest epoch not yet complete, at which its outputs are
+    /// sent.
     ///
     /// # Errors
     /// State errors; they fail the worker.
@@ -105,8 +113,20 @@ pub struct Context<'a, K, N> {
     pub backend: &'a mut AnyBackend,
     /// The instance's timers; timestamps are epochs.
     pub timers: &'a mut TimerService<K, N>,
-    /// The record's epoch, or the event time a timer fired at.
+    /// The record's epoch, or the event time a timer fired at (for a processing-time timer,
+    /// the earliest epoch not yet complete).
     pub epoch: u64,
+    /// The clock of the timer that fired; [`TimeDomain::EventTime`] for a record.
+    pub domain: TimeDomain,
+}
+
+/// The clock a timer fires by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum TimeDomain {
+    /// Event time: the epochs.
+    EventTime,
+    /// Processing time: the job's clock ([`Checkpointing::clock`]).
+    ProcessingTime,
 }
 
 /// A snapshot whose upload runs on a thread of its own.
@@ -236,6 +256,8 @@ impl Job {
         let routing: KeyGroupRouting = self.routing();
         let mut builder = OperatorBuilder::new(format!("Stateful({operator})"), scope);
         let address = builder.operator_info().address.to_vec();
+        // Woken by an upload's thread; and after a delay, when a processing-time timer is due.
+        let alarm = scope.activator_for(std::rc::Rc::from(address.clone()));
         let activator = scope.worker().sync_activator_for(address);
         let route = move |record: &L::Input| match routing.worker_of(&L::key(record)) {
             Ok(worker) => worker,
@@ -260,6 +282,11 @@ impl Job {
             move |frontiers: &[MutableAntichain<u64>]| {
                 let frontier = frontiers[0].frontier();
                 let first = frontier.first().copied();
+                // Processing-time timers fire while the input runs, before this activation's
+                // records and barriers, at the output capability's epoch.
+                if let (Some(_), Some(cap)) = (first, data_capability.as_ref()) {
+                    instance.fire_processing_timers(*cap.time());
+                }
                 records.for_each(|capability, data| {
                     // One time per message from an input handle; a message under several
                     // times counts at the earliest, one under none at the frontier.
@@ -337,6 +364,11 @@ impl Job {
                     (Some(f), Some(cap)) => cap.downgrade(&f),
                     _ => data_capability = None,
                 }
+                if first.is_some() {
+                    if let Some(wait) = instance.next_processing_timer() {
+                        alarm.activate_after(wait);
+                    }
+                }
                 // Incomplete while an upload runs: the operator stays alive to acknowledge it.
                 !instance.uploads.is_empty()
             }
@@ -357,6 +389,7 @@ impl<L: KeyedLogic> Instance<L> {
                 backend: &mut self.backend,
                 timers: &mut self.timers,
                 epoch,
+                domain: TimeDomain::EventTime,
             };
             self.logic.on_record(&mut context, &key, record, &mut out)
         });
@@ -411,26 +444,58 @@ impl<L: KeyedLogic> Instance<L> {
         }
     }
 
-    /// Fires every event-time timer up to `epoch`.
+    /// Fires every event-time timer up to `epoch`, one at a time from the queue head.
     fn fire_timers(&mut self, epoch: u64) {
         let watermark = i64::try_from(epoch).unwrap_or(i64::MAX);
-        let fired = match self.timers.advance_watermark(&mut self.backend, watermark) {
-            Ok(fired) => fired,
-            Err(e) => self.fail("firing timers", e),
-        };
-        for timer in fired {
-            let at = u64::try_from(timer.timestamp).unwrap_or(0);
-            let mut out = std::mem::take(&mut self.scratch);
-            let mut context = Context {
-                backend: &mut self.backend,
-                timers: &mut self.timers,
-                epoch: at,
+        self.timers.advance_watermark_to(watermark);
+        loop {
+            let timer = match self.timers.next_due_event_time(&mut self.backend) {
+                Ok(Some(timer)) => timer,
+                Ok(None) => return,
+                Err(e) => self.fail("firing timers", e),
             };
-            if let Err(e) = self.logic.on_timer(&mut context, timer, &mut out) {
-                self.fail("firing a timer", e);
-            }
-            self.emit_at(at, out);
+            let at = u64::try_from(timer.timestamp).unwrap_or(0);
+            self.on_timer(timer, at, TimeDomain::EventTime);
         }
+    }
+
+    /// Fires every processing-time timer up to the job's clock now, one at a time, at epoch
+    /// `at` (the output capability's: every barrier before it is taken, every one from it on is
+    /// still to come, so the state a timer changes and the outputs it sends fall on the same
+    /// side of each barrier).
+    fn fire_processing_timers(&mut self, at: u64) {
+        let now = self.settings.clock.now();
+        self.timers.advance_processing_time_to(now);
+        loop {
+            let timer = match self.timers.next_due_processing_time(&mut self.backend) {
+                Ok(Some(timer)) => timer,
+                Ok(None) => return,
+                Err(e) => self.fail("firing processing-time timers", e),
+            };
+            self.on_timer(timer, at, TimeDomain::ProcessingTime);
+        }
+    }
+
+    /// Runs the logic for one fired timer, its outputs sent at `at`.
+    fn on_timer(&mut self, timer: Timer<L::Key, L::Namespace>, at: u64, domain: TimeDomain) {
+        let mut out = std::mem::take(&mut self.scratch);
+        let mut context = Context {
+            backend: &mut self.backend,
+            timers: &mut self.timers,
+            epoch: at,
+            domain,
+        };
+        if let Err(e) = self.logic.on_timer(&mut context, timer, &mut out) {
+            self.fail("firing a timer", e);
+        }
+        self.emit_at(at, out);
+    }
+
+    /// How long until the next processing-time timer is due, if one is pending.
+    fn next_processing_timer(&self) -> Option<Duration> {
+        let next = self.timers.next_processing_time()?;
+        let wait = next.saturating_sub(self.settings.clock.now());
+        Some(Duration::from_millis(u64::try_from(wait).unwrap_or(0)))
     }
 
     /// The synchronous part of snapshot `target` at `epoch`: records the resume epoch, takes
