@@ -13,6 +13,12 @@
 //! runs on a thread of its own while the operator goes on, and its acknowledgement goes to the
 //! committer ([`Job::commit`]) at the barrier's epoch.
 //!
+//! Timers fire one at a time from the queue head: a timer a callback registers at or before the
+//! current time fires in the same pass, one it deletes does not. Processing-time timers fire by
+//! the job's clock ([`Checkpointing::clock`]) while the input runs, at the start of an
+//! activation (the operator wakes itself when the next one is due), at the output capability's
+//! epoch.
+//!
 //! Outputs are sent at the time of what produced them: a record's epoch, a timer's timestamp
 //! (or the operator's output frontier, if a timer was registered at a time already passed). A
 //! downstream stateful operator therefore folds an output into its checkpoint at barrier `b`
