@@ -1114,8 +1114,7 @@ where
         while worker.step() {}
     })
     .unwrap();
-    let out = outputs.lock().unwrap().clone();
-    out
+    outputs.lock().unwrap().clone()
 }
 
 #[test]
