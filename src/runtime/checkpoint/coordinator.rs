@@ -1034,16 +1034,8 @@ impl Drop for CheckpointCoordinator {
 /// # Errors
 /// As [`CheckpointCoordinator::latest_verified`]; storage errors reading the root.
 pub fn latest_restorable(storage: &dyn CheckpointStorage) -> Result<SnapshotMetadata> {
-    match latest_restorable_skipping(storage)? {
-        (Some(meta), _) => Ok(meta),
-        (None, damaged) if damaged.is_empty() => Err(Error::NoRestorableCheckpoint {
-            root: storage.location(),
-        }),
-        (None, damaged) => Err(Error::NoVerifiedCheckpoint {
-            root: storage.location(),
-            damaged: list_damaged(&damaged),
-        }),
-    }
+    let state = RootState::read(storage)?;
+    newest_verified(&state, storage).cloned()
 }
 
 /// [`latest_restorable`], with the damaged checkpoints it skipped, `(id, why)` by id (an
