@@ -37,7 +37,7 @@ pub use write_cache::WriteCacheStats;
 
 use crate::model::format::metadata::InstanceId;
 use snapshot::IncrementalState;
-use write_cache::{Cached, DirtyRow, ROW_OVERHEAD, WriteCache};
+use write_cache::{Cached, DirtyRow, ROW_OVERHEAD, RowWrite, WriteCache};
 
 /// Key prefix, in the default column family, of the registered-state records.
 const STATE_RECORD_PREFIX: &[u8] = b"statebackend/state/";
@@ -732,9 +732,9 @@ impl RocksDbBackend {
                 }
             };
             match value {
-                Cached::Absent => batch.delete_cf(cf, key),
-                Cached::Present(bytes) => batch.put_cf(cf, key, bytes),
-                Cached::Appended(bytes) => batch.merge_cf(cf, key, bytes),
+                RowWrite::Delete => batch.delete_cf(cf, key),
+                RowWrite::Put(bytes) => batch.put_cf(cf, key, bytes),
+                RowWrite::Merge(bytes) => batch.merge_cf(cf, key, bytes),
             }
         }
         self.db
