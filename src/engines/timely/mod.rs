@@ -26,6 +26,7 @@ mod committer;
 mod job;
 mod operator;
 mod routing;
+mod source;
 
 pub use ack::{Ack, Target};
 pub use committer::{CommitReport, EPOCH_KEY};
@@ -33,5 +34,6 @@ pub use job::{
     Checkpointing, Job, POSITION_STATE, ProcessingClock, RESUME_EPOCH_KEY, SkippedCheckpoint,
     StartFrom,
 };
-pub use operator::{Context, KeyedLogic, TimeDomain};
+pub use operator::{Context, Delivery, KeyedLogic, TimeDomain};
 pub use routing::KeyGroupRouting;
+pub use source::{Rescale, SOURCE_STATE, SourcePosition};
