@@ -167,6 +167,8 @@ impl<I> Delivery<I> {
     }
 }
 
+// By hand, as `Clone` and `Copy` below: a derive would ask the same of `I`.
+#[allow(clippy::derivable_impls)]
 impl<I> Default for Delivery<I> {
     fn default() -> Self {
         Self::Arrival
