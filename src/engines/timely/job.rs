@@ -449,6 +449,9 @@ impl Job {
             .as_ref()
             .map(|dir| dir.join(format!("{operator}-{}", self.index)));
         config.replace_existing = self.settings.replace_working_dirs;
+        // The worker count, so a restore at the snapshot's count keeps each split list with its
+        // worker at every count, not only where the key groups alone tell.
+        config.parallelism = u32::try_from(self.routing.peers()).ok();
         match &self.source {
             // A fresh start into a working directory goes through the restore path, with no
             // rows: what the directory holds (a crashed run's database, an earlier run's) is

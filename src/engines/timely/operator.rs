@@ -13,6 +13,14 @@
 //! runs on a thread of its own while the operator goes on, and its acknowledgement goes to the
 //! committer ([`Job::commit`]) at the barrier's epoch.
 //!
+//! Records reach the logic as they arrive ([`Delivery::Arrival`]), or, with
+//! [`Delivery::EpochOrder`] ([`Job::stateful_with`]), in epoch order: every record waits in the
+//! same buffer until the frontier passes its epoch, and complete epochs are processed in order,
+//! the event-time timers of the epochs before each fired first. A barrier processes the
+//! complete epochs up to it before its snapshot, so a snapshot holds the same records in
+//! either mode. Within an epoch, the order is the arrival order unless
+//! [`Delivery::EpochOrderBy`] sorts it.
+//!
 //! Timers fire one at a time from the queue head: a timer a callback registers at or before the
 //! current time fires in the same pass, one it deletes does not. Processing-time timers fire by
 //! the job's clock ([`Checkpointing::clock`]) while the input runs, at the start of an
@@ -601,7 +609,8 @@ impl<L: KeyedLogic> Instance<L> {
         Some(Duration::from_millis(u64::try_from(wait).unwrap_or(0)))
     }
 
-    /// The synchronous part of snapshot `target` at `epoch`: records the resume epoch, takes
+    /// The synchronous part of snapshot `target` at `epoch`: records the resume epoch and the
+    /// source's position at `epoch` ([`PositionLog::at_barrier`]), takes
     /// the backend's snapshot and returns its upload, not yet started. A failure becomes a
     /// failed acknowledgement: the snapshot is aborted, the job goes on.
     fn snapshot(&mut self, epoch: u64, target: Target, capability: Capability<u64>) -> Pending {

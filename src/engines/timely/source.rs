@@ -17,6 +17,11 @@
 //!
 //! A position is a list of elements (one per partition or file, say), redistributed at a
 //! restore at another worker count as [`Rescale`] says.
+//!
+//! A worker that has recorded nothing at or before a barrier (its source records from a later
+//! epoch on) snapshots the position it restored, as it restored it. With [`Rescale::Union`]
+//! that is every element of every old worker: a source should record at each epoch it sends
+//! (from the resume epoch on), so that each worker snapshots only the elements it owns.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
