@@ -201,3 +201,39 @@ impl Job {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offset_of(entry: Option<OperatorStateEntry>) -> Vec<u64> {
+        let mut state = OperatorState::default();
+        if let Some(entry) = entry {
+            state.insert_entry(SOURCE_STATE.into(), entry);
+        }
+        let list = state.list_state::<u64>(SOURCE_STATE).unwrap();
+        list.get(&state).unwrap()
+    }
+
+    #[test]
+    fn a_lagging_operator_still_finds_the_position_at_its_barrier() {
+        let mut log = PositionLog::default();
+        log.register("a");
+        log.register("b");
+        for epoch in 0..12 {
+            log.by_epoch
+                .insert(epoch, encode(Rescale::Split, vec![epoch * 10]).unwrap());
+        }
+        assert_eq!(offset_of(log.at_barrier("a", 7)), vec![70]);
+        // Downstream, "b" lags: the positions it needs are kept until it has snapshotted.
+        assert_eq!(offset_of(log.at_barrier("a", 11)), vec![110]);
+        assert_eq!(offset_of(log.at_barrier("b", 3)), vec![30]);
+        assert_eq!(offset_of(log.at_barrier("b", 7)), vec![70]);
+        // Both have passed 7: what lies before it is dropped, 7 itself kept.
+        assert_eq!(log.by_epoch.keys().next(), Some(&7));
+        // Nothing recorded at or before a barrier, nothing restored: nothing to write.
+        let mut empty = PositionLog::default();
+        empty.register("a");
+        assert!(empty.at_barrier("a", 5).is_none());
+    }
+}
