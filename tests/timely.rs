@@ -11,8 +11,8 @@ use statebackend::checkpoint::{RestoreMode, restore_instance};
 use statebackend::state::key::KeyContext;
 use statebackend::storage::{CheckpointStorage, FaultMode, FaultyStorage, LocalDirStorage};
 use statebackend::timely::{
-    Checkpointing, CommitReport, Context, EPOCH_KEY, Job, KeyedLogic, POSITION_STATE,
-    ProcessingClock, RESUME_EPOCH_KEY, StartFrom, Target, TimeDomain,
+    Checkpointing, CommitReport, Context, Delivery, EPOCH_KEY, Job, KeyedLogic, POSITION_STATE,
+    ProcessingClock, RESUME_EPOCH_KEY, Rescale, StartFrom, Target, TimeDomain,
 };
 use statebackend::{
     AnyBackend, BackendConfig, BackendKind, CheckpointedBackend, KeyGroupRange, KeyedStateBackend,
@@ -1220,4 +1220,406 @@ fn processing_time_timers_fire_by_the_jobs_clock() {
     fired.sort_unstable();
     // Each fired once, while epoch 1 was open.
     assert_eq!(fired, vec![(1, 1), (2, 1), (3, 1)]);
+}
+
+/// A record of the order-sensitive job: `(key, value)`; the value is `epoch * 1000 + j`.
+type Keyed = (u64, u64);
+
+/// Records per epoch in the order-sensitive job, over [`CHAIN_KEYS`] keys: several per key and
+/// epoch, sent by different workers.
+const CHAIN_PER_EPOCH: u64 = 12;
+const CHAIN_KEYS: u64 = 5;
+
+fn keyed_of(epoch: u64, j: u64) -> Keyed {
+    ((epoch * 3 + j) % CHAIN_KEYS, epoch * 1000 + j)
+}
+
+/// The next running hash of a key after `value`: depends on the order of the values.
+fn chain(hash: u64, value: u64) -> u64 {
+    hash.wrapping_mul(1_000_003).wrapping_add(value + 1)
+}
+
+/// Per key, a running hash of its values in the order the logic gets them (in the `records`
+/// state of [`register`]) and how many it got (in `fired`): order-sensitive logic, as
+/// sessions and pattern matching are.
+#[derive(Default)]
+struct RunningHash {
+    states: Option<States>,
+}
+
+impl KeyedLogic for RunningHash {
+    type Input = Keyed;
+    type Output = ();
+    type Key = u64;
+    type Namespace = u64;
+
+    fn key(input: &Keyed) -> u64 {
+        input.0
+    }
+
+    fn open(&mut self, backend: &mut AnyBackend) -> Result<()> {
+        self.states = Some(register(backend)?);
+        Ok(())
+    }
+
+    fn on_record(
+        &mut self,
+        cx: &mut Context<'_, u64, u64>,
+        key: &KeyContext<u64>,
+        input: Keyed,
+        _output: &mut Vec<()>,
+    ) -> Result<()> {
+        let (hash, count) = self.states.as_ref().expect("opened");
+        let h = hash.get(cx.backend, key, &())?.unwrap_or(0);
+        hash.put(cx.backend, key, &(), chain(h, input.1))?;
+        let n = count.get(cx.backend, key, &())?.unwrap_or(0);
+        count.put(cx.backend, key, &(), n + 1)
+    }
+
+    fn on_timer(
+        &mut self,
+        _cx: &mut Context<'_, u64, u64>,
+        _timer: Timer<u64, u64>,
+        _output: &mut Vec<()>,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Per key, (the running hash of its values of epochs `0..epochs` in epoch order and, within
+/// an epoch, by value; how many).
+fn hash_model(epochs: u64) -> BTreeMap<u64, (u64, u64)> {
+    let mut out: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for epoch in 0..epochs {
+        for j in 0..CHAIN_PER_EPOCH {
+            let (key, value) = keyed_of(epoch, j);
+            let entry = out.entry(key).or_default();
+            *entry = (chain(entry.0, value), entry.1 + 1);
+        }
+    }
+    out
+}
+
+/// Runs the order-sensitive job on `workers` threads for epochs up to `epochs`, its records
+/// delivered as `delivery` says; every worker sends all its epochs before it steps once.
+fn run_chain(
+    workers: usize,
+    epochs: u64,
+    settings: Checkpointing,
+    delivery: Delivery<Keyed>,
+) -> std::result::Result<Vec<CommitReport>, String> {
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&commits);
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let mut job = Job::start(worker, settings.clone()).map_err(|e| e.to_string())?;
+        let (index, peers) = (worker.index() as u64, worker.peers() as u64);
+        let from = job.resume_epoch();
+        let probe = ProbeHandle::new();
+        let log = Arc::clone(&log);
+        let mut input = worker
+            .dataflow::<u64, _, _>(|scope| -> Result<_> {
+                let (input, records) = scope.new_input::<Keyed>();
+                let (out, acks) =
+                    job.stateful_with(records, "hash", RunningHash::default(), delivery)?;
+                job.commit(acks, move |report| log.lock().unwrap().push(report.clone()));
+                out.probe_with(&probe);
+                Ok(input)
+            })
+            .map_err(|e| e.to_string())?;
+        input.advance_to(from);
+        for epoch in from..epochs {
+            for j in (index..CHAIN_PER_EPOCH).step_by(peers as usize) {
+                input.send(keyed_of(epoch, j));
+            }
+            input.advance_to(epoch + 1);
+        }
+        while probe.less_than(&epochs) {
+            worker.step();
+        }
+        drop(input);
+        while worker.step() {}
+        Ok::<_, String>(())
+    })?;
+    for result in guards.join() {
+        result??;
+    }
+    let commits = commits.lock().unwrap().clone();
+    Ok(commits)
+}
+
+/// Runs the order-sensitive job fresh into a root of its own, with checkpoints every 5 epochs
+/// and a savepoint at the end of the input; returns the savepoint's state.
+fn chain_result(
+    workers: usize,
+    epochs: u64,
+    delivery: Delivery<Keyed>,
+) -> BTreeMap<u64, (u64, u64)> {
+    let dir = tempfile::tempdir().unwrap();
+    let root: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::new(dir.path().join("root")).unwrap());
+    let savepoint: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::new(dir.path().join("savepoint")).unwrap());
+    let mut s = Checkpointing::new(root, 5, BackendKind::Heap);
+    s.savepoints = vec![(1000, Arc::clone(&savepoint))];
+    run_chain(workers, epochs, s, delivery).unwrap();
+    let (state, resume) = savepoint_state(savepoint.as_ref(), "hash");
+    assert_eq!(resume, Some(1001));
+    state
+}
+
+fn by_value(a: &Keyed, b: &Keyed) -> std::cmp::Ordering {
+    a.1.cmp(&b.1)
+}
+
+#[test]
+fn epoch_order_gives_order_sensitive_logic_one_result_at_any_worker_count_and_restore() {
+    const EPOCHS: u64 = 30;
+    let single = chain_result(1, EPOCHS, Delivery::Arrival);
+    // One worker gets its records in the order it sent them: epoch order, by value within.
+    assert_eq!(single, hash_model(EPOCHS));
+    // In arrival order, several workers' records of a key interleave as they come.
+    let arrival: Vec<_> = [2, 3]
+        .into_iter()
+        .map(|w| chain_result(w, EPOCHS, Delivery::Arrival))
+        .collect();
+    assert!(
+        arrival.iter().any(|r| *r != single),
+        "arrival order happened to match the single worker's at 2 and 3 workers"
+    );
+    for workers in [1, 2, 3] {
+        assert_eq!(
+            chain_result(workers, EPOCHS, Delivery::EpochOrderBy(by_value)),
+            single,
+            "epoch order at {workers} workers"
+        );
+    }
+
+    // At 2 workers, a crash after the checkpoint at epoch 14 (the later ones never completed),
+    // restored at 3 workers.
+    for kind in kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let root: Arc<dyn CheckpointStorage> =
+            Arc::new(LocalDirStorage::new(dir.path().join("root")).unwrap());
+        let mut s = Checkpointing::new(Arc::clone(&root), 5, kind);
+        s.retained = 100;
+        run_chain(2, EPOCHS, s.clone(), Delivery::EpochOrderBy(by_value)).unwrap();
+        let state = RootState::read(root.as_ref()).unwrap();
+        for (id, meta) in &state.completed {
+            let epoch = epoch_of(meta);
+            let (found, _) = checkpoint_state(root.as_ref(), meta, "hash");
+            assert_eq!(
+                found,
+                hash_model(epoch + 1),
+                "checkpoint at {epoch}, {kind:?}"
+            );
+            if epoch > 14 {
+                root.delete(&statebackend::checkpoint::layout::metadata_path(*id).unwrap())
+                    .unwrap();
+            }
+        }
+        let savepoint: Arc<dyn CheckpointStorage> =
+            Arc::new(LocalDirStorage::new(dir.path().join("savepoint")).unwrap());
+        s.savepoints = vec![(1000, Arc::clone(&savepoint))];
+        run_chain(3, EPOCHS, s, Delivery::EpochOrderBy(by_value)).unwrap();
+        let (restored, resume) = savepoint_state(savepoint.as_ref(), "hash");
+        assert_eq!(resume, Some(1001));
+        assert_eq!(restored, single, "restored at 3 workers, {kind:?}");
+    }
+}
+
+/// Partitions of the offset source, and how many records partition `p` holds.
+const PARTITIONS: u64 = 5;
+fn partition_len(p: u64) -> u64 {
+    30 + 7 * p
+}
+
+/// The record at `offset` of partition `p`.
+fn partition_record(p: u64, offset: u64) -> u64 {
+    p * 1000 + offset
+}
+
+/// Counts records per key (`records` of [`register`]) and sums them (`fired`).
+#[derive(Default)]
+struct Sum {
+    states: Option<States>,
+}
+
+impl KeyedLogic for Sum {
+    type Input = u64;
+    type Output = ();
+    type Key = u64;
+    type Namespace = u64;
+
+    fn key(input: &u64) -> u64 {
+        input % 13
+    }
+
+    fn open(&mut self, backend: &mut AnyBackend) -> Result<()> {
+        self.states = Some(register(backend)?);
+        Ok(())
+    }
+
+    fn on_record(
+        &mut self,
+        cx: &mut Context<'_, u64, u64>,
+        key: &KeyContext<u64>,
+        input: u64,
+        _output: &mut Vec<()>,
+    ) -> Result<()> {
+        let (count, sum) = self.states.as_ref().expect("opened");
+        let n = count.get(cx.backend, key, &())?.unwrap_or(0);
+        count.put(cx.backend, key, &(), n + 1)?;
+        let s = sum.get(cx.backend, key, &())?.unwrap_or(0);
+        sum.put(cx.backend, key, &(), s + input)
+    }
+
+    fn on_timer(
+        &mut self,
+        _cx: &mut Context<'_, u64, u64>,
+        _timer: Timer<u64, u64>,
+        _output: &mut Vec<()>,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Per key, (records, sum) of every record of every partition, each once.
+fn partitions_model() -> BTreeMap<u64, (u64, u64)> {
+    let mut out: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        for offset in 0..partition_len(p) {
+            let record = partition_record(p, offset);
+            let entry = out.entry(record % 13).or_default();
+            *entry = (entry.0 + 1, entry.1 + record);
+        }
+    }
+    out
+}
+
+/// Positions the source recorded: per epoch, per partition, the offset.
+type Recorded = Arc<Mutex<BTreeMap<u64, BTreeMap<u64, u64>>>>;
+
+/// Runs a job over the partitions on `workers` threads for epochs up to `epochs`: each worker
+/// reads its partitions from the position it restored (or, fresh, partitions `p % peers ==
+/// index` from 0), a few records a partition and epoch (how many depends on the worker, so
+/// offsets are no function of the epoch), records its position after each epoch into the job
+/// and into `recorded`. Returns the positions the workers restored.
+fn run_partitions(
+    workers: usize,
+    epochs: u64,
+    settings: Checkpointing,
+    rescale: Rescale,
+    recorded: Recorded,
+) -> std::result::Result<Vec<(u64, u64)>, String> {
+    let restored = Arc::new(Mutex::new(Vec::new()));
+    let restored_log = Arc::clone(&restored);
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let mut job = Job::start(worker, settings.clone()).map_err(|e| e.to_string())?;
+        let (index, peers) = (worker.index() as u64, worker.peers() as u64);
+        let from = job.resume_epoch();
+        let position = job
+            .source_position::<(u64, u64)>(rescale)
+            .map_err(|e| e.to_string())?;
+        let mut mine: Vec<(u64, u64)> = match (job.restored_checkpoint(), rescale) {
+            (None, _) => (0..PARTITIONS)
+                .filter(|p| p % peers == index)
+                .map(|p| (p, 0))
+                .collect(),
+            (Some(_), Rescale::Split) => position.restored().to_vec(),
+            (Some(_), Rescale::Union) => position
+                .restored()
+                .iter()
+                .copied()
+                .filter(|(p, _)| p % peers == index)
+                .collect(),
+        };
+        restored_log.lock().unwrap().extend(
+            position
+                .restored()
+                .iter()
+                .copied()
+                .filter(|e| mine.contains(e)),
+        );
+        let probe = ProbeHandle::new();
+        let mut input = worker
+            .dataflow::<u64, _, _>(|scope| -> Result<_> {
+                let (input, records) = scope.new_input::<u64>();
+                let (out, acks) = job.stateful(records, "sum", Sum::default())?;
+                job.commit(acks, |_| {});
+                out.probe_with(&probe);
+                Ok(input)
+            })
+            .map_err(|e| e.to_string())?;
+        input.advance_to(from);
+        for epoch in from..epochs {
+            for (p, offset) in &mut mine {
+                let take = 1 + (epoch + *p + index) % 3;
+                let end = (*offset + take).min(partition_len(*p));
+                for o in *offset..end {
+                    input.send(partition_record(*p, o));
+                }
+                *offset = end;
+            }
+            position
+                .record(epoch, mine.clone())
+                .map_err(|e| e.to_string())?;
+            recorded
+                .lock()
+                .unwrap()
+                .entry(epoch)
+                .or_default()
+                .extend(mine.iter().copied());
+            input.advance_to(epoch + 1);
+            worker.step();
+        }
+        while probe.less_than(&epochs) {
+            worker.step();
+        }
+        drop(input);
+        while worker.step() {}
+        Ok::<_, String>(())
+    })?;
+    for result in guards.join() {
+        result??;
+    }
+    let mut restored = restored.lock().unwrap().clone();
+    restored.sort_unstable();
+    Ok(restored)
+}
+
+#[test]
+fn a_source_with_offsets_resumes_exactly_at_another_worker_count() {
+    for (rescale, kind) in [
+        (Rescale::Split, BackendKind::Heap),
+        (Rescale::Union, BackendKind::RocksDb),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let root: Arc<dyn CheckpointStorage> =
+            Arc::new(LocalDirStorage::new(dir.path().join("root")).unwrap());
+        let mut s = Checkpointing::new(Arc::clone(&root), 4, kind);
+        s.retained = 100;
+        // Killed after epoch 8: the records read in epoch 8 are in no checkpoint; the latest
+        // completed checkpoint is at epoch 7, the partitions only partly read.
+        let first: Recorded = Arc::default();
+        run_partitions(2, 9, s.clone(), rescale, Arc::clone(&first)).unwrap();
+        let state = RootState::read(root.as_ref()).unwrap();
+        let newest = state.completed.values().next_back().expect("a checkpoint");
+        assert_eq!(epoch_of(newest), 7, "{rescale:?}");
+        let at_7: Vec<(u64, u64)> = first.lock().unwrap()[&7].clone().into_iter().collect();
+        assert!(
+            at_7.iter().any(|(p, o)| *o > 0 && *o < partition_len(*p)),
+            "partly read at the checkpoint: {at_7:?}"
+        );
+
+        // Restarted at 3 workers from the checkpoint at 7: the offsets restored are those at
+        // 7, and every record is counted exactly once when the partitions are read to the end.
+        let savepoint: Arc<dyn CheckpointStorage> =
+            Arc::new(LocalDirStorage::new(dir.path().join("savepoint")).unwrap());
+        s.savepoints = vec![(1000, Arc::clone(&savepoint))];
+        let restored = run_partitions(3, 40, s, rescale, Arc::default()).unwrap();
+        assert_eq!(restored, at_7, "restored offsets, {rescale:?}");
+        let (found, resume) = savepoint_state(savepoint.as_ref(), "sum");
+        assert_eq!(resume, Some(1001));
+        assert_eq!(found, partitions_model(), "{rescale:?}, {kind:?}");
+    }
 }

@@ -25,6 +25,7 @@ use crate::backends::config::BackendConfig;
 use crate::backends::interface::CheckpointedBackend;
 use crate::engines::timely::committer::EPOCH_KEY;
 use crate::engines::timely::routing::KeyGroupRouting;
+use crate::engines::timely::source::PositionLog;
 use crate::model::error::{Error, Result};
 use crate::model::format::layout::metadata_path;
 use crate::model::format::metadata::SnapshotMetadata;
@@ -290,6 +291,9 @@ pub struct Job {
     resume_epoch: u64,
     coordinator: Option<CheckpointCoordinator>,
     skipped: Vec<SkippedCheckpoint>,
+    /// What this worker's source records ([`Job::source_position`]), which its stateful
+    /// operators snapshot.
+    positions: Rc<RefCell<PositionLog>>,
 }
 
 impl Job {
@@ -350,6 +354,7 @@ impl Job {
             resume_epoch,
             coordinator,
             skipped: decision.skipped,
+            positions: Rc::default(),
         })
     }
 
@@ -395,6 +400,30 @@ impl Job {
         self.first_id
     }
 
+    /// This worker's source position log, shared with its stateful operators.
+    pub(crate) fn position_log(&self) -> Rc<RefCell<PositionLog>> {
+        Rc::clone(&self.positions)
+    }
+
+    /// The operator state this worker restores its source position from: that of the first
+    /// operator of the restored snapshot (every stateful operator keeps the same position),
+    /// for this worker's key groups at the worker count it now runs; `None` on a fresh start.
+    pub(crate) fn restored_source_state(&self) -> Result<Option<OperatorState>> {
+        let meta = match &self.source {
+            Some(Source::Checkpoint(meta) | Source::Savepoint(_, meta)) => meta,
+            None => return Ok(None),
+        };
+        let Some(first) = meta.instances.first() else {
+            return Ok(None);
+        };
+        let range = self.routing.range_of(self.index)?;
+        let peers = u32::try_from(self.routing.peers()).unwrap_or(u32::MAX);
+        Ok(Some(
+            meta.for_operator(&first.operator)?
+                .operator_state_for_instance(range, Some(peers)),
+        ))
+    }
+
     /// The coordinator (worker 0 only), taken once by the committer.
     pub(crate) fn take_coordinator(&mut self) -> Option<CheckpointCoordinator> {
         self.coordinator.take()
@@ -420,6 +449,9 @@ impl Job {
             .as_ref()
             .map(|dir| dir.join(format!("{operator}-{}", self.index)));
         config.replace_existing = self.settings.replace_working_dirs;
+        // The worker count, so a restore at the snapshot's count keeps each split list with its
+        // worker at every count, not only where the key groups alone tell.
+        config.parallelism = u32::try_from(self.routing.peers()).ok();
         match &self.source {
             // A fresh start into a working directory goes through the restore path, with no
             // rows: what the directory holds (a crashed run's database, an earlier run's) is

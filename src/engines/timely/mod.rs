@@ -17,7 +17,16 @@
 //!    whose committer ([`Job::commit`]) completes the checkpoint once every instance has
 //!    acknowledged it — the frontier of its input says when;
 //! 4. records in each checkpoint the epoch the source resumes from, as operator state
-//!    ([`Job::resume_epoch`] after a restore).
+//!    ([`Job::resume_epoch`] after a restore), and the source's own position if it keeps one
+//!    ([`Job::source_position`]: offsets, handed out per worker at a restore).
+//!
+//! Records reach the logic in arrival order by default; [`Job::stateful_with`] with
+//! [`Delivery::EpochOrder`] (or [`Delivery::EpochOrderBy`]) hands them over in epoch order,
+//! each epoch once complete, for logic that depends on the order of a key's records.
+//!
+//! Epochs are event time: a record's epoch is its event time, the input frontier is the
+//! watermark, and no record is late (there is no allowed lateness); a source whose data is out
+//! of order chooses the epochs, and when it advances past one, itself.
 //!
 //! `examples/timely_windows` is a complete job, run across processes.
 
@@ -26,6 +35,7 @@ mod committer;
 mod job;
 mod operator;
 mod routing;
+mod source;
 
 pub use ack::{Ack, Target};
 pub use committer::{CommitReport, EPOCH_KEY};
@@ -33,5 +43,6 @@ pub use job::{
     Checkpointing, Job, POSITION_STATE, ProcessingClock, RESUME_EPOCH_KEY, SkippedCheckpoint,
     StartFrom,
 };
-pub use operator::{Context, KeyedLogic, TimeDomain};
+pub use operator::{Context, Delivery, KeyedLogic, TimeDomain};
 pub use routing::KeyGroupRouting;
+pub use source::{Rescale, SOURCE_STATE, SourcePosition};

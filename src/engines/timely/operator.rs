@@ -13,6 +13,14 @@
 //! runs on a thread of its own while the operator goes on, and its acknowledgement goes to the
 //! committer ([`Job::commit`]) at the barrier's epoch.
 //!
+//! Records reach the logic as they arrive ([`Delivery::Arrival`]), or, with
+//! [`Delivery::EpochOrder`] ([`Job::stateful_with`]), in epoch order: every record waits in the
+//! same buffer until the frontier passes its epoch, and complete epochs are processed in order,
+//! the event-time timers of the epochs before each fired first. A barrier processes the
+//! complete epochs up to it before its snapshot, so a snapshot holds the same records in
+//! either mode. Within an epoch, the order is the arrival order unless
+//! [`Delivery::EpochOrderBy`] sorts it.
+//!
 //! Timers fire one at a time from the queue head: a timer a callback registers at or before the
 //! current time fires in the same pass, one it deletes does not. Processing-time timers fire by
 //! the job's clock ([`Checkpointing::clock`]) while the input runs, at the start of an
@@ -51,6 +59,7 @@ use crate::backends::interface::CheckpointedBackend;
 use crate::engines::timely::ack::{Ack, Target};
 use crate::engines::timely::job::{Checkpointing, Job, POSITION_STATE, RESUME_EPOCH_KEY};
 use crate::engines::timely::routing::KeyGroupRouting;
+use crate::engines::timely::source::{PositionLog, SOURCE_STATE};
 use crate::model::error::{Error, Result};
 use crate::model::format::layout::metadata_path;
 use crate::model::format::metadata::SnapshotMetadata;
@@ -135,6 +144,63 @@ pub enum TimeDomain {
     ProcessingTime,
 }
 
+/// The order in which a keyed operator hands records to its logic ([`Job::stateful_with`]).
+///
+/// Timely delivers records as they arrive: records of a later epoch may come before those of an
+/// earlier one still open, and records of one epoch from several workers interleave in no
+/// particular order. Logic whose result depends on the order of a key's records (sessions,
+/// pattern matching, a running hash) then gives results that depend on the worker count and
+/// on timing, and that may differ after a restore.
+pub enum Delivery<I> {
+    /// Each record as soon as it arrives (records past the next barrier wait for it): the
+    /// lowest latency, no order guaranteed across epochs or within one. The default.
+    Arrival,
+    /// Records in epoch order: each epoch's records wait until the operator's input frontier
+    /// passes the epoch (as differential dataflow does), then its records are handed over
+    /// after the event-time timers of the epochs before it fired. Within one epoch, no order is
+    /// guaranteed (arrival order): a key's result is deterministic if it gets at most one
+    /// record per epoch, or if its logic does not depend on the order within an epoch.
+    EpochOrder,
+    /// As [`Delivery::EpochOrder`], each epoch's records sorted by this comparison first (a
+    /// stable sort: records it finds equal stay in arrival order). With a total order over a
+    /// key's records (e.g. by a sequence number or a value the source assigns), a key's records
+    /// reach the logic in one order at any worker count and after any restore.
+    EpochOrderBy(fn(&I, &I) -> std::cmp::Ordering),
+}
+
+impl<I> Delivery<I> {
+    /// Whether records wait for their epoch to complete.
+    fn ordered(&self) -> bool {
+        !matches!(self, Self::Arrival)
+    }
+}
+
+// By hand, as `Clone` and `Copy` below: a derive would ask the same of `I`.
+#[allow(clippy::derivable_impls)]
+impl<I> Default for Delivery<I> {
+    fn default() -> Self {
+        Self::Arrival
+    }
+}
+
+impl<I> Clone for Delivery<I> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<I> Copy for Delivery<I> {}
+
+impl<I> std::fmt::Debug for Delivery<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Arrival => write!(f, "Arrival"),
+            Self::EpochOrder => write!(f, "EpochOrder"),
+            Self::EpochOrderBy(_) => write!(f, "EpochOrderBy(..)"),
+        }
+    }
+}
+
 /// A snapshot whose upload runs on a thread of its own.
 struct Upload {
     capability: Capability<u64>,
@@ -216,7 +282,12 @@ struct Instance<L: KeyedLogic> {
     timers: TimerService<L::Key, L::Namespace>,
     settings: Arc<Checkpointing>,
     barriers: Barriers,
-    /// Records of epochs past the next barrier, by epoch.
+    /// The order records reach the logic in.
+    delivery: Delivery<L::Input>,
+    /// This worker's source position log, written into each snapshot.
+    positions: std::rc::Rc<std::cell::RefCell<PositionLog>>,
+    /// Records not processed yet, by epoch: those of epochs past the next barrier, and with
+    /// an ordered [`Delivery`] every record until the frontier passes its epoch.
     early: BTreeMap<u64, Vec<L::Input>>,
     /// Outputs not yet sent, by the time they are sent at: their record's epoch or their
     /// timer's timestamp.
@@ -239,7 +310,24 @@ impl Job {
         &self,
         input: StreamVec<'s, u64, L::Input>,
         operator: &str,
+        logic: L,
+    ) -> Result<(StreamVec<'s, u64, L::Output>, StreamVec<'s, u64, Ack>)> {
+        self.stateful_with(input, operator, logic, Delivery::Arrival)
+    }
+
+    /// [`Job::stateful`], handing records to the logic in the order `delivery` says:
+    /// [`Delivery::EpochOrder`] (or [`Delivery::EpochOrderBy`], sorted within each epoch) for
+    /// logic that depends on the order of a key's records, so its result is the same at any
+    /// worker count and after any restore.
+    ///
+    /// # Errors
+    /// As [`Job::stateful`].
+    pub fn stateful_with<'s, L: KeyedLogic>(
+        &self,
+        input: StreamVec<'s, u64, L::Input>,
+        operator: &str,
         mut logic: L,
+        delivery: Delivery<L::Input>,
     ) -> Result<(StreamVec<'s, u64, L::Output>, StreamVec<'s, u64, Ack>)> {
         let mut backend = self.open_instance(operator)?;
         logic.open(&mut backend)?;
@@ -251,6 +339,8 @@ impl Job {
             timers,
             settings: Arc::clone(self.settings()),
             barriers: Barriers::new(self),
+            delivery,
+            positions: self.position_log(),
             early: BTreeMap::new(),
             outputs: BTreeMap::new(),
             scratch: Vec::new(),
@@ -258,6 +348,7 @@ impl Job {
             unconfirmed: Vec::new(),
         };
 
+        instance.positions.borrow_mut().register(operator);
         let scope = input.scope();
         let routing: KeyGroupRouting = self.routing();
         let mut builder = OperatorBuilder::new(format!("Stateful({operator})"), scope);
@@ -297,8 +388,9 @@ impl Job {
                     // One time per message from an input handle; a message under several
                     // times counts at the earliest, one under none at the frontier.
                     let epoch = capability.least().copied().or(first).unwrap_or(u64::MAX);
+                    let ordered = instance.delivery.ordered();
                     for record in data.drain(..) {
-                        if instance.barriers.next().is_some_and(|b| epoch > b) {
+                        if ordered || instance.barriers.next().is_some_and(|b| epoch > b) {
                             instance.early.entry(epoch).or_default().push(record);
                         } else {
                             instance.process(epoch, record);
@@ -313,10 +405,11 @@ impl Job {
                     if first.is_some_and(|f| f <= barrier) {
                         break;
                     }
-                    if first.is_none() {
+                    if first.is_none() || instance.delivery.ordered() {
                         // The input ended: records held back for a checkpoint barrier it
                         // dropped belong to the state at this barrier, every epoch is
-                        // complete, and timers fire between the epochs.
+                        // complete, and timers fire between the epochs. In epoch order, every
+                        // epoch up to the barrier is complete too.
                         instance.process_complete_early(barrier);
                     }
                     instance.fire_timers(barrier);
@@ -329,7 +422,16 @@ impl Job {
                         let activator = Arc::clone(&activator);
                         instance.uploads.push(upload.start(activator));
                     }
-                    instance.process_early();
+                    if !instance.delivery.ordered() {
+                        instance.process_early();
+                    }
+                }
+                if let (Some(f), true) = (first, instance.delivery.ordered()) {
+                    // In epoch order: every epoch before the frontier is complete (and before
+                    // the next barrier, which the frontier has not passed).
+                    if let Some(complete) = f.checked_sub(1) {
+                        instance.process_complete_early(complete);
+                    }
                 }
                 if first.is_none() {
                     // The input ended with records past a barrier still held back (the frontier
@@ -440,9 +542,12 @@ impl<L: KeyedLogic> Instance<L> {
             if *entry.key() > limit {
                 break;
             }
-            let (epoch, records) = entry.remove_entry();
+            let (epoch, mut records) = entry.remove_entry();
             if let Some(before) = epoch.checked_sub(1) {
                 self.fire_timers(before);
+            }
+            if let Delivery::EpochOrderBy(compare) = self.delivery {
+                records.sort_by(compare);
             }
             for record in records {
                 self.process(epoch, record);
@@ -504,7 +609,8 @@ impl<L: KeyedLogic> Instance<L> {
         Some(Duration::from_millis(u64::try_from(wait).unwrap_or(0)))
     }
 
-    /// The synchronous part of snapshot `target` at `epoch`: records the resume epoch, takes
+    /// The synchronous part of snapshot `target` at `epoch`: records the resume epoch and the
+    /// source's position at `epoch` ([`PositionLog::at_barrier`]), takes
     /// the backend's snapshot and returns its upload, not yet started. A failure becomes a
     /// failed acknowledgement: the snapshot is aborted, the job goes on.
     fn snapshot(&mut self, epoch: u64, target: Target, capability: Capability<u64>) -> Pending {
@@ -526,6 +632,10 @@ impl<L: KeyedLogic> Instance<L> {
             RESUME_EPOCH_KEY.to_owned(),
             epoch.saturating_add(1),
         )?;
+        // The source's own position after the records of epochs up to the barrier.
+        if let Some(source) = self.positions.borrow_mut().at_barrier(&self.name, epoch) {
+            operator.insert_entry(SOURCE_STATE.to_owned(), source);
+        }
         match target {
             Target::Checkpoint(id) => {
                 self.confirm_completed();
