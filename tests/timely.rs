@@ -1377,14 +1377,20 @@ fn epoch_order_gives_order_sensitive_logic_one_result_at_any_worker_count_and_re
     let single = chain_result(1, EPOCHS, Delivery::Arrival);
     // One worker gets its records in the order it sent them: epoch order, by value within.
     assert_eq!(single, hash_model(EPOCHS));
-    // In arrival order, several workers' records of a key interleave as they come.
-    let arrival: Vec<_> = [2, 3]
-        .into_iter()
-        .map(|w| chain_result(w, EPOCHS, Delivery::Arrival))
-        .collect();
-    assert!(
-        arrival.iter().any(|r| *r != single),
-        "arrival order happened to match the single worker's at 2 and 3 workers"
+    // The logic is order-sensitive: the same records of each epoch in reverse order give
+    // another result (so arrival order, in which several workers' records of a key interleave
+    // as they come, gives whatever the interleaving makes of it; not asserted, it is timing).
+    let mut reversed: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for epoch in 0..EPOCHS {
+        for j in (0..CHAIN_PER_EPOCH).rev() {
+            let (key, value) = keyed_of(epoch, j);
+            let entry = reversed.entry(key).or_default();
+            *entry = (chain(entry.0, value), entry.1 + 1);
+        }
+    }
+    assert_ne!(
+        reversed, single,
+        "the logic must depend on the order within an epoch"
     );
     for workers in [1, 2, 3] {
         assert_eq!(
