@@ -29,7 +29,9 @@ use crate::cli::root::{
 use crate::cli::snapshot::Location;
 use crate::cli::{CliError, CliResult, human_bytes, plural};
 use crate::model::error::Error;
-use crate::runtime::checkpoint::coordinator::{RootState, confirmed_plan, execute_plan};
+use crate::runtime::checkpoint::coordinator::{
+    RootState, confirmed_plan, execute_plan, plan_with_confirmed_markers,
+};
 use crate::storage::{ObjectMeta, StoragePath};
 
 /// How to collect.
@@ -185,7 +187,8 @@ pub fn gc(root: &Location, options: GcOptions) -> CliResult<GcReport> {
             }
         }
     }
-    let plan = confirmed_plan(
+    // What the listing hid was read above; only the markers of what is dropped now are new.
+    let plan = plan_with_confirmed_markers(
         &mut state,
         storage.as_ref(),
         options.retained,

@@ -324,6 +324,23 @@ pub fn confirmed_plan(
     if let Some(listing) = listing {
         learn_unlisted(state, storage, in_flight, listing)?;
     }
+    plan_with_confirmed_markers(state, storage, retained, in_flight, listing)
+}
+
+/// [`plan_collection`], with the no-claim marker of every checkpoint it would drop looked up
+/// directly (a listing may have omitted it): the second half of [`confirmed_plan`], for a
+/// caller that already read what the listing may have hidden and plans again (`statectl gc`,
+/// after protecting the checkpoint a restore would use).
+///
+/// # Errors
+/// Storage errors of the lookups.
+pub fn plan_with_confirmed_markers(
+    state: &mut RootState,
+    storage: &dyn CheckpointStorage,
+    retained: usize,
+    in_flight: &BTreeSet<u64>,
+    listing: Option<&[ObjectMeta]>,
+) -> Result<GcPlan> {
     loop {
         let plan = plan_collection(state, retained, in_flight, listing);
         let mut changed = false;
