@@ -1,10 +1,12 @@
 //! The job of the `timely_windows` example, shared with its cluster test: a deterministic,
-//! replayable source of page views, a keyed operator counting views per user in tumbling
-//! event-time windows (closed by timers), and a sink that writes each closed window's result.
+//! replayable source of page views; a keyed operator counting views per user in tumbling
+//! event-time windows (closed by timers); a second keyed operator, keyed by window, totalling
+//! each window over every user (records cross workers between the two); and an exactly-once
+//! sink that writes both operators' results into files, committed with the checkpoints.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,16 +14,16 @@ use std::time::{Duration, Instant};
 use statebackend::state::key::KeyContext;
 use statebackend::storage::{CheckpointStorage, LocalDirStorage};
 use statebackend::timely::{
-    Checkpointing, CommitReport, Context, Job, KeyedLogic, StartFrom, Target,
+    Checkpointing, CommitReport, Context, FINAL_CHECKPOINT_EPOCH, Job, KeyedLogic, StartFrom,
+    Target, TransactionId, TransactionalSink,
 };
 use statebackend::{
     AnyBackend, BackendConfig, BackendKind, KeyGroupRange, KeyedStateBackend, MapState,
     MapStateDescriptor, Result, Timer, ValueState, ValueStateDescriptor,
 };
 use timely::dataflow::ProbeHandle;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::vec::Input;
-use timely::dataflow::operators::{Operator, Probe};
+use timely::dataflow::operators::vec::{Input, Map};
+use timely::dataflow::operators::{Concat, Probe};
 use timely::worker::Worker;
 
 /// Users the views come from.
@@ -30,14 +32,28 @@ pub const USERS: u64 = 2_000;
 pub const PAGES: u64 = 40;
 /// Epochs per tumbling window.
 pub const WINDOW: u64 = 5;
-/// The stable id of the keyed operator.
+/// The stable id of the keyed operator counting per user.
 pub const OPERATOR: &str = "window-counts";
+/// The stable id of the keyed operator totalling per window.
+pub const TOTALS_OPERATOR: &str = "window-totals";
+/// The stable id of the exactly-once sink.
+pub const SINK: &str = "results";
 
 /// One page view: `(user, page)`; its event time is its epoch.
 pub type View = (u64, u16);
 
 /// One closed window: `(user, window, views, distinct pages)`.
 pub type WindowResult = (u64, u64, u64, u64);
+
+/// What the sink writes: a user's closed window, or a window's total over every user
+/// `(window, users, views)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// `U user window views distinct`.
+    User(WindowResult),
+    /// `W window users views`.
+    Window(u64, u64, u64),
+}
 
 /// The view at position `i` of the stream: a pure function, so a restored job replays exactly
 /// the views after its checkpoint, whatever its worker count.
@@ -71,8 +87,9 @@ pub struct Options {
     pub start_empty_if_all_damaged: bool,
     /// Savepoints to write: `(epoch, directory)`.
     pub savepoints: Vec<(u64, PathBuf)>,
-    /// Where each worker writes its closed windows (one file per worker and run).
-    pub results: Option<PathBuf>,
+    /// Where the exactly-once sink writes: `staging/` for transactions not yet committed,
+    /// `committed/` for the output.
+    pub results: PathBuf,
     /// Where RocksDB instances keep their working directories; temporary ones otherwise.
     pub work_dir: Option<PathBuf>,
     /// The source stops producing at this epoch and waits (to be killed).
@@ -95,7 +112,7 @@ impl Default for Options {
             fresh: false,
             start_empty_if_all_damaged: false,
             savepoints: Vec::new(),
-            results: None,
+            results: PathBuf::from("timely-results"),
             work_dir: None,
             stall_at: None,
             epochs_in_flight: 4,
@@ -148,7 +165,7 @@ impl Options {
                     o.savepoints
                         .push((number(epoch.to_owned())?, PathBuf::from(dir)));
                 }
-                "--results" => o.results = Some(PathBuf::from(value()?)),
+                "--results" => o.results = PathBuf::from(value()?),
                 "--work-dir" => o.work_dir = Some(PathBuf::from(value()?)),
                 "--stall-at" => o.stall_at = Some(number(value()?)?),
                 "--epochs-in-flight" => o.epochs_in_flight = number(value()?)?.max(1),
@@ -269,6 +286,164 @@ impl KeyedLogic for WindowCounts {
     }
 }
 
+/// The second keyed operator, keyed by window: per window, the users whose window closed and
+/// their views; a timer at the window's last epoch (every user's result of the window has
+/// arrived once event time passes it) emits the window's total.
+#[derive(Default)]
+pub struct WindowTotals {
+    totals: Option<ValueState<u64, (), (u64, u64)>>,
+}
+
+impl WindowTotals {
+    fn register(backend: &mut AnyBackend) -> Result<ValueState<u64, (), (u64, u64)>> {
+        backend.value_state(&ValueStateDescriptor::new("window-totals"))
+    }
+}
+
+impl KeyedLogic for WindowTotals {
+    type Input = WindowResult;
+    type Output = Output;
+    type Key = u64;
+    type Namespace = ();
+
+    fn key(input: &WindowResult) -> u64 {
+        input.1
+    }
+
+    fn open(&mut self, backend: &mut AnyBackend) -> Result<()> {
+        self.totals = Some(Self::register(backend)?);
+        Ok(())
+    }
+
+    fn on_record(
+        &mut self,
+        cx: &mut Context<'_, u64, ()>,
+        window: &KeyContext<u64>,
+        (_, _, views, _): WindowResult,
+        _output: &mut Vec<Output>,
+    ) -> Result<()> {
+        let totals = self.totals.as_ref().expect("opened");
+        let b = &mut *cx.backend;
+        let (users, sum) = totals.get(b, window, &())?.unwrap_or((0, 0));
+        totals.put(b, window, &(), (users + 1, sum + views))?;
+        let end = (window.key() + 1) * WINDOW - 1;
+        cx.timers
+            .register_event_time_timer(b, window, &(), end as i64)
+    }
+
+    fn on_timer(
+        &mut self,
+        cx: &mut Context<'_, u64, ()>,
+        timer: Timer<u64, ()>,
+        output: &mut Vec<Output>,
+    ) -> Result<()> {
+        let totals = self.totals.as_ref().expect("opened");
+        let b = &mut *cx.backend;
+        let (users, views) = totals.get(b, &timer.key, &())?.unwrap_or((0, 0));
+        totals.clear(b, &timer.key, &())?;
+        output.push(Output::Window(*timer.key.key(), users, views));
+        Ok(())
+    }
+}
+
+/// The example's exactly-once sink: a transaction is a file of `staging/`, fsynced when
+/// pre-committed, renamed into `committed/` when committed (a rename that already happened is a
+/// commit done), deleted when aborted. Readers read `committed/` only.
+pub struct FileSink {
+    staging: PathBuf,
+    committed: PathBuf,
+    /// The files of transactions begun and not yet pre-committed.
+    open: HashMap<String, File>,
+}
+
+impl FileSink {
+    /// A sink writing under `dir`.
+    ///
+    /// # Errors
+    /// The directories cannot be created.
+    pub fn new(dir: &Path) -> Result<Self> {
+        let staging = dir.join("staging");
+        let committed = dir.join("committed");
+        for d in [&staging, &committed] {
+            std::fs::create_dir_all(d).map_err(|e| io_error(d, e))?;
+        }
+        Ok(Self {
+            staging,
+            committed,
+            open: HashMap::new(),
+        })
+    }
+}
+
+impl TransactionalSink for FileSink {
+    type Item = Output;
+    type Transaction = String;
+
+    fn begin(&mut self, id: TransactionId) -> Result<String> {
+        let name = format!("{id}.txt");
+        let path = self.staging.join(&name);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_error(&path, e))?;
+        self.open.insert(name.clone(), file);
+        Ok(name)
+    }
+
+    fn write(&mut self, transaction: &mut String, items: Vec<Output>) -> Result<()> {
+        let path = self.staging.join(transaction.as_str());
+        let Some(file) = self.open.get_mut(transaction.as_str()) else {
+            return Err(io_error(&path, ErrorKind::NotFound.into()));
+        };
+        let mut text = String::new();
+        for item in items {
+            match item {
+                Output::User((user, window, views, distinct)) => {
+                    text.push_str(&format!("U {user} {window} {views} {distinct}\n"))
+                }
+                Output::Window(window, users, views) => {
+                    text.push_str(&format!("W {window} {users} {views}\n"))
+                }
+            }
+        }
+        file.write_all(text.as_bytes())
+            .map_err(|e| io_error(&path, e))
+    }
+
+    fn pre_commit(&mut self, transaction: &mut String) -> Result<()> {
+        let path = self.staging.join(transaction.as_str());
+        if let Some(file) = self.open.remove(transaction.as_str()) {
+            file.sync_all().map_err(|e| io_error(&path, e))?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, transaction: String) -> Result<()> {
+        let from = self.staging.join(&transaction);
+        let to = self.committed.join(&transaction);
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            // Committed before a crash, and committed again after the restore.
+            Err(e) if e.kind() == ErrorKind::NotFound && to.exists() => return Ok(()),
+            Err(e) => return Err(io_error(&from, e)),
+        }
+        File::open(&self.committed)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| io_error(&self.committed, e))
+    }
+
+    fn abort(&mut self, transaction: String) -> Result<()> {
+        self.open.remove(&transaction);
+        let path = self.staging.join(&transaction);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_error(&path, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What one worker's run did.
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
@@ -295,40 +470,30 @@ pub fn run(worker: &mut Worker, options: &Options) -> Result<RunReport> {
     let mut job = Job::start(worker, options.checkpointing()?)?;
     let (index, peers) = (worker.index() as u64, worker.peers() as u64);
     let from = job.resume_epoch();
+    println!(
+        "worker {index}: resumed at {from} restored {:?}",
+        job.restored_checkpoint()
+    );
     let commits = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let probe = ProbeHandle::new();
-    let mut results = match &options.results {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-            let path = dir.join(format!("run-{}-worker-{index}.txt", std::process::id()));
-            Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(|e| io_error(&path, e))?,
-            )
-        }
-        None => None,
-    };
+    let sink = FileSink::new(&options.results)?;
     let mut input = worker.dataflow::<u64, _, _>(|scope| -> Result<_> {
         let (input, views) = scope.new_input::<View>();
         let (windows, acks) = job.stateful(views, OPERATOR, WindowCounts::default())?;
+        let (totals, totals_acks) =
+            job.stateful(windows.clone(), TOTALS_OPERATOR, WindowTotals::default())?;
+        let output = windows.map(Output::User).concat(totals.probe_with(&probe));
         let log = std::rc::Rc::clone(&commits);
-        job.commit(acks, move |report| {
-            print_commit(report);
-            log.borrow_mut().push(report.clone());
-        });
-        windows
-            .probe_with(&probe)
-            .sink(Pipeline, "Results", move |(input, _)| {
-                input.for_each(|_, data| {
-                    if let Some(file) = results.as_mut() {
-                        write_results(file, data);
-                    }
-                    data.clear();
-                })
-            });
+        job.commit_with_sink(
+            acks.concat(totals_acks),
+            output,
+            SINK,
+            sink,
+            move |report| {
+                print_commit(report);
+                log.borrow_mut().push(report.clone());
+            },
+        )?;
         Ok(input)
     })?;
     input.advance_to(from);
@@ -383,30 +548,20 @@ pub fn run(worker: &mut Worker, options: &Options) -> Result<RunReport> {
 
 fn print_commit(report: &CommitReport) {
     let what = match report.target {
-        Target::Checkpoint(id) => format!("checkpoint {id}"),
-        Target::Savepoint(i) => format!("savepoint {i}"),
+        Target::Checkpoint(id) if report.epoch == FINAL_CHECKPOINT_EPOCH => {
+            format!("final checkpoint {id} (the input ended)")
+        }
+        Target::Checkpoint(id) => format!("checkpoint {id} at epoch {}", report.epoch),
+        Target::Savepoint(i) => format!("savepoint {i} at epoch {}", report.epoch),
     };
     match &report.outcome {
         Ok(()) => println!(
-            "  {what} at epoch {}: {} instances, {} bytes uploaded, longest synchronous part {:.1} ms",
-            report.epoch,
+            "  {what}: {} instances, {} bytes uploaded, longest synchronous part {:.1} ms",
             report.instances,
             report.bytes_uploaded,
             report.max_sync_micros as f64 / 1e3
         ),
-        Err(reason) => println!("  {what} at epoch {} aborted: {reason}", report.epoch),
-    }
-}
-
-/// Appends closed windows as `user window views distinct` lines, in one write: a process
-/// killed midway leaves at most one incomplete last line, which readers skip.
-fn write_results(file: &mut File, data: &[WindowResult]) {
-    let mut text = String::new();
-    for (user, window, views, distinct) in data {
-        text.push_str(&format!("{user} {window} {views} {distinct}\n"));
-    }
-    if let Err(e) = file.write_all(text.as_bytes()) {
-        panic!("cannot write results: {e}");
+        Err(reason) => println!("  {what} aborted: {reason}"),
     }
 }
 
@@ -417,54 +572,67 @@ fn io_error(path: &Path, e: std::io::Error) -> statebackend::Error {
     }
 }
 
-/// Closed windows by (user, window): (views, distinct pages).
-pub type Windows = BTreeMap<(u64, u64), (u64, u64)>;
+/// The committed output: closed windows by (user, window): (views, distinct pages); window
+/// totals by window: (users, views).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Results {
+    /// Each user's closed windows.
+    pub users: BTreeMap<(u64, u64), (u64, u64)>,
+    /// Each window's total over every user.
+    pub windows: BTreeMap<u64, (u64, u64)>,
+}
 
-/// Every closed window in the result files under `dir`, by (user, window): the results are
-/// idempotent by key and window, so a window emitted twice (before a crash and again after the
-/// restore) must carry the same counts.
+/// Everything the sink committed under `dir` (its `committed/` files; `staging/` holds what
+/// was never committed, and is not read).
 ///
 /// # Errors
-/// A message naming a window emitted with two different results, or an unreadable file.
-pub fn read_results(dir: &Path) -> std::result::Result<Windows, String> {
-    let mut out = BTreeMap::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+/// A message naming an output line committed twice (a duplicate: exactly-once failed), a
+/// malformed line, or an unreadable file.
+pub fn read_results(dir: &Path) -> std::result::Result<Results, String> {
+    let committed = dir.join("committed");
+    let mut out = Results::default();
+    let entries =
+        std::fs::read_dir(&committed).map_err(|e| format!("{}: {e}", committed.display()))?;
     for entry in entries {
         let path = entry.map_err(|e| e.to_string())?.path();
         let text =
             std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        // A line without its newline was cut by a kill.
-        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-        for line in complete.lines() {
-            let n: Vec<u64> = line
+        for line in text.lines() {
+            let bad = || format!("{}: bad line {line:?}", path.display());
+            let (kind, numbers) = line.split_once(' ').ok_or_else(bad)?;
+            let n: Vec<u64> = numbers
                 .split(' ')
-                .map(|f| {
-                    f.parse()
-                        .map_err(|e| format!("{}: {line:?}: {e}", path.display()))
-                })
+                .map(|f| f.parse().map_err(|_| bad()))
                 .collect::<std::result::Result<_, _>>()?;
-            let [user, window, views, distinct] = n[..] else {
-                return Err(format!("{}: bad line {line:?}", path.display()));
-            };
-            if let Some(seen) = out.insert((user, window), (views, distinct)) {
-                if seen != (views, distinct) {
-                    return Err(format!(
-                        "user {user} window {window}: emitted as {seen:?} and as {:?}",
-                        (views, distinct)
-                    ));
+            let duplicate = match (kind, &n[..]) {
+                ("U", [user, window, views, distinct]) => out
+                    .users
+                    .insert((*user, *window), (*views, *distinct))
+                    .is_some(),
+                ("W", [window, users, views]) => {
+                    out.windows.insert(*window, (*users, *views)).is_some()
                 }
+                _ => return Err(bad()),
+            };
+            if duplicate {
+                return Err(format!("{}: {line:?} was committed twice", path.display()));
             }
         }
     }
     Ok(out)
 }
 
-/// Per user: (windows closed, views in them), and per (user, window) still open: (views,
-/// distinct pages).
-pub type Summary = (BTreeMap<u64, (u64, u64)>, BTreeMap<(u64, u64), (u64, u64)>);
+/// The state a savepoint holds, read back typed: per user, (windows closed, views in them);
+/// per (user, window) still open, (views, distinct pages); per window not yet totalled, (users,
+/// views).
+pub type Summary = (
+    BTreeMap<u64, (u64, u64)>,
+    BTreeMap<(u64, u64), (u64, u64)>,
+    BTreeMap<u64, (u64, u64)>,
+);
 
-/// The state a savepoint holds, read back typed: restored into one heap instance that owns
-/// every key group.
+/// The state a savepoint holds, read back typed: restored into one heap instance per operator
+/// that owns every key group.
 ///
 /// # Errors
 /// Restore and read errors.
@@ -472,7 +640,8 @@ pub fn summarize_savepoint(dir: &Path) -> Result<Summary> {
     let storage = LocalDirStorage::new(dir)?;
     let meta = statebackend::savepoint::read_savepoint(&storage)?;
     let config = BackendConfig::heap(128, KeyGroupRange::new(0, 128)?);
-    let mut backend = statebackend::savepoint::restore_savepoint(&storage, &meta, &config)?;
+    let counts = meta.for_operator(OPERATOR)?;
+    let mut backend = statebackend::savepoint::restore_savepoint(&storage, &counts, &config)?;
     let h = Handles::register(&mut backend)?;
     let mut totals = BTreeMap::new();
     for item in backend.keys::<u64, ()>(h.totals.id(), None)? {
@@ -486,5 +655,13 @@ pub fn summarize_savepoint(dir: &Path) -> Result<Summary> {
         let distinct = h.pages.entries(&backend, &user, &window)?.count() as u64;
         open.insert((user, window), (views, distinct));
     }
-    Ok((totals, open))
+    let by_window = meta.for_operator(TOTALS_OPERATOR)?;
+    let mut backend = statebackend::savepoint::restore_savepoint(&storage, &by_window, &config)?;
+    let state = WindowTotals::register(&mut backend)?;
+    let mut windows = BTreeMap::new();
+    for item in backend.keys::<u64, ()>(state.id(), None)? {
+        let (window, ()) = item?;
+        windows.insert(window, state.get(&backend, &window, &())?.unwrap_or((0, 0)));
+    }
+    Ok((totals, open, windows))
 }

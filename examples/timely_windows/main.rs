@@ -1,6 +1,8 @@
 //! A keyed, checkpointed timely-dataflow job across processes: page views counted per user in
-//! tumbling event-time windows, with windows closed by timers, checkpoints taken when timely's
-//! frontier passes an epoch, and restores at another worker count.
+//! tumbling event-time windows, with windows closed by timers, totalled per window by a second
+//! keyed operator, written exactly once into `--results` (committed with the checkpoints),
+//! checkpoints taken when timely's frontier passes an epoch, and restores at another worker
+//! count.
 //!
 //! ```text
 //! # one process, two workers
@@ -45,6 +47,10 @@ fn main() -> ExitCode {
         let index = worker.index();
         let report = job::run(worker, &run_options);
         match &report {
+            Ok(r) if r.resumed_at >= run_options.epochs => println!(
+                "worker {index}: nothing to do: the restored checkpoint {:?} is at the input's end",
+                r.restored
+            ),
             Ok(r) => println!(
                 "worker {index}: epochs {}..{} ({}), {} views in {:.2} s, {:.0} views/s",
                 r.resumed_at,

@@ -21,6 +21,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use ::timely::dataflow::StreamVec;
 use ::timely::dataflow::channels::pact::Exchange;
 use ::timely::dataflow::operators::Operator;
@@ -53,16 +55,37 @@ pub struct CommitReport {
     pub outcome: std::result::Result<(), String>,
 }
 
+/// A checkpoint the committer completed, as every worker's exactly-once sink hears of it
+/// ([`Job::commit_with_sink`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Completed {
+    /// The checkpoint's id.
+    pub(crate) id: u64,
+    /// Its epoch.
+    pub(crate) epoch: u64,
+}
+
 impl Job {
     /// Builds the committer over `acks` (every stateful operator's acknowledgements, concatenated
     /// when there are several): on worker 0 it completes each snapshot once every instance has
     /// acknowledged it, and calls `on_commit` with the outcome; on the other workers it only
-    /// forwards their acknowledgements to worker 0. Call it once per job, on every worker.
+    /// forwards their acknowledgements to worker 0. Call it once per job, on every worker
+    /// (or [`Job::commit_with_sink`] instead, for a job with an exactly-once sink).
     pub fn commit<'s>(
         &mut self,
         acks: StreamVec<'s, u64, Ack>,
-        mut on_commit: impl FnMut(&CommitReport) + 'static,
+        on_commit: impl FnMut(&CommitReport) + 'static,
     ) {
+        let _completions = self.committer(acks, on_commit);
+    }
+
+    /// The committer of [`Job::commit`]; its output is every completed checkpoint, on worker 0,
+    /// at the checkpoint's epoch.
+    pub(crate) fn committer<'s>(
+        &mut self,
+        acks: StreamVec<'s, u64, Ack>,
+        mut on_commit: impl FnMut(&CommitReport) + 'static,
+    ) -> StreamVec<'s, u64, Completed> {
         let coordinator = self.take_coordinator();
         let mut committer = Committer {
             // The first id is begun already if a sweep was pending at start.
@@ -73,28 +96,51 @@ impl Job {
             settings: Arc::clone(self.settings()),
         };
         let mut received: BTreeMap<(u64, Target), Vec<Ack>> = BTreeMap::new();
-        acks.sink(
+        acks.unary_frontier(
             Exchange::new(|_: &Ack| 0),
             "Commit",
-            move |(input, frontier)| {
-                input.for_each(|_, data| {
-                    for ack in data.drain(..) {
-                        received
-                            .entry((ack.epoch, ack.target))
-                            .or_default()
-                            .push(ack);
+            move |capability, _| {
+                // Held at or before every epoch still to complete: the earliest received,
+                // or the input frontier.
+                let mut capability = Some(capability);
+                move |(input, frontier), output| {
+                    input.for_each(|_, data| {
+                        for ack in data.drain(..) {
+                            received
+                                .entry((ack.epoch, ack.target))
+                                .or_default()
+                                .push(ack);
+                        }
+                    });
+                    while let Some(entry) = received.first_entry() {
+                        if frontier.less_equal(&entry.key().0) {
+                            break;
+                        }
+                        let ((epoch, target), acks) = entry.remove_entry();
+                        let report = committer.commit(epoch, target, acks);
+                        if let (Target::Checkpoint(id), Ok(()), Some(cap)) =
+                            (target, &report.outcome, capability.as_ref())
+                        {
+                            output
+                                .session(&cap.delayed(&epoch))
+                                .give(Completed { id, epoch });
+                        }
+                        on_commit(&report);
                     }
-                });
-                while let Some(entry) = received.first_entry() {
-                    if frontier.less_equal(&entry.key().0) {
-                        break;
+                    let earliest = received
+                        .keys()
+                        .next()
+                        .map(|(epoch, _)| *epoch)
+                        .into_iter()
+                        .chain(frontier.frontier().iter().copied())
+                        .min();
+                    match (earliest, capability.as_mut()) {
+                        (Some(epoch), Some(cap)) => cap.downgrade(&epoch),
+                        _ => capability = None,
                     }
-                    let ((epoch, target), acks) = entry.remove_entry();
-                    let report = committer.commit(epoch, target, acks);
-                    on_commit(&report);
                 }
             },
-        );
+        )
     }
 }
 

@@ -8,7 +8,7 @@
 //! broadcasts the decision, so every worker restores from the same snapshot and numbers
 //! checkpoints the same way, whatever the worker count now is.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -230,6 +230,8 @@ struct Decision {
     fingerprint: String,
     /// The damaged checkpoints worker 0 skipped.
     skipped: Vec<SkippedCheckpoint>,
+    /// The run's id, drawn by worker 0 ([`Job::run_id`]).
+    run: u64,
 }
 
 /// Why worker 0 could not decide, as every worker returns it.
@@ -294,6 +296,10 @@ pub struct Job {
     /// What this worker's source records ([`Job::source_position`]), which its stateful
     /// operators snapshot.
     positions: Rc<RefCell<PositionLog>>,
+    /// Whether the job takes a final checkpoint when its input ends: set by
+    /// [`Job::commit_with_sink`], read by every checkpointed operator's barriers.
+    final_checkpoint: Rc<Cell<bool>>,
+    run: u64,
 }
 
 impl Job {
@@ -355,6 +361,8 @@ impl Job {
             coordinator,
             skipped: decision.skipped,
             positions: Rc::default(),
+            final_checkpoint: Rc::default(),
+            run: decision.run,
         })
     }
 
@@ -400,6 +408,18 @@ impl Job {
         self.first_id
     }
 
+    /// This run's id: drawn at random by worker 0 at every start and the same on every worker,
+    /// so what a run names (an exactly-once sink's transactions) differs from what an earlier
+    /// run of the job, crashed or restored from the same snapshot, named.
+    pub fn run_id(&self) -> u64 {
+        self.run
+    }
+
+    /// Whether the job takes a final checkpoint when its input ends.
+    pub(crate) fn final_checkpoint_flag(&self) -> Rc<Cell<bool>> {
+        Rc::clone(&self.final_checkpoint)
+    }
+
     /// This worker's source position log, shared with its stateful operators.
     pub(crate) fn position_log(&self) -> Rc<RefCell<PositionLog>> {
         Rc::clone(&self.positions)
@@ -440,9 +460,14 @@ impl Job {
     /// [`Error::UncleanWorkingDirectory`] or [`Error::Incompatible`] for a working directory
     /// that is not empty.
     pub fn open_instance(&self, operator: &str) -> Result<AnyBackend> {
+        self.open_instance_as(operator, self.settings.backend)
+    }
+
+    /// [`Job::open_instance`] on backend `kind`, whatever the job's.
+    pub(crate) fn open_instance_as(&self, operator: &str, kind: BackendKind) -> Result<AnyBackend> {
         let range = self.routing.range_of(self.index)?;
         let mut config = BackendConfig::heap(self.settings.max_parallelism, range);
-        config.kind = self.settings.backend;
+        config.kind = kind;
         config.working_dir = self
             .settings
             .working_dir
@@ -621,9 +646,22 @@ fn decide(settings: &Checkpointing) -> Result<(Decision, CheckpointCoordinator)>
             error: None,
             fingerprint: fingerprint(settings),
             skipped,
+            run: draw_run_id(),
         },
         coordinator,
     ))
+}
+
+/// A run id no earlier run is likely to have drawn: the clock's nanoseconds and the process
+/// id through a 64-bit mixer (two runs would need the same nanosecond and process id).
+fn draw_run_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut z = nanos ^ (u64::from(std::process::id()) << 32);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// The epoch after the one `meta` was taken at, from its operator state.

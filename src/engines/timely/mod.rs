@@ -35,6 +35,8 @@ mod committer;
 mod job;
 mod operator;
 mod routing;
+mod sink;
+mod snapshots;
 mod source;
 
 pub use ack::{Ack, Target};
@@ -45,4 +47,6 @@ pub use job::{
 };
 pub use operator::{Context, Delivery, KeyedLogic, TimeDomain};
 pub use routing::KeyGroupRouting;
+pub use sink::{SINK_STATE, TransactionId, TransactionalSink};
+pub use snapshots::FINAL_CHECKPOINT_EPOCH;
 pub use source::{Rescale, SOURCE_STATE, SourcePosition};

@@ -43,30 +43,24 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ::timely::ExchangeData;
 use ::timely::dataflow::StreamVec;
 use ::timely::dataflow::channels::pact::Exchange;
-use ::timely::dataflow::operators::Capability;
 use ::timely::dataflow::operators::generic::OutputBuilder;
 use ::timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use ::timely::progress::frontier::MutableAntichain;
 
 use crate::backends::any::AnyBackend;
-use crate::backends::interface::CheckpointedBackend;
-use crate::engines::timely::ack::{Ack, Target};
-use crate::engines::timely::job::{Checkpointing, Job, POSITION_STATE, RESUME_EPOCH_KEY};
+use crate::engines::timely::ack::Ack;
+use crate::engines::timely::job::{Checkpointing, Job};
 use crate::engines::timely::routing::KeyGroupRouting;
-use crate::engines::timely::source::{PositionLog, SOURCE_STATE};
+use crate::engines::timely::snapshots::{Barriers, Snapshots};
 use crate::model::error::{Error, Result};
-use crate::model::format::layout::metadata_path;
-use crate::model::format::metadata::SnapshotMetadata;
 use crate::model::state::key::KeyContext;
 use crate::model::state::{KeyedStateBackend, StateKey};
 use crate::runtime::timers::{Timer, TimerService};
-use crate::storage::CheckpointStorage;
 
 /// The logic of a keyed stateful operator ([`Job::stateful`]).
 pub trait KeyedLogic: 'static {
@@ -201,79 +195,6 @@ impl<I> std::fmt::Debug for Delivery<I> {
     }
 }
 
-/// A snapshot whose upload runs on a thread of its own.
-struct Upload {
-    capability: Capability<u64>,
-    target: Target,
-    sync_micros: u64,
-    result: Receiver<Result<(Vec<u8>, u64)>>,
-}
-
-/// The barriers of one run, in epoch order.
-struct Barriers {
-    interval: u64,
-    next_checkpoint: Option<u64>,
-    /// The id of the next checkpoint: the run's first id, then one more per checkpoint (every
-    /// worker takes the same barriers, so all number them alike).
-    next_id: u64,
-    /// `(epoch, index)` of the savepoints still to write.
-    savepoints: Vec<(u64, usize)>,
-}
-
-impl Barriers {
-    fn new(job: &Job) -> Self {
-        let settings = job.settings();
-        let from = job.resume_epoch();
-        let interval = settings.interval;
-        let next_checkpoint = (interval > 0)
-            .then(|| (from / interval + 1).checked_mul(interval))
-            .flatten()
-            .map(|end| end - 1);
-        let mut savepoints: Vec<(u64, usize)> = settings
-            .savepoints
-            .iter()
-            .enumerate()
-            .filter(|(_, (epoch, _))| *epoch >= from)
-            .map(|(i, (epoch, _))| (*epoch, i))
-            .collect();
-        savepoints.sort_unstable();
-        Self {
-            interval,
-            next_checkpoint,
-            next_id: job.first_id(),
-            savepoints,
-        }
-    }
-
-    /// The epoch of the next barrier.
-    fn next(&self) -> Option<u64> {
-        let savepoint = self.savepoints.first().map(|(e, _)| *e);
-        match (self.next_checkpoint, savepoint) {
-            (Some(c), Some(s)) => Some(c.min(s)),
-            (c, s) => c.or(s),
-        }
-    }
-
-    /// Removes and returns the snapshots at epoch `epoch` (the next barrier).
-    fn take(&mut self, epoch: u64) -> Vec<Target> {
-        let mut targets = Vec::new();
-        if self.next_checkpoint == Some(epoch) {
-            targets.push(Target::Checkpoint(self.next_id));
-            self.next_id += 1;
-            self.next_checkpoint = epoch.checked_add(self.interval);
-        }
-        while self.savepoints.first().is_some_and(|(e, _)| *e == epoch) {
-            targets.push(Target::Savepoint(self.savepoints.remove(0).1));
-        }
-        targets
-    }
-
-    /// The input ended: no more checkpoints; the savepoints still due are written now.
-    fn input_ended(&mut self) {
-        self.next_checkpoint = None;
-    }
-}
-
 /// The operator's state between activations.
 struct Instance<L: KeyedLogic> {
     name: String,
@@ -282,10 +203,9 @@ struct Instance<L: KeyedLogic> {
     timers: TimerService<L::Key, L::Namespace>,
     settings: Arc<Checkpointing>,
     barriers: Barriers,
+    snapshots: Snapshots,
     /// The order records reach the logic in.
     delivery: Delivery<L::Input>,
-    /// This worker's source position log, written into each snapshot.
-    positions: std::rc::Rc<std::cell::RefCell<PositionLog>>,
     /// Records not processed yet, by epoch: those of epochs past the next barrier, and with
     /// an ordered [`Delivery`] every record until the frontier passes its epoch.
     early: BTreeMap<u64, Vec<L::Input>>,
@@ -294,9 +214,6 @@ struct Instance<L: KeyedLogic> {
     outputs: BTreeMap<u64, Vec<L::Output>>,
     /// Where the logic writes one record's or timer's outputs.
     scratch: Vec<L::Output>,
-    uploads: Vec<Upload>,
-    /// Checkpoints this instance uploaded and has not heard completed, oldest first.
-    unconfirmed: Vec<u64>,
 }
 
 impl Job {
@@ -339,16 +256,13 @@ impl Job {
             timers,
             settings: Arc::clone(self.settings()),
             barriers: Barriers::new(self),
+            snapshots: Snapshots::new(self, operator),
             delivery,
-            positions: self.position_log(),
             early: BTreeMap::new(),
             outputs: BTreeMap::new(),
             scratch: Vec::new(),
-            uploads: Vec::new(),
-            unconfirmed: Vec::new(),
         };
 
-        instance.positions.borrow_mut().register(operator);
         let scope = input.scope();
         let routing: KeyGroupRouting = self.routing();
         let mut builder = OperatorBuilder::new(format!("Stateful({operator})"), scope);
@@ -418,9 +332,13 @@ impl Job {
                         let Some(cap) = ack_capability.as_ref() else {
                             break;
                         };
-                        let upload = instance.snapshot(barrier, target, cap.delayed(&barrier));
-                        let activator = Arc::clone(&activator);
-                        instance.uploads.push(upload.start(activator));
+                        instance.snapshots.take(
+                            &mut instance.backend,
+                            barrier,
+                            target,
+                            cap.delayed(&barrier),
+                            Arc::clone(&activator),
+                        );
                     }
                     if !instance.delivery.ordered() {
                         instance.process_early();
@@ -467,7 +385,7 @@ impl Job {
                             .give_container(&mut data);
                     }
                 }
-                instance.finish_uploads(&mut ack_output);
+                instance.snapshots.finish_uploads(&mut ack_output);
                 match (first, data_capability.as_mut()) {
                     (Some(f), Some(cap)) => cap.downgrade(&f),
                     _ => data_capability = None,
@@ -478,7 +396,7 @@ impl Job {
                     }
                 }
                 // Incomplete while an upload runs: the operator stays alive to acknowledge it.
-                !instance.uploads.is_empty()
+                instance.snapshots.uploading()
             }
         });
         Ok((data_stream, ack_stream))
@@ -607,180 +525,5 @@ impl<L: KeyedLogic> Instance<L> {
         let next = self.timers.next_processing_time()?;
         let wait = next.saturating_sub(self.settings.clock.now());
         Some(Duration::from_millis(u64::try_from(wait).unwrap_or(0)))
-    }
-
-    /// The synchronous part of snapshot `target` at `epoch`: records the resume epoch and the
-    /// source's position at `epoch` ([`PositionLog::at_barrier`]), takes
-    /// the backend's snapshot and returns its upload, not yet started. A failure becomes a
-    /// failed acknowledgement: the snapshot is aborted, the job goes on.
-    fn snapshot(&mut self, epoch: u64, target: Target, capability: Capability<u64>) -> Pending {
-        let started = Instant::now();
-        let work = self.take_snapshot(epoch, target);
-        Pending {
-            capability,
-            target,
-            sync_micros: started.elapsed().as_micros() as u64,
-            work,
-        }
-    }
-
-    fn take_snapshot(&mut self, epoch: u64, target: Target) -> Result<Work> {
-        let operator = self.backend.operator_state_mut();
-        let position = operator.broadcast_state::<String, u64>(POSITION_STATE)?;
-        position.put(
-            operator,
-            RESUME_EPOCH_KEY.to_owned(),
-            epoch.saturating_add(1),
-        )?;
-        // The source's own position after the records of epochs up to the barrier.
-        if let Some(source) = self.positions.borrow_mut().at_barrier(&self.name, epoch) {
-            operator.insert_entry(SOURCE_STATE.to_owned(), source);
-        }
-        match target {
-            Target::Checkpoint(id) => {
-                self.confirm_completed();
-                let pending = self.backend.snapshot(id)?;
-                self.unconfirmed.push(id);
-                Ok(Work::Checkpoint(
-                    self.name.clone(),
-                    Box::new(pending),
-                    Arc::clone(&self.settings.root),
-                ))
-            }
-            Target::Savepoint(index) => {
-                let storage = Arc::clone(self.settings.savepoint_storage(index)?);
-                Ok(Work::Savepoint(
-                    self.name.clone(),
-                    Box::new(self.backend.savepoint()?),
-                    storage,
-                ))
-            }
-        }
-    }
-
-    /// Tells the backend about the newest of its uploaded checkpoints that completed (its
-    /// `_metadata` is in the root), so the next incremental checkpoint builds on it. Older
-    /// unconfirmed ones are forgotten: completed or aborted, they are no base any more.
-    fn confirm_completed(&mut self) {
-        let root = Arc::clone(&self.settings.root);
-        for position in (0..self.unconfirmed.len()).rev() {
-            let id = self.unconfirmed[position];
-            let meta = match metadata_path(id)
-                .and_then(|p| SnapshotMetadata::read(root.as_ref(), &p))
-            {
-                Ok(meta) => meta,
-                Err(Error::MissingFile { .. }) => continue,
-                Err(e) => {
-                    tracing::warn!(checkpoint = id, error = %e, "cannot read a completed checkpoint");
-                    return;
-                }
-            };
-            let own = self.backend.instance_id();
-            if let Some(part) = meta.instances.iter().find(|p| p.instance_id == own) {
-                if let Err(e) = self.backend.notify_checkpoint_complete(part) {
-                    self.fail("confirming a completed checkpoint", e);
-                }
-            }
-            self.unconfirmed.drain(..=position);
-            return;
-        }
-        // Aborted ones never complete; a few recent ones are enough to look at.
-        let keep = self.unconfirmed.len().saturating_sub(4);
-        self.unconfirmed.drain(..keep);
-    }
-
-    /// Sends the acknowledgement of every finished upload.
-    fn finish_uploads(
-        &mut self,
-        acks: &mut OutputBuilder<u64, ::timely::container::CapacityContainerBuilder<Vec<Ack>>>,
-    ) {
-        let mut output = acks.activate();
-        self.uploads.retain(|upload| {
-            let part = match upload.result.try_recv() {
-                Ok(result) => result,
-                Err(mpsc::TryRecvError::Empty) => return true,
-                Err(mpsc::TryRecvError::Disconnected) => Err(Error::CheckpointState {
-                    id: 0,
-                    reason: "the upload thread ended without a result".into(),
-                }),
-            };
-            let (part, bytes_uploaded) = match part {
-                Ok((bytes, uploaded)) => (Ok(bytes), uploaded),
-                Err(e) => (Err(e.to_string()), 0),
-            };
-            let ack = Ack {
-                target: upload.target,
-                epoch: *upload.capability.time(),
-                part,
-                sync_micros: upload.sync_micros,
-                bytes_uploaded,
-            };
-            output.session(&upload.capability).give(ack);
-            false
-        });
-    }
-}
-
-/// What a snapshot's asynchronous part does, for the operator named first.
-enum Work {
-    Checkpoint(
-        String,
-        Box<crate::backends::interface::PendingSnapshot>,
-        Arc<dyn CheckpointStorage>,
-    ),
-    Savepoint(
-        String,
-        Box<crate::backends::interface::PendingSavepoint>,
-        Arc<dyn CheckpointStorage>,
-    ),
-}
-
-/// A snapshot taken, its upload not started.
-struct Pending {
-    capability: Capability<u64>,
-    target: Target,
-    sync_micros: u64,
-    work: Result<Work>,
-}
-
-impl Pending {
-    /// Starts the upload on a thread of its own, which activates the operator when done.
-    fn start(self, activator: Arc<::timely::scheduling::SyncActivator>) -> Upload {
-        let (sender, result) = mpsc::channel();
-        let work = self.work;
-        std::thread::spawn(move || {
-            // A panic in the upload becomes a failed part: the operator must be woken either
-            // way, or it would hold the upload's capability forever.
-            let upload = std::panic::AssertUnwindSafe(move || {
-                work.and_then(|work| match work {
-                    Work::Checkpoint(operator, pending, root) => {
-                        let (mut part, stats) = pending.upload(root.as_ref())?;
-                        part.operator = operator;
-                        Ok((Ack::encode_part(part), stats.bytes_uploaded))
-                    }
-                    Work::Savepoint(operator, pending, storage) => {
-                        let mut part = pending.write(storage.as_ref())?;
-                        part.operator = operator;
-                        let bytes = part.total_bytes();
-                        Ok((Ack::encode_part(part), bytes))
-                    }
-                })
-            });
-            let outcome = std::panic::catch_unwind(upload).unwrap_or_else(|_| {
-                Err(Error::CheckpointState {
-                    id: 0,
-                    reason: "the upload panicked".into(),
-                })
-            });
-            // A receiver gone means the worker is shutting down: nobody waits.
-            let _ = sender.send(outcome);
-            let _ = activator.activate();
-        });
-        Upload {
-            capability: self.capability,
-            target: self.target,
-            sync_micros: self.sync_micros,
-            result,
-        }
     }
 }
