@@ -66,8 +66,9 @@ pub struct TransactionId {
     pub run: u64,
     /// The worker that began it, in that run.
     pub worker: u32,
-    /// The epoch of the barrier that pre-commits it: it holds the output of the epochs after
-    /// the barrier before, up to this one.
+    /// The epoch of the barrier it was begun for: it holds the output of the epochs after the
+    /// barrier before, up to this one. (When the input ends first, the final checkpoint
+    /// pre-commits it.)
     pub barrier: u64,
 }
 
@@ -273,7 +274,8 @@ struct SinkInstance<S: TransactionalSink> {
     worker: u32,
     /// Transactions begun, by the barrier that will pre-commit them.
     open: BTreeMap<u64, (TransactionId, S::Transaction)>,
-    /// Transactions pre-committed and not yet committed, by their barrier.
+    /// Transactions pre-committed and not yet committed, by the barrier they were begun for
+    /// (a checkpoint completed at or after it commits them).
     pre_committed: BTreeMap<u64, (TransactionId, S::Transaction)>,
 }
 
@@ -325,13 +327,20 @@ impl<S: TransactionalSink> SinkInstance<S> {
         }
     }
 
-    /// Pre-commits the transaction that barrier `barrier` ends, if its stretch had output.
+    /// Pre-commits the transactions of the stretches barrier `barrier` ends: its own, and when
+    /// the input ended, those of barriers it will never reach (the final checkpoint, or a
+    /// savepoint at input end, takes them).
     fn pre_commit(&mut self, barrier: u64) {
-        if let Some((id, mut transaction)) = self.open.remove(&barrier) {
+        let later = match barrier.checked_add(1) {
+            Some(after) => self.open.split_off(&after),
+            None => BTreeMap::new(),
+        };
+        let ended = std::mem::replace(&mut self.open, later);
+        for (slot, (id, mut transaction)) in ended {
             if let Err(e) = self.logic.pre_commit(&mut transaction) {
                 self.fail("pre-committing", e);
             }
-            self.pre_committed.insert(barrier, (id, transaction));
+            self.pre_committed.insert(slot, (id, transaction));
         }
     }
 
