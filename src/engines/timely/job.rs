@@ -75,9 +75,11 @@ pub struct Checkpointing {
     /// frontier passes each epoch `e` with `(e + 1) % interval == 0`. 0 takes none.
     ///
     /// Checkpoints are taken while the input runs: when the input closes, the frontier becomes
-    /// empty and no further checkpoint is taken. A bounded source that wants the last epochs
-    /// checkpointed advances its input to the end and lets a probe after the operators reach
-    /// it before closing the input, so every instance sees the frontier pass them.
+    /// empty and no further periodic checkpoint is taken. A bounded source that wants the last
+    /// epochs checkpointed advances its input to the end and lets a probe after the operators
+    /// reach it before closing the input, so every instance sees the frontier pass them. A job
+    /// with an exactly-once sink ([`Job::commit_with_sink`]) also takes a final checkpoint
+    /// when its input ends.
     pub interval: u64,
     /// Completed checkpoints the root keeps.
     pub retained: usize,

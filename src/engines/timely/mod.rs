@@ -20,6 +20,10 @@
 //!    ([`Job::resume_epoch`] after a restore), and the source's own position if it keeps one
 //!    ([`Job::source_position`]: offsets, handed out per worker at a restore).
 //!
+//! Output written through [`Job::commit_with_sink`] (a [`TransactionalSink`]) is committed
+//! exactly once: pre-committed at each barrier, committed when its checkpoint completes, on
+//! every worker; such a job takes a final checkpoint when its input ends.
+//!
 //! Records reach the logic in arrival order by default; [`Job::stateful_with`] with
 //! [`Delivery::EpochOrder`] (or [`Delivery::EpochOrderBy`]) hands them over in epoch order,
 //! each epoch once complete, for logic that depends on the order of a key's records.
