@@ -56,7 +56,7 @@ use crate::backends::any::AnyBackend;
 use crate::engines::timely::ack::Ack;
 use crate::engines::timely::job::{Checkpointing, Job};
 use crate::engines::timely::routing::KeyGroupRouting;
-use crate::engines::timely::snapshots::{Barriers, Snapshots};
+use crate::engines::timely::snapshots::Snapshots;
 use crate::model::error::{Error, Result};
 use crate::model::state::key::KeyContext;
 use crate::model::state::{KeyedStateBackend, StateKey};
@@ -202,7 +202,6 @@ struct Instance<L: KeyedLogic> {
     backend: AnyBackend,
     timers: TimerService<L::Key, L::Namespace>,
     settings: Arc<Checkpointing>,
-    barriers: Barriers,
     snapshots: Snapshots,
     /// The order records reach the logic in.
     delivery: Delivery<L::Input>,
@@ -255,7 +254,6 @@ impl Job {
             backend,
             timers,
             settings: Arc::clone(self.settings()),
-            barriers: Barriers::new(self),
             snapshots: Snapshots::new(self, operator),
             delivery,
             early: BTreeMap::new(),
@@ -281,15 +279,8 @@ impl Job {
         let mut ack_output = OutputBuilder::from(ack_output);
 
         builder.build_reschedule(move |mut capabilities| {
-            let mut ack_capability = capabilities.pop();
+            instance.snapshots.start(capabilities.pop(), activator);
             let mut data_capability = capabilities.pop();
-            if let Some(cap) = ack_capability.as_mut() {
-                match instance.barriers.next() {
-                    Some(epoch) => cap.downgrade(&epoch),
-                    None => ack_capability = None,
-                }
-            }
-            let activator = Arc::new(activator);
             move |frontiers: &[MutableAntichain<u64>]| {
                 let frontier = frontiers[0].frontier();
                 let first = frontier.first().copied();
@@ -304,21 +295,15 @@ impl Job {
                     let epoch = capability.least().copied().or(first).unwrap_or(u64::MAX);
                     let ordered = instance.delivery.ordered();
                     for record in data.drain(..) {
-                        if ordered || instance.barriers.next().is_some_and(|b| epoch > b) {
+                        if ordered || instance.snapshots.next_barrier().is_some_and(|b| epoch > b) {
                             instance.early.entry(epoch).or_default().push(record);
                         } else {
                             instance.process(epoch, record);
                         }
                     }
                 });
-                if first.is_none() {
-                    instance.barriers.input_ended();
-                }
                 // Every barrier the frontier passed, in order.
-                while let Some(barrier) = instance.barriers.next() {
-                    if first.is_some_and(|f| f <= barrier) {
-                        break;
-                    }
+                while let Some(barrier) = instance.snapshots.passed(first) {
                     if first.is_none() || instance.delivery.ordered() {
                         // The input ended: records held back for a checkpoint barrier it
                         // dropped belong to the state at this barrier, every epoch is
@@ -327,19 +312,7 @@ impl Job {
                         instance.process_complete_early(barrier);
                     }
                     instance.fire_timers(barrier);
-                    let targets = instance.barriers.take(barrier);
-                    for target in targets {
-                        let Some(cap) = ack_capability.as_ref() else {
-                            break;
-                        };
-                        instance.snapshots.take(
-                            &mut instance.backend,
-                            barrier,
-                            target,
-                            cap.delayed(&barrier),
-                            Arc::clone(&activator),
-                        );
-                    }
+                    instance.snapshots.take_at(&mut instance.backend, barrier);
                     if !instance.delivery.ordered() {
                         instance.process_early();
                     }
@@ -356,11 +329,7 @@ impl Job {
                     // jumped to empty): no barrier is left to wait for.
                     instance.process_complete_early(u64::MAX);
                 }
-                // Acknowledgements are sent at barriers only: held at the next one, if any.
-                match (instance.barriers.next(), ack_capability.as_mut()) {
-                    (Some(next), Some(cap)) => cap.downgrade(&next),
-                    _ => ack_capability = None,
-                }
+                instance.snapshots.hold_acks();
                 // Event time: every epoch before the frontier is complete; at the end of the
                 // input, every timer fires.
                 let watermark = match first {
@@ -440,7 +409,7 @@ impl<L: KeyedLogic> Instance<L> {
 
     /// Processes the early records the last barrier held back, up to the next barrier.
     fn process_early(&mut self) {
-        let limit = self.barriers.next().unwrap_or(u64::MAX);
+        let limit = self.snapshots.next_barrier().unwrap_or(u64::MAX);
         while let Some(entry) = self.early.first_entry() {
             if *entry.key() > limit {
                 break;

@@ -34,7 +34,6 @@
 //! restores its latest checkpoint and commits them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use ::timely::dataflow::StreamVec;
 use ::timely::dataflow::channels::pact::Pipeline;
@@ -51,7 +50,7 @@ use crate::backends::interface::CheckpointedBackend;
 use crate::engines::timely::ack::Ack;
 use crate::engines::timely::committer::{CommitReport, Completed};
 use crate::engines::timely::job::Job;
-use crate::engines::timely::snapshots::{Barriers, FINAL_CHECKPOINT_EPOCH, Snapshots};
+use crate::engines::timely::snapshots::{FINAL_CHECKPOINT_EPOCH, Snapshots};
 use crate::model::error::Result;
 use crate::model::state::{BackendKind, StateValue};
 
@@ -181,7 +180,6 @@ impl Job {
             name: name.to_owned(),
             logic,
             backend,
-            barriers: Barriers::new(self),
             snapshots: Snapshots::new(self, name),
             run: self.run_id(),
             worker: u32::try_from(self.worker_index()).unwrap_or(u32::MAX),
@@ -205,14 +203,7 @@ impl Job {
             Vec::<(usize, Antichain<u64>)>::new(),
         );
         builder.build_reschedule(move |mut capabilities| {
-            let mut ack_capability = capabilities.pop();
-            if let Some(cap) = ack_capability.as_mut() {
-                match instance.barriers.next() {
-                    Some(epoch) => cap.downgrade(&epoch),
-                    None => ack_capability = None,
-                }
-            }
-            let activator = Arc::new(activator);
+            instance.snapshots.start(capabilities.pop(), activator);
             move |frontiers: &[MutableAntichain<u64>]| {
                 done.for_each(|_, completed| {
                     for c in completed.drain(..) {
@@ -224,33 +215,12 @@ impl Job {
                     instance.write(epoch, std::mem::take(items));
                 });
                 let first = frontiers[0].frontier().first().copied();
-                if first.is_none() {
-                    instance.barriers.input_ended();
-                }
-                while let Some(barrier) = instance.barriers.next() {
-                    if first.is_some_and(|f| f <= barrier) {
-                        break;
-                    }
+                while let Some(barrier) = instance.snapshots.passed(first) {
                     instance.pre_commit(barrier);
-                    let targets = instance.barriers.take(barrier);
                     instance.record();
-                    for target in targets {
-                        let Some(cap) = ack_capability.as_ref() else {
-                            break;
-                        };
-                        instance.snapshots.take(
-                            &mut instance.backend,
-                            barrier,
-                            target,
-                            cap.delayed(&barrier),
-                            Arc::clone(&activator),
-                        );
-                    }
+                    instance.snapshots.take_at(&mut instance.backend, barrier);
                 }
-                match (instance.barriers.next(), ack_capability.as_mut()) {
-                    (Some(next), Some(cap)) => cap.downgrade(&next),
-                    _ => ack_capability = None,
-                }
+                instance.snapshots.hold_acks();
                 instance.snapshots.finish_uploads(&mut ack_output);
                 if frontiers[1].frontier().is_empty() && first.is_none() {
                     instance.check_all_committed();
@@ -268,7 +238,6 @@ struct SinkInstance<S: TransactionalSink> {
     logic: S,
     /// Holds only the sink's operator state.
     backend: AnyBackend,
-    barriers: Barriers,
     snapshots: Snapshots,
     run: u64,
     worker: u32,
@@ -305,7 +274,7 @@ impl<S: TransactionalSink> SinkInstance<S> {
 
     /// Writes items of `epoch` into the transaction of the barrier that covers it.
     fn write(&mut self, epoch: u64, items: Vec<S::Item>) {
-        let barrier = self.barriers.covering(epoch);
+        let barrier = self.snapshots.covering(epoch);
         if !self.open.contains_key(&barrier) {
             let id = TransactionId {
                 run: self.run,

@@ -33,7 +33,7 @@ pub(crate) type AckOutput =
     OutputBuilder<u64, ::timely::container::CapacityContainerBuilder<Vec<Ack>>>;
 
 /// The barriers of one run, in epoch order.
-pub(crate) struct Barriers {
+struct Barriers {
     interval: u64,
     next_checkpoint: Option<u64>,
     /// The id of the next checkpoint: the run's first id, then one more per checkpoint (every
@@ -44,10 +44,12 @@ pub(crate) struct Barriers {
     /// Whether the job takes a final checkpoint when its input ends (it has an exactly-once
     /// sink): read when the input ends, once the whole dataflow is built.
     final_checkpoint: Rc<Cell<bool>>,
+    /// Whether the input has ended.
+    ended: bool,
 }
 
 impl Barriers {
-    pub(crate) fn new(job: &Job) -> Self {
+    fn new(job: &Job) -> Self {
         let settings = job.settings();
         let from = job.resume_epoch();
         let interval = settings.interval;
@@ -69,11 +71,12 @@ impl Barriers {
             next_id: job.first_id(),
             savepoints,
             final_checkpoint: job.final_checkpoint_flag(),
+            ended: false,
         }
     }
 
     /// The epoch of the next barrier.
-    pub(crate) fn next(&self) -> Option<u64> {
+    fn next(&self) -> Option<u64> {
         let savepoint = self.savepoints.first().map(|(e, _)| *e);
         match (self.next_checkpoint, savepoint) {
             (Some(c), Some(s)) => Some(c.min(s)),
@@ -83,7 +86,7 @@ impl Barriers {
 
     /// The epoch of the first barrier at or after `epoch`: the snapshot whose state holds a
     /// record of `epoch` (a checkpoint's or a savepoint's, or the final checkpoint).
-    pub(crate) fn covering(&self, epoch: u64) -> u64 {
+    fn covering(&self, epoch: u64) -> u64 {
         let checkpoint = match self.next_checkpoint {
             Some(next) if self.interval > 0 && next < epoch => (epoch / self.interval + 1)
                 .checked_mul(self.interval)
@@ -101,7 +104,7 @@ impl Barriers {
     }
 
     /// Removes and returns the snapshots at epoch `epoch` (the next barrier).
-    pub(crate) fn take(&mut self, epoch: u64) -> Vec<Target> {
+    fn take(&mut self, epoch: u64) -> Vec<Target> {
         let mut targets = Vec::new();
         if self.next_checkpoint == Some(epoch) {
             targets.push(Target::Checkpoint(self.next_id));
@@ -119,19 +122,28 @@ impl Barriers {
 
     /// The input ended: no more periodic checkpoints; the savepoints still due are written
     /// now, and the final checkpoint after them if the job takes one.
-    pub(crate) fn input_ended(&mut self) {
-        self.next_checkpoint = self
-            .final_checkpoint
-            .get()
-            .then_some(FINAL_CHECKPOINT_EPOCH);
+    fn input_ended(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.next_checkpoint = self
+                .final_checkpoint
+                .get()
+                .then_some(FINAL_CHECKPOINT_EPOCH);
+        }
     }
 }
 
-/// One operator instance's snapshots: those it took whose uploads run, and the checkpoints it
-/// uploaded without hearing of their completion yet.
+/// One operator instance's snapshots: its barriers, the capability its acknowledgements are
+/// sent under, the snapshots whose uploads run, and the checkpoints it uploaded without hearing
+/// of their completion yet.
 pub(crate) struct Snapshots {
     /// The operator's stable id.
     name: String,
+    barriers: Barriers,
+    /// Held at the next barrier; dropped when none is left.
+    acks: Option<Capability<u64>>,
+    /// Wakes the operator when an upload ends.
+    activator: Option<Arc<::timely::scheduling::SyncActivator>>,
     settings: Arc<Checkpointing>,
     /// This worker's source position log, written into each snapshot.
     positions: Rc<RefCell<PositionLog>>,
@@ -147,10 +159,71 @@ impl Snapshots {
         positions.borrow_mut().register(name);
         Self {
             name: name.to_owned(),
+            barriers: Barriers::new(job),
+            acks: None,
+            activator: None,
             settings: Arc::clone(job.settings()),
             positions,
             uploads: Vec::new(),
             unconfirmed: Vec::new(),
+        }
+    }
+
+    /// Starts the operator's snapshots with its acknowledgement output's capability (held at
+    /// the first barrier) and the activator that wakes it when an upload ends.
+    pub(crate) fn start(
+        &mut self,
+        capability: Option<Capability<u64>>,
+        activator: ::timely::scheduling::SyncActivator,
+    ) {
+        self.acks = capability;
+        self.activator = Some(Arc::new(activator));
+        self.hold_acks();
+    }
+
+    /// The epoch of the next barrier, if one is left.
+    pub(crate) fn next_barrier(&self) -> Option<u64> {
+        self.barriers.next()
+    }
+
+    /// The epoch of the barrier whose snapshot holds a record of `epoch`
+    /// ([`Barriers::covering`]).
+    pub(crate) fn covering(&self, epoch: u64) -> u64 {
+        self.barriers.covering(epoch)
+    }
+
+    /// The next barrier the input frontier, whose first element is `first` (`None`: the input
+    /// ended), has passed: the operator brings its state to that barrier, then calls
+    /// [`Snapshots::take_at`].
+    pub(crate) fn passed(&mut self, first: Option<u64>) -> Option<u64> {
+        if first.is_none() {
+            self.barriers.input_ended();
+        }
+        self.barriers
+            .next()
+            .filter(|barrier| first.is_none_or(|f| f > *barrier))
+    }
+
+    /// Takes every snapshot at `barrier` (the one [`Snapshots::passed`] returned) of
+    /// `backend`.
+    pub(crate) fn take_at(&mut self, backend: &mut AnyBackend, barrier: u64) {
+        for target in self.barriers.take(barrier) {
+            let (Some(acks), Some(activator)) = (self.acks.as_ref(), self.activator.as_ref())
+            else {
+                break;
+            };
+            let capability = acks.delayed(&barrier);
+            let activator = Arc::clone(activator);
+            self.take(backend, barrier, target, capability, activator);
+        }
+    }
+
+    /// Holds the acknowledgement capability at the next barrier, or drops it when none is left:
+    /// acknowledgements are sent at barriers only.
+    pub(crate) fn hold_acks(&mut self) {
+        match (self.barriers.next(), self.acks.as_mut()) {
+            (Some(next), Some(cap)) => cap.downgrade(&next),
+            _ => self.acks = None,
         }
     }
 
@@ -165,7 +238,7 @@ impl Snapshots {
     /// records the resume epoch and the source's position at `epoch`
     /// ([`PositionLog::at_barrier`]) and takes the backend's snapshot. A failure becomes a
     /// failed acknowledgement: the snapshot is aborted, the job goes on.
-    pub(crate) fn take(
+    fn take(
         &mut self,
         backend: &mut AnyBackend,
         epoch: u64,
@@ -355,5 +428,55 @@ impl Pending {
             sync_micros: self.sync_micros,
             result,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn barriers(interval: u64, next: Option<u64>, savepoints: Vec<(u64, usize)>) -> Barriers {
+        Barriers {
+            interval,
+            next_checkpoint: next,
+            next_id: 1,
+            savepoints,
+            final_checkpoint: Rc::new(Cell::new(true)),
+            ended: false,
+        }
+    }
+
+    #[test]
+    fn a_record_is_covered_by_the_first_barrier_at_or_after_its_epoch() {
+        let b = barriers(10, Some(9), vec![(14, 0)]);
+        assert_eq!(b.covering(0), 9);
+        assert_eq!(b.covering(9), 9);
+        // Past the next checkpoint: the savepoint at 14, then the checkpoints at 19, 29.
+        assert_eq!(b.covering(10), 14);
+        assert_eq!(b.covering(15), 19);
+        assert_eq!(b.covering(25), 29);
+        // Beyond every epoch a checkpoint can have: the final checkpoint.
+        assert_eq!(b.covering(u64::MAX), FINAL_CHECKPOINT_EPOCH);
+        // No periodic checkpoints: the savepoints, then the final checkpoint.
+        let none = barriers(0, None, vec![(14, 0)]);
+        assert_eq!(none.covering(3), 14);
+        assert_eq!(none.covering(15), FINAL_CHECKPOINT_EPOCH);
+    }
+
+    #[test]
+    fn the_final_checkpoint_is_taken_once_after_the_savepoints_due() {
+        let mut b = barriers(10, Some(19), vec![(50, 0)]);
+        b.input_ended();
+        assert_eq!(b.next(), Some(50));
+        assert_eq!(b.take(50), vec![Target::Savepoint(0)]);
+        assert_eq!(b.next(), Some(FINAL_CHECKPOINT_EPOCH));
+        assert_eq!(b.take(FINAL_CHECKPOINT_EPOCH), vec![Target::Checkpoint(1)]);
+        b.input_ended();
+        assert_eq!(b.next(), None);
+        // Without a sink, the input's end takes no checkpoint.
+        let mut plain = barriers(10, Some(19), Vec::new());
+        plain.final_checkpoint.set(false);
+        plain.input_ended();
+        assert_eq!(plain.next(), None);
     }
 }
