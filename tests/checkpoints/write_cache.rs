@@ -155,3 +155,48 @@ fn appends_to_a_cached_list_write_their_own_bytes_not_the_list_again() -> Result
     );
     Ok(())
 }
+
+/// Iterating one map writes back that map's changed rows only: the other maps' changed rows
+/// stay in the cache (counted by its own counters), and every map reads back whole, during
+/// and after.
+#[test]
+fn iterating_one_map_writes_back_that_maps_rows_only() -> Result<()> {
+    use statebackend::{KeyedStateBackend, MapStateDescriptor};
+    let range = KeyGroupRange::all(128)?;
+    let mut b = AnyBackend::open(&config(BackendKind::RocksDb, range))?;
+    let pages = b.map_state(&MapStateDescriptor::<u64, u64, u32, u64>::new("pages"))?;
+    let (users, windows, entries) = (50u64, 4u64, 10u32);
+    for user in 0..users {
+        let key = b.key_context(user)?;
+        for window in 0..windows {
+            for page in 0..entries {
+                pages.put(&mut b, &key, &window, page, user * window)?;
+            }
+        }
+    }
+    let dirty = cache_of(&b).dirty_rows;
+    assert_eq!(dirty as u64, users * windows * u64::from(entries));
+    for (n, user) in (0..users).enumerate() {
+        let before = cache_of(&b).written_rows;
+        let key = b.key_context(user)?;
+        let read: Vec<(u32, u64)> = pages.entries(&b, &key, &1)?.collect::<Result<Vec<_>>>()?;
+        assert_eq!(read, (0..entries).map(|p| (p, user)).collect::<Vec<_>>());
+        assert_eq!(
+            cache_of(&b).written_rows - before,
+            u64::from(entries),
+            "iterating map {user}/1 wrote back other rows"
+        );
+        assert_eq!(
+            cache_of(&b).dirty_rows as u64,
+            users * windows * u64::from(entries) - (n as u64 + 1) * u64::from(entries)
+        );
+    }
+    // Clearing one map writes back (then deletes) that map's rows only, too.
+    let before = cache_of(&b).written_rows;
+    let key = b.key_context(7)?;
+    pages.clear(&mut b, &key, &2)?;
+    assert_eq!(cache_of(&b).written_rows - before, u64::from(entries));
+    assert_eq!(pages.entries(&b, &key, &2)?.count(), 0);
+    assert_eq!(pages.entries(&b, &key, &3)?.count(), entries as usize);
+    Ok(())
+}

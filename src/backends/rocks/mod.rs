@@ -694,13 +694,14 @@ impl RocksDbBackend {
         }
     }
 
-    /// [`RocksDbBackend::flush_write_cache`] for the rows of state `id` only: what an iteration
-    /// over that state needs RocksDB to hold.
-    fn flush_write_cache_of(&self, id: StateId) -> Result<()> {
+    /// [`RocksDbBackend::flush_write_cache`] for the rows of state `id` whose key starts with
+    /// `prefix` only: what an iteration over one map (its rows' prefix) or over the whole state
+    /// (an empty prefix) needs RocksDB to hold.
+    fn flush_write_cache_of(&self, id: StateId, prefix: &[u8]) -> Result<()> {
         match &self.write_cache {
             Some(cache) => cache
                 .borrow_mut()
-                .flush_state(id.index(), |rows| self.write_rows(rows)),
+                .flush_prefix(id.index(), prefix, |rows| self.write_rows(rows)),
             None => Ok(()),
         }
     }
@@ -1068,7 +1069,7 @@ impl KeyedStateBackend for RocksDbBackend {
                 .map_err(self.rocks());
         }
         // RocksDB must hold every entry of the map to find them all.
-        self.flush_write_cache_of(id)?;
+        self.flush_write_cache_of(id, &row)?;
         // All rows of one map in one batch: the map disappears atomically.
         let mut batch = WriteBatch::default();
         let mut deleted = Vec::new();
@@ -1291,8 +1292,8 @@ impl KeyedStateBackend for RocksDbBackend {
         ns: &N,
     ) -> Result<MapEntries<'a, UK, UV>> {
         let (state, cf, prefix) = self.locate(id, key, ns)?;
-        // The iterator reads RocksDB, which must hold the cache's changes of this state.
-        self.flush_write_cache_of(id)?;
+        // The iterator reads RocksDB, which must hold the cache's changes of this map.
+        self.flush_write_cache_of(id, &prefix)?;
         let name = state.info.name.clone();
         let dir = self.dir.path();
         let prefix_len = prefix.len();
@@ -1314,7 +1315,7 @@ impl KeyedStateBackend for RocksDbBackend {
     ) -> Result<StateKeys<'a, K, N>> {
         let (state, cf) = self.state(id)?;
         // The iterator reads RocksDB, which must hold the cache's changes of this state.
-        self.flush_write_cache_of(id)?;
+        self.flush_write_cache_of(id, &[])?;
         let name = state.info.name.clone();
         let dir = self.dir.path();
         let wanted = ns.cloned();

@@ -29,7 +29,7 @@
 //! dirty, so nothing is lost.
 
 use hashbrown::HashTable;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::BuildHasher;
 
 use crate::model::error::Result;
@@ -78,6 +78,11 @@ const NO_SLOT: u32 = u32::MAX;
 /// counts the arrays' real capacities ([`WriteCache::charged`]).
 pub(super) const ROW_OVERHEAD: usize =
     std::mem::size_of::<Slot>() + 2 * std::mem::size_of::<u32>() + 1;
+
+/// What an entry of the ordered index of dirty rows costs besides its key bytes: the key's box
+/// and the slot index, and about as much again for the B-tree's nodes (counted in
+/// [`WriteCache::charged`]).
+const INDEX_ENTRY_OVERHEAD: usize = 2 * (std::mem::size_of::<(u32, Box<[u8]>, u32)>());
 
 /// One cached row.
 struct Slot {
@@ -177,8 +182,14 @@ pub(super) struct WriteCache {
     /// Above this many dirty bytes, the oldest dirty rows are written back (and stay cached).
     dirty_limit: usize,
     /// Slots with dirty rows, in the order they became dirty (a slot at most once, see
-    /// `Slot::listed`; entries of slots evicted since are skipped when reached).
+    /// `Slot::listed`; entries of slots evicted or written since are skipped when reached).
     dirty_list: VecDeque<u32>,
+    /// The dirty rows again, ordered by (state, row key): what an iteration over one map, or
+    /// one state, needs written first is a range of it, found without scanning every dirty
+    /// row of every state.
+    dirty_index: BTreeMap<(u32, Box<[u8]>), u32>,
+    /// Bytes of the index's keys and entries.
+    dirty_index_bytes: usize,
     hasher: hashbrown::DefaultHashBuilder,
     stats: WriteCacheStats,
     /// A row key buffer the backend borrows per operation instead of allocating one.
@@ -194,6 +205,8 @@ impl WriteCache {
             dirty_limit,
             dirty_bytes: 0,
             dirty_list: VecDeque::new(),
+            dirty_index: BTreeMap::new(),
+            dirty_index_bytes: 0,
             row_bytes: 0,
             table: HashTable::new(),
             slots: Vec::new(),
@@ -216,6 +229,7 @@ impl WriteCache {
             + self.slots.capacity() * std::mem::size_of::<Slot>()
             + self.table.allocation_size()
             + self.dirty_list.capacity() * std::mem::size_of::<u32>()
+            + self.dirty_index_bytes
     }
 
     /// The counters, with the current sizes.
@@ -312,6 +326,8 @@ impl WriteCache {
                 slot.listed = true;
                 self.dirty_list.push_back(i);
             }
+            self.dirty_index_bytes += slot.key.len() + INDEX_ENTRY_OVERHEAD;
+            self.dirty_index.insert((slot.state, slot.key.clone()), i);
         }
     }
 
@@ -323,6 +339,12 @@ impl WriteCache {
             slot.dirty = false;
             slot.stored_prefix = None;
             self.dirty -= 1;
+            self.dirty_index_bytes -= slot.key.len() + INDEX_ENTRY_OVERHEAD;
+            // The key moves out of the slot only for the lookup's sake: no copy.
+            let key = std::mem::take(&mut slot.key);
+            let mut entry = (slot.state, key);
+            self.dirty_index.remove(&entry);
+            self.slots[i as usize].key = std::mem::take(&mut entry.1);
         }
     }
 
@@ -421,30 +443,34 @@ impl WriteCache {
         self.write_back(count, write)
     }
 
-    /// [`WriteCache::flush`] for the rows of state `state` only (before an iteration over it):
-    /// the other states' changed rows stay in the cache, in their order.
-    pub(super) fn flush_state(
+    /// [`WriteCache::flush`] for the rows of state `state` whose key starts with `prefix` only
+    /// (before an iteration over one map, with the map's prefix, or over the whole state, with
+    /// an empty one): the other rows stay dirty in the cache. The work is proportional to the
+    /// rows written, found in the ordered index of dirty rows.
+    pub(super) fn flush_prefix(
         &mut self,
         state: u32,
+        prefix: &[u8],
         write: impl FnOnce(&mut dyn Iterator<Item = DirtyRow<'_>>) -> Result<()>,
     ) -> Result<()> {
-        let of_state = |s: &Slot| s.live && s.dirty && s.state == state;
+        let from = (state, Box::<[u8]>::from(prefix));
         let dirty: Vec<u32> = self
-            .dirty_list
-            .iter()
-            .copied()
-            .filter(|&i| of_state(&self.slots[i as usize]))
+            .dirty_index
+            .range(from..)
+            .take_while(|((s, key), _)| *s == state && key.starts_with(prefix))
+            .map(|(_, &i)| i)
             .collect();
         if dirty.is_empty() {
             return Ok(());
         }
-        self.write_sorted(&dirty, write)?;
-        // A slot has at most one entry: exactly the written rows' entries go.
+        // In (state, row key) order already, as `write_sorted` would hand them over.
         let slots = &self.slots;
-        self.dirty_list.retain(|&i| !of_state(&slots[i as usize]));
-        for &i in &dirty {
-            self.slots[i as usize].listed = false;
-        }
+        write(&mut dirty.iter().map(|&i| -> DirtyRow<'_> {
+            let s = &slots[i as usize];
+            (s.state, &s.key, s.row_write())
+        }))?;
+        // Their dirty-list entries stay, and are skipped (clean) or stand for the row's next
+        // change (a slot is listed at most once).
         self.written(dirty);
         Ok(())
     }
@@ -693,12 +719,15 @@ impl WriteCache {
         for (i, slot) in slots.iter().enumerate() {
             table.insert_unique(slot.hash, i as u32, |&j| slots[j as usize].hash);
         }
-        // Slots moved: list the dirty ones again under their new indices.
+        // Slots moved: list and index the dirty ones again under their new indices.
         self.dirty_list = VecDeque::with_capacity(self.dirty);
         for (i, slot) in slots.iter_mut().enumerate() {
             slot.listed = slot.dirty;
             if slot.dirty {
                 self.dirty_list.push_back(i as u32);
+                if let Some(entry) = self.dirty_index.get_mut(&(slot.state, slot.key.clone())) {
+                    *entry = i as u32;
+                }
             }
         }
         self.slots = slots;
@@ -862,6 +891,9 @@ mod tests {
                 "{} > {capacity}",
                 cache.charged()
             );
+            if i % 101 == 0 {
+                check_index(&cache);
+            }
         }
         let stats = cache.stats();
         assert!(stats.rows > 10, "a 4 KiB cache holds more than 10 rows");
@@ -901,6 +933,10 @@ mod tests {
             expected.insert((i % 3, key.to_vec()), value);
             let stats = cache.stats();
             assert!(stats.dirty_bytes <= limit, "{stats:?}");
+            if i % 97 == 0 {
+                cache.flush_prefix(i % 3, &key[..1], &mut write).unwrap();
+                check_index(&cache);
+            }
         }
         let written_before_flush = cache.stats().written_rows;
         assert!(written_before_flush > 0, "the limit wrote rows back");
@@ -921,12 +957,15 @@ mod tests {
         cache.append(1, b"list", b"x");
         let mut written = Vec::new();
         cache
-            .flush_state(1, |rows| {
+            .flush_prefix(1, &[], |rows| {
                 written.extend(rows.map(|(state, key, _)| (state, key.to_vec())));
                 Ok(())
             })
             .unwrap();
         assert_eq!(written.len(), 11);
+        let mut sorted = written.clone();
+        sorted.sort();
+        assert_eq!(written, sorted, "handed over in (state, key) order");
         assert!(written.iter().all(|(state, _)| *state == 1));
         assert_eq!(cache.stats().dirty_rows, 20);
         // Written rows stay cached (appended elements are forgotten); the rest flush later.
@@ -943,6 +982,63 @@ mod tests {
         assert!(rest.iter().all(|state| *state != 1));
         assert_eq!(cache.stats().dirty_rows, 0);
         assert_eq!(cache.stats().dirty_bytes, 0);
+    }
+
+    /// The ordered index holds exactly the dirty rows, each under its slot's state and key.
+    fn check_index(cache: &WriteCache) {
+        assert_eq!(cache.dirty_index.len(), cache.dirty);
+        for ((state, key), &i) in &cache.dirty_index {
+            let slot = &cache.slots[i as usize];
+            assert!(slot.live && slot.dirty && slot.state == *state && *slot.key == **key);
+        }
+    }
+
+    #[test]
+    fn a_prefix_flush_writes_that_maps_rows_only_and_they_change_again_later() {
+        let mut cache = WriteCache::new(1 << 20, usize::MAX);
+        // Two maps of state 0 (prefixes "a" and "ab" overlap: "ab" rows are "a" rows too),
+        // one of state 1 with the same prefix.
+        for key in [&b"a1"[..], b"a2", b"ab1", b"b1"] {
+            cache.write(0, key, Cached::Present(key.to_vec()));
+        }
+        cache.write(1, b"a1", Cached::Absent);
+        let mut written = Vec::new();
+        let mut record = |rows: &mut dyn Iterator<Item = DirtyRow<'_>>| {
+            written.extend(rows.map(|(state, key, w)| (state, key.to_vec(), owned(w))));
+            Ok(())
+        };
+        cache.flush_prefix(0, b"ab", &mut record).unwrap();
+        cache.flush_prefix(0, b"a", &mut record).unwrap();
+        let keys: Vec<(u32, Vec<u8>)> = written.iter().map(|(s, k, _)| (*s, k.clone())).collect();
+        assert_eq!(
+            keys,
+            vec![
+                (0, b"ab1".to_vec()),
+                (0, b"a1".to_vec()),
+                (0, b"a2".to_vec())
+            ]
+        );
+        assert_eq!(cache.stats().dirty_rows, 2);
+        // A written row that changes again is dirty again, and a full flush writes it once
+        // with the rows never written.
+        cache.write(0, b"a1", Cached::Present(b"new".to_vec()));
+        let mut rest = Vec::new();
+        cache
+            .flush(|rows| {
+                rest.extend(rows.map(|(s, k, w)| (s, k.to_vec(), owned(w))));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            rest,
+            vec![
+                (0, b"a1".to_vec(), Cached::Present(b"new".to_vec())),
+                (0, b"b1".to_vec(), Cached::Present(b"b1".to_vec())),
+                (1, b"a1".to_vec(), Cached::Absent),
+            ]
+        );
+        assert_eq!(cache.stats().dirty_rows, 0);
+        assert!(cache.dirty_index.is_empty() && cache.dirty_index_bytes == 0);
     }
 
     #[test]
