@@ -37,7 +37,7 @@ pub use write_cache::WriteCacheStats;
 
 use crate::model::format::metadata::InstanceId;
 use snapshot::IncrementalState;
-use write_cache::{Cached, DirtyRow, ROW_OVERHEAD, RowWrite, WriteCache};
+use write_cache::{Cached, CachedRef, DirtyRow, RowWrite, WriteCache, row_cost};
 
 /// Key prefix, in the default column family, of the registered-state records.
 const STATE_RECORD_PREFIX: &[u8] = b"statebackend/state/";
@@ -698,12 +698,14 @@ impl RocksDbBackend {
     /// `prefix` only: what an iteration over one map (its rows' prefix) or over the whole state
     /// (an empty prefix) needs RocksDB to hold.
     fn flush_write_cache_of(&self, id: StateId, prefix: &[u8]) -> Result<()> {
-        match &self.write_cache {
-            Some(cache) => cache
-                .borrow_mut()
-                .flush_prefix(id.index(), prefix, |rows| self.write_rows(rows)),
-            None => Ok(()),
+        let Some(cache) = &self.write_cache else {
+            return Ok(());
+        };
+        let mut cache = cache.borrow_mut();
+        if self.state(id)?.0.info.kind == StateKind::Map {
+            cache.order_state(id.index());
         }
+        cache.flush_prefix(id.index(), prefix, |rows| self.write_rows(rows))
     }
 
     /// Writes, then forgets, every cached row: for RocksDB changed behind the cache.
@@ -755,9 +757,9 @@ impl RocksDbBackend {
         absent: impl FnOnce() -> T,
     ) -> Result<T> {
         let appended = match cache.get(state, row) {
-            Some(Cached::Present(bytes)) => return present(bytes),
-            Some(Cached::Absent) => return Ok(absent()),
-            Some(Cached::Appended(operands)) => Some(operands.clone()),
+            Some(CachedRef::Present(bytes)) => return present(bytes),
+            Some(CachedRef::Absent) => return Ok(absent()),
+            Some(CachedRef::Appended(operands)) => Some(operands.to_vec()),
             None => None,
         };
         let stored = self.get_raw(cf, row)?;
@@ -778,7 +780,7 @@ impl RocksDbBackend {
         // Cached only if there is room: a read does not fail because RocksDB refused the
         // write-back of other rows (they stay dirty; a write or a flush reports it).
         let write = |rows: &mut dyn Iterator<Item = DirtyRow<'_>>| self.write_rows(rows);
-        let incoming = row.len() + value.heap_bytes() + ROW_OVERHEAD;
+        let incoming = row_cost(row.len(), value.len());
         if cache.make_room(incoming, changed, write).is_ok() {
             if changed {
                 cache.write(state, row, value);
@@ -821,7 +823,7 @@ impl RocksDbBackend {
         value: Cached,
     ) -> Result<()> {
         let write = |rows: &mut dyn Iterator<Item = DirtyRow<'_>>| self.write_rows(rows);
-        cache.make_room(row.len() + value.heap_bytes() + ROW_OVERHEAD, true, write)?;
+        cache.make_room(row_cost(row.len(), value.len()), true, write)?;
         cache.write(state, row, value);
         cache.settle(write);
         Ok(())
@@ -842,6 +844,10 @@ impl RocksDbBackend {
         Some((|| {
             let (state, cf) = self.state(id)?;
             let mut cache = cache.borrow_mut();
+            if state.info.kind == StateKind::Map {
+                // Map rows are iterated by prefix: their changes are kept in order.
+                cache.order_state(id.index());
+            }
             let mut row = std::mem::take(&mut cache.scratch);
             let built = self
                 .row_prefix(&state.info.name, key, ns, &mut row)
@@ -933,11 +939,11 @@ impl KeyedStateBackend for RocksDbBackend {
         let decode = |bytes: &[u8]| Self::decode(name, bytes).map(Some);
         for (i, row) in rows.iter().enumerate() {
             match cache.get(index, row) {
-                Some(Cached::Present(bytes)) => values.push(decode(bytes)?),
-                Some(Cached::Absent) => values.push(None),
+                Some(CachedRef::Present(bytes)) => values.push(decode(bytes)?),
+                Some(CachedRef::Absent) => values.push(None),
                 // Pending list elements (a list state read through this value API): read
                 // as `get_cell` reads them, stored value and elements together.
-                Some(Cached::Appended(_)) => {
+                Some(CachedRef::Appended(_)) => {
                     values.push(self.read_value_cached(&mut cache, index, state, cf, row)?)
                 }
                 None => {
@@ -958,7 +964,7 @@ impl KeyedStateBackend for RocksDbBackend {
                 None => Cached::Absent,
             };
             // Cached only if there is room (see `read_cached`).
-            let incoming = rows[i].len() + value.heap_bytes() + ROW_OVERHEAD;
+            let incoming = row_cost(rows[i].len(), value.len());
             if cache.make_room(incoming, false, write).is_ok() {
                 cache.fill(index, &rows[i], value);
             }
@@ -1131,7 +1137,7 @@ impl KeyedStateBackend for RocksDbBackend {
             encode_list_element(&DefaultCodec::default(), &value, &mut operand)
                 .map_err(encode_err(&state.info.name))?;
             let write = |rows: &mut dyn Iterator<Item = DirtyRow<'_>>| self.write_rows(rows);
-            cache.make_room(row.len() + operand.len() + ROW_OVERHEAD, true, write)?;
+            cache.make_room(row_cost(row.len(), operand.len()), true, write)?;
             cache.append(index, row, &operand);
             cache.settle(write);
             Ok(())

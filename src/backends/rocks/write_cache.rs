@@ -22,6 +22,11 @@
 //! write-back (a 32,000-element list grown by 30,000 appends of 41 bytes handed RocksDB
 //! 22.9 GB that way; now 1.44 MB).
 //!
+//! A row lives in its slot: key and value in one buffer, inline up to [`INLINE`] bytes (a value
+//! state's row: key group, key, namespace, value), on the heap beyond. A hit on a small row is a
+//! hash-table probe and one slot, with no key box or value vector to chase, and costs no
+//! allocation.
+//!
 //! Eviction is CLOCK (second chance): a hit sets a row's reference bit, the hand clears set
 //! bits and evicts rows whose bit is clear. The bound counts what the cache allocates: every
 //! row's key and value buffers, the slots array and the hash table (see [`WriteCache::charged`]).
@@ -29,6 +34,7 @@
 //! dirty, so nothing is lost.
 
 use hashbrown::HashTable;
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::BuildHasher;
 
@@ -46,13 +52,69 @@ pub(super) enum Cached {
 }
 
 impl Cached {
-    /// The bytes of its buffer.
-    pub(super) fn heap_bytes(&self) -> usize {
+    /// The length of its bytes.
+    pub(super) fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    fn kind(&self) -> Kind {
         match self {
-            Cached::Absent => 0,
-            Cached::Present(bytes) | Cached::Appended(bytes) => bytes.capacity(),
+            Cached::Absent => Kind::Absent,
+            Cached::Present(_) => Kind::Present,
+            Cached::Appended(_) => Kind::Appended,
         }
     }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Cached::Absent => &[],
+            Cached::Present(bytes) | Cached::Appended(bytes) => bytes,
+        }
+    }
+}
+
+/// A cached row as a read sees it: [`Cached`], borrowed from its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CachedRef<'a> {
+    /// See [`Cached::Absent`].
+    Absent,
+    /// See [`Cached::Present`].
+    Present(&'a [u8]),
+    /// See [`Cached::Appended`].
+    Appended(&'a [u8]),
+}
+
+#[cfg(test)]
+impl CachedRef<'_> {
+    /// An owned copy.
+    pub(super) fn to_cached(self) -> Cached {
+        match self {
+            CachedRef::Absent => Cached::Absent,
+            CachedRef::Present(bytes) => Cached::Present(bytes.to_vec()),
+            CachedRef::Appended(bytes) => Cached::Appended(bytes.to_vec()),
+        }
+    }
+}
+
+/// What a slot's value is (the [`Cached`] variant, its bytes kept in the slot's buffer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Absent,
+    Present,
+    Appended,
+}
+
+/// Bytes of key and value a slot holds inline; a longer row's buffer is on the heap.
+pub(super) const INLINE: usize = 24;
+
+/// A row's key followed by its value.
+type RowBytes = SmallVec<[u8; INLINE]>;
+
+/// What caching a row of `key_len` and `value_len` bytes costs: its slot and table entry
+/// ([`ROW_OVERHEAD`]), and its buffer if the row does not fit inline.
+pub(super) fn row_cost(key_len: usize, value_len: usize) -> usize {
+    let len = key_len + value_len;
+    ROW_OVERHEAD + if len > INLINE { len } else { 0 }
 }
 
 /// What reaches RocksDB for one dirty row.
@@ -82,20 +144,22 @@ pub(super) const ROW_OVERHEAD: usize =
 /// What an entry of the ordered index of dirty rows costs besides its key bytes: the key's box
 /// and the slot index, and about as much again for the B-tree's nodes (counted in
 /// [`WriteCache::charged`]).
-const INDEX_ENTRY_OVERHEAD: usize = 2 * (std::mem::size_of::<(u32, Box<[u8]>, u32)>());
+const INDEX_ENTRY_OVERHEAD: usize = 2 * (std::mem::size_of::<(Box<[u8]>, u32)>()) + 4;
 
 /// One cached row.
 struct Slot {
     hash: u64,
+    /// The row key, then the value.
+    bytes: RowBytes,
     state: u32,
-    key: Box<[u8]>,
-    value: Cached,
-    dirty: bool,
+    key_len: u32,
     /// For a dirty `Present` list row changed by appends only: how many leading bytes of the
     /// value RocksDB holds already, so that a write-back merges the appended tail instead of
     /// putting the whole list again (a long list grown by small appends would otherwise be
     /// rewritten in full at every write-back: quadratic in its length).
-    stored_prefix: Option<usize>,
+    stored_prefix: Option<u32>,
+    kind: Kind,
+    dirty: bool,
     /// The slot has an entry in the dirty list (kept when the row is evicted: the entry then
     /// stands for whatever row the slot holds next).
     listed: bool,
@@ -104,24 +168,61 @@ struct Slot {
 }
 
 impl Slot {
+    fn key(&self) -> &[u8] {
+        &self.bytes[..self.key_len as usize]
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.bytes[self.key_len as usize..]
+    }
+
+    /// The row as a read sees it.
+    fn cached(&self) -> CachedRef<'_> {
+        match self.kind {
+            Kind::Absent => CachedRef::Absent,
+            Kind::Present => CachedRef::Present(self.value()),
+            Kind::Appended => CachedRef::Appended(self.value()),
+        }
+    }
+
+    /// Bytes of its buffer on the heap (0 while inline).
+    fn heap_bytes(&self) -> usize {
+        if self.bytes.spilled() {
+            self.bytes.capacity()
+        } else {
+            0
+        }
+    }
+
+    /// Replaces the value.
+    fn set_value(&mut self, kind: Kind, value: &[u8]) {
+        self.bytes.truncate(self.key_len as usize);
+        self.bytes.extend_from_slice(value);
+        if self.bytes.spilled() && self.bytes.len() <= INLINE {
+            // Back inline: the heap buffer is given back.
+            self.bytes.shrink_to_fit();
+        }
+        self.kind = kind;
+    }
+
     /// What a write-back of this row hands to RocksDB.
     fn row_write(&self) -> RowWrite<'_> {
-        match (&self.value, self.stored_prefix) {
-            (Cached::Absent, _) => RowWrite::Delete,
-            (Cached::Present(bytes), Some(stored)) => RowWrite::Merge(&bytes[stored..]),
-            (Cached::Present(bytes), None) => RowWrite::Put(bytes),
-            (Cached::Appended(bytes), _) => RowWrite::Merge(bytes),
+        match (self.kind, self.stored_prefix) {
+            (Kind::Absent, _) => RowWrite::Delete,
+            (Kind::Present, Some(stored)) => RowWrite::Merge(&self.value()[stored as usize..]),
+            (Kind::Present, None) => RowWrite::Put(self.value()),
+            (Kind::Appended, _) => RowWrite::Merge(self.value()),
         }
     }
 
     /// What the row counts against the dirty limit while dirty: its key, and the value bytes a
     /// write-back would hand over (only the appended tail of a list whose stored value is the
-    /// rest, or its whole buffer).
+    /// rest, or its whole value).
     fn dirty_cost(&self) -> usize {
-        self.key.len()
-            + match (&self.value, self.stored_prefix) {
-                (Cached::Present(bytes), Some(stored)) => bytes.len() - stored,
-                (value, _) => value.heap_bytes(),
+        self.key_len as usize
+            + match (self.kind, self.stored_prefix) {
+                (Kind::Present, Some(stored)) => self.value().len() - stored as usize,
+                _ => self.value().len(),
             }
     }
 }
@@ -168,7 +269,8 @@ impl WriteCacheStats {
 /// The cache: rows in a slot array, found through a hash table of slot indices.
 pub(super) struct WriteCache {
     capacity: usize,
-    /// Bytes of the live rows' keys and values (the slots and table are added in `charged`).
+    /// Heap bytes of the live rows' buffers (rows too long to be inline; the slots and table
+    /// are added in `charged`).
     row_bytes: usize,
     table: HashTable<u32>,
     slots: Vec<Slot>,
@@ -184,10 +286,17 @@ pub(super) struct WriteCache {
     /// Slots with dirty rows, in the order they became dirty (a slot at most once, see
     /// `Slot::listed`; entries of slots evicted or written since are skipped when reached).
     dirty_list: VecDeque<u32>,
-    /// The dirty rows again, ordered by (state, row key): what an iteration over one map, or
-    /// one state, needs written first is a range of it, found without scanning every dirty
-    /// row of every state.
-    dirty_index: BTreeMap<(u32, Box<[u8]>), u32>,
+    /// The dirty rows of the states in `ordered` again, ordered by (state, row key) (keyed by
+    /// the state's index, big endian, then the row key): what an iteration over one map, or
+    /// one state, needs written first is a range of it, found without scanning every dirty row
+    /// of every state. Only map states are ordered (the backend asks, [`WriteCache::order_state`]):
+    /// the index costs a copy of the key per dirty row, which value and list rows, never
+    /// iterated by prefix, need not pay.
+    dirty_index: BTreeMap<Box<[u8]>, u32>,
+    /// By state index: whether the state's dirty rows are in `dirty_index`.
+    ordered: Vec<bool>,
+    /// An index key being built, reused.
+    index_scratch: Vec<u8>,
     /// Bytes of the index's keys and entries.
     dirty_index_bytes: usize,
     hasher: hashbrown::DefaultHashBuilder,
@@ -206,7 +315,9 @@ impl WriteCache {
             dirty_bytes: 0,
             dirty_list: VecDeque::new(),
             dirty_index: BTreeMap::new(),
+            ordered: Vec::new(),
             dirty_index_bytes: 0,
+            index_scratch: Vec::new(),
             row_bytes: 0,
             table: HashTable::new(),
             slots: Vec::new(),
@@ -253,20 +364,28 @@ impl WriteCache {
         self.table
             .find(hash, |&i| {
                 let s = &slots[i as usize];
-                s.state == state && *s.key == *key
+                s.state == state && s.key() == key
             })
             .copied()
     }
 
+    /// The index key of row `key` of state `state`, built in the reused buffer.
+    fn index_key<'a>(scratch: &'a mut Vec<u8>, state: u32, key: &[u8]) -> &'a [u8] {
+        scratch.clear();
+        scratch.extend_from_slice(&state.to_be_bytes());
+        scratch.extend_from_slice(key);
+        scratch
+    }
+
     /// The cached row `key` of state `state`, counted as a hit or a miss.
-    pub(super) fn get(&mut self, state: u32, key: &[u8]) -> Option<&Cached> {
+    pub(super) fn get(&mut self, state: u32, key: &[u8]) -> Option<CachedRef<'_>> {
         let hash = self.hash(state, key);
         match self.find(hash, state, key) {
             Some(i) => {
                 self.stats.hits += 1;
                 let slot = &mut self.slots[i as usize];
                 slot.referenced = true;
-                Some(&slot.value)
+                Some(slot.cached())
             }
             None => {
                 self.stats.misses += 1;
@@ -294,17 +413,17 @@ impl WriteCache {
             return;
         };
         let slot = &mut self.slots[i as usize];
-        let before = (slot.value.heap_bytes(), slot.dirty_cost());
-        match &mut slot.value {
-            Cached::Present(bytes) => {
+        let before = (slot.heap_bytes(), slot.dirty_cost());
+        match slot.kind {
+            Kind::Present => {
                 if !slot.dirty {
                     // RocksDB holds exactly this value: only what follows needs writing.
-                    slot.stored_prefix = Some(bytes.len());
+                    slot.stored_prefix = u32::try_from(slot.value().len()).ok();
                 }
-                bytes.extend_from_slice(operand);
+                slot.bytes.extend_from_slice(operand);
             }
-            Cached::Appended(bytes) => bytes.extend_from_slice(operand),
-            absent @ Cached::Absent => *absent = Cached::Present(operand.to_vec()),
+            Kind::Appended => slot.bytes.extend_from_slice(operand),
+            Kind::Absent => slot.set_value(Kind::Present, operand),
         }
         slot.referenced = true;
         self.value_changed(i, before, true);
@@ -314,7 +433,7 @@ impl WriteCache {
     /// cost), and marks the row dirty if `dirty`.
     fn value_changed(&mut self, i: u32, before: (usize, usize), dirty: bool) {
         let slot = &mut self.slots[i as usize];
-        let after = slot.value.heap_bytes();
+        let after = slot.heap_bytes();
         self.row_bytes = self.row_bytes - before.0 + after;
         if slot.dirty {
             self.dirty_bytes = self.dirty_bytes - before.1 + slot.dirty_cost();
@@ -326,8 +445,33 @@ impl WriteCache {
                 slot.listed = true;
                 self.dirty_list.push_back(i);
             }
-            self.dirty_index_bytes += slot.key.len() + INDEX_ENTRY_OVERHEAD;
-            self.dirty_index.insert((slot.state, slot.key.clone()), i);
+            if self.ordered.get(slot.state as usize) == Some(&true) {
+                self.dirty_index_bytes += slot.key_len as usize + INDEX_ENTRY_OVERHEAD;
+                let key = Self::index_key(&mut self.index_scratch, slot.state, slot.key());
+                self.dirty_index.insert(key.into(), i);
+            }
+        }
+    }
+
+    /// Keeps the dirty rows of state `state` ordered from now on (those dirty already
+    /// included), for [`WriteCache::flush_prefix`]: for map states, whose rows are iterated by
+    /// prefix.
+    pub(super) fn order_state(&mut self, state: u32) {
+        let index = state as usize;
+        if self.ordered.get(index) == Some(&true) {
+            return;
+        }
+        if self.ordered.len() <= index {
+            self.ordered.resize(index + 1, false);
+        }
+        self.ordered[index] = true;
+        for &i in &self.dirty_list {
+            let slot = &self.slots[i as usize];
+            if slot.live && slot.dirty && slot.state == state {
+                self.dirty_index_bytes += slot.key_len as usize + INDEX_ENTRY_OVERHEAD;
+                let key = Self::index_key(&mut self.index_scratch, slot.state, slot.key());
+                self.dirty_index.insert(key.into(), i);
+            }
         }
     }
 
@@ -339,12 +483,11 @@ impl WriteCache {
             slot.dirty = false;
             slot.stored_prefix = None;
             self.dirty -= 1;
-            self.dirty_index_bytes -= slot.key.len() + INDEX_ENTRY_OVERHEAD;
-            // The key moves out of the slot only for the lookup's sake: no copy.
-            let key = std::mem::take(&mut slot.key);
-            let mut entry = (slot.state, key);
-            self.dirty_index.remove(&entry);
-            self.slots[i as usize].key = std::mem::take(&mut entry.1);
+            if self.ordered.get(slot.state as usize) == Some(&true) {
+                self.dirty_index_bytes -= slot.key_len as usize + INDEX_ENTRY_OVERHEAD;
+                let key = Self::index_key(&mut self.index_scratch, slot.state, slot.key());
+                self.dirty_index.remove(key);
+            }
         }
     }
 
@@ -353,8 +496,8 @@ impl WriteCache {
         match self.find(hash, state, key) {
             Some(i) => {
                 let slot = &mut self.slots[i as usize];
-                let before = (slot.value.heap_bytes(), slot.dirty_cost());
-                slot.value = value;
+                let before = (slot.heap_bytes(), slot.dirty_cost());
+                slot.set_value(value.kind(), value.bytes());
                 // The whole value is new: a write-back puts it.
                 slot.stored_prefix = None;
                 slot.referenced = true;
@@ -365,11 +508,15 @@ impl WriteCache {
     }
 
     fn insert(&mut self, hash: u64, state: u32, key: &[u8], value: Cached, dirty: bool) {
+        let mut bytes = RowBytes::with_capacity(key.len() + value.len());
+        bytes.extend_from_slice(key);
+        bytes.extend_from_slice(value.bytes());
         let slot = Slot {
             hash,
+            bytes,
             state,
-            key: key.into(),
-            value: Cached::Absent,
+            key_len: u32::try_from(key.len()).unwrap_or(u32::MAX),
+            kind: value.kind(),
             dirty: false,
             stored_prefix: None,
             listed: false,
@@ -398,8 +545,6 @@ impl WriteCache {
         self.table
             .insert_unique(hash, index, |&i| slots[i as usize].hash);
         self.rows += 1;
-        self.row_bytes += key.len();
-        self.slots[index as usize].value = value;
         self.value_changed(index, (0, 0), dirty);
     }
 
@@ -422,10 +567,11 @@ impl WriteCache {
         }
         self.mark_clean(i);
         let slot = &mut self.slots[i as usize];
-        self.row_bytes -= slot.key.len() + slot.value.heap_bytes();
+        self.row_bytes -= slot.heap_bytes();
         slot.live = false;
-        slot.key = Box::default();
-        slot.value = Cached::Absent;
+        slot.bytes = RowBytes::new();
+        slot.key_len = 0;
+        slot.kind = Kind::Absent;
         slot.state = self.free_head;
         self.free_head = i;
         self.rows -= 1;
@@ -445,19 +591,37 @@ impl WriteCache {
 
     /// [`WriteCache::flush`] for the rows of state `state` whose key starts with `prefix` only
     /// (before an iteration over one map, with the map's prefix, or over the whole state, with
-    /// an empty one): the other rows stay dirty in the cache. The work is proportional to the
-    /// rows written, found in the ordered index of dirty rows.
+    /// an empty one): the other rows stay dirty in the cache. For an ordered state
+    /// ([`WriteCache::order_state`]) the work is proportional to the rows written, found in the
+    /// ordered index of dirty rows; for another, to the dirty rows of every state.
     pub(super) fn flush_prefix(
         &mut self,
         state: u32,
         prefix: &[u8],
         write: impl FnOnce(&mut dyn Iterator<Item = DirtyRow<'_>>) -> Result<()>,
     ) -> Result<()> {
-        let from = (state, Box::<[u8]>::from(prefix));
+        if self.ordered.get(state as usize) != Some(&true) {
+            let slots = &self.slots;
+            let dirty: Vec<u32> = self
+                .dirty_list
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let s = &slots[i as usize];
+                    s.live && s.dirty && s.state == state && s.key().starts_with(prefix)
+                })
+                .collect();
+            if !dirty.is_empty() {
+                self.write_sorted(&dirty, write)?;
+                self.written(dirty);
+            }
+            return Ok(());
+        }
+        let from = Self::index_key(&mut self.index_scratch, state, prefix);
         let dirty: Vec<u32> = self
             .dirty_index
-            .range(from..)
-            .take_while(|((s, key), _)| *s == state && key.starts_with(prefix))
+            .range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(from))
             .map(|(_, &i)| i)
             .collect();
         if dirty.is_empty() {
@@ -467,7 +631,7 @@ impl WriteCache {
         let slots = &self.slots;
         write(&mut dirty.iter().map(|&i| -> DirtyRow<'_> {
             let s = &slots[i as usize];
-            (s.state, &s.key, s.row_write())
+            (s.state, s.key(), s.row_write())
         }))?;
         // Their dirty-list entries stay, and are skipped (clean) or stand for the row's next
         // change (a slot is listed at most once).
@@ -481,7 +645,7 @@ impl WriteCache {
     fn written(&mut self, rows: Vec<u32>) {
         self.count_written(&rows);
         for i in rows {
-            if matches!(self.slots[i as usize].value, Cached::Appended(_)) {
+            if self.slots[i as usize].kind == Kind::Appended {
                 self.remove(i);
             } else {
                 self.mark_clean(i);
@@ -570,19 +734,19 @@ impl WriteCache {
             .map(|&i| {
                 let s = &slots[i as usize];
                 let mut head = [0u8; 8];
-                let n = s.key.len().min(8);
-                head[..n].copy_from_slice(&s.key[..n]);
+                let n = s.key().len().min(8);
+                head[..n].copy_from_slice(&s.key()[..n]);
                 (s.state, u64::from_be_bytes(head), i)
             })
             .collect();
         order.sort_unstable_by(|a, b| {
             (a.0, a.1)
                 .cmp(&(b.0, b.1))
-                .then_with(|| slots[a.2 as usize].key.cmp(&slots[b.2 as usize].key))
+                .then_with(|| slots[a.2 as usize].key().cmp(slots[b.2 as usize].key()))
         });
         write(&mut order.iter().map(|&(_, _, i)| -> DirtyRow<'_> {
             let s = &slots[i as usize];
-            (s.state, &s.key, s.row_write())
+            (s.state, s.key(), s.row_write())
         }))
     }
 
@@ -590,9 +754,16 @@ impl WriteCache {
     /// cache: an import, a key-group range cut.
     pub(super) fn clear(&mut self) {
         debug_assert_eq!(self.dirty, 0, "clearing dirty rows");
+        self.reset();
+    }
+
+    /// Empties the cache, keeping its settings, its counters and which states are ordered.
+    fn reset(&mut self) {
         let (capacity, dirty_limit, stats) = (self.capacity, self.dirty_limit, self.stats);
+        let ordered = std::mem::take(&mut self.ordered);
         *self = Self::new(capacity, dirty_limit);
         self.stats = stats;
+        self.ordered = ordered;
     }
 
     /// Makes room for a row of `incoming` bytes (`ROW_OVERHEAD` included; its bytes also
@@ -637,9 +808,7 @@ impl WriteCache {
         while self.charged() + incoming > self.capacity {
             if self.rows == 0 {
                 // Nothing left to evict (so nothing dirty): give back the arrays too.
-                let (capacity, dirty_limit, stats) = (self.capacity, self.dirty_limit, self.stats);
-                *self = Self::new(capacity, dirty_limit);
-                self.stats = stats;
+                self.reset();
                 break;
             }
             self.evict_down_to(target, &mut write)?;
@@ -682,7 +851,7 @@ impl WriteCache {
             }
             // Chosen: marked referenced so that the second turn passes it by.
             slot.referenced = true;
-            remaining -= slot.key.len() + slot.value.heap_bytes() + ROW_OVERHEAD;
+            remaining -= slot.heap_bytes() + ROW_OVERHEAD;
             victims.push(i as u32);
         }
         let dirty_victims: Vec<u32> = victims
@@ -725,8 +894,11 @@ impl WriteCache {
             slot.listed = slot.dirty;
             if slot.dirty {
                 self.dirty_list.push_back(i as u32);
-                if let Some(entry) = self.dirty_index.get_mut(&(slot.state, slot.key.clone())) {
-                    *entry = i as u32;
+                if self.ordered.get(slot.state as usize) == Some(&true) {
+                    let key = Self::index_key(&mut self.index_scratch, slot.state, slot.key());
+                    if let Some(entry) = self.dirty_index.get_mut(key) {
+                        *entry = i as u32;
+                    }
                 }
             }
         }
@@ -788,7 +960,7 @@ mod tests {
             stats.written_bytes
         );
         // What reached the store is the list the cache holds.
-        let Some(Cached::Present(value)) = cache.get(0, b"list") else {
+        let Some(CachedRef::Present(value)) = cache.get(0, b"list") else {
             panic!("the list stays cached");
         };
         assert_eq!(value.len() as u64, base.len() as u64 + appended);
@@ -820,10 +992,19 @@ mod tests {
         cache.write(1, b"a", Cached::Present(b"2".to_vec()));
         cache.append(1, b"l", b"x");
         cache.append(1, b"l", b"y");
-        assert_eq!(cache.get(0, b"a"), Some(&Cached::Present(b"1".to_vec())));
-        assert_eq!(cache.get(1, b"a"), Some(&Cached::Present(b"2".to_vec())));
-        assert_eq!(cache.get(1, b"l"), Some(&Cached::Appended(b"xy".to_vec())));
-        assert_eq!(cache.get(2, b"a"), None);
+        assert_eq!(
+            cache.get(0, b"a").map(CachedRef::to_cached),
+            Some(Cached::Present(b"1".to_vec()))
+        );
+        assert_eq!(
+            cache.get(1, b"a").map(CachedRef::to_cached),
+            Some(Cached::Present(b"2".to_vec()))
+        );
+        assert_eq!(
+            cache.get(1, b"l").map(CachedRef::to_cached),
+            Some(Cached::Appended(b"xy".to_vec()))
+        );
+        assert_eq!(cache.get(2, b"a").map(CachedRef::to_cached), None);
         assert_eq!(cache.stats().dirty_rows, 2);
         let mut written = Vec::new();
         cache
@@ -842,8 +1023,11 @@ mod tests {
             ]
         );
         // The written value stays cached and clean; appended elements are forgotten.
-        assert_eq!(cache.get(1, b"a"), Some(&Cached::Present(b"2".to_vec())));
-        assert_eq!(cache.get(1, b"l"), None);
+        assert_eq!(
+            cache.get(1, b"a").map(CachedRef::to_cached),
+            Some(Cached::Present(b"2".to_vec()))
+        );
+        assert_eq!(cache.get(1, b"l").map(CachedRef::to_cached), None);
         assert_eq!(cache.stats().dirty_rows, 0);
         cache.flush(write_none).unwrap();
     }
@@ -875,6 +1059,7 @@ mod tests {
     fn the_bound_holds_and_evicted_dirty_rows_are_written() {
         let capacity = 4096;
         let mut cache = WriteCache::new(capacity, usize::MAX);
+        cache.order_state(1);
         let mut written = std::collections::BTreeMap::new();
         for i in 0u32..10_000 {
             cache.write(i % 3, &i.to_le_bytes(), Cached::Present(vec![i as u8; 20]));
@@ -901,7 +1086,7 @@ mod tests {
         assert_eq!(written.len(), stats.evicted_rows as usize);
         for i in 0u32..10_000 {
             let key = (i % 3, i.to_le_bytes().to_vec());
-            let cached = cache.get(key.0, &key.1).cloned();
+            let cached = cache.get(key.0, &key.1).map(CachedRef::to_cached);
             let value = cached.or_else(|| written.get(&key).cloned());
             assert_eq!(value, Some(Cached::Present(vec![i as u8; 20])));
         }
@@ -911,6 +1096,7 @@ mod tests {
     fn dirty_bytes_stay_under_the_limit_and_nothing_is_lost() {
         let limit = 2000;
         let mut cache = WriteCache::new(1 << 20, limit);
+        cache.order_state(1);
         let mut stored = std::collections::BTreeMap::new();
         let mut write = |rows: &mut dyn Iterator<Item = DirtyRow<'_>>| {
             let mut last: Option<(u32, Vec<u8>)> = None;
@@ -927,7 +1113,7 @@ mod tests {
         for i in 0u32..5_000 {
             let key = (i % 700).to_le_bytes();
             let value = Cached::Present(vec![i as u8; 10 + (i % 30) as usize]);
-            let incoming = key.len() + value.heap_bytes() + ROW_OVERHEAD;
+            let incoming = row_cost(key.len(), value.len());
             cache.make_room(incoming, true, &mut write).unwrap();
             cache.write(i % 3, &key, value.clone());
             expected.insert((i % 3, key.to_vec()), value);
@@ -970,7 +1156,7 @@ mod tests {
         assert_eq!(cache.stats().dirty_rows, 20);
         // Written rows stay cached (appended elements are forgotten); the rest flush later.
         assert!(cache.get(1, &1u32.to_le_bytes()).is_some());
-        assert_eq!(cache.get(1, b"list"), None);
+        assert_eq!(cache.get(1, b"list").map(CachedRef::to_cached), None);
         let mut rest = Vec::new();
         cache
             .flush(|rows| {
@@ -984,18 +1170,29 @@ mod tests {
         assert_eq!(cache.stats().dirty_bytes, 0);
     }
 
-    /// The ordered index holds exactly the dirty rows, each under its slot's state and key.
+    /// The ordered index holds exactly the dirty rows of ordered states, each under its slot's
+    /// state and key.
     fn check_index(cache: &WriteCache) {
-        assert_eq!(cache.dirty_index.len(), cache.dirty);
-        for ((state, key), &i) in &cache.dirty_index {
+        let ordered_dirty = cache
+            .slots
+            .iter()
+            .filter(|s| s.live && s.dirty && cache.ordered.get(s.state as usize) == Some(&true))
+            .count();
+        assert_eq!(cache.dirty_index.len(), ordered_dirty);
+        for (key, &i) in &cache.dirty_index {
             let slot = &cache.slots[i as usize];
-            assert!(slot.live && slot.dirty && slot.state == *state && *slot.key == **key);
+            assert!(slot.live && slot.dirty);
+            assert_eq!(
+                **key,
+                *WriteCache::index_key(&mut Vec::new(), slot.state, slot.key())
+            );
         }
     }
 
     #[test]
     fn a_prefix_flush_writes_that_maps_rows_only_and_they_change_again_later() {
         let mut cache = WriteCache::new(1 << 20, usize::MAX);
+        cache.order_state(0);
         // Two maps of state 0 (prefixes "a" and "ab" overlap: "ab" rows are "a" rows too),
         // one of state 1 with the same prefix.
         for key in [&b"a1"[..], b"a2", b"ab1", b"b1"] {
@@ -1039,6 +1236,35 @@ mod tests {
         );
         assert_eq!(cache.stats().dirty_rows, 0);
         assert!(cache.dirty_index.is_empty() && cache.dirty_index_bytes == 0);
+    }
+
+    #[test]
+    fn small_rows_live_in_their_slots() {
+        // A value state's row: a 2-byte key group, an 8-byte key, an 8-byte value.
+        assert!(
+            std::mem::size_of::<Slot>() <= 64,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
+        assert_eq!(row_cost(10, 8), ROW_OVERHEAD);
+        let mut cache = WriteCache::new(4 << 20, usize::MAX);
+        for i in 0u64..20_000 {
+            let key = [&[0u8, 1][..], &i.to_be_bytes()].concat();
+            cache.write(0, &key, Cached::Present(i.to_le_bytes().to_vec()));
+        }
+        assert_eq!(cache.row_bytes, 0, "no row buffer on the heap");
+        let per_row = cache.charged() as f64 / 20_000.0;
+        assert!(per_row < 100.0, "{per_row} bytes per row");
+        // A long row goes to the heap, and comes back inline when it shrinks.
+        let key = [0u8, 1, 0, 0, 0, 0, 0, 0, 0, 7];
+        cache.write(0, &key, Cached::Present(vec![9; 100]));
+        assert!(cache.row_bytes >= 110);
+        cache.write(0, &key, Cached::Present(vec![9; 4]));
+        assert_eq!(cache.row_bytes, 0);
+        assert_eq!(
+            cache.get(0, &key).map(CachedRef::to_cached),
+            Some(Cached::Present(vec![9; 4]))
+        );
     }
 
     #[test]
