@@ -195,6 +195,18 @@ fn run(
     external: &Arc<Mutex<External>>,
     crash_on_commit: &Arc<AtomicBool>,
 ) -> std::result::Result<Vec<CommitReport>, String> {
+    run_with(workers, epochs, settings, external, crash_on_commit, true)
+}
+
+/// [`run`], with the sink or, without `with_sink`, a plain committer (the output dropped).
+fn run_with(
+    workers: usize,
+    epochs: u64,
+    settings: Checkpointing,
+    external: &Arc<Mutex<External>>,
+    crash_on_commit: &Arc<AtomicBool>,
+    with_sink: bool,
+) -> std::result::Result<Vec<CommitReport>, String> {
     let commits = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&commits);
     let external = Arc::clone(external);
@@ -214,9 +226,13 @@ fn run(
                 let (input, records) = scope.new_input::<u64>();
                 let (echoed, acks) = job.stateful(records, "echo", Echo::default())?;
                 let echoed = echoed.probe_with(&probe);
-                job.commit_with_sink(acks, echoed, "sink", sink, move |report| {
-                    log.lock().unwrap().push(report.clone())
-                })?;
+                let on_commit =
+                    move |report: &CommitReport| log.lock().unwrap().push(report.clone());
+                if with_sink {
+                    job.commit_with_sink(acks, echoed, "sink", sink, on_commit)?;
+                } else {
+                    job.commit(acks, on_commit);
+                }
                 Ok(input)
             })
             .map_err(|e| e.to_string())?;
@@ -355,4 +371,31 @@ fn a_failed_write_at_any_point_never_loses_nor_duplicates_committed_output() {
     }
     assert!(aborted > 0, "no fault aborted a checkpoint");
     assert!(failed > 2, "no fault hit the final checkpoint");
+}
+
+#[test]
+fn a_sink_added_to_a_job_since_its_checkpoint_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let external: Arc<Mutex<External>> = Arc::default();
+    let no_crash = Arc::default();
+    // The job without a sink: checkpoints at 9 and 19.
+    run_with(
+        2,
+        25,
+        settings(local_root(&dir)),
+        &external,
+        &no_crash,
+        false,
+    )
+    .unwrap();
+    assert!(external.lock().unwrap().committed.is_empty());
+    // The same job with a sink restores checkpoint 19 (the sink's state starts empty) and
+    // writes what follows it exactly once.
+    run(2, 30, settings(local_root(&dir)), &external, &no_crash).unwrap();
+    let output = external.lock().unwrap().output();
+    let expected: Vec<u64> = (20..30)
+        .flat_map(|e| (0..PER_EPOCH).map(move |j| record(e, j)))
+        .collect();
+    assert_eq!(output.len(), expected.len());
+    assert!(output == expected, "the output after checkpoint 19, once");
 }

@@ -462,11 +462,18 @@ impl Job {
     /// [`Error::UncleanWorkingDirectory`] or [`Error::Incompatible`] for a working directory
     /// that is not empty.
     pub fn open_instance(&self, operator: &str) -> Result<AnyBackend> {
-        self.open_instance_as(operator, self.settings.backend)
+        self.open_instance_as(operator, self.settings.backend, false)
     }
 
-    /// [`Job::open_instance`] on backend `kind`, whatever the job's.
-    pub(crate) fn open_instance_as(&self, operator: &str, kind: BackendKind) -> Result<AnyBackend> {
+    /// [`Job::open_instance`] on backend `kind`, whatever the job's; with `empty_if_new`, an
+    /// operator the restored snapshot does not hold (one added to the job since) starts empty
+    /// instead of failing with [`Error::OperatorNotFound`].
+    pub(crate) fn open_instance_as(
+        &self,
+        operator: &str,
+        kind: BackendKind,
+        empty_if_new: bool,
+    ) -> Result<AnyBackend> {
         let range = self.routing.range_of(self.index)?;
         let mut config = BackendConfig::heap(self.settings.max_parallelism, range);
         config.kind = kind;
@@ -479,23 +486,33 @@ impl Job {
         // The worker count, so a restore at the snapshot's count keeps each split list with its
         // worker at every count, not only where the key groups alone tell.
         config.parallelism = u32::try_from(self.routing.peers()).ok();
-        match &self.source {
+        let restored = match &self.source {
+            Some(Source::Checkpoint(meta) | Source::Savepoint(_, meta)) => {
+                match meta.for_operator(operator) {
+                    Ok(part) => Some(part),
+                    Err(Error::OperatorNotFound { .. }) if empty_if_new => None,
+                    Err(e) => return Err(e),
+                }
+            }
+            None => None,
+        };
+        match (&self.source, restored) {
             // A fresh start into a working directory goes through the restore path, with no
             // rows: what the directory holds (a crashed run's database, an earlier run's) is
             // replaced or refused, never reopened as the job's state.
-            None if config.working_dir.is_some() && config.kind == BackendKind::RocksDb => {
+            (_, None) if config.working_dir.is_some() && config.kind == BackendKind::RocksDb => {
                 <AnyBackend as CheckpointedBackend>::restore_rows(&config, &mut NoRows)
             }
-            None => AnyBackend::open(&config),
-            Some(Source::Checkpoint(meta)) => restore_instance(
+            (_, None) => AnyBackend::open(&config),
+            (Some(Source::Savepoint(storage, _)), Some(part)) => {
+                restore_savepoint(storage.as_ref(), &part, &config)
+            }
+            (_, Some(part)) => restore_instance(
                 self.settings.root.as_ref(),
-                &meta.for_operator(operator)?,
+                &part,
                 &config,
                 RestoreMode::Claim,
             ),
-            Some(Source::Savepoint(storage, meta)) => {
-                restore_savepoint(storage.as_ref(), &meta.for_operator(operator)?, &config)
-            }
         }
     }
 }

@@ -146,7 +146,7 @@ impl Job {
     /// them into one sink.
     ///
     /// Restored, the sink commits and aborts the transactions its snapshot recorded before the
-    /// dataflow runs.
+    /// dataflow runs; a snapshot taken before the job had the sink restores it empty.
     ///
     /// # Errors
     /// Restoring the sink's instance; the sink's errors committing or aborting restored
@@ -175,7 +175,8 @@ impl Job {
         name: &str,
         logic: S,
     ) -> Result<StreamVec<'s, u64, Ack>> {
-        let backend = self.open_instance_as(name, BackendKind::Heap)?;
+        // A sink added to a job since its snapshot starts with no transactions.
+        let backend = self.open_instance_as(name, BackendKind::Heap, true)?;
         let mut instance = SinkInstance {
             name: name.to_owned(),
             logic,
