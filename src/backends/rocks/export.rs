@@ -10,6 +10,7 @@ use rocksdb::{
     ColumnFamilyDescriptor, DB, IngestExternalFileOptions, IteratorMode, ReadOptions, SstFileWriter,
 };
 
+use super::write_cache::{DirtyRow, RowWrite};
 use super::{IMPORT_DIR_PREFIX, RocksDbBackend, STAGING_DIR, cf_name, layout, rocks_err};
 use crate::model::error::{Error, Result};
 use crate::model::format::view::{RowSink, RowView};
@@ -180,6 +181,54 @@ impl RocksDbBackend {
 }
 
 impl RocksDbBackend {
+    /// Writes rows the write-back cache hands out (in (state, row key) order) as one SST file
+    /// per state and ingests them, instead of inserting them into the memtables: what a
+    /// checkpoint's synchronous part does with many changed rows, which would otherwise be
+    /// inserted into a memtable one by one and then flushed out of it again at once. Nothing is
+    /// ingested if a file fails.
+    pub(super) fn ingest_rows(&self, rows: &mut dyn Iterator<Item = DirtyRow<'_>>) -> Result<()> {
+        let import_dir = tempfile::Builder::new()
+            .prefix(IMPORT_DIR_PREFIX)
+            .tempdir_in(self.dir.path())
+            .map_err(|e| Error::io(self.dir.path(), e))?;
+        let mut rows = rows.peekable();
+        let mut files: Vec<(u32, PathBuf)> = Vec::new();
+        while let Some(&(state, _, _)) = rows.peek() {
+            let info = self
+                .states
+                .get(state as usize)
+                .ok_or(Error::UnknownState { id: state })?;
+            let options = self.options.cf_options(&self.cache, info.info.kind);
+            let path = import_dir.path().join(format!("{state:06}.sst"));
+            let mut writer = SstFileWriter::create(&options);
+            writer.open(&path).map_err(rocks_err(&path))?;
+            while let Some((_, key, write)) = rows.next_if(|(s, _, _)| *s == state) {
+                match write {
+                    RowWrite::Delete => writer.delete(key),
+                    RowWrite::Put(value) => writer.put(key, value),
+                    RowWrite::Merge(operand) => writer.merge(key, operand),
+                }
+                .map_err(rocks_err(&path))?;
+            }
+            writer.finish().map_err(rocks_err(&path))?;
+            files.push((state, path));
+        }
+        // Inside the DB's directory: linked in, not copied.
+        let mut ingest = IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        for (state, path) in files {
+            let cf = self
+                .states
+                .get(state as usize)
+                .and_then(|s| self.db.cf_handle(&s.cf_name))
+                .ok_or(Error::UnknownState { id: state })?;
+            self.db
+                .ingest_external_file_cf_opts(cf, &ingest, vec![path])
+                .map_err(self.rocks())?;
+        }
+        Ok(())
+    }
+
     /// Calls `sink(row key suffix, value)` for the rows of state `state` in `key_group`, in
     /// ascending order (rows of a backend restored for reading, during a rescale).
     pub(crate) fn for_each_row(

@@ -60,6 +60,10 @@ const RESTORING_DIR: &str = "db.restoring";
 /// Prefix of the directories bulk imports write their SST files into.
 const IMPORT_DIR_PREFIX: &str = "import-";
 
+/// From this many bytes of changed rows, a checkpoint writes the write-back cache's rows as SST
+/// files instead of through the memtables.
+const INGEST_AT_CHECKPOINT_BYTES: usize = 256 << 10;
+
 /// Where the backend keeps its files: a temporary directory removed on drop, or the engine's.
 enum WorkingDir {
     Temporary(tempfile::TempDir),
@@ -691,6 +695,22 @@ impl RocksDbBackend {
         match &self.write_cache {
             Some(cache) => cache.borrow_mut().flush(|rows| self.write_rows(rows)),
             None => Ok(()),
+        }
+    }
+
+    /// [`RocksDbBackend::flush_write_cache`] before a checkpoint: many changed rows are written
+    /// as SST files and ingested ([`RocksDbBackend::ingest_rows`]), since the checkpoint would
+    /// flush them out of the memtable into an SST file right after inserting them; a few are
+    /// inserted (a file per state costs more than a few memtable inserts).
+    pub(super) fn flush_write_cache_for_checkpoint(&self) -> Result<()> {
+        let Some(cache) = &self.write_cache else {
+            return Ok(());
+        };
+        let mut cache = cache.borrow_mut();
+        if cache.stats().dirty_bytes >= INGEST_AT_CHECKPOINT_BYTES {
+            cache.flush(|rows| self.ingest_rows(rows))
+        } else {
+            cache.flush(|rows| self.write_rows(rows))
         }
     }
 

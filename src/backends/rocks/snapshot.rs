@@ -76,7 +76,7 @@ impl RocksDbBackend {
             });
         }
         // The checkpoint holds the state at this call: the cache's changes included.
-        self.flush_write_cache()?;
+        self.flush_write_cache_for_checkpoint()?;
         let staging_root = self.dir.path().join(STAGING_DIR);
         std::fs::create_dir_all(&staging_root).map_err(|e| Error::io(&staging_root, e))?;
         let staging = staging_root.join(format!("chk-{checkpoint_id}"));
