@@ -42,7 +42,8 @@ const KILL_AFTER_EPOCH: u64 = 29;
 /// Run 3 writes a savepoint here, stalls 3 epochs later and is killed; the savepoint is
 /// never restored.
 const ABANDONED_SAVEPOINT_AT: u64 = 74;
-/// Run 4 writes a savepoint here, stalls at the next epoch and is killed; run 5 starts from it.
+/// Run 4 writes a savepoint here, stalls 3 epochs later (before the next checkpoint) and is
+/// killed; run 5 starts from it.
 const SAVEPOINT_AT: u64 = 84;
 /// A source that stops here never ends: runs to be killed stall at the latest here.
 const STALL_LATE: u64 = 95;
@@ -325,57 +326,30 @@ fn a_pipeline_killed_four_times_commits_its_output_exactly_once() {
 
     // Run 3: 1 × 3 from that checkpoint; a savepoint, then killed mid-run, between
     // checkpoints. The savepoint is never restored: its completion must have committed nothing.
-    let third = with(&[
-        "--root",
-        &path("root"),
-        "--results",
-        &path("results"),
-        "--savepoint-at",
-        &format!("{ABANDONED_SAVEPOINT_AT}:{}", path("abandoned-savepoint")),
-        "--stall-at",
-        &(ABANDONED_SAVEPOINT_AT + 3).to_string(),
-    ]);
-    let mut run = Run::start(dir, "1x3", 1, 3, &third);
-    run.wait_for("the first savepoint", || {
-        job::summarize_savepoint(&dir.join("abandoned-savepoint")).is_ok()
-    });
-    run.kill();
-    let logs = run.logs();
-    assert!(
-        logs.contains(&format!(
-            "worker 0: resumed at {} restored Some({restored_id})",
-            restored_epoch + 1
-        )),
-        "run 3 did not restore checkpoint {restored_id}:\n{logs}"
-    );
+    let at = |epoch: u64, savepoint: &str| {
+        with(&[
+            "--root",
+            &path("root"),
+            "--results",
+            &path("results"),
+            "--savepoint-at",
+            &format!("{epoch}:{}", path(savepoint)),
+            "--stall-at",
+            &(epoch + 3).to_string(),
+        ])
+    };
+    let third = at(ABANDONED_SAVEPOINT_AT, "abandoned-savepoint");
+    let logs = kill_after_savepoint(dir, "1x3", (1, 3), &third, "abandoned-savepoint");
+    assert_restored(&logs, "run 3", restored_id, restored_epoch);
     let (restored_id, restored_epoch) = latest_checkpoint(&root).expect("a checkpoint");
     assert!(restored_epoch < ABANDONED_SAVEPOINT_AT);
 
     // Run 4: 2 × 1 from the root's latest checkpoint (before that savepoint); stopped with a
-    // savepoint: it stalls right after it and is killed.
-    let fourth = with(&[
-        "--root",
-        &path("root"),
-        "--results",
-        &path("results"),
-        "--savepoint-at",
-        &format!("{SAVEPOINT_AT}:{}", path("savepoint")),
-        "--stall-at",
-        &(SAVEPOINT_AT + 1).to_string(),
-    ]);
-    let mut run = Run::start(dir, "2x1", 2, 1, &fourth);
-    run.wait_for("the savepoint", || {
-        job::summarize_savepoint(&dir.join("savepoint")).is_ok()
-    });
-    run.kill();
-    let logs = run.logs();
-    assert!(
-        logs.contains(&format!(
-            "worker 0: resumed at {} restored Some({restored_id})",
-            restored_epoch + 1
-        )),
-        "run 4 did not restore checkpoint {restored_id}:\n{logs}"
-    );
+    // savepoint: its source goes no further (it stalls before the next checkpoint) and it is
+    // killed.
+    let fourth = at(SAVEPOINT_AT, "savepoint");
+    let logs = kill_after_savepoint(dir, "2x1", (2, 1), &fourth, "savepoint");
+    assert_restored(&logs, "run 4", restored_id, restored_epoch);
 
     // Run 5: 1 × 2 from the savepoint, into a fresh root, to the end.
     let fifth = with(&[
@@ -417,6 +391,34 @@ fn a_pipeline_killed_four_times_commits_its_output_exactly_once() {
     // The crashed runs' staged transactions were never committed: they are still staged, or
     // were aborted at a restore.
     assert!(count_files(&results.join("staging")) > 0);
+}
+
+/// Runs the job at `shape` (processes, workers) with `args` until the savepoint in
+/// `dir/savepoint` is complete, then kills it; returns its logs.
+fn kill_after_savepoint(
+    dir: &Path,
+    name: &str,
+    (processes, workers): (usize, usize),
+    args: &[String],
+    savepoint: &str,
+) -> String {
+    let mut run = Run::start(dir, name, processes, workers, args);
+    run.wait_for(savepoint, || {
+        job::summarize_savepoint(&dir.join(savepoint)).is_ok()
+    });
+    run.kill();
+    run.logs()
+}
+
+/// Fails unless `logs` show worker 0 restoring checkpoint `id`, taken at `epoch`.
+fn assert_restored(logs: &str, run: &str, id: u64, epoch: u64) {
+    assert!(
+        logs.contains(&format!(
+            "worker 0: resumed at {} restored Some({id})",
+            epoch + 1
+        )),
+        "{run} did not restore checkpoint {id}:\n{logs}"
+    );
 }
 
 /// Files in `dir` (0 if it does not exist).
