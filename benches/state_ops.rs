@@ -252,137 +252,147 @@ fn value_rows(
     (w1, w2)
 }
 
+/// Whether workload `w` runs: `STATEBACKEND_BENCH_ONLY` (e.g. `W4`, or `W1,W3`) picks some;
+/// all run without it.
+fn selected(w: &str) -> bool {
+    std::env::var("STATEBACKEND_BENCH_ONLY").map_or(true, |only| only.split(',').any(|o| o == w))
+}
+
 fn workloads() {
-    println!("\n== W1/W2 value state (ratio = ns/op against the row's limit)");
-    let fast = value_rows(
-        "W1-W2",
-        "HashMap (fast hash) [limit]",
-        &mut RawMap(hashbrown::HashMap::new()),
-        None,
-    );
-    value_rows(
-        "W1-W2",
-        "HashMap (SipHash)",
-        &mut RawMap(HashMap::new()),
-        Some(&fast),
-    );
-    value_rows("W1-W2", "heap backend", &mut our_value(heap()), Some(&fast));
-    #[cfg(feature = "rocksdb")]
-    {
-        let raw = value_rows(
+    if selected("W1") {
+        println!("\n== W1/W2 value state (ratio = ns/op against the row's limit)");
+        let fast = value_rows(
             "W1-W2",
-            "raw rocksdb, our options [limit]",
-            &mut raw_rocks::open(Some(StateKind::Value)),
+            "HashMap (fast hash) [limit]",
+            &mut RawMap(hashbrown::HashMap::new()),
             None,
         );
-        let ours = value_rows(
+        value_rows(
             "W1-W2",
-            "rocksdb backend, no cache",
-            &mut our_value(rocks(Memtable::SkipList)),
-            Some(&raw),
+            "HashMap (SipHash)",
+            &mut RawMap(HashMap::new()),
+            Some(&fast),
         );
-        let hashed = value_rows(
-            "W1-W2",
-            "rocksdb, no cache, hash memtable",
-            &mut our_value(rocks(HASH_MEMTABLE)),
-            Some(&raw),
-        );
-        let mut cached_store = our_value(rocks_cached());
-        let cached = value_rows(
-            "W1-W2",
-            "rocksdb backend, write cache",
-            &mut cached_store,
-            Some(&raw),
-        );
-        print_cache_stats(&cached_store.b);
-        drop(cached_store);
-        let plain = value_rows(
-            "W1-W2",
-            "raw rocksdb, default options",
-            &mut raw_rocks::open(None),
-            Some(&raw),
-        );
-        print_default_ratio("W1", &ours.0, &plain.0);
-        print_default_ratio("W2", &ours.1, &plain.1);
-        print_default_ratio("W1, the hash memtable", &hashed.0, &plain.0);
-        print_default_ratio("W2, the hash memtable", &hashed.1, &plain.1);
-        print_default_ratio("W1, the write cache", &cached.0, &plain.0);
-        print_default_ratio("W2, the write cache", &cached.1, &plain.1);
+        value_rows("W1-W2", "heap backend", &mut our_value(heap()), Some(&fast));
+        #[cfg(feature = "rocksdb")]
+        {
+            let raw = value_rows(
+                "W1-W2",
+                "raw rocksdb, our options [limit]",
+                &mut raw_rocks::open(Some(StateKind::Value)),
+                None,
+            );
+            let ours = value_rows(
+                "W1-W2",
+                "rocksdb backend, no cache",
+                &mut our_value(rocks(Memtable::SkipList)),
+                Some(&raw),
+            );
+            let hashed = value_rows(
+                "W1-W2",
+                "rocksdb, no cache, hash memtable",
+                &mut our_value(rocks(HASH_MEMTABLE)),
+                Some(&raw),
+            );
+            let mut cached_store = our_value(rocks_cached());
+            let cached = value_rows(
+                "W1-W2",
+                "rocksdb backend, write cache",
+                &mut cached_store,
+                Some(&raw),
+            );
+            print_cache_stats(&cached_store.b);
+            drop(cached_store);
+            let plain = value_rows(
+                "W1-W2",
+                "raw rocksdb, default options",
+                &mut raw_rocks::open(None),
+                Some(&raw),
+            );
+            print_default_ratio("W1", &ours.0, &plain.0);
+            print_default_ratio("W2", &ours.1, &plain.1);
+            print_default_ratio("W1, the hash memtable", &hashed.0, &plain.0);
+            print_default_ratio("W2, the hash memtable", &hashed.1, &plain.1);
+            print_default_ratio("W1, the write cache", &cached.0, &plain.0);
+            print_default_ratio("W2, the write cache", &cached.1, &plain.1);
+        }
     }
-
-    println!("\n== W3 list state");
-    let (la, lg, _) = w3(&mut RawMap(hashbrown::HashMap::<i64, Vec<i64>>::new()));
-    report("W3", "HashMap<Vec> [limit]", &la, None);
-    report("W3", "HashMap<Vec> [limit]", &lg, None);
-    let (a, g, _) = w3(&mut our_list(heap()));
-    report("W3", "heap backend", &a, Some(&la));
-    report("W3", "heap backend", &g, Some(&lg));
-    #[cfg(feature = "rocksdb")]
-    {
-        let (ra, rg, _) = w3(&mut raw_rocks::open(Some(StateKind::List)));
-        report("W3", "raw rocksdb, our options [limit]", &ra, None);
-        report("W3", "raw rocksdb, our options [limit]", &rg, None);
-        let (a, g, _) = w3(&mut our_list(rocks(Memtable::SkipList)));
-        report("W3", "rocksdb backend, no cache", &a, Some(&ra));
-        report("W3", "rocksdb backend, no cache", &g, Some(&rg));
-        let (ha, hg, _) = w3(&mut our_list(rocks(HASH_MEMTABLE)));
-        report("W3", "rocksdb, no cache, hash memtable", &ha, Some(&ra));
-        report("W3", "rocksdb, no cache, hash memtable", &hg, Some(&rg));
-        let mut cached_store = our_list(rocks_cached());
-        let (ca, cg, _) = w3(&mut cached_store);
-        report("W3", "rocksdb backend, write cache", &ca, Some(&ra));
-        report("W3", "rocksdb backend, write cache", &cg, Some(&rg));
-        print_cache_stats(&cached_store.b);
-        drop(cached_store);
-        let (pa, pg, _) = w3(&mut raw_rocks::open(None));
-        report("W3", "raw rocksdb, default options", &pa, Some(&ra));
-        report("W3", "raw rocksdb, default options", &pg, Some(&rg));
-        print_default_ratio("W3 append", &a, &pa);
-        print_default_ratio("W3 get", &g, &pg);
-        print_default_ratio("W3 append, the hash memtable", &ha, &pa);
-        print_default_ratio("W3 get, the hash memtable", &hg, &pg);
-        print_default_ratio("W3 append, the write cache", &ca, &pa);
-        print_default_ratio("W3 get, the write cache", &cg, &pg);
+    if selected("W3") {
+        println!("\n== W3 list state");
+        let (la, lg, _) = w3(&mut RawMap(hashbrown::HashMap::<i64, Vec<i64>>::new()));
+        report("W3", "HashMap<Vec> [limit]", &la, None);
+        report("W3", "HashMap<Vec> [limit]", &lg, None);
+        let (a, g, _) = w3(&mut our_list(heap()));
+        report("W3", "heap backend", &a, Some(&la));
+        report("W3", "heap backend", &g, Some(&lg));
+        #[cfg(feature = "rocksdb")]
+        {
+            let (ra, rg, _) = w3(&mut raw_rocks::open(Some(StateKind::List)));
+            report("W3", "raw rocksdb, our options [limit]", &ra, None);
+            report("W3", "raw rocksdb, our options [limit]", &rg, None);
+            let (a, g, _) = w3(&mut our_list(rocks(Memtable::SkipList)));
+            report("W3", "rocksdb backend, no cache", &a, Some(&ra));
+            report("W3", "rocksdb backend, no cache", &g, Some(&rg));
+            let (ha, hg, _) = w3(&mut our_list(rocks(HASH_MEMTABLE)));
+            report("W3", "rocksdb, no cache, hash memtable", &ha, Some(&ra));
+            report("W3", "rocksdb, no cache, hash memtable", &hg, Some(&rg));
+            let mut cached_store = our_list(rocks_cached());
+            let (ca, cg, _) = w3(&mut cached_store);
+            report("W3", "rocksdb backend, write cache", &ca, Some(&ra));
+            report("W3", "rocksdb backend, write cache", &cg, Some(&rg));
+            print_cache_stats(&cached_store.b);
+            drop(cached_store);
+            let (pa, pg, _) = w3(&mut raw_rocks::open(None));
+            report("W3", "raw rocksdb, default options", &pa, Some(&ra));
+            report("W3", "raw rocksdb, default options", &pg, Some(&rg));
+            print_default_ratio("W3 append", &a, &pa);
+            print_default_ratio("W3 get", &g, &pg);
+            print_default_ratio("W3 append, the hash memtable", &ha, &pa);
+            print_default_ratio("W3 get, the hash memtable", &hg, &pg);
+            print_default_ratio("W3 append, the write cache", &ca, &pa);
+            print_default_ratio("W3 get, the write cache", &cg, &pg);
+        }
     }
-
-    println!("\n== W4 map state");
-    let (limit, _) = w4(&mut RawMap(hashbrown::HashMap::<
-        i64,
-        hashbrown::HashMap<i64, i64>,
-    >::new()));
-    for p in &limit {
-        report("W4", "HashMap<HashMap> [limit]", p, None);
-    }
-    let (ours, _) = w4(&mut our_map(heap()));
-    for (p, l) in ours.iter().zip(&limit) {
-        report("W4", "heap backend", p, Some(l));
-    }
-    #[cfg(feature = "rocksdb")]
-    {
-        let (raw, _) = w4(&mut raw_rocks::open(Some(StateKind::Map)));
-        for p in &raw {
-            report("W4", "raw rocksdb, our options [limit]", p, None);
+    if selected("W4") {
+        println!("\n== W4 map state");
+        let (limit, _) = w4(&mut RawMap(hashbrown::HashMap::<
+            i64,
+            hashbrown::HashMap<i64, i64>,
+        >::new()));
+        for p in &limit {
+            report("W4", "HashMap<HashMap> [limit]", p, None);
         }
-        let (ours, _) = w4(&mut our_map(rocks(Memtable::SkipList)));
-        for (p, l) in ours.iter().zip(&raw) {
-            report("W4", "rocksdb backend, no cache", p, Some(l));
+        let (ours, _) = w4(&mut our_map(heap()));
+        for (p, l) in ours.iter().zip(&limit) {
+            report("W4", "heap backend", p, Some(l));
         }
-        let mut cached_store = our_map(rocks_cached());
-        let (cached, _) = w4(&mut cached_store);
-        for (p, l) in cached.iter().zip(&raw) {
-            report("W4", "rocksdb backend, write cache", p, Some(l));
-        }
-        print_cache_stats(&cached_store.b);
-        drop(cached_store);
-        let (plain, _) = w4(&mut raw_rocks::open(None));
-        for (p, l) in plain.iter().zip(&raw) {
-            report("W4", "raw rocksdb, default options", p, Some(l));
-        }
-        for (o, p) in ours.iter().zip(&plain) {
-            print_default_ratio(o.name, o, p);
-        }
-        for (o, p) in cached.iter().zip(&plain) {
-            print_default_ratio(&format!("{}, the write cache", o.name), o, p);
+        #[cfg(feature = "rocksdb")]
+        {
+            let (raw, _) = w4(&mut raw_rocks::open(Some(StateKind::Map)));
+            for p in &raw {
+                report("W4", "raw rocksdb, our options [limit]", p, None);
+            }
+            let (ours, _) = w4(&mut our_map(rocks(Memtable::SkipList)));
+            for (p, l) in ours.iter().zip(&raw) {
+                report("W4", "rocksdb backend, no cache", p, Some(l));
+            }
+            let mut cached_store = our_map(rocks_cached());
+            let (cached, _) = w4(&mut cached_store);
+            for (p, l) in cached.iter().zip(&raw) {
+                report("W4", "rocksdb backend, write cache", p, Some(l));
+            }
+            print_cache_stats(&cached_store.b);
+            drop(cached_store);
+            let (plain, _) = w4(&mut raw_rocks::open(None));
+            for (p, l) in plain.iter().zip(&raw) {
+                report("W4", "raw rocksdb, default options", p, Some(l));
+            }
+            for (o, p) in ours.iter().zip(&plain) {
+                print_default_ratio(o.name, o, p);
+            }
+            for (o, p) in cached.iter().zip(&plain) {
+                print_default_ratio(&format!("{}, the write cache", o.name), o, p);
+            }
         }
     }
 }
@@ -515,7 +525,9 @@ fn memory() {
 }
 
 fn main() {
-    memory();
+    if selected("memory") {
+        memory();
+    }
     workloads();
     let mut c = Criterion::default().configure_from_args();
     micro(&mut c);

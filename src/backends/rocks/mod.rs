@@ -721,11 +721,11 @@ impl RocksDbBackend {
         let Some(cache) = &self.write_cache else {
             return Ok(());
         };
-        let mut cache = cache.borrow_mut();
-        if self.state(id)?.0.info.kind == StateKind::Map {
-            cache.order_state(id.index());
-        }
-        cache.flush_prefix(id.index(), prefix, |rows| self.write_rows(rows))
+        // A map's prefix: its rows were grouped as they changed (`with_cached_row`).
+        let map = !prefix.is_empty() && u16::try_from(prefix.len()).is_ok();
+        cache
+            .borrow_mut()
+            .flush_prefix(id.index(), prefix, map, |rows| self.write_rows(rows))
     }
 
     /// Writes, then forgets, every cached row: for RocksDB changed behind the cache.
@@ -864,17 +864,19 @@ impl RocksDbBackend {
         Some((|| {
             let (state, cf) = self.state(id)?;
             let mut cache = cache.borrow_mut();
-            if state.info.kind == StateKind::Map {
-                // Map rows are iterated by prefix: their changes are kept in order.
-                cache.order_state(id.index());
-            }
             let mut row = std::mem::take(&mut cache.scratch);
-            let built = self
-                .row_prefix(&state.info.name, key, ns, &mut row)
-                .and_then(|()| {
-                    user_key.map_or(Ok(()), |append| append(&state.info.name, &mut row))
-                });
+            let built = self.row_prefix(&state.info.name, key, ns, &mut row);
+            // A map row's changes are grouped by its map (the row key up to the user key), so
+            // that an iteration over the map writes back that map's rows only.
+            let prefix_len = row.len();
+            let built = built.and_then(|()| {
+                user_key.map_or(Ok(()), |append| append(&state.info.name, &mut row))
+            });
+            if user_key.is_some() {
+                cache.group_len = u16::try_from(prefix_len).unwrap_or(0);
+            }
             let result = built.and_then(|()| f(&mut cache, id.index(), state, cf, &row));
+            cache.group_len = 0;
             cache.scratch = row;
             result
         })())

@@ -35,7 +35,7 @@
 
 use hashbrown::HashTable;
 use smallvec::SmallVec;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 
 use crate::model::error::Result;
@@ -141,10 +141,11 @@ const NO_SLOT: u32 = u32::MAX;
 pub(super) const ROW_OVERHEAD: usize =
     std::mem::size_of::<Slot>() + 2 * std::mem::size_of::<u32>() + 1;
 
-/// What an entry of the ordered index of dirty rows costs besides its key bytes: the key's box
-/// and the slot index, and about as much again for the B-tree's nodes (counted in
+/// What a map's list of dirty rows costs per map besides its table bucket: its vector's
+/// allocation header; and per row, its index with the vector's spare capacity (counted in
 /// [`WriteCache::charged`]).
-const INDEX_ENTRY_OVERHEAD: usize = 2 * (std::mem::size_of::<(Box<[u8]>, u32)>()) + 4;
+const GROUP_OVERHEAD: usize = 32;
+const GROUP_ENTRY: usize = 2 * std::mem::size_of::<u32>();
 
 /// One cached row.
 struct Slot {
@@ -159,6 +160,12 @@ struct Slot {
     /// rewritten in full at every write-back: quadratic in its length).
     stored_prefix: Option<u32>,
     kind: Kind,
+    /// For a map row: the length of its map's prefix (key group, key, namespace) in the row
+    /// key, by which its changes are grouped per map; 0 otherwise.
+    group_len: u16,
+    /// The slot has an entry in its map's group (kept when the row is written, until the
+    /// group is consumed; see `WriteCache::groups`).
+    grouped: bool,
     dirty: bool,
     /// The slot has an entry in the dirty list (kept when the row is evicted: the entry then
     /// stands for whatever row the slot holds next).
@@ -286,19 +293,16 @@ pub(super) struct WriteCache {
     /// Slots with dirty rows, in the order they became dirty (a slot at most once, see
     /// `Slot::listed`; entries of slots evicted or written since are skipped when reached).
     dirty_list: VecDeque<u32>,
-    /// The dirty rows of the states in `ordered` again, ordered by (state, row key) (keyed by
-    /// the state's index, big endian, then the row key): what an iteration over one map, or
-    /// one state, needs written first is a range of it, found without scanning every dirty row
-    /// of every state. Only map states are ordered (the backend asks, [`WriteCache::order_state`]):
-    /// the index costs a copy of the key per dirty row, which value and list rows, never
-    /// iterated by prefix, need not pay.
-    dirty_index: BTreeMap<Box<[u8]>, u32>,
-    /// By state index: whether the state's dirty rows are in `dirty_index`.
-    ordered: Vec<bool>,
-    /// An index key being built, reused.
-    index_scratch: Vec<u8>,
-    /// Bytes of the index's keys and entries.
-    dirty_index_bytes: usize,
+    /// The dirty rows of each map, by the hash of (state, map prefix): what an iteration over
+    /// one map needs written first, found without scanning every dirty row. Entries are
+    /// removed lazily: a group may list rows written since, or (after a hash collision or a
+    /// slot's reuse) rows of another map, which a flush skips; `grouped_entries` bounds them.
+    groups: hashbrown::HashMap<u64, Vec<u32>>,
+    /// Entries in `groups`.
+    grouped_entries: usize,
+    /// The map prefix length of the row the current operation works on (0: not a map row):
+    /// set by the backend around each operation on a map row.
+    pub(super) group_len: u16,
     hasher: hashbrown::DefaultHashBuilder,
     stats: WriteCacheStats,
     /// A row key buffer the backend borrows per operation instead of allocating one.
@@ -314,10 +318,9 @@ impl WriteCache {
             dirty_limit,
             dirty_bytes: 0,
             dirty_list: VecDeque::new(),
-            dirty_index: BTreeMap::new(),
-            ordered: Vec::new(),
-            dirty_index_bytes: 0,
-            index_scratch: Vec::new(),
+            groups: hashbrown::HashMap::new(),
+            grouped_entries: 0,
+            group_len: 0,
             row_bytes: 0,
             table: HashTable::new(),
             slots: Vec::new(),
@@ -340,7 +343,9 @@ impl WriteCache {
             + self.slots.capacity() * std::mem::size_of::<Slot>()
             + self.table.allocation_size()
             + self.dirty_list.capacity() * std::mem::size_of::<u32>()
-            + self.dirty_index_bytes
+            + self.groups.allocation_size()
+            + self.groups.len() * GROUP_OVERHEAD
+            + self.grouped_entries * GROUP_ENTRY
     }
 
     /// The counters, with the current sizes.
@@ -369,12 +374,9 @@ impl WriteCache {
             .copied()
     }
 
-    /// The index key of row `key` of state `state`, built in the reused buffer.
-    fn index_key<'a>(scratch: &'a mut Vec<u8>, state: u32, key: &[u8]) -> &'a [u8] {
-        scratch.clear();
-        scratch.extend_from_slice(&state.to_be_bytes());
-        scratch.extend_from_slice(key);
-        scratch
+    /// The hash of a map: its state and prefix.
+    fn group_hash(&self, state: u32, prefix: &[u8]) -> u64 {
+        self.hasher.hash_one((state, prefix, "group"))
     }
 
     /// The cached row `key` of state `state`, counted as a hit or a miss.
@@ -413,6 +415,7 @@ impl WriteCache {
             return;
         };
         let slot = &mut self.slots[i as usize];
+        slot.group_len = self.group_len;
         let before = (slot.heap_bytes(), slot.dirty_cost());
         match slot.kind {
             Kind::Present => {
@@ -445,32 +448,45 @@ impl WriteCache {
                 slot.listed = true;
                 self.dirty_list.push_back(i);
             }
-            if self.ordered.get(slot.state as usize) == Some(&true) {
-                self.dirty_index_bytes += slot.key_len as usize + INDEX_ENTRY_OVERHEAD;
-                let key = Self::index_key(&mut self.index_scratch, slot.state, slot.key());
-                self.dirty_index.insert(key.into(), i);
+            if slot.group_len > 0 && !slot.grouped {
+                slot.grouped = true;
+                let hash = self.hasher.hash_one((
+                    slot.state,
+                    &slot.key()[..slot.group_len as usize],
+                    "group",
+                ));
+                self.groups.entry(hash).or_default().push(i);
+                self.grouped_entries += 1;
+                if self.grouped_entries > 2 * self.dirty + 4096 {
+                    self.regroup();
+                }
             }
         }
     }
 
-    /// Keeps the dirty rows of state `state` ordered from now on (those dirty already
-    /// included), for [`WriteCache::flush_prefix`]: for map states, whose rows are iterated by
-    /// prefix.
-    pub(super) fn order_state(&mut self, state: u32) {
-        let index = state as usize;
-        if self.ordered.get(index) == Some(&true) {
-            return;
+    /// Rebuilds the groups from the dirty rows: drops the entries of rows written since, and
+    /// of slots reused by other rows.
+    fn regroup(&mut self) {
+        for i in self.groups.drain().flat_map(|(_, rows)| rows) {
+            self.slots[i as usize].grouped = false;
         }
-        if self.ordered.len() <= index {
-            self.ordered.resize(index + 1, false);
-        }
-        self.ordered[index] = true;
+        self.grouped_entries = 0;
+        self.group_dirty_rows();
+    }
+
+    /// Groups every dirty map row that is not grouped.
+    fn group_dirty_rows(&mut self) {
         for &i in &self.dirty_list {
-            let slot = &self.slots[i as usize];
-            if slot.live && slot.dirty && slot.state == state {
-                self.dirty_index_bytes += slot.key_len as usize + INDEX_ENTRY_OVERHEAD;
-                let key = Self::index_key(&mut self.index_scratch, slot.state, slot.key());
-                self.dirty_index.insert(key.into(), i);
+            let slot = &mut self.slots[i as usize];
+            if slot.live && slot.dirty && slot.group_len > 0 && !slot.grouped {
+                slot.grouped = true;
+                let hash = self.hasher.hash_one((
+                    slot.state,
+                    &slot.key()[..slot.group_len as usize],
+                    "group",
+                ));
+                self.groups.entry(hash).or_default().push(i);
+                self.grouped_entries += 1;
             }
         }
     }
@@ -483,11 +499,7 @@ impl WriteCache {
             slot.dirty = false;
             slot.stored_prefix = None;
             self.dirty -= 1;
-            if self.ordered.get(slot.state as usize) == Some(&true) {
-                self.dirty_index_bytes -= slot.key_len as usize + INDEX_ENTRY_OVERHEAD;
-                let key = Self::index_key(&mut self.index_scratch, slot.state, slot.key());
-                self.dirty_index.remove(key);
-            }
+            // Its group entry stays (removed lazily).
         }
     }
 
@@ -498,6 +510,7 @@ impl WriteCache {
                 let slot = &mut self.slots[i as usize];
                 let before = (slot.heap_bytes(), slot.dirty_cost());
                 slot.set_value(value.kind(), value.bytes());
+                slot.group_len = self.group_len;
                 // The whole value is new: a write-back puts it.
                 slot.stored_prefix = None;
                 slot.referenced = true;
@@ -517,6 +530,8 @@ impl WriteCache {
             state,
             key_len: u32::try_from(key.len()).unwrap_or(u32::MAX),
             kind: value.kind(),
+            group_len: self.group_len,
+            grouped: false,
             dirty: false,
             stored_prefix: None,
             listed: false,
@@ -586,56 +601,77 @@ impl WriteCache {
         write: impl FnOnce(&mut dyn Iterator<Item = DirtyRow<'_>>) -> Result<()>,
     ) -> Result<()> {
         let count = self.dirty_list.len();
-        self.write_back(count, write)
+        self.write_back(count, write)?;
+        // Nothing is dirty: no group is needed (and their table is given back).
+        for i in std::mem::take(&mut self.groups).into_values().flatten() {
+            self.slots[i as usize].grouped = false;
+        }
+        self.grouped_entries = 0;
+        Ok(())
     }
 
     /// [`WriteCache::flush`] for the rows of state `state` whose key starts with `prefix` only
     /// (before an iteration over one map, with the map's prefix, or over the whole state, with
-    /// an empty one): the other rows stay dirty in the cache. For an ordered state
-    /// ([`WriteCache::order_state`]) the work is proportional to the rows written, found in the
-    /// ordered index of dirty rows; for another, to the dirty rows of every state.
+    /// an empty one): the other rows stay dirty in the cache. For a map's prefix (`map` true),
+    /// the work is proportional to the map's rows changed since it was last flushed, found in
+    /// its group; otherwise to the dirty rows of every state.
     pub(super) fn flush_prefix(
         &mut self,
         state: u32,
         prefix: &[u8],
+        map: bool,
         write: impl FnOnce(&mut dyn Iterator<Item = DirtyRow<'_>>) -> Result<()>,
     ) -> Result<()> {
-        if self.ordered.get(state as usize) != Some(&true) {
-            let slots = &self.slots;
-            let dirty: Vec<u32> = self
-                .dirty_list
-                .iter()
-                .copied()
+        let matches = |s: &Slot| {
+            s.live
+                && s.state == state
+                && s.key().starts_with(prefix)
+                && (!map || usize::from(s.group_len) == prefix.len())
+        };
+        let dirty: Vec<u32> = if map {
+            let hash = self.group_hash(state, prefix);
+            let Some(mut rows) = self.groups.remove(&hash) else {
+                return Ok(());
+            };
+            self.grouped_entries -= rows.len();
+            rows.sort_unstable();
+            rows.dedup();
+            let (mine, others): (Vec<u32>, Vec<u32>) = rows
+                .into_iter()
+                .partition(|&i| matches(&self.slots[i as usize]));
+            // Rows of another map with the same hash stay grouped; this map's rows leave the
+            // group (the clean ones have no change to write).
+            let others: Vec<u32> = others
+                .into_iter()
                 .filter(|&i| {
-                    let s = &slots[i as usize];
-                    s.live && s.dirty && s.state == state && s.key().starts_with(prefix)
+                    let s = &self.slots[i as usize];
+                    s.live && s.grouped && s.group_len > 0
                 })
                 .collect();
-            if !dirty.is_empty() {
-                self.write_sorted(&dirty, write)?;
-                self.written(dirty);
+            if !others.is_empty() {
+                self.grouped_entries += others.len();
+                self.groups.insert(hash, others);
             }
-            return Ok(());
+            for &i in &mine {
+                self.slots[i as usize].grouped = false;
+            }
+            mine.into_iter()
+                .filter(|&i| self.slots[i as usize].dirty)
+                .collect()
+        } else {
+            let slots = &self.slots;
+            self.dirty_list
+                .iter()
+                .copied()
+                .filter(|&i| slots[i as usize].dirty && matches(&slots[i as usize]))
+                .collect()
+        };
+        if !dirty.is_empty() {
+            self.write_sorted(&dirty, write)?;
+            // Their dirty-list entries stay, and are skipped (clean) or stand for the row's
+            // next change (a slot is listed at most once).
+            self.written(dirty);
         }
-        let from = Self::index_key(&mut self.index_scratch, state, prefix);
-        let dirty: Vec<u32> = self
-            .dirty_index
-            .range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
-            .take_while(|(key, _)| key.starts_with(from))
-            .map(|(_, &i)| i)
-            .collect();
-        if dirty.is_empty() {
-            return Ok(());
-        }
-        // In (state, row key) order already, as `write_sorted` would hand them over.
-        let slots = &self.slots;
-        write(&mut dirty.iter().map(|&i| -> DirtyRow<'_> {
-            let s = &slots[i as usize];
-            (s.state, s.key(), s.row_write())
-        }))?;
-        // Their dirty-list entries stay, and are skipped (clean) or stand for the row's next
-        // change (a slot is listed at most once).
-        self.written(dirty);
         Ok(())
     }
 
@@ -757,13 +793,14 @@ impl WriteCache {
         self.reset();
     }
 
-    /// Empties the cache, keeping its settings, its counters and which states are ordered.
+    /// Empties the cache, keeping its settings, its counters and the current operation's
+    /// context (it may run inside one: an eviction making room for its row).
     fn reset(&mut self) {
         let (capacity, dirty_limit, stats) = (self.capacity, self.dirty_limit, self.stats);
-        let ordered = std::mem::take(&mut self.ordered);
+        let group_len = self.group_len;
         *self = Self::new(capacity, dirty_limit);
         self.stats = stats;
-        self.ordered = ordered;
+        self.group_len = group_len;
     }
 
     /// Makes room for a row of `incoming` bytes (`ROW_OVERHEAD` included; its bytes also
@@ -892,17 +929,15 @@ impl WriteCache {
         self.dirty_list = VecDeque::with_capacity(self.dirty);
         for (i, slot) in slots.iter_mut().enumerate() {
             slot.listed = slot.dirty;
+            slot.grouped = false;
             if slot.dirty {
                 self.dirty_list.push_back(i as u32);
-                if self.ordered.get(slot.state as usize) == Some(&true) {
-                    let key = Self::index_key(&mut self.index_scratch, slot.state, slot.key());
-                    if let Some(entry) = self.dirty_index.get_mut(key) {
-                        *entry = i as u32;
-                    }
-                }
             }
         }
         self.slots = slots;
+        self.groups.clear();
+        self.grouped_entries = 0;
+        self.group_dirty_rows();
         self.table = table;
         self.free_head = NO_SLOT;
         self.hand = 0;
@@ -1059,10 +1094,12 @@ mod tests {
     fn the_bound_holds_and_evicted_dirty_rows_are_written() {
         let capacity = 4096;
         let mut cache = WriteCache::new(capacity, usize::MAX);
-        cache.order_state(1);
         let mut written = std::collections::BTreeMap::new();
         for i in 0u32..10_000 {
+            // State 1 is a map state: its rows are grouped by their first byte.
+            cache.group_len = u16::from(i % 3 == 1);
             cache.write(i % 3, &i.to_le_bytes(), Cached::Present(vec![i as u8; 20]));
+            cache.group_len = 0;
             cache
                 .evict_if_full(0, |rows| {
                     for (state, key, value) in rows {
@@ -1077,7 +1114,7 @@ mod tests {
                 cache.charged()
             );
             if i % 101 == 0 {
-                check_index(&cache);
+                check_groups(&cache);
             }
         }
         let stats = cache.stats();
@@ -1096,7 +1133,6 @@ mod tests {
     fn dirty_bytes_stay_under_the_limit_and_nothing_is_lost() {
         let limit = 2000;
         let mut cache = WriteCache::new(1 << 20, limit);
-        cache.order_state(1);
         let mut stored = std::collections::BTreeMap::new();
         let mut write = |rows: &mut dyn Iterator<Item = DirtyRow<'_>>| {
             let mut last: Option<(u32, Vec<u8>)> = None;
@@ -1115,13 +1151,23 @@ mod tests {
             let value = Cached::Present(vec![i as u8; 10 + (i % 30) as usize]);
             let incoming = row_cost(key.len(), value.len());
             cache.make_room(incoming, true, &mut write).unwrap();
+            // State 1 is a map state: its rows are grouped by their first byte.
+            cache.group_len = u16::from(i % 3 == 1);
             cache.write(i % 3, &key, value.clone());
+            cache.group_len = 0;
             expected.insert((i % 3, key.to_vec()), value);
             let stats = cache.stats();
             assert!(stats.dirty_bytes <= limit, "{stats:?}");
             if i % 97 == 0 {
-                cache.flush_prefix(i % 3, &key[..1], &mut write).unwrap();
-                check_index(&cache);
+                cache
+                    .flush_prefix(i % 3, &key[..1], i % 3 == 1, &mut write)
+                    .unwrap();
+                check_groups(&cache);
+                // Nothing of that map (or prefix) stays dirty.
+                assert!(cache.slots.iter().all(|s| !(s.live
+                    && s.dirty
+                    && s.state == i % 3
+                    && s.key().starts_with(&key[..1]))));
             }
         }
         let written_before_flush = cache.stats().written_rows;
@@ -1143,7 +1189,7 @@ mod tests {
         cache.append(1, b"list", b"x");
         let mut written = Vec::new();
         cache
-            .flush_prefix(1, &[], |rows| {
+            .flush_prefix(1, &[], false, |rows| {
                 written.extend(rows.map(|(state, key, _)| (state, key.to_vec())));
                 Ok(())
             })
@@ -1170,42 +1216,39 @@ mod tests {
         assert_eq!(cache.stats().dirty_bytes, 0);
     }
 
-    /// The ordered index holds exactly the dirty rows of ordered states, each under its slot's
-    /// state and key.
-    fn check_index(cache: &WriteCache) {
-        let ordered_dirty = cache
-            .slots
-            .iter()
-            .filter(|s| s.live && s.dirty && cache.ordered.get(s.state as usize) == Some(&true))
-            .count();
-        assert_eq!(cache.dirty_index.len(), ordered_dirty);
-        for (key, &i) in &cache.dirty_index {
-            let slot = &cache.slots[i as usize];
-            assert!(slot.live && slot.dirty);
-            assert_eq!(
-                **key,
-                *WriteCache::index_key(&mut Vec::new(), slot.state, slot.key())
-            );
+    /// Every dirty map row is grouped, and its group lists it.
+    fn check_groups(cache: &WriteCache) {
+        let entries: usize = cache.groups.values().map(Vec::len).sum();
+        assert_eq!(entries, cache.grouped_entries);
+        for (i, slot) in cache.slots.iter().enumerate() {
+            if slot.live && slot.dirty && slot.group_len > 0 {
+                assert!(slot.grouped, "dirty map row {i} not grouped");
+                let hash = cache.group_hash(slot.state, &slot.key()[..slot.group_len as usize]);
+                assert!(cache.groups[&hash].contains(&(i as u32)));
+            }
         }
     }
 
     #[test]
     fn a_prefix_flush_writes_that_maps_rows_only_and_they_change_again_later() {
         let mut cache = WriteCache::new(1 << 20, usize::MAX);
-        cache.order_state(0);
-        // Two maps of state 0 (prefixes "a" and "ab" overlap: "ab" rows are "a" rows too),
-        // one of state 1 with the same prefix.
-        for key in [&b"a1"[..], b"a2", b"ab1", b"b1"] {
+        // Maps of state 0: "a" (rows "a1", "a2"), "ab" (its row "ab1" starts with "a" too) and
+        // "b"; map "a" of state 1.
+        for (key, map) in [(&b"a1"[..], 1), (b"a2", 1), (b"ab1", 2), (b"b1", 1)] {
+            cache.group_len = map;
             cache.write(0, key, Cached::Present(key.to_vec()));
         }
+        cache.group_len = 1;
         cache.write(1, b"a1", Cached::Absent);
+        cache.group_len = 0;
+        check_groups(&cache);
         let mut written = Vec::new();
         let mut record = |rows: &mut dyn Iterator<Item = DirtyRow<'_>>| {
             written.extend(rows.map(|(state, key, w)| (state, key.to_vec(), owned(w))));
             Ok(())
         };
-        cache.flush_prefix(0, b"ab", &mut record).unwrap();
-        cache.flush_prefix(0, b"a", &mut record).unwrap();
+        cache.flush_prefix(0, b"ab", true, &mut record).unwrap();
+        cache.flush_prefix(0, b"a", true, &mut record).unwrap();
         let keys: Vec<(u32, Vec<u8>)> = written.iter().map(|(s, k, _)| (*s, k.clone())).collect();
         assert_eq!(
             keys,
@@ -1218,7 +1261,10 @@ mod tests {
         assert_eq!(cache.stats().dirty_rows, 2);
         // A written row that changes again is dirty again, and a full flush writes it once
         // with the rows never written.
+        cache.group_len = 1;
         cache.write(0, b"a1", Cached::Present(b"new".to_vec()));
+        cache.group_len = 0;
+        check_groups(&cache);
         let mut rest = Vec::new();
         cache
             .flush(|rows| {
@@ -1235,7 +1281,29 @@ mod tests {
             ]
         );
         assert_eq!(cache.stats().dirty_rows, 0);
-        assert!(cache.dirty_index.is_empty() && cache.dirty_index_bytes == 0);
+        assert!(cache.groups.is_empty() && cache.grouped_entries == 0);
+    }
+
+    #[test]
+    fn a_row_written_after_its_room_emptied_the_cache_keeps_its_map() {
+        let mut cache = WriteCache::new(256, usize::MAX);
+        cache.group_len = 1;
+        for i in 0u8..50 {
+            // The room for a row this large evicts every row (the cache starts over).
+            cache.make_room(200, true, |_| Ok(())).unwrap();
+            cache.write(0, &[b'm', i], Cached::Present(vec![i]));
+            check_groups(&cache);
+        }
+        cache.group_len = 0;
+        let mut written = Vec::new();
+        cache
+            .flush_prefix(0, b"m", true, |rows| {
+                written.extend(rows.map(|(_, key, _)| key.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(written.len(), cache.stats().rows);
+        assert_eq!(cache.stats().dirty_rows, 0);
     }
 
     #[test]
