@@ -37,7 +37,7 @@ pub use write_cache::WriteCacheStats;
 
 use crate::model::format::metadata::InstanceId;
 use snapshot::IncrementalState;
-use write_cache::{Cached, CachedRef, DirtyRow, RowWrite, WriteCache, row_cost};
+use write_cache::{Cached, CachedRef, DirtyRow, MapChange, RowWrite, WriteCache, row_cost};
 
 /// Key prefix, in the default column family, of the registered-state records.
 const STATE_RECORD_PREFIX: &[u8] = b"statebackend/state/";
@@ -1320,14 +1320,27 @@ impl KeyedStateBackend for RocksDbBackend {
         ns: &N,
     ) -> Result<MapEntries<'a, UK, UV>> {
         let (state, cf, prefix) = self.locate(id, key, ns)?;
-        // The iterator reads RocksDB, which must hold the cache's changes of this map.
-        self.flush_write_cache_of(id, &prefix)?;
+        // The iterator reads RocksDB with the cache's changes of this map applied over it (a
+        // map's changes are grouped by its prefix, up to a prefix of `u16::MAX` bytes; a
+        // longer one's are written back first).
+        let changes = match &self.write_cache {
+            Some(cache) if u16::try_from(prefix.len()).is_ok() => {
+                cache.borrow().map_changes(id.index(), &prefix)
+            }
+            Some(_) => {
+                self.flush_write_cache_of(id, &prefix)?;
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
         let name = state.info.name.clone();
         let dir = self.dir.path();
         let prefix_len = prefix.len();
-        let rows =
+        let rows = WithChanges::new(
             self.db
-                .iterator_cf_opt(cf, Self::prefix_read_options(&prefix), IteratorMode::Start);
+                .iterator_cf_opt(cf, Self::prefix_read_options(&prefix), IteratorMode::Start),
+            changes,
+        );
         Ok(Box::new(rows.map(move |item| {
             let (row_key, value) = item.map_err(rocks_err(dir))?;
             let user_key: UK = Self::decode(&name, &row_key[prefix_len..])?;
@@ -1384,5 +1397,107 @@ impl KeyedStateBackend for RocksDbBackend {
             })();
             decoded.transpose()
         })))
+    }
+}
+
+/// The rows of one map as RocksDB holds them, with the write cache's changes of that map
+/// applied: a merge of two sorted sequences, where a change replaces RocksDB's row of the same
+/// key, adds a row, or (`None`) deletes it.
+struct WithChanges<I: Iterator> {
+    rows: std::iter::Peekable<I>,
+    changes: std::iter::Peekable<std::vec::IntoIter<MapChange>>,
+}
+
+impl<I: Iterator> WithChanges<I> {
+    fn new(rows: I, changes: Vec<MapChange>) -> Self {
+        Self {
+            rows: rows.peekable(),
+            changes: changes.into_iter().peekable(),
+        }
+    }
+}
+
+impl<I> Iterator for WithChanges<I>
+where
+    I: Iterator<Item = std::result::Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+{
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let change_first = match (self.rows.peek(), self.changes.peek()) {
+                (None, None) => return None,
+                // An error is reported where it happens.
+                (Some(Err(_)), _) | (Some(Ok(_)), None) => return self.rows.next(),
+                (None, Some(_)) => std::cmp::Ordering::Less,
+                (Some(Ok((row, _))), Some((changed, _))) => changed.as_ref().cmp(row.as_ref()),
+            };
+            if change_first == std::cmp::Ordering::Greater {
+                return self.rows.next();
+            }
+            if change_first == std::cmp::Ordering::Equal {
+                // Replaced (or deleted) by the change.
+                self.rows.next();
+            }
+            if let Some((key, Some(value))) = self.changes.next() {
+                return Some(Ok((key, value)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boxed(s: &str) -> Box<[u8]> {
+        s.as_bytes().into()
+    }
+
+    #[test]
+    fn changes_replace_add_and_delete_rows_in_key_order() {
+        let rows: Vec<std::result::Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> =
+            ["b", "d", "f"]
+                .into_iter()
+                .map(|k| Ok((boxed(k), boxed("stored"))))
+                .collect();
+        let changes: Vec<MapChange> = vec![
+            (boxed("a"), Some(boxed("new"))),     // before every row
+            (boxed("b"), Some(boxed("changed"))), // replaces a row
+            (boxed("c"), None),                   // deletes a row RocksDB lacks
+            (boxed("d"), None),                   // deletes a row
+            (boxed("g"), Some(boxed("new"))),     // after every row
+        ];
+        let merged: Vec<(String, String)> = WithChanges::new(rows.into_iter(), changes)
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (
+                    String::from_utf8(k.into()).unwrap(),
+                    String::from_utf8(v.into()).unwrap(),
+                )
+            })
+            .collect();
+        let expected = [
+            ("a", "new"),
+            ("b", "changed"),
+            ("f", "stored"),
+            ("g", "new"),
+        ];
+        assert_eq!(
+            merged,
+            expected
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        );
+        // No changes: RocksDB's rows as they are; no rows: the changes' values.
+        let only_rows = vec![Ok((boxed("x"), boxed("1")))];
+        assert_eq!(
+            WithChanges::new(only_rows.into_iter(), Vec::new()).count(),
+            1
+        );
+        let none: Vec<std::result::Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> = Vec::new();
+        let only_changes = vec![(boxed("x"), None), (boxed("y"), Some(boxed("2")))];
+        assert_eq!(WithChanges::new(none.into_iter(), only_changes).count(), 1);
     }
 }

@@ -129,6 +129,9 @@ pub(super) enum RowWrite<'a> {
     Merge(&'a [u8]),
 }
 
+/// A changed row of a map as an iteration applies it: row key, and value (`None`: deleted).
+pub(super) type MapChange = (Box<[u8]>, Option<Box<[u8]>>);
+
 /// A dirty row as the cache hands it to RocksDB: state index, row key, what to write.
 pub(super) type DirtyRow<'a> = (u32, &'a [u8], RowWrite<'a>);
 
@@ -673,6 +676,35 @@ impl WriteCache {
             self.written(dirty);
         }
         Ok(())
+    }
+
+    /// The changed rows of one map (state `state`, rows starting with `prefix`, grouped by
+    /// it), sorted by row key: the value of each, `None` for a deleted row. What an iteration
+    /// over the map applies to what RocksDB holds, instead of writing them back first. Copies
+    /// them: the work is proportional to the map's changed rows.
+    pub(super) fn map_changes(&self, state: u32, prefix: &[u8]) -> Vec<MapChange> {
+        let Some(rows) = self.groups.get(&self.group_hash(state, prefix)) else {
+            return Vec::new();
+        };
+        let mut changes: Vec<MapChange> = rows
+            .iter()
+            .map(|&i| &self.slots[i as usize])
+            .filter(|s| {
+                s.live
+                    && s.dirty
+                    && s.state == state
+                    && usize::from(s.group_len) == prefix.len()
+                    && s.key().starts_with(prefix)
+            })
+            .map(|s| {
+                let value = (s.kind == Kind::Present).then(|| Box::from(s.value()));
+                (Box::from(s.key()), value)
+            })
+            .collect();
+        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // A slot is listed at most twice (a reuse); either entry is the same row.
+        changes.dedup_by(|a, b| a.0 == b.0);
+        changes
     }
 
     /// Records that the rows of slots `rows` reached RocksDB: clean now, except rows of
