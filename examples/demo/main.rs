@@ -5,7 +5,7 @@
 //! backend at another parallelism. Every step is checked against a run without a crash.
 //!
 //! ```text
-//! cargo run --example demo                      # about a minute on 2 cores
+//! cargo run --example demo                      # about 30 s on 2 cores
 //! cargo run --example demo -- --events 50000    # a quick run
 //! cargo run --example demo -- --dir /tmp/demo   # keep checkpoints and savepoint for statectl
 //! ```
