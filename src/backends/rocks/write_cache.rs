@@ -451,20 +451,24 @@ impl WriteCache {
                 slot.listed = true;
                 self.dirty_list.push_back(i);
             }
-            if slot.group_len > 0 && !slot.grouped {
-                slot.grouped = true;
-                let hash = self.hasher.hash_one((
-                    slot.state,
-                    &slot.key()[..slot.group_len as usize],
-                    "group",
-                ));
-                self.groups.entry(hash).or_default().push(i);
-                self.grouped_entries += 1;
-                if self.grouped_entries > 2 * self.dirty + 4096 {
-                    self.regroup();
-                }
+            if self.group(i) && self.grouped_entries > 2 * self.dirty + 4096 {
+                self.regroup();
             }
         }
+    }
+
+    /// Adds dirty map row `i` to its map's group unless it is there; whether it was added.
+    fn group(&mut self, i: u32) -> bool {
+        let slot = &mut self.slots[i as usize];
+        if slot.group_len == 0 || slot.grouped {
+            return false;
+        }
+        slot.grouped = true;
+        let prefix = &slot.key()[..slot.group_len as usize];
+        let hash = self.hasher.hash_one((slot.state, prefix, "group"));
+        self.groups.entry(hash).or_default().push(i);
+        self.grouped_entries += 1;
+        true
     }
 
     /// Rebuilds the groups from the dirty rows: drops the entries of rows written since, and
@@ -479,17 +483,11 @@ impl WriteCache {
 
     /// Groups every dirty map row that is not grouped.
     fn group_dirty_rows(&mut self) {
-        for &i in &self.dirty_list {
-            let slot = &mut self.slots[i as usize];
-            if slot.live && slot.dirty && slot.group_len > 0 && !slot.grouped {
-                slot.grouped = true;
-                let hash = self.hasher.hash_one((
-                    slot.state,
-                    &slot.key()[..slot.group_len as usize],
-                    "group",
-                ));
-                self.groups.entry(hash).or_default().push(i);
-                self.grouped_entries += 1;
+        for position in 0..self.dirty_list.len() {
+            let i = self.dirty_list[position];
+            let slot = &self.slots[i as usize];
+            if slot.live && slot.dirty {
+                self.group(i);
             }
         }
     }
