@@ -10,7 +10,7 @@ mod raw;
 pub(crate) mod table;
 mod view;
 
-use std::any::type_name;
+use std::any::{Any, type_name};
 use std::sync::Arc;
 
 use crate::model::error::{Error, Result};
@@ -123,9 +123,8 @@ impl HeapBackend {
         id: StateId,
     ) -> Result<&Table<K, N, S>> {
         let state = self.state(id)?;
-        state
-            .table
-            .as_any()
+        let table: &dyn Any = state.table.as_ref();
+        table
             .downcast_ref()
             .ok_or_else(|| type_mismatch::<K, N, S>(&state.info))
     }
@@ -137,7 +136,8 @@ impl HeapBackend {
     ) -> Result<&mut Table<K, N, S>> {
         let state = self.state_mut(id)?;
         let info = &state.info;
-        match state.table.as_any_mut().downcast_mut() {
+        let table: &mut dyn Any = state.table.as_mut();
+        match table.downcast_mut() {
             Some(table) => Ok(table),
             None => Err(type_mismatch::<K, N, S>(info)),
         }
@@ -249,7 +249,7 @@ impl KeyedStateBackend for HeapBackend {
         let existing: Vec<StateInfo> = self.states();
         if let Some(index) = find_registered(&existing, &info)? {
             let id = StateId::new(self.identity, index);
-            if let Some(raw) = self.states[index].table.as_any().downcast_ref::<RawTable>() {
+            if let Some(raw) = (self.states[index].table.as_ref() as &dyn Any).downcast_ref::<RawTable>() {
                 // A restored state registered again: decode its rows into a typed table.
                 let raw = raw.clone();
                 let mut table = Table::<K, N, S>::new(self.range.len() as usize);

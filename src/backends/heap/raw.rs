@@ -32,14 +32,6 @@ impl RawTable {
 }
 
 impl AnyTable for RawTable {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-
     fn remove_erased(&mut self, _group: usize, _key: &dyn Any, _ns: &dyn Any) -> bool {
         false
     }

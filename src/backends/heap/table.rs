@@ -104,9 +104,10 @@ struct FrozenGroups<K, N, S> {
 pub(crate) type RowSink<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
 
 /// The type-erased face of a [`Table`], for what the backend does without knowing the types.
-pub(crate) trait AnyTable: Send + Sync {
-    fn as_any(&self) -> &dyn Any;
-    fn as_any_mut(&mut self) -> &mut dyn Any;
+///
+/// `Any` is a supertrait so that typed access upcasts `&dyn AnyTable` to `&dyn Any` (a vtable
+/// load) and pays one virtual call, `type_id`, per access rather than two.
+pub(crate) trait AnyTable: Any + Send + Sync {
     /// Removes `(key, ns)` from group `group`; `key` and `ns` must be the table's `K` and `N`.
     fn remove_erased(&mut self, group: usize, key: &dyn Any, ns: &dyn Any) -> bool;
     /// All `(key, ns)` pairs as `Any` references.
@@ -126,14 +127,6 @@ pub(crate) trait FrozenTable: Send + Sync {
 }
 
 impl<K: StateKey, N: StateKey, S: StoredState> AnyTable for Table<K, N, S> {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-
     fn remove_erased(&mut self, group: usize, key: &dyn Any, ns: &dyn Any) -> bool {
         let (Some(key), Some(ns)) = (key.downcast_ref::<K>(), ns.downcast_ref::<N>()) else {
             return false;
