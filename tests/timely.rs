@@ -1629,3 +1629,81 @@ fn a_source_with_offsets_resumes_exactly_at_another_worker_count() {
         assert_eq!(found, partitions_model(), "{rescale:?}, {kind:?}");
     }
 }
+
+/// Counts each key's records in a value state with an event-time TTL of 3 epochs, and emits
+/// the count after each record: a key seen again within 3 epochs keeps counting, one seen after
+/// a longer gap starts again, because the operator's frontier is the TTL's watermark.
+struct ExpiringCount {
+    count: Option<statebackend::state::ttl::TtlValueState<u64, (), u64>>,
+}
+
+impl KeyedLogic for ExpiringCount {
+    type Input = u64;
+    type Output = (u64, u64, TimeDomain);
+    type Key = u64;
+    type Namespace = u64;
+
+    fn key(input: &u64) -> u64 {
+        *input
+    }
+
+    fn open(&mut self, backend: &mut AnyBackend) -> Result<()> {
+        use statebackend::state::ttl::{StateTtlConfig, TtlTime};
+        let ttl =
+            StateTtlConfig::new(std::time::Duration::from_millis(3)).with_time(TtlTime::EventTime);
+        self.count = Some(backend.value_state_with_ttl(&ValueStateDescriptor::new("count"), ttl)?);
+        Ok(())
+    }
+
+    fn on_record(
+        &mut self,
+        cx: &mut Context<'_, u64, u64>,
+        key: &KeyContext<u64>,
+        _input: u64,
+        output: &mut Vec<(u64, u64, TimeDomain)>,
+    ) -> Result<()> {
+        let count = self.count.as_ref().expect("opened");
+        count.update(cx.backend, key, &(), |c| Some(c.map_or(1, |c| c + 1)))?;
+        let now = count.get(cx.backend, key, &())?.unwrap_or(0);
+        output.push((*key.key(), now, TimeDomain::EventTime));
+        Ok(())
+    }
+
+    fn on_timer(
+        &mut self,
+        _cx: &mut Context<'_, u64, u64>,
+        _timer: Timer<u64, u64>,
+        _output: &mut Vec<(u64, u64, TimeDomain)>,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn event_time_ttl_follows_the_operators_frontier() {
+    let dir = tempfile::tempdir().unwrap();
+    let root: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(dir.path()).unwrap());
+    let settings = Checkpointing::new(root, 0, BackendKind::Heap);
+    // Key 1 at epochs 0, 2, 4 (gaps of 2: it lives on), then at 8 (a gap of 4: expired, since
+    // a row written at watermark w lives until the watermark reaches w + 3).
+    let epochs = vec![
+        (0, vec![1]),
+        (1, vec![]),
+        (2, vec![1]),
+        (3, vec![]),
+        (4, vec![1]),
+        (5, vec![]),
+        (6, vec![]),
+        (7, vec![]),
+        (8, vec![1]),
+    ];
+    let outputs = run_one_worker(
+        ExpiringCount { count: None },
+        settings,
+        epochs,
+        Close::AfterLastEpoch,
+        |_| {},
+    );
+    let counts: Vec<(u64, u64)> = outputs.iter().map(|(t, (_, c, _))| (*t, *c)).collect();
+    assert_eq!(counts, vec![(0, 1), (2, 2), (4, 3), (8, 1)]);
+}

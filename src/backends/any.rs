@@ -183,6 +183,22 @@ impl KeyedStateBackend for AnyBackend {
         dispatch!(self, b => b.key_group_range())
     }
 
+    fn ttl_clock(&self) -> &crate::model::state::ttl::TtlClock {
+        dispatch!(self, b => b.ttl_clock())
+    }
+
+    fn register_expiring<K: StateKey, N: StateKey, S: crate::model::state::ttl::ExpiringState>(
+        &mut self,
+        info: StateInfo,
+    ) -> Result<StateId> {
+        dispatch!(self, b => b.register_expiring::<K, N, S>(info))
+    }
+
+    #[inline]
+    fn ttl_cleanup(&mut self, id: StateId) -> Result<()> {
+        dispatch!(self, b => b.ttl_cleanup(id))
+    }
+
     fn states(&self) -> Vec<StateInfo> {
         dispatch!(self, b => b.states())
     }

@@ -23,11 +23,12 @@ use crate::model::format::metadata::{FetchFile, InstanceId, InstanceMetadata};
 use crate::model::format::view::{RowSink, RowSource, RowView};
 use crate::model::key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange, check_range};
 use crate::model::state::backend::{
-    BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered,
+    BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered, ttl_change,
 };
 use crate::model::state::key::KeyRef;
 use crate::model::state::operator::OperatorState;
 use crate::model::state::rows::{decode_list, encode_list_element};
+use crate::model::state::ttl::{TtlChange, TtlClock};
 use crate::model::state::{
     StateId, StateInfo, StateKey, StateValue, StoredState, next_backend_identity,
 };
@@ -44,7 +45,11 @@ pub struct ReferenceBackend {
     states: Vec<StateInfo>,
     /// Per state, per owned key group (index = key group − range start).
     rows: Vec<Vec<Rows>>,
+    /// Per state, whether the engine registered it on this backend object (a restored state
+    /// is declared but not registered until then; only then may its time to live change).
+    registered: Vec<bool>,
     operator_state: OperatorState,
+    ttl_clock: TtlClock,
 }
 
 impl ReferenceBackend {
@@ -63,6 +68,8 @@ impl ReferenceBackend {
             operator_state: OperatorState::default(),
             states: Vec::new(),
             rows: Vec::new(),
+            registered: Vec::new(),
+            ttl_clock: TtlClock::default(),
         })
     }
 
@@ -116,7 +123,37 @@ impl ReferenceBackend {
         }
         self.states.push(info.clone());
         self.rows.push(vec![Rows::new(); self.range.len() as usize]);
+        self.registered.push(false);
         Ok(self.states.len() - 1)
+    }
+
+    /// Registers `info`: declares it, and changes the rows of a restored state whose time to
+    /// live `info` changes ([`ttl_change`]).
+    fn register_info(&mut self, info: StateInfo) -> Result<usize> {
+        let index = self.declare(&info)?;
+        let change = ttl_change(
+            &self.states[index],
+            &info,
+            !self.registered[index],
+            &self.ttl_clock,
+        )?;
+        if let Some(change) = change {
+            if change != TtlChange::Keep {
+                for rows in &mut self.rows[index] {
+                    for value in rows.values_mut() {
+                        *value = change
+                            .apply(info.kind, value)
+                            .ok_or_else(|| Error::Decode {
+                                state: info.name.clone(),
+                                message: "a row too short for its TTL timestamp".into(),
+                            })?;
+                    }
+                }
+            }
+            self.states[index] = info;
+        }
+        self.registered[index] = true;
+        Ok(index)
     }
 }
 
@@ -176,6 +213,10 @@ impl KeyedStateBackend for ReferenceBackend {
         self.range
     }
 
+    fn ttl_clock(&self) -> &TtlClock {
+        &self.ttl_clock
+    }
+
     fn states(&self) -> Vec<StateInfo> {
         self.states.clone()
     }
@@ -184,7 +225,7 @@ impl KeyedStateBackend for ReferenceBackend {
         &mut self,
         info: StateInfo,
     ) -> Result<StateId> {
-        let index = self.declare(&info)?;
+        let index = self.register_info(info)?;
         Ok(StateId::new(self.identity, index))
     }
 
@@ -422,6 +463,7 @@ impl CheckpointedBackend for ReferenceBackend {
         Ok(Box::new(ReferenceView {
             max_parallelism: self.assigner.max_parallelism(),
             range: self.range,
+            ttl_instant: self.ttl_clock.instant(),
             states: order.iter().map(|i| self.states[*i].clone()).collect(),
             rows: order.iter().map(|i| self.rows[*i].clone()).collect(),
         }))
@@ -463,6 +505,7 @@ impl CheckpointedBackend for ReferenceBackend {
 struct ReferenceView {
     max_parallelism: u32,
     range: KeyGroupRange,
+    ttl_instant: crate::model::state::ttl::TtlInstant,
     states: Vec<StateInfo>,
     rows: Vec<Vec<Rows>>,
 }
@@ -478,6 +521,10 @@ impl RowView for ReferenceView {
 
     fn states(&self) -> &[StateInfo] {
         &self.states
+    }
+
+    fn ttl_instant(&self) -> crate::model::state::ttl::TtlInstant {
+        self.ttl_instant
     }
 
     fn rows(&self, key_group: KeyGroup, state: usize, sink: &mut RowSink<'_>) -> Result<()> {

@@ -95,6 +95,23 @@ pub fn decode_exact(type_name: &str, bytes: &[u8]) -> Value {
 /// A list state's value: the elements, split at their `u32` little-endian length prefixes and
 /// decoded one by one; `{"hex": ...}` for the whole value if the prefixes do not add up.
 pub fn decode_list(element_type: &str, bytes: &[u8]) -> Value {
+    decode_list_with(bytes, |element| decode_exact(element_type, element))
+}
+
+/// A value of a state with a time to live: `{"timestamp": t, "value": v}`, the timestamp
+/// being the value's first 8 bytes (little-endian); `{"hex": ...}` if it is shorter.
+fn decode_stamped(type_name: &str, bytes: &[u8]) -> Value {
+    match bytes.split_first_chunk::<8>() {
+        Some((stamp, rest)) => json!({
+            "timestamp": u64::from_le_bytes(*stamp),
+            "value": decode_exact(type_name, rest),
+        }),
+        None => raw(bytes),
+    }
+}
+
+/// The elements of a list value, each decoded by `element`.
+fn decode_list_with(bytes: &[u8], element: impl Fn(&[u8]) -> Value) -> Value {
     let mut elements = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -105,8 +122,8 @@ pub fn decode_list(element_type: &str, bytes: &[u8]) -> Value {
         if len > tail.len() {
             return raw(bytes);
         }
-        let (element, tail) = tail.split_at(len);
-        elements.push(decode_exact(element_type, element));
+        let (one, tail) = tail.split_at(len);
+        elements.push(element(one));
         rest = tail;
     }
     Value::Array(elements)
@@ -150,10 +167,12 @@ pub fn decode_row(info: &StateInfo, key_group: KeyGroup, row_key: &[u8], value: 
             }
         }
     };
-    let value = if info.kind == StateKind::List {
-        decode_list(&info.value_type, value)
-    } else {
-        decode_exact(&info.value_type, value)
+    // A state with a time to live stores each value (list element) after its timestamp.
+    let value = match (info.kind == StateKind::List, info.ttl.is_some()) {
+        (true, false) => decode_list(&info.value_type, value),
+        (true, true) => decode_list_with(value, |e| decode_stamped(&info.value_type, e)),
+        (false, false) => decode_exact(&info.value_type, value),
+        (false, true) => decode_stamped(&info.value_type, value),
     };
     DumpRow {
         key_group,

@@ -9,6 +9,8 @@ use crate::cli::snapshot::{LoadedSnapshot, Location, is_data_file, load};
 use crate::cli::{CliResult, format_time_ms, human_bytes};
 use crate::model::error::Result;
 use crate::model::format::data_file::DataFileReader;
+use crate::model::state::ttl::StateTtlConfig;
+use crate::model::state::ttl::rows::{RowExpiry, row_expiry};
 use crate::model::state::{OperatorStateMode, StateKind};
 use crate::runtime::checkpoint::InstanceMetadata;
 
@@ -37,6 +39,13 @@ pub struct StateReport {
     pub user_key_type: Option<String>,
     /// Type name of the values (list elements, map values, accumulators).
     pub value_type: String,
+    /// The state's time to live (`ttl 3600000 ms, processing time, ...`), if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// With `--expired-at`: the rows (list elements, for a list state) of a state with a time
+    /// to live that had expired at that time; `None` otherwise, or when unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expired: Option<u64>,
     /// Rows of the state in the instance's data files (one per (key, namespace), one per map
     /// entry for map states); `None` (unknown) for RocksDB checkpoints or unreadable files.
     pub entries: Option<u64>,
@@ -128,10 +137,14 @@ pub struct InspectReport {
 
 /// Rows per state name in the instance's data files; `Ok(None)` if it has other files
 /// (RocksDB checkpoints).
+/// Per state: (rows, expired rows or list elements at `expired_at` for states with a TTL).
+type Counts = BTreeMap<String, (u64, Option<u64>)>;
+
 fn count_rows(
     snapshot: &LoadedSnapshot,
     instance: &InstanceMetadata,
-) -> Result<Option<BTreeMap<String, u64>>> {
+    expired_at: Option<u64>,
+) -> Result<Option<Counts>> {
     if instance.files.is_empty() || !instance.files.iter().all(is_data_file) {
         return Ok(None);
     }
@@ -139,31 +152,58 @@ fn count_rows(
     for entry in &instance.files {
         let (file, _) = snapshot.open_file(entry)?;
         let mut reader = DataFileReader::new(file, &snapshot.file_name(entry))?;
-        let names: Vec<String> = reader
-            .header()
-            .states
-            .iter()
-            .map(|s| s.name.clone())
-            .collect();
-        let mut per_state = vec![0u64; names.len()];
-        reader.for_each_row(&mut |_, state, _, _| {
-            per_state[state as usize] += 1;
+        let states = reader.header().states.clone();
+        let mut per_state = vec![(0u64, 0u64); states.len()];
+        reader.for_each_row(&mut |_, state, _, value| {
+            let info = &states[state as usize];
+            let counted = &mut per_state[state as usize];
+            counted.0 += 1;
+            if let (Some(ttl), Some(at)) = (&info.ttl, expired_at) {
+                counted.1 += expired_in(info.kind, ttl, at, value);
+            }
             Ok(())
         })?;
-        for (name, n) in names.into_iter().zip(per_state) {
-            *counts.entry(name).or_insert(0) += n;
+        for (info, (rows, expired)) in states.iter().zip(per_state) {
+            let entry = counts.entry(info.name.clone()).or_insert((0, None));
+            entry.0 += rows;
+            if info.ttl.is_some() && expired_at.is_some() {
+                entry.1 = Some(entry.1.unwrap_or(0) + expired);
+            }
         }
     }
     Ok(Some(counts))
 }
 
+/// Rows (list elements) of one row of a TTL state expired at `at`.
+fn expired_in(kind: StateKind, ttl: &StateTtlConfig, at: u64, value: &[u8]) -> u64 {
+    match row_expiry(kind, ttl, at, value) {
+        RowExpiry::Live => 0,
+        RowExpiry::Expired if kind != StateKind::List => 1,
+        RowExpiry::Expired => list_len(value),
+        RowExpiry::Trimmed(live) => list_len(value) - list_len(&live),
+    }
+}
+
+/// Elements of a well-formed list row.
+fn list_len(mut row: &[u8]) -> u64 {
+    let mut n = 0;
+    while let Some((len, rest)) = row.split_first_chunk::<4>() {
+        let len = u32::from_le_bytes(*len) as usize;
+        row = rest.get(len..).unwrap_or_default();
+        n += 1;
+    }
+    n
+}
+
 /// Reads the checkpoint or savepoint in `path` (the directory holding `_metadata`) and, for
-/// data files, counts the rows of every state.
+/// data files, counts the rows of every state; with `expired_at` (a time on the states' clocks:
+/// milliseconds, or a watermark for event-time states) also those of states with a time to
+/// live that had expired then.
 ///
 /// # Errors
 /// I/O and format errors of the `_metadata`. Unreadable data files only leave their counts
 /// unknown, with a warning.
-pub fn inspect(path: &Location) -> CliResult<InspectReport> {
+pub fn inspect(path: &Location, expired_at: Option<u64>) -> CliResult<InspectReport> {
     let snapshot = load(path)?;
     let meta = &snapshot.meta;
     let mut warnings = Vec::new();
@@ -174,7 +214,7 @@ pub fn inspect(path: &Location) -> CliResult<InspectReport> {
         if !codecs.contains(&codec) {
             codecs.push(codec.clone());
         }
-        let counts = count_rows(&snapshot, instance).unwrap_or_else(|e| {
+        let counts = count_rows(&snapshot, instance, expired_at).unwrap_or_else(|e| {
             warnings.push(format!(
                 "cannot count the entries of instance {}: {e}",
                 instance.instance_id
@@ -191,9 +231,13 @@ pub fn inspect(path: &Location) -> CliResult<InspectReport> {
                 namespace_type: s.namespace_type.clone(),
                 user_key_type: (s.kind == StateKind::Map).then(|| s.user_key_type.clone()),
                 value_type: s.value_type.clone(),
+                ttl: s.ttl.map(|t| t.describe()),
+                expired: counts
+                    .as_ref()
+                    .and_then(|c| c.get(&s.name).and_then(|(_, expired)| *expired)),
                 entries: counts
                     .as_ref()
-                    .map(|c| c.get(&s.name).copied().unwrap_or(0)),
+                    .map(|c| c.get(&s.name).map_or(0, |(rows, _)| *rows)),
             })
             .collect();
         let files = instance
@@ -305,6 +349,12 @@ impl InspectReport {
                     writeln!(out, "      user key:  {uk}")?;
                 }
                 writeln!(out, "      value:     {}", s.value_type)?;
+                if let Some(ttl) = &s.ttl {
+                    writeln!(out, "      ttl:       {ttl}")?;
+                }
+                if let Some(expired) = s.expired {
+                    writeln!(out, "      expired:   {expired}")?;
+                }
             }
             writeln!(
                 out,

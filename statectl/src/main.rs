@@ -133,6 +133,10 @@ struct ListArgs {
 struct InspectArgs {
     /// A checkpoint directory (`<root>/chk-<id>`) or a savepoint directory.
     path: Location,
+    /// Also count, for states with a time to live, the rows (list elements) expired at this
+    /// time: milliseconds since the epoch for processing time, the watermark for event time.
+    #[arg(long, value_name = "TIME")]
+    expired_at: Option<u64>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -254,7 +258,7 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
             }
         }
         Command::Inspect(a) => {
-            let report = inspect(&a.path)?;
+            let report = inspect(&a.path, a.expired_at)?;
             for w in &report.warnings {
                 eprintln!("warning: {w}");
             }

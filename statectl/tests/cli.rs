@@ -1583,3 +1583,67 @@ fn a_url_without_its_cloud_feature_is_refused_with_the_feature_named() {
         );
     }
 }
+
+#[test]
+fn inspect_and_dump_show_ttl_settings_timestamps_and_expired_rows() -> TestResult {
+    use statebackend::state::ttl::StateTtlConfig;
+    let dir = tempfile::tempdir()?;
+    let range = KeyGroupRange::all(MAX_PARALLELISM)?;
+    let mut backend = AnyBackend::open(&BackendConfig::heap(MAX_PARALLELISM, range))?;
+    backend.ttl_clock().set_processing_time(1_000);
+    let ttl = StateTtlConfig::new(std::time::Duration::from_millis(100));
+    let seen =
+        backend.value_state_with_ttl(&ValueStateDescriptor::<u64, (), u64>::new("seen"), ttl)?;
+    let clicks =
+        backend.list_state_with_ttl(&ListStateDescriptor::<u64, (), u64>::new("clicks"), ttl)?;
+    for key in 0..10 {
+        seen.put(&mut backend, &key, &(), key)?;
+        clicks.append(&mut backend, &key, &(), key)?;
+    }
+    backend.ttl_clock().set_processing_time(1_050);
+    for key in 0..4 {
+        seen.put(&mut backend, &key, &(), key)?;
+        clicks.append(&mut backend, &key, &(), 100 + key)?;
+    }
+    let sp = dir.path().join("sp");
+    let storage = LocalDirStorage::new(&sp)?;
+    let part = backend.savepoint()?.write(&storage)?;
+    complete_savepoint(&storage, vec![part])?;
+
+    // At 1,120 the rows (list elements) written at 1,000 have expired: 6 values, 10 elements.
+    let o = statectl(&["inspect", p(&sp), "--expired-at", "1120"]);
+    expect_code(&o, 0);
+    let text = stdout(&o);
+    assert!(
+        text.contains(
+            "ttl:       ttl 100 ms, processing time, on create and write, never return expired"
+        ),
+        "{text}"
+    );
+    let report = json(&statectl(&[
+        "inspect",
+        p(&sp),
+        "--json",
+        "--expired-at",
+        "1120",
+    ]));
+    let states = report["instances"][0]["states"].as_array().unwrap();
+    let state = |name: &str| states.iter().find(|s| s["name"] == name).unwrap().clone();
+    assert_eq!(state("seen")["entries"], 10);
+    assert_eq!(state("seen")["expired"], 6);
+    assert_eq!(state("clicks")["expired"], 10);
+    // Without the option nothing is counted.
+    let report = json(&statectl(&["inspect", p(&sp), "--json"]));
+    assert!(report["instances"][0]["states"][0].get("expired").is_none());
+
+    // Dump shows each value (element) with its timestamp.
+    let o = statectl(&["dump", p(&sp), "--state", "clicks"]);
+    expect_code(&o, 0);
+    let rows = dump_lines(&o);
+    let row = rows.iter().find(|r| r["key"] == 2).expect("key 2");
+    assert_eq!(
+        row["value"],
+        serde_json::json!([{"timestamp": 1000, "value": 2}, {"timestamp": 1050, "value": 102}])
+    );
+    Ok(())
+}

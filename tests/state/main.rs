@@ -26,3 +26,4 @@ mod rocksdb_disk_full;
 mod rocksdb_hash_memtable;
 mod rocksdb_resources;
 mod rocksdb_working_dir;
+mod ttl;

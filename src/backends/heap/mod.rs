@@ -8,30 +8,37 @@
 mod checkpointed;
 mod raw;
 pub(crate) mod table;
+mod ttl_cleanup;
 mod view;
 
 use std::any::{Any, type_name};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::model::error::{Error, Result};
 use crate::model::format::metadata::InstanceId;
 use crate::model::key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange, check_range};
 use crate::model::state::backend::{
-    BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered,
+    BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered, ttl_change,
 };
 use crate::model::state::key::KeyRef;
 use crate::model::state::operator::OperatorState;
 use crate::model::state::rows::{FastMap, KeyNs};
+use crate::model::state::ttl::{ExpiringState, TtlChange, TtlClock};
 use crate::model::state::{
     Cell, ListCell, MapCell, StateId, StateInfo, StateKey, StateValue, StoredState,
     next_backend_identity,
 };
 use raw::RawTable;
 use table::{AnyTable, FrozenTable, Table};
+pub use ttl_cleanup::DEFAULT_CLEANUP_ENTRIES;
+use ttl_cleanup::TtlCleanup;
 
 struct HeapState {
     info: StateInfo,
     table: Box<dyn AnyTable>,
+    /// The incremental cleanup of a state with a time to live.
+    cleanup: Option<TtlCleanup>,
 }
 
 /// Keyed state held as typed values in memory.
@@ -55,6 +62,10 @@ pub struct HeapBackend {
     identity: u64,
     /// The instance's operator (non-keyed) state.
     pub(crate) operator_state: OperatorState,
+    /// The clocks of states with a time to live.
+    ttl_clock: TtlClock,
+    /// Entries of credit an access to a TTL state earns for its cleanup ([`ttl_cleanup`]).
+    ttl_cleanup_entries: usize,
 }
 
 impl HeapBackend {
@@ -73,7 +84,16 @@ impl HeapBackend {
             instance_id: InstanceId::random(),
             identity: next_backend_identity(),
             operator_state: OperatorState::default(),
+            ttl_clock: TtlClock::default(),
+            ttl_cleanup_entries: DEFAULT_CLEANUP_ENTRIES,
         })
+    }
+
+    /// Sets how many entries of a state with a time to live each access to it pays to have
+    /// checked for expiry ([`ttl_cleanup`]; default [`DEFAULT_CLEANUP_ENTRIES`]; 0 turns the
+    /// incremental cleanup off, leaving expired entries to reads and snapshots).
+    pub fn set_ttl_cleanup_entries(&mut self, entries: usize) {
+        self.ttl_cleanup_entries = entries;
     }
 
     /// This instance's id in checkpoint metadata.
@@ -148,6 +168,7 @@ impl HeapBackend {
     pub(crate) fn freeze(&mut self) -> HeapFrozen {
         HeapFrozen {
             range: self.range,
+            ttl_instant: self.ttl_clock.instant(),
             states: self
                 .states
                 .iter_mut()
@@ -189,6 +210,7 @@ impl HeapBackend {
         self.states.push(HeapState {
             info,
             table: Box::new(RawTable::new()),
+            cleanup: None,
         });
         Ok(id)
     }
@@ -198,6 +220,8 @@ impl HeapBackend {
 #[derive(Clone)]
 pub(crate) struct HeapFrozen {
     pub(crate) range: KeyGroupRange,
+    /// Both TTL clocks when the state was frozen.
+    pub(crate) ttl_instant: crate::model::state::ttl::TtlInstant,
     pub(crate) states: Vec<(StateInfo, Arc<dyn FrozenTable>)>,
 }
 
@@ -238,6 +262,10 @@ impl KeyedStateBackend for HeapBackend {
         self.range
     }
 
+    fn ttl_clock(&self) -> &TtlClock {
+        &self.ttl_clock
+    }
+
     fn states(&self) -> Vec<StateInfo> {
         self.states.iter().map(|s| s.info.clone()).collect()
     }
@@ -249,21 +277,41 @@ impl KeyedStateBackend for HeapBackend {
         let existing: Vec<StateInfo> = self.states();
         if let Some(index) = find_registered(&existing, &info)? {
             let id = StateId::new(self.identity, index);
-            if let Some(raw) = (self.states[index].table.as_ref() as &dyn Any).downcast_ref::<RawTable>() {
-                // A restored state registered again: decode its rows into a typed table.
+            let raw = (self.states[index].table.as_ref() as &dyn Any).downcast_ref::<RawTable>();
+            let change = ttl_change(
+                &self.states[index].info,
+                &info,
+                raw.is_some(),
+                &self.ttl_clock,
+            )?;
+            if let Some(raw) = raw {
+                // A restored state registered again: decode its rows into a typed table, with
+                // their timestamps changed if the registration changed the time to live.
                 let raw = raw.clone();
                 let mut table = Table::<K, N, S>::new(self.range.len() as usize);
+                let decode = |message: String| Error::Decode {
+                    state: info.name.clone(),
+                    message,
+                };
                 for (&group, rows) in &raw.groups {
                     for (suffix, value) in rows.iter() {
+                        let value = match change {
+                            Some(change) if change != TtlChange::Keep => {
+                                Cow::Owned(change.apply(info.kind, value).ok_or_else(|| {
+                                    decode("a row too short for its TTL timestamp".into())
+                                })?)
+                            }
+                            _ => Cow::Borrowed(value.as_slice()),
+                        };
                         table
-                            .load_row(group, suffix, value)
-                            .map_err(|e| Error::Decode {
-                                state: info.name.clone(),
-                                message: e.0,
-                            })?;
+                            .load_row(group, suffix, &value)
+                            .map_err(|e| decode(e.0))?;
                     }
                 }
                 self.states[index].table = Box::new(table);
+            }
+            if change.is_some() {
+                self.states[index].info = info;
             }
             // Same name and type names; also check the in-memory representation matches.
             self.table::<K, N, S>(id)?;
@@ -273,8 +321,38 @@ impl KeyedStateBackend for HeapBackend {
         self.states.push(HeapState {
             info,
             table: Box::new(Table::<K, N, S>::new(self.range.len() as usize)),
+            cleanup: None,
         });
         Ok(id)
+    }
+
+    fn register_expiring<K: StateKey, N: StateKey, S: ExpiringState>(
+        &mut self,
+        info: StateInfo,
+    ) -> Result<StateId> {
+        let ttl = info.ttl;
+        let id = self.register::<K, N, S>(info)?;
+        let state = self.state_mut(id)?;
+        state.cleanup = ttl.map(TtlCleanup::new::<K, N, S>);
+        Ok(id)
+    }
+
+    #[inline]
+    fn ttl_cleanup(&mut self, id: StateId) -> Result<()> {
+        let entries = self.ttl_cleanup_entries;
+        let groups = self.range.len() as usize;
+        let clock = &self.ttl_clock;
+        let index = id.index_in(self.identity)?;
+        let state = self
+            .states
+            .get_mut(index)
+            .ok_or_else(|| unknown_state(id))?;
+        if let Some(cleanup) = &mut state.cleanup {
+            cleanup.step(state.table.as_mut(), groups, entries, |ttl| {
+                clock.now(ttl.time)
+            });
+        }
+        Ok(())
     }
 
     #[inline(always)]

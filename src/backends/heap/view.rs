@@ -5,6 +5,7 @@ use crate::model::error::Result;
 use crate::model::format::view::{RowSink, RowView};
 use crate::model::key_group::{KeyGroup, KeyGroupRange};
 use crate::model::state::StateInfo;
+use crate::model::state::ttl::TtlInstant;
 
 /// The heap backend's frozen maps as a row view: each (key group, state) is encoded and sorted
 /// on demand, so only the key groups being written are held as bytes.
@@ -45,6 +46,10 @@ impl RowView for HeapView {
 
     fn states(&self) -> &[StateInfo] {
         &self.infos
+    }
+
+    fn ttl_instant(&self) -> TtlInstant {
+        self.frozen.ttl_instant
     }
 
     /// Encodes the rows into one arena (no allocation per row) and sorts them by key, most

@@ -16,6 +16,7 @@ use crate::model::error::{Error, Result};
 use crate::model::format::view::{RowSink, RowView};
 use crate::model::key_group::{KeyGroup, KeyGroupRange};
 use crate::model::state::StateInfo;
+use crate::model::state::ttl::TtlInstant;
 
 /// SST files written by an import are closed at this size.
 const IMPORT_FILE_BYTES: u64 = 256 << 20;
@@ -28,6 +29,7 @@ pub(crate) struct RocksView {
     infos: Vec<StateInfo>,
     max_parallelism: u32,
     range: KeyGroupRange,
+    ttl_instant: TtlInstant,
     dir: DirCleanup,
 }
 
@@ -86,6 +88,7 @@ impl RocksDbBackend {
             infos,
             max_parallelism: self.assigner.max_parallelism(),
             range: self.range,
+            ttl_instant: self.ttl.clock().instant(),
             dir: DirCleanup(dir),
         })
     }
@@ -280,6 +283,10 @@ impl RowView for RocksView {
 
     fn states(&self) -> &[StateInfo] {
         &self.infos
+    }
+
+    fn ttl_instant(&self) -> TtlInstant {
+        self.ttl_instant
     }
 
     fn rows(&self, key_group: KeyGroup, state: usize, sink: &mut RowSink<'_>) -> Result<()> {

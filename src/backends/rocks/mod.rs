@@ -10,22 +10,25 @@ mod layout;
 mod merge;
 mod options;
 mod snapshot;
+mod ttl_filter;
 mod write_cache;
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rocksdb::{ColumnFamily, DB, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
-use crate::model::codec::{Codec, DefaultCodec};
+use crate::model::codec::{Codec, CodecError, DefaultCodec};
 use crate::model::error::{Error, Result};
 use crate::model::key_group::check_range;
 use crate::model::key_group::{KeyGroupAssigner, KeyGroupRange};
 use crate::model::state::backend::{
-    BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered,
+    BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered, ttl_change,
 };
 use crate::model::state::key::KeyRef;
 use crate::model::state::rows::{decode_list, encode_list_element};
+use crate::model::state::ttl::{StateTtlConfig, TtlChange, TtlClock};
 use crate::model::state::{
     StateId, StateInfo, StateKey, StateKind, StateValue, StoredState, next_backend_identity,
 };
@@ -37,6 +40,7 @@ pub use write_cache::WriteCacheStats;
 
 use crate::model::format::metadata::InstanceId;
 use snapshot::IncrementalState;
+use ttl_filter::TtlFilters;
 use write_cache::{Cached, CachedRef, DirtyRow, MapChange, RowWrite, WriteCache, row_cost};
 
 /// Key prefix, in the default column family, of the registered-state records.
@@ -177,6 +181,9 @@ fn remove_durably(dir: &Path, name: &str) -> Result<()> {
 struct RocksState {
     info: StateInfo,
     cf_name: String,
+    /// Whether the engine registered the state on this backend object; until then (a state
+    /// restored or reopened) its time to live may change ([`ttl_change`]).
+    registered: bool,
 }
 
 /// Keyed state in an embedded RocksDB.
@@ -210,6 +217,8 @@ pub struct RocksDbBackend {
     dir: WorkingDir,
     /// The instance's operator (non-keyed) state.
     pub(crate) operator_state: crate::model::state::operator::OperatorState,
+    /// The TTL clock and what each column family's compaction filter drops.
+    ttl: Arc<TtlFilters>,
 }
 
 impl Drop for RocksDbBackend {
@@ -281,11 +290,34 @@ fn read_state_records(db: &DB, path: &Path) -> Result<Vec<StateInfo>> {
     db.iterator_opt(IteratorMode::Start, read)
         .map(|item| {
             let (_, value) = item.map_err(rocks_err(path))?;
-            DefaultCodec::default()
-                .decode(&value)
-                .map_err(decode_err("<state registry>"))
+            decode_state_record(&value).map_err(decode_err("<state registry>"))
         })
         .collect()
+}
+
+/// A state's record in the default column family (`docs/rocksdb-layout.md`): the codec's
+/// encoding of its info, which leaves out the time to live (records written before TTL are
+/// exactly this), then the TTL's 11 bytes if it has one.
+fn encode_state_record(info: &StateInfo) -> Result<Vec<u8>, CodecError> {
+    let mut record = DefaultCodec::default().encode(info)?;
+    if let Some(ttl) = &info.ttl {
+        record.extend_from_slice(&ttl.to_bytes());
+    }
+    Ok(record)
+}
+
+fn decode_state_record(bytes: &[u8]) -> Result<StateInfo, CodecError> {
+    let (mut info, used): (StateInfo, usize) = DefaultCodec::default().decode_prefix(bytes)?;
+    let rest = &bytes[used..];
+    if !rest.is_empty() {
+        info.ttl = Some(StateTtlConfig::from_bytes(rest).ok_or_else(|| {
+            CodecError(format!(
+                "{} bytes after a state record are not a TTL",
+                rest.len()
+            ))
+        })?);
+    }
+    Ok(info)
 }
 
 impl RocksDbBackend {
@@ -353,6 +385,7 @@ impl RocksDbBackend {
                 .map_err(rocks_err(&db_path))?;
             read_state_records(&db, &db_path)?
         };
+        let ttl = Arc::new(TtlFilters::default());
         let descriptors: Vec<_> = existing_cfs
             .iter()
             .filter(|name| name.as_str() != "default")
@@ -363,7 +396,9 @@ impl RocksDbBackend {
                     .iter()
                     .find(|r| cf_name(&r.name) == *name)
                     .map_or(StateKind::Map, |r| r.kind);
-                rocksdb::ColumnFamilyDescriptor::new(name, options.cf_options(&cache, kind))
+                let mut cf_options = options.cf_options(&cache, kind);
+                ttl.install(&mut cf_options, name);
+                rocksdb::ColumnFamilyDescriptor::new(name, cf_options)
             })
             .collect();
         let db = DB::open_cf_descriptors(&db_options, &db_path, descriptors)
@@ -403,6 +438,7 @@ impl RocksDbBackend {
             incremental: IncrementalState::default(),
             write_cache,
             dir,
+            ttl,
         };
         backend.check_instance_record()?;
         backend.load_state_records()?;
@@ -538,6 +574,26 @@ impl RocksDbBackend {
             .map_err(self.rocks())
     }
 
+    /// Compacts every state's column family whole, after writing back the write cache and
+    /// flushing the memtables: what RocksDB does over time, at once. Compactions drop the
+    /// expired rows of states with a time to live ([`crate::state::ttl`]), so after this
+    /// no row whose every element had expired when it started remains on disk.
+    ///
+    /// # Errors
+    /// [`Error::RocksDb`].
+    pub fn compact(&self) -> Result<()> {
+        self.flush()?;
+        let mut options = rocksdb::CompactOptions::default();
+        options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        for state in &self.states {
+            if let Some(cf) = self.db.cf_handle(&state.cf_name) {
+                self.db
+                    .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &options);
+            }
+        }
+        Ok(())
+    }
+
     /// Reads the registered states recorded in the default column family.
     fn load_state_records(&mut self) -> Result<()> {
         for info in read_state_records(&self.db, self.dir.path())? {
@@ -548,7 +604,12 @@ impl RocksDbBackend {
                     format!("state '{}' has no column family", info.name),
                 ));
             }
-            self.states.push(RocksState { info, cf_name });
+            self.ttl.set(&cf_name, info.kind, info.ttl);
+            self.states.push(RocksState {
+                info,
+                cf_name,
+                registered: false,
+            });
         }
         Ok(())
     }
@@ -566,21 +627,77 @@ impl RocksDbBackend {
         let id = StateId::new(self.identity, self.states.len());
         let cf_name = cf_name(&info.name);
         if self.db.cf_handle(&cf_name).is_none() {
+            let mut cf_options = self.options.cf_options(&self.cache, info.kind);
+            self.ttl.install(&mut cf_options, &cf_name);
             self.db
-                .create_cf(&cf_name, &self.options.cf_options(&self.cache, info.kind))
+                .create_cf(&cf_name, &cf_options)
                 .map_err(self.rocks())?;
         }
-        let mut record_key = STATE_RECORD_PREFIX.to_vec();
-        record_key.extend_from_slice(&id.index().to_be_bytes());
-        let record = DefaultCodec::default()
-            .encode(info)
-            .map_err(encode_err(&info.name))?;
-        self.put_record(&record_key, &record)?;
+        self.ttl.set(&cf_name, info.kind, info.ttl);
         self.states.push(RocksState {
             info: info.clone(),
             cf_name,
+            registered: false,
         });
+        self.write_state_record(id.index() as usize)?;
         Ok(id)
+    }
+
+    /// Writes the record of state `index` (its info) to the default column family.
+    fn write_state_record(&self, index: usize) -> Result<()> {
+        let info = &self.states[index].info;
+        let mut record_key = STATE_RECORD_PREFIX.to_vec();
+        record_key.extend_from_slice(&(index as u32).to_be_bytes());
+        let record = encode_state_record(info).map_err(encode_err(&info.name))?;
+        self.put_record(&record_key, &record)
+    }
+
+    /// Registration's part after [`RocksDbBackend::ensure_state`]: a state restored with
+    /// another time to live has its rows changed ([`TtlChange`]) and its record rewritten.
+    fn register_ttl(&mut self, index: usize, info: &StateInfo) -> Result<()> {
+        let state = &self.states[index];
+        if let Some(change) = ttl_change(&state.info, info, !state.registered, self.ttl.clock())? {
+            if change != TtlChange::Keep {
+                self.change_rows(index, info, change)?;
+            }
+            self.states[index].info = info.clone();
+            self.ttl
+                .set(&self.states[index].cf_name, info.kind, info.ttl);
+            self.write_state_record(index)?;
+        }
+        self.states[index].registered = true;
+        Ok(())
+    }
+
+    /// Rewrites every row of state `index` with `change` applied, in batches.
+    fn change_rows(&mut self, index: usize, info: &StateInfo, change: TtlChange) -> Result<()> {
+        // No cached row of the state may outlive its rewrite.
+        self.drop_write_cache()?;
+        let cf = self
+            .db
+            .cf_handle(&self.states[index].cf_name)
+            .ok_or(Error::UnknownState { id: index as u32 })?;
+        let mut batch = WriteBatch::default();
+        let mut read = ReadOptions::default();
+        read.set_total_order_seek(true);
+        for item in self.db.iterator_cf_opt(cf, read, IteratorMode::Start) {
+            let (key, value) = item.map_err(self.rocks())?;
+            let changed = change
+                .apply(info.kind, &value)
+                .ok_or_else(|| Error::Decode {
+                    state: info.name.clone(),
+                    message: "a row too short for its TTL timestamp".into(),
+                })?;
+            batch.put_cf(cf, &key, changed);
+            if batch.size_in_bytes() >= 4 << 20 {
+                self.db
+                    .write_opt(std::mem::take(&mut batch), &self.write_options)
+                    .map_err(self.rocks())?;
+            }
+        }
+        self.db
+            .write_opt(batch, &self.write_options)
+            .map_err(self.rocks())
     }
 
     fn state(&self, id: StateId) -> Result<(&RocksState, &ColumnFamily)> {
@@ -900,12 +1017,18 @@ impl KeyedStateBackend for RocksDbBackend {
         self.states.iter().map(|s| s.info.clone()).collect()
     }
 
+    fn ttl_clock(&self) -> &TtlClock {
+        self.ttl.clock()
+    }
+
     fn register<K: StateKey, N: StateKey, S: StoredState>(
         &mut self,
         info: StateInfo,
     ) -> Result<StateId> {
         // Rows are bytes: the in-memory type `S` does not matter here, the type names do.
-        self.ensure_state(&info)
+        let id = self.ensure_state(&info)?;
+        self.register_ttl(id.index() as usize, &info)?;
+        Ok(id)
     }
 
     fn get_cell<K: StateKey, N: StateKey, V: StateValue>(

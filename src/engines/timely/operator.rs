@@ -446,6 +446,9 @@ impl<L: KeyedLogic> Instance<L> {
     fn fire_timers(&mut self, epoch: u64) {
         let watermark = i64::try_from(epoch).unwrap_or(i64::MAX);
         self.timers.advance_watermark_to(watermark);
+        // Event-time TTL ages on the same watermark: a state with `TtlTime::EventTime` and a
+        // TTL of `n` keeps a row written at epoch `e` until the frontier passes `e + n`.
+        self.backend.ttl_clock().advance_watermark(epoch);
         loop {
             let timer = match self.timers.next_due_event_time(&mut self.backend) {
                 Ok(Some(timer)) => timer,

@@ -16,12 +16,15 @@ use crate::model::format::metadata::{
 };
 use crate::model::format::{ByteReader, ByteWriter, check_trailing_crc};
 use crate::model::key_group::{KeyGroup, KeyGroupRange};
+use crate::model::state::ttl::StateTtlConfig;
 use crate::model::state::{StateInfo, StateKind};
 
 /// Magic at the start and in the footer of a data file.
 pub const DATA_FILE_MAGIC: [u8; 4] = *b"SBDF";
-/// The data file format version this build writes and reads.
-pub const DATA_FILE_VERSION: u16 = 1;
+/// The newest data file format version this build writes and reads. Version 2 records each
+/// state's time to live in its StateInfo; a file whose states have none is written as
+/// version 1, byte for byte what earlier releases wrote and read.
+pub const DATA_FILE_VERSION: u16 = 2;
 /// A block is closed once its body reaches this many bytes.
 pub const BLOCK_TARGET_BYTES: usize = 1 << 20;
 /// Readers refuse blocks larger than this (a row is at most two 4 GiB fields, but no writer
@@ -197,6 +200,8 @@ pub struct DataFileWriter<W: Write> {
     appended: Option<KeyGroup>,
     index: Vec<(KeyGroup, u64, u32)>,
     rows: u64,
+    /// The version written in the header and footer.
+    version: u16,
 }
 
 impl DataFileWriter<BufWriter<File>> {
@@ -238,13 +243,16 @@ impl<W: Write> DataFileWriter<W> {
             .u32(header.key_groups.start())
             .u32(header.key_groups.end())
             .u32(header.states.len() as u32);
+        // Version 1 unless a state has a time to live: files without one stay byte for byte
+        // what version 1 writers wrote.
+        let version = if any_ttl(header.states.iter()) { 2 } else { 1 };
         for s in &header.states {
-            write_state_info(&mut body, s);
+            write_state_info(&mut body, s, version >= 2);
         }
         let body = body.into_inner();
         let mut w = ByteWriter::new();
         w.raw(&DATA_FILE_MAGIC)
-            .u16(DATA_FILE_VERSION)
+            .u16(version)
             .bytes(&body)
             .crc_of_all();
         let mut writer = Self {
@@ -255,6 +263,7 @@ impl<W: Write> DataFileWriter<W> {
             appended: None,
             index: Vec::new(),
             rows: 0,
+            version,
         };
         writer.write(&w.into_inner())?;
         Ok(writer)
@@ -349,7 +358,7 @@ impl<W: Write> DataFileWriter<W> {
         footer
             .u64(index_offset)
             .u64(self.rows)
-            .u16(DATA_FILE_VERSION)
+            .u16(self.version)
             .u16(0)
             .crc_of_all()
             .raw(&DATA_FILE_MAGIC);
@@ -364,16 +373,35 @@ impl<W: Write> DataFileWriter<W> {
     }
 }
 
-pub(crate) fn write_state_info(w: &mut ByteWriter, s: &StateInfo) {
+/// Writes a StateInfo; `with_ttl` (data file version 2, metadata version 3) adds its time to
+/// live. A state with a TTL needs it: the caller picks the version from the states.
+pub(crate) fn write_state_info(w: &mut ByteWriter, s: &StateInfo, with_ttl: bool) {
     w.str(&s.name)
         .u8(s.kind.code())
         .str(&s.key_type)
         .str(&s.namespace_type)
         .str(&s.user_key_type)
         .str(&s.value_type);
+    if with_ttl {
+        match &s.ttl {
+            None => {
+                w.u8(0);
+            }
+            Some(ttl) => {
+                w.u8(1).raw(&ttl.to_bytes());
+            }
+        }
+    } else {
+        debug_assert!(s.ttl.is_none(), "a state with a TTL written without it");
+    }
 }
 
-pub(crate) fn read_state_info(r: &mut ByteReader<'_>) -> Result<StateInfo> {
+/// Whether any of `states` has a time to live, so their StateInfos need the TTL field.
+pub(crate) fn any_ttl<'a>(mut states: impl Iterator<Item = &'a StateInfo>) -> bool {
+    states.any(|s| s.ttl.is_some())
+}
+
+pub(crate) fn read_state_info(r: &mut ByteReader<'_>, with_ttl: bool) -> Result<StateInfo> {
     let name = r.str(255, "state name")?;
     if name.is_empty() {
         // Registration refuses empty names, so no writer of this crate produces one.
@@ -389,7 +417,21 @@ pub(crate) fn read_state_info(r: &mut ByteReader<'_>) -> Result<StateInfo> {
         namespace_type: r.str(MAX_NAME_BYTES, "namespace type")?,
         user_key_type: r.str(MAX_NAME_BYTES, "user key type")?,
         value_type: r.str(MAX_NAME_BYTES, "value type")?,
+        ttl: if with_ttl { read_ttl(r)? } else { None },
     })
+}
+
+fn read_ttl(r: &mut ByteReader<'_>) -> Result<Option<StateTtlConfig>> {
+    match r.u8("ttl flag")? {
+        0 => Ok(None),
+        1 => {
+            let bytes = r.take(StateTtlConfig::ENCODED_BYTES, "ttl")?;
+            StateTtlConfig::from_bytes(bytes)
+                .map(Some)
+                .ok_or_else(|| r.corrupt(format!("ttl {bytes:02x?} is not understood")))
+        }
+        flag => Err(r.corrupt(format!("ttl flag {flag}"))),
+    }
 }
 
 /// One key group's place in the file.
@@ -446,8 +488,8 @@ impl<R: Read + Seek> DataFileReader<R> {
             .seek(SeekFrom::End(-(FOOTER_BYTES as i64)))
             .map_err(io)?;
         input.read_exact(&mut footer).map_err(io)?;
-        let version = u16::from_le_bytes([footer[16], footer[17]]);
-        check_magic_version(name, &footer[24..28], version)?;
+        let footer_version = u16::from_le_bytes([footer[16], footer[17]]);
+        check_magic_version(name, &footer[24..28], footer_version)?;
         let footer_name = format!("{name} (footer)");
         let fields = check_trailing_crc(&footer[..24], &footer_name)?;
         let mut f = ByteReader::new(fields, name);
@@ -475,6 +517,12 @@ impl<R: Read + Seek> DataFileReader<R> {
         let magic = s.take(4, "magic")?;
         let version = s.u16("version")?;
         check_magic_version(name, magic, version)?;
+        if version != footer_version {
+            return Err(Error::corrupt(
+                name,
+                format!("header version {version}, footer version {footer_version}"),
+            ));
+        }
         let body_len = u64::from(s.u32("header length")?);
         if 10 + body_len + 4 > index_offset || body_len > MAX_HEADER_BYTES {
             return Err(Error::corrupt(
@@ -485,7 +533,7 @@ impl<R: Read + Seek> DataFileReader<R> {
         let mut head = start.to_vec();
         head.resize(10 + body_len as usize + 4, 0);
         input.read_exact(&mut head[10..]).map_err(io)?;
-        let header = parse_header(&head, name)?;
+        let header = parse_header(&head, name, version)?;
         let header_end = head.len() as u64;
         // Index.
         let index_len = (index_end - index_offset) as usize;
@@ -731,18 +779,18 @@ fn check_magic_version(name: &str, magic: &[u8], version: u16) -> Result<()> {
             supported: format!("magic {DATA_FILE_MAGIC:02x?}"),
         });
     }
-    if version != DATA_FILE_VERSION {
+    if !(1..=DATA_FILE_VERSION).contains(&version) {
         return Err(Error::UnsupportedFormat {
             file: name.to_owned(),
             found: format!("data file version {version}"),
-            supported: format!("data file version {DATA_FILE_VERSION}"),
+            supported: format!("data file versions 1 to {DATA_FILE_VERSION}"),
         });
     }
     Ok(())
 }
 
 /// Parses a whole header (magic, version, length, body, crc), already bounds-checked.
-fn parse_header(data: &[u8], name: &str) -> Result<DataFileHeader> {
+fn parse_header(data: &[u8], name: &str, version: u16) -> Result<DataFileHeader> {
     let header_name = format!("{name} (header)");
     let all = check_trailing_crc(data, &header_name)?;
     let mut r = ByteReader::new(&all[10..], name);
@@ -774,9 +822,12 @@ fn parse_header(data: &[u8], name: &str) -> Result<DataFileHeader> {
     }
     let mut states = r.vec_for(n);
     for _ in 0..n {
-        states.push(read_state_info(&mut r)?);
+        states.push(read_state_info(&mut r, version >= 2)?);
     }
     r.expect_end("the header")?;
+    if version >= 2 && !any_ttl(states.iter()) {
+        return Err(r.corrupt("version 2 without a state with a TTL (written as version 1)"));
+    }
     if states.windows(2).any(|w| w[0].name >= w[1].name) {
         return Err(Error::corrupt(name, "states not sorted by name"));
     }

@@ -10,7 +10,7 @@ use std::fmt;
 
 use crate::model::codec::CodecId;
 use crate::model::error::{Error, Result};
-use crate::model::format::data_file::{read_state_info, write_state_info};
+use crate::model::format::data_file::{any_ttl, read_state_info, write_state_info};
 use crate::model::format::path::StoragePath;
 use crate::model::format::{ByteReader, ByteWriter, check_declared_length, check_trailing_crc};
 use crate::model::key_group::{KeyGroupRange, MAX_MAX_PARALLELISM};
@@ -21,9 +21,10 @@ use crate::model::state::operator::{OperatorState, OperatorStateEntry, OperatorS
 /// Magic at the start of a `_metadata` file.
 pub const METADATA_MAGIC: [u8; 4] = *b"SBMD";
 /// The newest metadata format version this build writes and reads. Version 2 adds operator
-/// state per instance and the engine's metadata; a snapshot that has neither is written as
-/// version 1, byte for byte what earlier releases wrote and read.
-pub const METADATA_VERSION: u16 = 2;
+/// state per instance and the engine's metadata; version 3 adds each state's time to live to
+/// its StateInfo. A snapshot is written in the lowest version that holds it: one with neither
+/// is version 1, byte for byte what earlier releases wrote and read.
+pub const METADATA_VERSION: u16 = 3;
 /// Name of the metadata file in a checkpoint or savepoint directory.
 pub const METADATA_FILE: &str = "_metadata";
 
@@ -421,7 +422,9 @@ impl SnapshotMetadata {
 
     /// Serializes to the `_metadata` byte format.
     pub fn encode(&self) -> Vec<u8> {
-        let version = if self.engine.is_empty()
+        let version = if any_ttl(self.instances.iter().flat_map(|i| i.states.iter())) {
+            3
+        } else if self.engine.is_empty()
             && self
                 .instances
                 .iter()
@@ -445,7 +448,7 @@ impl SnapshotMetadata {
                 .u32(inst.key_groups.end())
                 .u32(inst.states.len() as u32);
             for s in &inst.states {
-                write_state_info(&mut body, s);
+                write_state_info(&mut body, s, version >= 3);
             }
             body.u32(inst.files.len() as u32);
             for f in &inst.files {
@@ -543,7 +546,8 @@ impl SnapshotMetadata {
                 }
                 engine.insert(key, value);
             }
-            if engine.is_empty()
+            if version == 2
+                && engine.is_empty()
                 && instances
                     .iter()
                     .all(|i| i.operator_state.entries().is_empty() && i.operator.is_empty())
@@ -552,6 +556,9 @@ impl SnapshotMetadata {
                     "version 2 without operator state or engine metadata (written as version 1)",
                 ));
             }
+        }
+        if version >= 3 && !any_ttl(instances.iter().flat_map(|i| i.states.iter())) {
+            return Err(r.corrupt("version 3 without a state with a TTL (written as version 2)"));
         }
         r.expect_end("the instances")?;
         Ok(SnapshotMetadata {
@@ -717,7 +724,7 @@ fn read_instance(r: &mut ByteReader<'_>, version: u16) -> Result<InstanceMetadat
     let n_states = r.count(22, "states")?;
     let mut states = r.vec_for(n_states);
     for _ in 0..n_states {
-        states.push(read_state_info(r)?);
+        states.push(read_state_info(r, version >= 3)?);
     }
     let n_files = r.count(23, "files")?;
     let mut files = r.vec_for(n_files);

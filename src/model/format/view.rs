@@ -13,6 +13,8 @@ use crate::model::format::data_file::{
 };
 use crate::model::key_group::{KeyGroup, KeyGroupRange};
 use crate::model::state::StateInfo;
+use crate::model::state::ttl::TtlInstant;
+use crate::model::state::ttl::rows::{RowExpiry, row_expiry};
 
 /// Receives `(row key suffix, value)` rows.
 pub type RowSink<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
@@ -28,6 +30,9 @@ pub trait RowView: Send + Sync {
     fn states(&self) -> &[StateInfo];
     /// Emits the rows of `states()[state]` in `key_group`, in ascending row-key order.
     fn rows(&self, key_group: KeyGroup, state: usize, sink: &mut RowSink<'_>) -> Result<()>;
+    /// The time the view was taken at, on both TTL clocks: rows of states with a time to live
+    /// that had expired then are left out of what is written from the view.
+    fn ttl_instant(&self) -> TtlInstant;
 }
 
 /// Threads that encode key groups at once in [`write_data_file`]: the machine's parallelism,
@@ -60,12 +65,27 @@ pub(crate) fn write_data_file_on(
     };
     let mut writer = DataFileWriter::create(path, &header)?;
     let groups: Vec<KeyGroup> = header.key_groups.iter().collect();
+    let instant = view.ttl_instant();
     let encode = |key_group: KeyGroup| -> Result<EncodedBlocks> {
         let mut encoder = BlockEncoder::new(header.key_groups, header.states.len());
-        for state in 0..header.states.len() {
-            view.rows(key_group, state, &mut |key, value| {
-                encoder.add_row(key_group, state as u32, key, value)
-            })?;
+        for (state, info) in header.states.iter().enumerate() {
+            let index = state as u32;
+            match &info.ttl {
+                None => view.rows(key_group, state, &mut |key, value| {
+                    encoder.add_row(key_group, index, key, value)
+                })?,
+                Some(ttl) => {
+                    // Expired rows (list elements) stay out of checkpoints and savepoints.
+                    let now = instant.now(ttl.time);
+                    view.rows(key_group, state, &mut |key, value| match row_expiry(
+                        info.kind, ttl, now, value,
+                    ) {
+                        RowExpiry::Live => encoder.add_row(key_group, index, key, value),
+                        RowExpiry::Trimmed(live) => encoder.add_row(key_group, index, key, &live),
+                        RowExpiry::Expired => Ok(()),
+                    })?
+                }
+            }
         }
         encoder.finish()
     };
@@ -311,6 +331,10 @@ mod tests {
                 sink(&i.to_be_bytes(), &value)?;
             }
             Ok(())
+        }
+
+        fn ttl_instant(&self) -> TtlInstant {
+            TtlInstant::default()
         }
     }
 

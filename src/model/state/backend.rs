@@ -13,6 +13,10 @@ use std::sync::Arc;
 use crate::model::error::{Error, Result};
 use crate::model::key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange};
 use crate::model::state::key::{KeyContext, KeyRef};
+use crate::model::state::ttl::{
+    ExpiringState, StateTtlConfig, TtlAggregatingState, TtlChange, TtlClock, TtlListState,
+    TtlMapState, TtlReducingState, TtlValue, TtlValueState,
+};
 use crate::model::state::{
     AggregatingState, AggregatingStateDescriptor, Cell, ListCell, ListState, ListStateDescriptor,
     MapCell, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor, StateId,
@@ -81,6 +85,35 @@ pub trait KeyedStateBackend {
 
     /// The registered states, in registration order (index = [`StateId::index`]).
     fn states(&self) -> Vec<StateInfo>;
+
+    /// The clocks this backend's states with a time to live are measured on
+    /// ([`crate::state::ttl`]): set processing time or advance the watermark through it.
+    fn ttl_clock(&self) -> &TtlClock;
+
+    /// Registers a state with a time to live: [`KeyedStateBackend::register`], plus whatever
+    /// cleanup the backend runs on the stored type `S` (the heap backend's incremental
+    /// cleanup). The `*_with_ttl` methods call it.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::register`].
+    fn register_expiring<K: StateKey, N: StateKey, S: ExpiringState>(
+        &mut self,
+        info: StateInfo,
+    ) -> Result<StateId> {
+        self.register::<K, N, S>(info)
+    }
+
+    /// One step of the background cleanup of state `id`'s expired rows, which TTL handles
+    /// take on every access (the heap backend checks a bounded number of entries; RocksDB
+    /// leaves it to compactions, the default).
+    ///
+    /// # Errors
+    /// [`Error::UnknownState`], [`Error::ForeignHandle`].
+    #[inline]
+    fn ttl_cleanup(&mut self, id: StateId) -> Result<()> {
+        let _ = id;
+        Ok(())
+    }
 
     /// Registers a state whose entries are held as `S`, or returns the id of the state already
     /// registered under that name with identical info.
@@ -410,10 +443,132 @@ pub trait KeyedStateBackend {
             _types: PhantomData,
         })
     }
+
+    /// Registers (or looks up) a value state whose values expire `ttl` after they were last
+    /// written ([`crate::state::ttl`]). A restored state may come back with another TTL, or
+    /// without one: see [`TtlChange`].
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::value_state`]; [`Error::StateMismatch`] also if the state is
+    /// registered here with another TTL.
+    fn value_state_with_ttl<K: StateKey, N: StateKey, V: StateValue>(
+        &mut self,
+        descriptor: &ValueStateDescriptor<K, N, V>,
+        ttl: StateTtlConfig,
+    ) -> Result<TtlValueState<K, N, V>>
+    where
+        Self: Sized,
+    {
+        let id =
+            self.register_expiring::<K, N, Cell<TtlValue<V>>>(descriptor.info().with_ttl(ttl))?;
+        Ok(TtlValueState {
+            inner: ValueState {
+                id,
+                _types: PhantomData,
+            },
+            ttl,
+        })
+    }
+
+    /// Registers (or looks up) a list state whose elements expire one by one, `ttl` after each
+    /// was last written.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::value_state_with_ttl`].
+    fn list_state_with_ttl<K: StateKey, N: StateKey, T: StateValue>(
+        &mut self,
+        descriptor: &ListStateDescriptor<K, N, T>,
+        ttl: StateTtlConfig,
+    ) -> Result<TtlListState<K, N, T>>
+    where
+        Self: Sized,
+    {
+        let id =
+            self.register_expiring::<K, N, ListCell<TtlValue<T>>>(descriptor.info().with_ttl(ttl))?;
+        Ok(TtlListState {
+            inner: ListState {
+                id,
+                _types: PhantomData,
+            },
+            ttl,
+        })
+    }
+
+    /// Registers (or looks up) a map state whose entries expire one by one, `ttl` after each
+    /// was last written.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::value_state_with_ttl`].
+    fn map_state_with_ttl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue>(
+        &mut self,
+        descriptor: &MapStateDescriptor<K, N, UK, UV>,
+        ttl: StateTtlConfig,
+    ) -> Result<TtlMapState<K, N, UK, UV>>
+    where
+        Self: Sized,
+    {
+        let id = self.register_expiring::<K, N, MapCell<UK, TtlValue<UV>>>(
+            descriptor.info().with_ttl(ttl),
+        )?;
+        Ok(TtlMapState {
+            inner: MapState {
+                id,
+                _types: PhantomData,
+            },
+            ttl,
+        })
+    }
+
+    /// Registers (or looks up) a reducing state whose value expires `ttl` after its last
+    /// `add`.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::value_state_with_ttl`].
+    fn reducing_state_with_ttl<K: StateKey, N: StateKey, V: StateValue>(
+        &mut self,
+        descriptor: &ReducingStateDescriptor<K, N, V>,
+        ttl: StateTtlConfig,
+    ) -> Result<TtlReducingState<K, N, V>>
+    where
+        Self: Sized,
+    {
+        let id =
+            self.register_expiring::<K, N, Cell<TtlValue<V>>>(descriptor.info().with_ttl(ttl))?;
+        Ok(TtlReducingState {
+            id,
+            reduce: Arc::clone(&descriptor.reduce),
+            ttl,
+            _types: PhantomData,
+        })
+    }
+
+    /// Registers (or looks up) an aggregating state whose accumulator expires `ttl` after its
+    /// last `add`.
+    ///
+    /// # Errors
+    /// As [`KeyedStateBackend::value_state_with_ttl`].
+    fn aggregating_state_with_ttl<K: StateKey, N: StateKey, IN, ACC: StateValue, OUT>(
+        &mut self,
+        descriptor: &AggregatingStateDescriptor<K, N, IN, ACC, OUT>,
+        ttl: StateTtlConfig,
+    ) -> Result<TtlAggregatingState<K, N, IN, ACC, OUT>>
+    where
+        Self: Sized,
+    {
+        let id =
+            self.register_expiring::<K, N, Cell<TtlValue<ACC>>>(descriptor.info().with_ttl(ttl))?;
+        Ok(TtlAggregatingState {
+            id,
+            function: Arc::clone(&descriptor.function),
+            ttl,
+            _types: PhantomData,
+        })
+    }
 }
 
 /// Checks a registration against the states registered so far: `Ok(Some(index))` if the same
-/// state is already registered, `Ok(None)` if the name is free. Every backend registers
+/// state is already registered (its time to live may differ: [`ttl_change`] decides whether
+/// that is allowed), `Ok(None)` if the name is free. Every backend registers
 /// through it, so names and type checks are the same everywhere.
 ///
 /// # Errors
@@ -434,11 +589,43 @@ pub fn find_registered(existing: &[StateInfo], info: &StateInfo) -> Result<Optio
     }
     match existing.iter().position(|s| s.name == info.name) {
         None => Ok(None),
-        Some(i) if existing[i] == *info => Ok(Some(i)),
+        Some(i) if existing[i].same_but_ttl(info) => Ok(Some(i)),
         Some(i) => Err(Error::StateMismatch {
             name: info.name.clone(),
             registered: existing[i].describe(),
             requested: info.describe(),
         }),
     }
+}
+
+/// What registering `info` does to the registered state `existing` (the same state but for
+/// its time to live, as [`find_registered`] found it): `Ok(None)` if the time to live is the
+/// same, `Ok(Some(change))` for the rows' change and a new recorded TTL. Only a state that was
+/// restored and not registered since may change: a handle issued under the old TTL reads the
+/// rows in the old layout, so changing the TTL under it is refused.
+///
+/// # Errors
+/// [`Error::StateMismatch`] if the TTL differs and `restored` is false.
+pub fn ttl_change(
+    existing: &StateInfo,
+    info: &StateInfo,
+    restored: bool,
+    clock: &TtlClock,
+) -> Result<Option<TtlChange>> {
+    if existing.ttl == info.ttl {
+        return Ok(None);
+    }
+    if !restored {
+        return Err(Error::StateMismatch {
+            name: info.name.clone(),
+            registered: existing.describe(),
+            requested: info.describe(),
+        });
+    }
+    let now = info.ttl.map_or(0, |ttl| clock.now(ttl.time));
+    Ok(Some(TtlChange::between(
+        existing.ttl.as_ref(),
+        info.ttl.as_ref(),
+        now,
+    )))
 }

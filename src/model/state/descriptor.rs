@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::state::ttl::StateTtlConfig;
+
 /// The kind of a state. Stored as one byte in every format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum StateKind {
@@ -77,6 +79,11 @@ pub struct StateInfo {
     pub user_key_type: String,
     /// Type name of the stored values (list elements, map values, accumulators).
     pub value_type: String,
+    /// The state's time to live, if it has one: its rows then carry timestamps
+    /// ([`crate::state::ttl`]). Not part of the serde encoding, which the RocksDB backend's
+    /// state registry has stored since before TTL; it appends the TTL itself.
+    #[serde(skip)]
+    pub ttl: Option<StateTtlConfig>,
 }
 
 impl StateInfo {
@@ -93,7 +100,26 @@ impl StateInfo {
                 String::new()
             },
             value_type: type_name::<V>().to_owned(),
+            ttl: None,
         }
+    }
+
+    /// This info with time to live `ttl`.
+    #[must_use]
+    pub fn with_ttl(mut self, ttl: StateTtlConfig) -> StateInfo {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Whether `other` is the same state but for its time to live: a restore may change
+    /// that (`ttl::TtlChange`), nothing else.
+    pub fn same_but_ttl(&self, other: &StateInfo) -> bool {
+        self.name == other.name
+            && self.kind == other.kind
+            && self.key_type == other.key_type
+            && self.namespace_type == other.namespace_type
+            && self.user_key_type == other.user_key_type
+            && self.value_type == other.value_type
     }
 
     /// [`StateInfo::of`], with the type names `names` chose if any: what descriptors register.
@@ -119,6 +145,14 @@ impl StateInfo {
 
     /// The kind and types, as error messages show them.
     pub fn describe(&self) -> String {
+        let shape = self.describe_types();
+        match &self.ttl {
+            Some(ttl) => format!("{shape} with {}", ttl.describe()),
+            None => shape,
+        }
+    }
+
+    fn describe_types(&self) -> String {
         if self.kind == StateKind::Map {
             format!(
                 "map<key={}, namespace={}, user_key={}, value={}>",

@@ -12,6 +12,7 @@ mod handles;
 pub mod key;
 pub mod operator;
 pub mod rows;
+pub mod ttl;
 
 pub use backend::{BackendKind, KeyedStateBackend, MapEntries, StateKeys};
 pub use descriptor::{
