@@ -12,7 +12,7 @@
 //!   (RocksDB). Live state stays flat while the keys seen grow.
 //!
 //! `STATEBACKEND_BENCH_SCALE=0.01` runs a quick subset; `STATEBACKEND_BENCH_ONLY=W8` (or
-//! `ops`) one part.
+//! `ops`) one part, `STATEBACKEND_BENCH_BACKENDS=heap` (or `rocksdb`) one backend.
 
 mod support;
 
@@ -183,8 +183,15 @@ fn per_operation<B: KeyedStateBackend>(subject: &str, open: &dyn Fn() -> B, targ
     compare(subject, &plain, &ttl, target);
 }
 
-/// W8 on `b`; `report_size` prints what the backend holds.
-fn w8<B: KeyedStateBackend>(subject: &str, mut b: B, report_size: &dyn Fn(&B) -> String) {
+/// W8 on `b`; `report_size` prints what the backend holds; `checkpoint` runs at every 1% of
+/// the run, as a job's checkpoints would (RocksDB: a flush, so that rows reach SST files and
+/// compactions, which drop the expired ones, have something to compact).
+fn w8<B: KeyedStateBackend>(
+    subject: &str,
+    mut b: B,
+    report_size: &dyn Fn(&B) -> String,
+    checkpoint: &dyn Fn(&B),
+) {
     let n = scaled(10_000_000);
     let window = scaled(10_000).max(10);
     let ttl = StateTtlConfig::new(Duration::from_millis(n / 100)).with_time(TtlTime::EventTime);
@@ -203,6 +210,9 @@ fn w8<B: KeyedStateBackend>(subject: &str, mut b: B, report_size: &dyn Fn(&B) ->
         let key = base + g.below(window);
         s.update(&mut b, &key, &(), |c| Some(c.map_or(1, |c| c + 1)))
             .unwrap();
+        if (i + 1) % (n / 100) == 0 {
+            checkpoint(&b);
+        }
         if (i + 1) % (n / 10) == 0 {
             println!(
                 "W8 {subject:<22} {:>3}%  keys seen {:>9}  {}",
@@ -237,28 +247,51 @@ fn selected(part: &str) -> bool {
     std::env::var("STATEBACKEND_BENCH_ONLY").map_or(true, |only| only.split(',').any(|o| o == part))
 }
 
+/// Whether backend `name` runs: `STATEBACKEND_BENCH_BACKENDS` (`heap`, `rocksdb`) picks one.
+fn backend(name: &str) -> bool {
+    std::env::var("STATEBACKEND_BENCH_BACKENDS")
+        .map_or(true, |only| only.split(',').any(|o| o == name))
+}
+
 fn main() {
     if selected("ops") {
         println!("== W1-W4 with and without TTL (ratio = ttl ÷ plain, same run)");
-        per_operation("heap", &heap, 1.10);
+        if backend("heap") {
+            per_operation("heap", &heap, 1.10);
+        }
         #[cfg(feature = "rocksdb")]
-        per_operation("rocksdb + cache", &rocks, 1.15);
+        if backend("rocksdb") {
+            per_operation("rocksdb + cache", &rocks, 1.15);
+        }
     }
     if selected("W8") {
-        w8("heap", heap(), &|b| {
-            format!("entries held {:>8}", b.entry_count())
-        });
+        if backend("heap") {
+            w8(
+                "heap",
+                heap(),
+                &|b| format!("entries held {:>8}", b.entry_count()),
+                &|_| {},
+            );
+        }
         #[cfg(feature = "rocksdb")]
-        w8("rocksdb + cache", rocks(), &|b| {
-            let keys = b
-                .state_property("w8", "rocksdb.estimate-num-keys")
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            format!(
-                "estimated keys {keys:>8}  disk {:>6.1} MiB",
-                dir_bytes(b.working_dir()) as f64 / (1 << 20) as f64
-            )
-        });
+        if backend("rocksdb") {
+            w8(
+                "rocksdb + cache",
+                rocks(),
+                &|b| {
+                    let keys = b
+                        .state_property("w8", "rocksdb.estimate-num-keys")
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                    let cached = b.write_cache_stats().map_or(0, |s| s.rows);
+                    format!(
+                        "estimated keys {keys:>8}  cached rows {cached:>8}  disk {:>6.1} MiB",
+                        dir_bytes(b.working_dir()) as f64 / (1 << 20) as f64
+                    )
+                },
+                &|b| b.flush().unwrap(),
+            );
+        }
     }
 }

@@ -133,6 +133,7 @@ fn wall_clock_ms() -> u64 {
 /// no fast path): more than a heap backend's whole update. Every access to a state with a time
 /// to live on processing time needs the time, so it reads this atomic instead. The thread
 /// starts on the first read; until its first tick the clock is read directly.
+#[inline]
 fn ticking_wall_clock_ms() -> u64 {
     use std::sync::Once;
     use std::time::Duration;

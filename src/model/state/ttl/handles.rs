@@ -26,6 +26,7 @@ enum Found<V> {
 }
 
 impl StateTtlConfig {
+    #[inline]
     fn classify<V>(&self, stored: TtlValue<V>, now: u64) -> Found<V> {
         if self.expired(stored.timestamp, now) {
             Found::Expired(stored.value)
@@ -35,6 +36,7 @@ impl StateTtlConfig {
     }
 
     /// What a read returns of an expired value.
+    #[inline]
     fn visible_expired<V>(&self, value: V) -> Option<V> {
         match self.visibility {
             TtlVisibility::NeverReturnExpired => None,
@@ -42,10 +44,12 @@ impl StateTtlConfig {
         }
     }
 
+    #[inline]
     fn refreshes_on_read(&self) -> bool {
         self.update == TtlUpdate::OnReadAndWrite
     }
 
+    #[inline]
     fn now<B: KeyedStateBackend>(&self, backend: &B) -> u64 {
         backend.ttl_clock().now(self.time)
     }
@@ -53,6 +57,7 @@ impl StateTtlConfig {
 
 /// A value, reducing or aggregating state's stored cell: read with expiry applied, dropped if
 /// expired, refreshed if the update type says so.
+#[inline]
 fn read_cell<B, K, N, V>(
     backend: &mut B,
     id: StateId,
@@ -73,6 +78,7 @@ where
     Ok(read)
 }
 
+#[inline]
 fn read_cell_uncleaned<B, K, N, V>(
     backend: &mut B,
     id: StateId,
@@ -110,6 +116,7 @@ where
 }
 
 /// A cell read without cleanup or refresh.
+#[inline]
 fn peek_cell<B, K, N, V>(
     backend: &B,
     id: StateId,
@@ -135,6 +142,7 @@ where
 
 /// A read-modify-write of a cell: `f` sees the live value (an expired one counts as absent)
 /// and the result is stamped now.
+#[inline]
 fn update_cell<B, K, N, V, F>(
     backend: &mut B,
     id: StateId,
@@ -185,6 +193,7 @@ pub struct TtlValueState<K, N, V> {
 }
 
 impl<K, N, V> Clone for TtlValueState<K, N, V> {
+    #[inline]
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -195,11 +204,13 @@ impl<K, N, V> Clone for TtlValueState<K, N, V> {
 
 impl<K: StateKey, N: StateKey, V: StateValue> TtlValueState<K, N, V> {
     /// The state's id in its backend.
+    #[inline]
     pub fn id(&self) -> StateId {
         self.inner.id
     }
 
     /// The state's time to live.
+    #[inline]
     pub fn ttl(&self) -> &StateTtlConfig {
         &self.ttl
     }
@@ -210,6 +221,7 @@ impl<K: StateKey, N: StateKey, V: StateValue> TtlValueState<K, N, V> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn get<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -224,6 +236,7 @@ impl<K: StateKey, N: StateKey, V: StateValue> TtlValueState<K, N, V> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn peek<B: KeyedStateBackend>(
         &self,
         backend: &B,
@@ -237,6 +250,7 @@ impl<K: StateKey, N: StateKey, V: StateValue> TtlValueState<K, N, V> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn put<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -255,6 +269,7 @@ impl<K: StateKey, N: StateKey, V: StateValue> TtlValueState<K, N, V> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn update<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -270,6 +285,7 @@ impl<K: StateKey, N: StateKey, V: StateValue> TtlValueState<K, N, V> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn clear<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -288,6 +304,7 @@ pub struct TtlListState<K, N, T> {
 }
 
 impl<K, N, T> Clone for TtlListState<K, N, T> {
+    #[inline]
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -298,11 +315,13 @@ impl<K, N, T> Clone for TtlListState<K, N, T> {
 
 impl<K: StateKey, N: StateKey, T: StateValue> TtlListState<K, N, T> {
     /// The state's id in its backend.
+    #[inline]
     pub fn id(&self) -> StateId {
         self.inner.id
     }
 
     /// The state's time to live.
+    #[inline]
     pub fn ttl(&self) -> &StateTtlConfig {
         &self.ttl
     }
@@ -314,6 +333,7 @@ impl<K: StateKey, N: StateKey, T: StateValue> TtlListState<K, N, T> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn get<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -326,6 +346,7 @@ impl<K: StateKey, N: StateKey, T: StateValue> TtlListState<K, N, T> {
         Ok(read)
     }
 
+    #[inline]
     fn get_uncleaned<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -364,6 +385,7 @@ impl<K: StateKey, N: StateKey, T: StateValue> TtlListState<K, N, T> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn peek<B: KeyedStateBackend>(
         &self,
         backend: &B,
@@ -386,6 +408,7 @@ impl<K: StateKey, N: StateKey, T: StateValue> TtlListState<K, N, T> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn append<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -403,6 +426,7 @@ impl<K: StateKey, N: StateKey, T: StateValue> TtlListState<K, N, T> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn replace<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -423,6 +447,7 @@ impl<K: StateKey, N: StateKey, T: StateValue> TtlListState<K, N, T> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn clear<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -441,6 +466,7 @@ pub struct TtlMapState<K, N, UK, UV> {
 }
 
 impl<K, N, UK, UV> Clone for TtlMapState<K, N, UK, UV> {
+    #[inline]
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -451,11 +477,13 @@ impl<K, N, UK, UV> Clone for TtlMapState<K, N, UK, UV> {
 
 impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> TtlMapState<K, N, UK, UV> {
     /// The state's id in its backend.
+    #[inline]
     pub fn id(&self) -> StateId {
         self.inner.id
     }
 
     /// The state's time to live.
+    #[inline]
     pub fn ttl(&self) -> &StateTtlConfig {
         &self.ttl
     }
@@ -465,6 +493,7 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> TtlMapState<K, N, U
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn get<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -478,6 +507,7 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> TtlMapState<K, N, U
         Ok(read)
     }
 
+    #[inline]
     fn get_uncleaned<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -515,6 +545,7 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> TtlMapState<K, N, U
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn contains<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -529,6 +560,7 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> TtlMapState<K, N, U
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn put<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -547,6 +579,7 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> TtlMapState<K, N, U
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn remove<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -563,6 +596,7 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> TtlMapState<K, N, U
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn entries<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -575,6 +609,7 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> TtlMapState<K, N, U
         Ok(read)
     }
 
+    #[inline]
     fn entries_uncleaned<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -615,6 +650,7 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> TtlMapState<K, N, U
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn peek_entries<B: KeyedStateBackend>(
         &self,
         backend: &B,
@@ -641,6 +677,7 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> TtlMapState<K, N, U
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn is_empty<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -654,6 +691,7 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> TtlMapState<K, N, U
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn clear<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -675,6 +713,7 @@ pub struct TtlReducingState<K, N, V> {
 }
 
 impl<K, N, V> Clone for TtlReducingState<K, N, V> {
+    #[inline]
     fn clone(&self) -> Self {
         Self {
             id: self.id,
@@ -687,11 +726,13 @@ impl<K, N, V> Clone for TtlReducingState<K, N, V> {
 
 impl<K: StateKey, N: StateKey, V: StateValue> TtlReducingState<K, N, V> {
     /// The state's id in its backend.
+    #[inline]
     pub fn id(&self) -> StateId {
         self.id
     }
 
     /// The state's time to live.
+    #[inline]
     pub fn ttl(&self) -> &StateTtlConfig {
         &self.ttl
     }
@@ -700,6 +741,7 @@ impl<K: StateKey, N: StateKey, V: StateValue> TtlReducingState<K, N, V> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn get<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -714,6 +756,7 @@ impl<K: StateKey, N: StateKey, V: StateValue> TtlReducingState<K, N, V> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn add<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -734,6 +777,7 @@ impl<K: StateKey, N: StateKey, V: StateValue> TtlReducingState<K, N, V> {
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn clear<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -755,6 +799,7 @@ pub struct TtlAggregatingState<K, N, IN, ACC, OUT> {
 }
 
 impl<K, N, IN, ACC, OUT> Clone for TtlAggregatingState<K, N, IN, ACC, OUT> {
+    #[inline]
     fn clone(&self) -> Self {
         Self {
             id: self.id,
@@ -767,11 +812,13 @@ impl<K, N, IN, ACC, OUT> Clone for TtlAggregatingState<K, N, IN, ACC, OUT> {
 
 impl<K: StateKey, N: StateKey, IN, ACC: StateValue, OUT> TtlAggregatingState<K, N, IN, ACC, OUT> {
     /// The state's id in its backend.
+    #[inline]
     pub fn id(&self) -> StateId {
         self.id
     }
 
     /// The state's time to live.
+    #[inline]
     pub fn ttl(&self) -> &StateTtlConfig {
         &self.ttl
     }
@@ -781,6 +828,7 @@ impl<K: StateKey, N: StateKey, IN, ACC: StateValue, OUT> TtlAggregatingState<K, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn get<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -799,6 +847,7 @@ impl<K: StateKey, N: StateKey, IN, ACC: StateValue, OUT> TtlAggregatingState<K, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn add<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
@@ -820,6 +869,7 @@ impl<K: StateKey, N: StateKey, IN, ACC: StateValue, OUT> TtlAggregatingState<K, 
     ///
     /// # Errors
     /// As [`ValueState::get`].
+    #[inline]
     pub fn clear<B: KeyedStateBackend>(
         &self,
         backend: &mut B,
