@@ -522,6 +522,22 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> TtlMapState<K, N, U
         else {
             return Ok(None);
         };
+        self.settle(backend, key, ns, user_key, stored, now)
+    }
+
+    /// What a read returns of the stored entry `user_key`: an expired one is removed (and
+    /// returned if visibility allows), a live one refreshed if the update type says so.
+    #[inline]
+    fn settle<B: KeyedStateBackend>(
+        &self,
+        backend: &mut B,
+        key: KeyRef<'_, K>,
+        ns: &N,
+        user_key: &UK,
+        stored: TtlValue<UV>,
+        now: u64,
+    ) -> Result<Option<UV>> {
+        let id = self.inner.id;
         let stamp = stored.timestamp;
         match self.ttl.classify(stored, now) {
             Found::Expired(value) => {
@@ -623,24 +639,8 @@ impl<K: StateKey, N: StateKey, UK: StateKey, UV: StateValue> TtlMapState<K, N, U
             .collect::<Result<Vec<_>>>()?;
         let mut shown = Vec::with_capacity(stored.len());
         for (user_key, element) in stored {
-            let stamp = element.timestamp;
-            match self.ttl.classify(element, now) {
-                Found::Expired(value) => {
-                    backend.remove_map_value::<K, N, UK, TtlValue<UV>>(id, key, ns, &user_key)?;
-                    if let Some(value) = self.ttl.visible_expired(value) {
-                        shown.push((user_key, value));
-                    }
-                }
-                Found::Live(value) => {
-                    if self.ttl.refreshes_on_read() && stamp != now {
-                        let refreshed = TtlValue {
-                            timestamp: now,
-                            value: value.clone(),
-                        };
-                        backend.put_map_value(id, key, ns, user_key.clone(), refreshed)?;
-                    }
-                    shown.push((user_key, value));
-                }
+            if let Some(value) = self.settle(backend, key, ns, &user_key, element, now)? {
+                shown.push((user_key, value));
             }
         }
         Ok(shown)
