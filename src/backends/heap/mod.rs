@@ -64,7 +64,7 @@ pub struct HeapBackend {
     pub(crate) operator_state: OperatorState,
     /// The clocks of states with a time to live.
     ttl_clock: TtlClock,
-    /// Entries of credit an access to a TTL state earns for its cleanup ([`ttl_cleanup`]).
+    /// Checks an access to a TTL state earns for its incremental cleanup (`ttl_cleanup.rs`).
     ttl_cleanup_entries: usize,
 }
 
@@ -89,9 +89,10 @@ impl HeapBackend {
         })
     }
 
-    /// Sets how many entries of a state with a time to live each access to it pays to have
-    /// checked for expiry ([`ttl_cleanup`]; default [`DEFAULT_CLEANUP_ENTRIES`]; 0 turns the
-    /// incremental cleanup off, leaving expired entries to reads and snapshots).
+    /// Sets how many values, list elements and map entries of a state with a time to live
+    /// each access to it pays to have checked for expiry by the incremental cleanup (default
+    /// [`DEFAULT_CLEANUP_ENTRIES`]; 0 turns it off, leaving expired entries to reads and
+    /// snapshots).
     pub fn set_ttl_cleanup_entries(&mut self, entries: usize) {
         self.ttl_cleanup_entries = entries;
     }
