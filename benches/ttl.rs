@@ -264,34 +264,32 @@ fn main() {
             per_operation("rocksdb + cache", &rocks, 1.15);
         }
     }
-    if selected("W8") {
-        if backend("heap") {
-            w8(
-                "heap",
-                heap(),
-                &|b| format!("entries held {:>8}", b.entry_count()),
-                &|_| {},
-            );
-        }
-        #[cfg(feature = "rocksdb")]
-        if backend("rocksdb") {
-            w8(
-                "rocksdb + cache",
-                rocks(),
-                &|b| {
-                    let keys = b
-                        .state_property("w8", "rocksdb.estimate-num-keys")
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default();
-                    let cached = b.write_cache_stats().map_or(0, |s| s.rows);
-                    format!(
-                        "estimated keys {keys:>8}  cached rows {cached:>8}  disk {:>6.1} MiB",
-                        dir_bytes(b.working_dir()) as f64 / (1 << 20) as f64
-                    )
-                },
-                &|b| b.flush().unwrap(),
-            );
-        }
+    if selected("W8") && backend("heap") {
+        w8(
+            "heap",
+            heap(),
+            &|b| format!("entries held {:>8}", b.entry_count()),
+            &|_| {},
+        );
+    }
+    #[cfg(feature = "rocksdb")]
+    if selected("W8") && backend("rocksdb") {
+        w8(
+            "rocksdb + cache",
+            rocks(),
+            &|b| {
+                let keys = b
+                    .state_property("w8", "rocksdb.estimate-num-keys")
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                let cached = b.write_cache_stats().map_or(0, |s| s.rows);
+                format!(
+                    "estimated keys {keys:>8}  cached rows {cached:>8}  disk {:>6.1} MiB",
+                    dir_bytes(b.working_dir()) as f64 / (1 << 20) as f64
+                )
+            },
+            &|b| b.flush().unwrap(),
+        );
     }
 }
