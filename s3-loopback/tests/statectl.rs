@@ -76,7 +76,7 @@ fn every_command_works_on_an_s3_url() -> Result<()> {
     );
 
     let checkpoint_3 = root.join("chk-0000000003");
-    let inspected = inspect(&checkpoint_3).map_err(to_error)?;
+    let inspected = inspect(&checkpoint_3, None).map_err(to_error)?;
     assert_eq!((inspected.kind.as_str(), inspected.id), ("checkpoint", 3));
     assert_eq!(inspected.instances.len(), 1);
 
