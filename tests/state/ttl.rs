@@ -372,40 +372,52 @@ fn a_restore_may_enable_change_or_disable_the_ttl() -> Result<()> {
     let root = scratch();
     let descriptor = ValueStateDescriptor::<u64, (), u64>::new("v");
     let list_descriptor = ListStateDescriptor::<u64, (), String>::new("l");
-    for kind in kinds() {
-        let dir = root.path().join(kind.to_string());
-        // Without TTL at first.
-        let mut plain = vec![AnyBackend::open(&config_in(kind, all(), &dir))?];
-        let value = plain[0].value_state(&descriptor)?;
-        let list = plain[0].list_state(&list_descriptor)?;
-        value.put(&mut plain[0], &1, &(), 11)?;
-        list.append(&mut plain[0], &1, &(), "a".into())?;
-        list.append(&mut plain[0], &1, &(), "b".into())?;
-        // Enabled on restore: every row is stamped with the registration time, 5,000.
-        let mut enabled = savepoint_and_restore(&mut plain, &dir.join("sp1"), kind, 1, 5_000)?;
-        let value = enabled[0].value_state_with_ttl(&descriptor, ttl_ms(100))?;
-        let list = enabled[0].list_state_with_ttl(&list_descriptor, ttl_ms(100))?;
-        enabled[0].ttl_clock().set_processing_time(5_099);
-        assert_eq!(value.peek(&enabled[0], &1, &())?, Some(11), "{kind}");
-        assert_eq!(list.peek(&enabled[0], &1, &())?, vec!["a", "b"], "{kind}");
-        enabled[0].ttl_clock().set_processing_time(5_100);
-        assert_eq!(value.peek(&enabled[0], &1, &())?, None, "{kind}");
-        // A longer TTL on the next restore keeps the timestamps (5,000) and lengthens the
-        // lifetime: alive at 5,100, gone at 5,200.
-        enabled[0].ttl_clock().set_processing_time(5_050);
-        let mut longer = savepoint_and_restore(&mut enabled, &dir.join("sp2"), kind, 1, 5_100)?;
-        let value = longer[0].value_state_with_ttl(&descriptor, ttl_ms(200))?;
-        longer[0].list_state_with_ttl(&list_descriptor, ttl_ms(200))?;
-        assert_eq!(value.peek(&longer[0], &1, &())?, Some(11), "{kind}");
-        longer[0].ttl_clock().set_processing_time(5_200);
-        assert_eq!(value.peek(&longer[0], &1, &())?, None, "{kind}");
-        // Disabled: the rows lose their timestamps and live for ever.
-        longer[0].ttl_clock().set_processing_time(5_150);
-        let mut disabled = savepoint_and_restore(&mut longer, &dir.join("sp3"), kind, 1, 0)?;
-        let value = disabled[0].value_state(&descriptor)?;
-        let list = disabled[0].list_state(&list_descriptor)?;
-        assert_eq!(value.get(&disabled[0], &1, &())?, Some(11), "{kind}");
-        assert_eq!(list.get(&disabled[0], &1, &())?, vec!["a", "b"], "{kind}");
+    // Through savepoints (rows restored as canonical rows) and checkpoints (RocksDB: its own
+    // files, whose rows the registration rewrites in place).
+    for through_checkpoints in [false, true] {
+        for kind in kinds() {
+            let restore = |b: &mut [AnyBackend], dir: &Path, now: u64| {
+                if through_checkpoints {
+                    checkpoint_and_restore(b, dir, 1, now)
+                } else {
+                    savepoint_and_restore(b, dir, kind, 1, now)
+                }
+            };
+            let ctx = format!("{kind}, checkpoints: {through_checkpoints}");
+            let dir = root.path().join(&ctx);
+            // Without TTL at first.
+            let mut plain = vec![AnyBackend::open(&config_in(kind, all(), &dir))?];
+            let value = plain[0].value_state(&descriptor)?;
+            let list = plain[0].list_state(&list_descriptor)?;
+            value.put(&mut plain[0], &1, &(), 11)?;
+            list.append(&mut plain[0], &1, &(), "a".into())?;
+            list.append(&mut plain[0], &1, &(), "b".into())?;
+            // Enabled on restore: every row is stamped with the registration time, 5,000.
+            let mut enabled = restore(&mut plain, &dir.join("r1"), 5_000)?;
+            let value = enabled[0].value_state_with_ttl(&descriptor, ttl_ms(100))?;
+            let list = enabled[0].list_state_with_ttl(&list_descriptor, ttl_ms(100))?;
+            enabled[0].ttl_clock().set_processing_time(5_099);
+            assert_eq!(value.peek(&enabled[0], &1, &())?, Some(11), "{ctx}");
+            assert_eq!(list.peek(&enabled[0], &1, &())?, vec!["a", "b"], "{ctx}");
+            enabled[0].ttl_clock().set_processing_time(5_100);
+            assert_eq!(value.peek(&enabled[0], &1, &())?, None, "{ctx}");
+            // A longer TTL on the next restore keeps the timestamps (5,000) and lengthens the
+            // lifetime: alive at 5,100, gone at 5,200.
+            enabled[0].ttl_clock().set_processing_time(5_050);
+            let mut longer = restore(&mut enabled, &dir.join("r2"), 5_100)?;
+            let value = longer[0].value_state_with_ttl(&descriptor, ttl_ms(200))?;
+            longer[0].list_state_with_ttl(&list_descriptor, ttl_ms(200))?;
+            assert_eq!(value.peek(&longer[0], &1, &())?, Some(11), "{ctx}");
+            longer[0].ttl_clock().set_processing_time(5_200);
+            assert_eq!(value.peek(&longer[0], &1, &())?, None, "{ctx}");
+            // Disabled: the rows lose their timestamps and live for ever.
+            longer[0].ttl_clock().set_processing_time(5_150);
+            let mut disabled = restore(&mut longer, &dir.join("r3"), 0)?;
+            let value = disabled[0].value_state(&descriptor)?;
+            let list = disabled[0].list_state(&list_descriptor)?;
+            assert_eq!(value.get(&disabled[0], &1, &())?, Some(11), "{ctx}");
+            assert_eq!(list.get(&disabled[0], &1, &())?, vec!["a", "b"], "{ctx}");
+        }
     }
     Ok(())
 }

@@ -658,6 +658,9 @@ impl RocksDbBackend {
         let state = &self.states[index];
         if let Some(change) = ttl_change(&state.info, info, !state.registered, self.ttl.clock())? {
             if change != TtlChange::Keep {
+                // No compaction judges rows while they change layout: the old rule would read
+                // the first bytes of a row without its timestamp as one.
+                self.ttl.set(&self.states[index].cf_name, info.kind, None);
                 self.change_rows(index, info, change)?;
             }
             self.states[index].info = info.clone();
