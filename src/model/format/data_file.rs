@@ -396,6 +396,12 @@ pub(crate) fn write_state_info(w: &mut ByteWriter, s: &StateInfo, with_ttl: bool
     }
 }
 
+/// The fewest bytes a StateInfo takes: a 1-byte name (4 + 1), its kind, four empty type names
+/// (4 × 4), and the TTL flag where the version has one.
+pub(crate) fn min_state_info_bytes(with_ttl: bool) -> usize {
+    22 + usize::from(with_ttl)
+}
+
 /// Whether any of `states` has a time to live, so their StateInfos need the TTL field.
 pub(crate) fn any_ttl<'a>(mut states: impl Iterator<Item = &'a StateInfo>) -> bool {
     states.any(|s| s.ttl.is_some())
@@ -410,12 +416,21 @@ pub(crate) fn read_state_info(r: &mut ByteReader<'_>, with_ttl: bool) -> Result<
     let code = r.u8("state kind")?;
     let kind = StateKind::from_code(code)
         .ok_or_else(|| r.corrupt(format!("unknown state kind {code}")))?;
+    let key_type = r.str(MAX_NAME_BYTES, "key type")?;
+    let namespace_type = r.str(MAX_NAME_BYTES, "namespace type")?;
+    let user_key_type = r.str(MAX_NAME_BYTES, "user key type")?;
+    if kind != StateKind::Map && !user_key_type.is_empty() {
+        // Only a map has user keys: `StateInfo::of` leaves the name empty for the others.
+        return Err(r.corrupt(format!(
+            "a {kind} state with user key type {user_key_type:?}"
+        )));
+    }
     Ok(StateInfo {
         name,
         kind,
-        key_type: r.str(MAX_NAME_BYTES, "key type")?,
-        namespace_type: r.str(MAX_NAME_BYTES, "namespace type")?,
-        user_key_type: r.str(MAX_NAME_BYTES, "user key type")?,
+        key_type,
+        namespace_type,
+        user_key_type,
         value_type: r.str(MAX_NAME_BYTES, "value type")?,
         ttl: if with_ttl { read_ttl(r)? } else { None },
     })
@@ -816,7 +831,7 @@ fn parse_header(data: &[u8], name: &str, version: u16) -> Result<DataFileHeader>
         )));
     }
     let key_groups = KeyGroupRange::new(start, end)?;
-    let n = r.count(22, "states")?;
+    let n = r.count(min_state_info_bytes(version >= 2), "states")?;
     if n > MAX_STATES {
         return Err(r.corrupt(format!("{n} states")));
     }
@@ -837,4 +852,82 @@ fn parse_header(data: &[u8], name: &str, version: u16) -> Result<DataFileHeader>
         key_groups,
         states,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::state::ttl::StateTtlConfig;
+
+    fn round_trip(info: &StateInfo, with_ttl: bool) -> Result<StateInfo> {
+        let mut w = ByteWriter::new();
+        write_state_info(&mut w, info, with_ttl);
+        let bytes = w.into_inner();
+        let mut r = ByteReader::new(&bytes, "test");
+        let read = read_state_info(&mut r, with_ttl)?;
+        r.expect_end("the state")?;
+        Ok(read)
+    }
+
+    #[test]
+    fn a_state_info_reads_back_with_and_without_its_ttl() {
+        let plain = StateInfo::of::<u64, (), (), u64>("counts", StateKind::Value);
+        assert_eq!(round_trip(&plain, false).unwrap(), plain);
+        assert_eq!(round_trip(&plain, true).unwrap(), plain);
+        let ttl = plain.with_ttl(StateTtlConfig::new(std::time::Duration::from_secs(9)));
+        assert_eq!(round_trip(&ttl, true).unwrap(), ttl);
+        // The smallest StateInfo is what the readers' counts assume.
+        let smallest = StateInfo::of::<(), (), (), ()>("s", StateKind::Value);
+        let mut small = smallest.clone();
+        small.key_type.clear();
+        small.namespace_type.clear();
+        small.value_type.clear();
+        for with_ttl in [false, true] {
+            let mut w = ByteWriter::new();
+            write_state_info(&mut w, &small, with_ttl);
+            assert_eq!(w.len(), min_state_info_bytes(with_ttl));
+        }
+    }
+
+    #[test]
+    fn only_a_map_state_has_a_user_key_type() {
+        let mut value = StateInfo::of::<u64, (), (), u64>("v", StateKind::Value);
+        value.user_key_type = "u64".into();
+        assert!(matches!(
+            round_trip(&value, false),
+            Err(Error::Corrupt { .. })
+        ));
+        let map = StateInfo::of::<u64, (), u32, u64>("m", StateKind::Map);
+        assert_eq!(round_trip(&map, false).unwrap(), map);
+    }
+
+    #[test]
+    fn unknown_ttl_bytes_are_corrupt() {
+        let ttl = StateInfo::of::<u64, (), (), u64>("v", StateKind::Value)
+            .with_ttl(StateTtlConfig::new(std::time::Duration::from_secs(1)));
+        let mut w = ByteWriter::new();
+        write_state_info(&mut w, &ttl, true);
+        let good = w.into_inner();
+        let flag = good.len() - StateTtlConfig::ENCODED_BYTES - 1;
+        // Another flag; a zero time to live; an unknown update type, visibility, time domain.
+        for (at, byte) in [
+            (flag, 2u8),
+            (flag + 8, 0),
+            (flag + 9, 3),
+            (flag + 10, 0),
+            (flag + 11, 9),
+        ] {
+            let mut bad = good.clone();
+            if at == flag + 8 {
+                bad[flag + 1..flag + 9].fill(0);
+            } else {
+                bad[at] = byte;
+            }
+            let mut r = ByteReader::new(&bad, "test");
+            assert!(
+                matches!(read_state_info(&mut r, true), Err(Error::Corrupt { .. })),
+                "byte {at} = {byte}"
+            );
+        }
+    }
 }

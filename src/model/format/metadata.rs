@@ -10,7 +10,9 @@ use std::fmt;
 
 use crate::model::codec::CodecId;
 use crate::model::error::{Error, Result};
-use crate::model::format::data_file::{any_ttl, read_state_info, write_state_info};
+use crate::model::format::data_file::{
+    any_ttl, min_state_info_bytes, read_state_info, write_state_info,
+};
 use crate::model::format::path::StoragePath;
 use crate::model::format::{ByteReader, ByteWriter, check_declared_length, check_trailing_crc};
 use crate::model::key_group::{KeyGroupRange, MAX_MAX_PARALLELISM};
@@ -521,7 +523,9 @@ impl SnapshotMetadata {
         };
         let id = r.u64("checkpoint id")?;
         let created_ms = r.u64("creation time")?;
-        let n = r.count(38, "instances")?;
+        // The smallest instance: 38 bytes in version 1; versions 2 and 3 add the operator
+        // state count and the operator id's length.
+        let n = r.count(if version >= 2 { 46 } else { 38 }, "instances")?;
         let mut instances = r.vec_for(n);
         for _ in 0..n {
             instances.push(read_instance(&mut r, version)?);
@@ -721,10 +725,11 @@ fn read_instance(r: &mut ByteReader<'_>, version: u16) -> Result<InstanceMetadat
         )));
     }
     let key_groups = KeyGroupRange::new(start, end)?;
-    let n_states = r.count(22, "states")?;
+    let with_ttl = version >= 3;
+    let n_states = r.count(min_state_info_bytes(with_ttl), "states")?;
     let mut states = r.vec_for(n_states);
     for _ in 0..n_states {
-        states.push(read_state_info(r, version >= 3)?);
+        states.push(read_state_info(r, with_ttl)?);
     }
     let n_files = r.count(23, "files")?;
     let mut files = r.vec_for(n_files);
