@@ -715,3 +715,45 @@ fn only_snapshots_with_a_ttl_state_use_the_new_format_versions() -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(feature = "rocksdb")]
+#[test]
+fn rocksdb_write_cache_lets_go_of_expired_rows() -> Result<()> {
+    let mut b = statebackend::RocksDbBackend::open(
+        MAX_PARALLELISM,
+        all(),
+        None,
+        statebackend::RocksDbOptions::default(),
+    )?;
+    b.ttl_clock().set_processing_time(0);
+    let ttl = ttl_ms(10);
+    let value = b.value_state_with_ttl(&ValueStateDescriptor::<u64, (), u64>::new("v"), ttl)?;
+    let list = b.list_state_with_ttl(&ListStateDescriptor::<u64, (), u64>::new("l"), ttl)?;
+    // 1,000 values written back clean (a flush), 1,000 changed, 1,000 appended lists.
+    for key in 0..1_000 {
+        value.put(&mut b, &key, &(), key)?;
+    }
+    b.flush()?;
+    for key in 1_000..2_000 {
+        value.put(&mut b, &key, &(), key)?;
+        list.append(&mut b, &key, &(), key)?;
+    }
+    let cached = |b: &statebackend::RocksDbBackend| b.write_cache_stats().unwrap().rows;
+    assert_eq!(cached(&b), 3_000);
+    // Later, 10 other keys: each access looks at a few cache slots and drops expired rows;
+    // the changed ones leave once their deletions are written back.
+    b.ttl_clock().set_processing_time(100);
+    for i in 0..2_000 {
+        value.put(&mut b, &(10_000 + i % 10), &(), i)?;
+        list.append(&mut b, &(10_000 + i % 10), &(), i)?;
+    }
+    b.flush()?;
+    // The 10 live values; the live lists' appends left with their write-back, as they do.
+    assert_eq!(cached(&b), 10);
+    // What the cache let go of is gone for reads too, on disk included.
+    b.compact()?;
+    assert_eq!(b.keys::<u64, ()>(value.id(), None)?.count(), 10);
+    assert_eq!(b.keys::<u64, ()>(list.id(), None)?.count(), 10);
+    assert_eq!(value.peek(&b, &1_500, &())?, None);
+    Ok(())
+}

@@ -28,6 +28,7 @@ use crate::model::state::backend::{
 };
 use crate::model::state::key::KeyRef;
 use crate::model::state::rows::{decode_list, encode_list_element};
+use crate::model::state::ttl::rows::{RowExpiry, row_expiry};
 use crate::model::state::ttl::{StateTtlConfig, TtlChange, TtlClock};
 use crate::model::state::{
     StateId, StateInfo, StateKey, StateKind, StateValue, StoredState, next_backend_identity,
@@ -276,6 +277,11 @@ fn decode_err(state: &str) -> impl Fn(crate::model::codec::CodecError) -> Error 
         message: e.0,
     }
 }
+
+/// Write-cache slots one access to a state with a time to live looks at for expired rows
+/// (`KeyedStateBackend::ttl_cleanup`): a few nanoseconds per access, and every cached row is
+/// looked at once per `cached rows ÷ 4` accesses.
+const CACHE_SWEEP_PER_ACCESS: usize = 4;
 
 fn cf_name(state: &str) -> String {
     format!("state/{state}")
@@ -1022,6 +1028,29 @@ impl KeyedStateBackend for RocksDbBackend {
 
     fn ttl_clock(&self) -> &TtlClock {
         self.ttl.clock()
+    }
+
+    /// Compactions drop expired rows on disk; what the write-back cache holds is swept here,
+    /// a few slots per access to a TTL state ([`CACHE_SWEEP_PER_ACCESS`]), so that the cache
+    /// does not keep expired rows until its capacity pushes them out.
+    #[inline]
+    fn ttl_cleanup(&mut self, id: StateId) -> Result<()> {
+        let Some(cache) = &self.write_cache else {
+            return Ok(());
+        };
+        let index = id.index_in(self.identity)?;
+        let Some((kind, Some(ttl))) = self.states.get(index).map(|s| (s.info.kind, s.info.ttl))
+        else {
+            return Ok(());
+        };
+        // Only the accessed state's rows, as the heap backend cleans per state.
+        let now = self.ttl.clock().now(ttl.time);
+        cache
+            .borrow_mut()
+            .drop_expired(CACHE_SWEEP_PER_ACCESS, |state, value| {
+                state as usize == index && row_expiry(kind, &ttl, now, value) == RowExpiry::Expired
+            });
+        Ok(())
     }
 
     fn register<K: StateKey, N: StateKey, S: StoredState>(

@@ -102,6 +102,10 @@ enum Kind {
     Absent,
     Present,
     Appended,
+    /// A row dropped as expired while changed ([`WriteCache::drop_expired`]): a deletion, read
+    /// as absent, that leaves the cache once written back instead of staying as a known
+    /// absence.
+    Expired,
 }
 
 /// Bytes of key and value a slot holds inline; a longer row's buffer is on the heap.
@@ -189,7 +193,7 @@ impl Slot {
     /// The row as a read sees it.
     fn cached(&self) -> CachedRef<'_> {
         match self.kind {
-            Kind::Absent => CachedRef::Absent,
+            Kind::Absent | Kind::Expired => CachedRef::Absent,
             Kind::Present => CachedRef::Present(self.value()),
             Kind::Appended => CachedRef::Appended(self.value()),
         }
@@ -218,7 +222,7 @@ impl Slot {
     /// What a write-back of this row hands to RocksDB.
     fn row_write(&self) -> RowWrite<'_> {
         match (self.kind, self.stored_prefix) {
-            (Kind::Absent, _) => RowWrite::Delete,
+            (Kind::Absent | Kind::Expired, _) => RowWrite::Delete,
             (Kind::Present, Some(stored)) => RowWrite::Merge(&self.value()[stored as usize..]),
             (Kind::Present, None) => RowWrite::Put(self.value()),
             (Kind::Appended, _) => RowWrite::Merge(self.value()),
@@ -287,6 +291,8 @@ pub(super) struct WriteCache {
     /// The first free slot ([`NO_SLOT`] if none); a free slot's `state` holds the next one.
     free_head: u32,
     hand: usize,
+    /// Where [`WriteCache::drop_expired`] looks next.
+    sweep_hand: usize,
     rows: usize,
     dirty: usize,
     /// Key and value bytes of the dirty rows.
@@ -329,6 +335,7 @@ impl WriteCache {
             slots: Vec::new(),
             free_head: NO_SLOT,
             hand: 0,
+            sweep_hand: 0,
             rows: 0,
             dirty: 0,
             hasher: hashbrown::DefaultHashBuilder::default(),
@@ -429,7 +436,7 @@ impl WriteCache {
                 slot.bytes.extend_from_slice(operand);
             }
             Kind::Appended => slot.bytes.extend_from_slice(operand),
-            Kind::Absent => slot.set_value(Kind::Present, operand),
+            Kind::Absent | Kind::Expired => slot.set_value(Kind::Present, operand),
         }
         slot.referenced = true;
         self.value_changed(i, before, true);
@@ -574,6 +581,40 @@ impl WriteCache {
         }
     }
 
+    /// Looks at the next `budget` slots (in a cycle over all of them) and drops each row that
+    /// `expired(state, value)` judges expired (a state with a time to live): a clean row leaves
+    /// the cache, RocksDB's copy being older and expired too; a changed row becomes a dirty
+    /// deletion, so its write-back removes what RocksDB holds; appended elements not yet
+    /// written leave without being written. Returns how many rows it dropped.
+    pub(super) fn drop_expired(
+        &mut self,
+        budget: usize,
+        expired: impl Fn(u32, &[u8]) -> bool,
+    ) -> usize {
+        let mut dropped = 0;
+        for _ in 0..budget.min(self.slots.len()) {
+            self.sweep_hand = (self.sweep_hand + 1) % self.slots.len();
+            let i = self.sweep_hand as u32;
+            let slot = &self.slots[i as usize];
+            let judged = matches!(slot.kind, Kind::Present | Kind::Appended);
+            if !slot.live || !judged || !expired(slot.state, slot.value()) {
+                continue;
+            }
+            dropped += 1;
+            match (slot.dirty, slot.kind) {
+                (true, Kind::Present) => {
+                    let slot = &mut self.slots[i as usize];
+                    let before = (slot.heap_bytes(), slot.dirty_cost());
+                    slot.set_value(Kind::Expired, &[]);
+                    slot.stored_prefix = None;
+                    self.value_changed(i, before, true);
+                }
+                _ => self.remove(i),
+            }
+        }
+        dropped
+    }
+
     /// Removes slot `i` from the table and frees it.
     fn remove(&mut self, i: u32) {
         let slot = &mut self.slots[i as usize];
@@ -711,7 +752,7 @@ impl WriteCache {
     fn written(&mut self, rows: Vec<u32>) {
         self.count_written(&rows);
         for i in rows {
-            if self.slots[i as usize].kind == Kind::Appended {
+            if matches!(self.slots[i as usize].kind, Kind::Appended | Kind::Expired) {
                 self.remove(i);
             } else {
                 self.mark_clean(i);
@@ -1048,6 +1089,44 @@ mod tests {
     fn write_none(rows: &mut dyn Iterator<Item = DirtyRow<'_>>) -> Result<()> {
         assert_eq!(rows.count(), 0, "no dirty row expected");
         Ok(())
+    }
+
+    #[test]
+    fn expired_rows_leave_and_changed_ones_are_deleted_first() {
+        let mut cache = WriteCache::new(1 << 20, usize::MAX);
+        cache.fill(0, b"clean", Cached::Present(b"old".to_vec()));
+        cache.write(0, b"changed", Cached::Present(b"old".to_vec()));
+        cache.append(0, b"list", b"old");
+        cache.write(0, b"live", Cached::Present(b"new".to_vec()));
+        cache.write(1, b"other", Cached::Present(b"old".to_vec()));
+        // State 0's values starting with "old" count as expired; state 1 is not looked at.
+        let dropped = cache.drop_expired(100, |state, value| state == 0 && value == b"old");
+        assert_eq!(dropped, 3);
+        assert_eq!(cache.get(0, b"clean").map(CachedRef::to_cached), None);
+        assert_eq!(cache.get(0, b"list").map(CachedRef::to_cached), None);
+        // The changed row reads as absent and is written back as a deletion, then leaves.
+        assert_eq!(
+            cache.get(0, b"changed").map(CachedRef::to_cached),
+            Some(Cached::Absent)
+        );
+        let mut written = Vec::new();
+        cache
+            .flush(|rows| {
+                written.extend(rows.map(|(s, k, v)| (s, k.to_vec(), owned(v))));
+                Ok(())
+            })
+            .unwrap();
+        written.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        assert_eq!(
+            written,
+            vec![
+                (0, b"changed".to_vec(), Cached::Absent),
+                (0, b"live".to_vec(), Cached::Present(b"new".to_vec())),
+                (1, b"other".to_vec(), Cached::Present(b"old".to_vec())),
+            ]
+        );
+        assert_eq!(cache.get(0, b"changed").map(CachedRef::to_cached), None);
+        assert_eq!(cache.stats().rows, 2);
     }
 
     #[test]
