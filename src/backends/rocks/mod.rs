@@ -42,7 +42,7 @@ pub use write_cache::WriteCacheStats;
 use crate::model::format::metadata::InstanceId;
 use snapshot::IncrementalState;
 use ttl_filter::TtlFilters;
-use write_cache::{Cached, CachedRef, DirtyRow, MapChange, RowWrite, WriteCache, row_cost};
+use write_cache::{Cached, CachedRef, DirtyRow, MapChange, RowWrite, Sweep, WriteCache, row_cost};
 
 /// Key prefix, in the default column family, of the registered-state records.
 const STATE_RECORD_PREFIX: &[u8] = b"statebackend/state/";
@@ -185,6 +185,8 @@ struct RocksState {
     /// Whether the engine registered the state on this backend object; until then (a state
     /// restored or reopened) its time to live may change ([`ttl_change`]).
     registered: bool,
+    /// Where the state's sweep of the write cache for expired rows stands.
+    sweep: Sweep,
 }
 
 /// Keyed state in an embedded RocksDB.
@@ -278,10 +280,10 @@ fn decode_err(state: &str) -> impl Fn(crate::model::codec::CodecError) -> Error 
     }
 }
 
-/// Write-cache slots one access to a state with a time to live looks at for expired rows
-/// (`KeyedStateBackend::ttl_cleanup`): a few nanoseconds per access, and every cached row is
-/// looked at once per `cached rows ÷ 4` accesses.
-const CACHE_SWEEP_PER_ACCESS: usize = 4;
+/// Bytes of cached values one access to a state with a time to live pays to have judged for
+/// expiry (`KeyedStateBackend::ttl_cleanup`): a few nanoseconds per access; every cached row is
+/// looked at once per `cached value bytes ÷ 64` accesses (at least 8 bytes a row).
+const CACHE_SWEEP_PER_ACCESS: usize = 64;
 
 fn cf_name(state: &str) -> String {
     format!("state/{state}")
@@ -615,6 +617,7 @@ impl RocksDbBackend {
                 info,
                 cf_name,
                 registered: false,
+                sweep: Sweep::default(),
             });
         }
         Ok(())
@@ -644,6 +647,7 @@ impl RocksDbBackend {
             info: info.clone(),
             cf_name,
             registered: false,
+            sweep: Sweep::default(),
         });
         self.write_state_record(id.index() as usize)?;
         Ok(id)
@@ -1039,17 +1043,21 @@ impl KeyedStateBackend for RocksDbBackend {
             return Ok(());
         };
         let index = id.index_in(self.identity)?;
-        let Some((kind, Some(ttl))) = self.states.get(index).map(|s| (s.info.kind, s.info.ttl))
-        else {
+        let Some(state) = self.states.get_mut(index) else {
+            return Ok(());
+        };
+        let (kind, Some(ttl)) = (state.info.kind, state.info.ttl) else {
             return Ok(());
         };
         // Only the accessed state's rows, as the heap backend cleans per state.
         let now = self.ttl.clock().now(ttl.time);
-        cache
-            .borrow_mut()
-            .drop_expired(CACHE_SWEEP_PER_ACCESS, |state, value| {
+        cache.borrow_mut().drop_expired(
+            &mut state.sweep,
+            CACHE_SWEEP_PER_ACCESS,
+            |state, value| {
                 state as usize == index && row_expiry(kind, &ttl, now, value) == RowExpiry::Expired
-            });
+            },
+        );
         Ok(())
     }
 

@@ -108,6 +108,14 @@ enum Kind {
     Expired,
 }
 
+/// A cursor of [`WriteCache::drop_expired`]: the slot it looked at last, and the bytes of
+/// looking it has left.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Sweep {
+    hand: usize,
+    credit: usize,
+}
+
 /// Bytes of key and value a slot holds inline; a longer row's buffer is on the heap.
 pub(super) const INLINE: usize = 24;
 
@@ -291,8 +299,7 @@ pub(super) struct WriteCache {
     /// The first free slot ([`NO_SLOT`] if none); a free slot's `state` holds the next one.
     free_head: u32,
     hand: usize,
-    /// Where [`WriteCache::drop_expired`] looks next.
-    sweep_hand: usize,
+
     rows: usize,
     dirty: usize,
     /// Key and value bytes of the dirty rows.
@@ -335,7 +342,7 @@ impl WriteCache {
             slots: Vec::new(),
             free_head: NO_SLOT,
             hand: 0,
-            sweep_hand: 0,
+
             rows: 0,
             dirty: 0,
             hasher: hashbrown::DefaultHashBuilder::default(),
@@ -581,20 +588,32 @@ impl WriteCache {
         }
     }
 
-    /// Looks at the next `budget` slots (in a cycle over all of them) and drops each row that
-    /// `expired(state, value)` judges expired (a state with a time to live): a clean row leaves
-    /// the cache, RocksDB's copy being older and expired too; a changed row becomes a dirty
-    /// deletion, so its write-back removes what RocksDB holds; appended elements not yet
-    /// written leave without being written. Returns how many rows it dropped.
+    /// Earns `budget` bytes of credit and looks at the next slots (in a cycle over all of
+    /// them) while it lasts, each costing its value's bytes, since judging a list scans its
+    /// elements: drops each row that `expired(state, value)` judges expired (a state with a
+    /// time to live). A clean row leaves the cache, RocksDB's copy being older and expired
+    /// too; a changed row becomes a dirty deletion, so its write-back removes what RocksDB
+    /// holds; appended elements not yet written leave without being written. Returns how many
+    /// rows it dropped.
+    /// `sweep` is the caller's cursor: one per state, so that each state's sweep covers every
+    /// slot whatever other states' accesses do.
     pub(super) fn drop_expired(
         &mut self,
+        sweep: &mut Sweep,
         budget: usize,
         expired: impl Fn(u32, &[u8]) -> bool,
     ) -> usize {
         let mut dropped = 0;
-        for _ in 0..budget.min(self.slots.len()) {
-            self.sweep_hand = (self.sweep_hand + 1) % self.slots.len();
-            let i = self.sweep_hand as u32;
+        sweep.credit = sweep.credit.saturating_add(budget);
+        for _ in 0..self.slots.len() {
+            let next = (sweep.hand + 1) % self.slots.len();
+            let cost = self.slots[next].value().len().max(8);
+            if cost > sweep.credit {
+                break;
+            }
+            sweep.credit -= cost;
+            sweep.hand = next;
+            let i = next as u32;
             let slot = &self.slots[i as usize];
             let judged = matches!(slot.kind, Kind::Present | Kind::Appended);
             if !slot.live || !judged || !expired(slot.state, slot.value()) {
@@ -1100,7 +1119,10 @@ mod tests {
         cache.write(0, b"live", Cached::Present(b"new".to_vec()));
         cache.write(1, b"other", Cached::Present(b"old".to_vec()));
         // State 0's values starting with "old" count as expired; state 1 is not looked at.
-        let dropped = cache.drop_expired(100, |state, value| state == 0 && value == b"old");
+        let mut sweep = Sweep::default();
+        let dropped = cache.drop_expired(&mut sweep, 100, |state, value| {
+            state == 0 && value == b"old"
+        });
         assert_eq!(dropped, 3);
         assert_eq!(cache.get(0, b"clean").map(CachedRef::to_cached), None);
         assert_eq!(cache.get(0, b"list").map(CachedRef::to_cached), None);

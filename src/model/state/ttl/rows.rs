@@ -30,25 +30,27 @@ fn timestamp(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(head))
 }
 
-/// The list elements of a list row: `(start, end)` of each element's bytes (after its length),
-/// or `None` if the row is not well formed.
-fn list_elements(row: &[u8]) -> Option<Vec<(usize, usize)>> {
-    let mut elements = Vec::new();
+/// Calls `f(start, end)` for each list element's bytes (after its length) in `row`; `false`
+/// if the row is not well formed (a length overrunning it).
+fn for_each_element(row: &[u8], mut f: impl FnMut(usize, usize)) -> bool {
     let mut at = 0;
     while at < row.len() {
-        let len: [u8; 4] = row.get(at..at + 4)?.try_into().ok()?;
+        let Some(len) = row.get(at..at + 4) else {
+            return false;
+        };
         let start = at + 4;
-        let end = start.checked_add(u32::from_le_bytes(len) as usize)?;
-        if end > row.len() {
-            return None;
-        }
-        elements.push((start, end));
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let Some(end) = start.checked_add(len).filter(|&end| end <= row.len()) else {
+            return false;
+        };
+        f(start, end);
         at = end;
     }
-    Some(elements)
+    true
 }
 
 /// Whether row `value` of a `kind` state with time to live `ttl` has expired at `now`.
+/// Allocates only to trim a list of which some elements expired: judging is a scan.
 pub fn row_expiry(kind: StateKind, ttl: &StateTtlConfig, now: u64, value: &[u8]) -> RowExpiry {
     if kind != StateKind::List {
         return match timestamp(value) {
@@ -56,22 +58,25 @@ pub fn row_expiry(kind: StateKind, ttl: &StateTtlConfig, now: u64, value: &[u8])
             _ => RowExpiry::Live,
         };
     }
-    let Some(elements) = list_elements(value) else {
-        return RowExpiry::Live;
-    };
-    let live = |&(start, end): &(usize, usize)| {
+    let live = |start: usize, end: usize| {
         timestamp(&value[start..end]).is_none_or(|ts| !ttl.expired(ts, now))
     };
-    let kept = elements.iter().filter(|e| live(e)).count();
-    if kept == elements.len() {
+    let (mut total, mut kept) = (0usize, 0usize);
+    let well_formed = for_each_element(value, |start, end| {
+        total += 1;
+        kept += usize::from(live(start, end));
+    });
+    if !well_formed || kept == total {
         RowExpiry::Live
     } else if kept == 0 {
         RowExpiry::Expired
     } else {
         let mut trimmed = Vec::with_capacity(value.len());
-        for &(start, end) in elements.iter().filter(|e| live(e)) {
-            trimmed.extend_from_slice(&value[start - 4..end]);
-        }
+        for_each_element(value, |start, end| {
+            if live(start, end) {
+                trimmed.extend_from_slice(&value[start - 4..end]);
+            }
+        });
         RowExpiry::Trimmed(trimmed)
     }
 }
@@ -130,7 +135,11 @@ impl TtlChange {
             one(value, &mut out)?;
             return Some(out);
         }
-        for (start, end) in list_elements(value)? {
+        let mut elements = Vec::new();
+        if !for_each_element(value, |start, end| elements.push((start, end))) {
+            return None;
+        }
+        for (start, end) in elements {
             let at = out.len();
             out.extend_from_slice(&[0; 4]);
             one(&value[start..end], &mut out)?;
