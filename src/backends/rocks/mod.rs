@@ -1035,8 +1035,8 @@ impl KeyedStateBackend for RocksDbBackend {
     }
 
     /// Compactions drop expired rows on disk; what the write-back cache holds is swept here,
-    /// a few slots per access to a TTL state ([`CACHE_SWEEP_PER_ACCESS`]), so that the cache
-    /// does not keep expired rows until its capacity pushes them out.
+    /// 64 bytes of the state's cached values per access to it, so that the cache does not keep
+    /// expired rows until its capacity pushes them out.
     #[inline]
     fn ttl_cleanup(&mut self, id: StateId) -> Result<()> {
         let Some(cache) = &self.write_cache else {
