@@ -39,6 +39,9 @@ pub struct StateReport {
     pub user_key_type: Option<String>,
     /// Type name of the values (list elements, map values, accumulators).
     pub value_type: String,
+    /// The schema version its descriptor declared, if not 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<u32>,
     /// The state's time to live (`ttl 3600000 ms, processing time, ...`), if it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
@@ -231,6 +234,7 @@ pub fn inspect(path: &Location, expired_at: Option<u64>) -> CliResult<InspectRep
                 namespace_type: s.namespace_type.clone(),
                 user_key_type: (s.kind == StateKind::Map).then(|| s.user_key_type.clone()),
                 value_type: s.value_type.clone(),
+                schema_version: (s.schema_version != 0).then_some(s.schema_version),
                 ttl: s.ttl.map(|t| t.describe()),
                 expired: counts
                     .as_ref()
@@ -349,6 +353,9 @@ impl InspectReport {
                     writeln!(out, "      user key:  {uk}")?;
                 }
                 writeln!(out, "      value:     {}", s.value_type)?;
+                if let Some(version) = s.schema_version {
+                    writeln!(out, "      schema:    version {version}")?;
+                }
                 if let Some(ttl) = &s.ttl {
                     writeln!(out, "      ttl:       {ttl}")?;
                 }

@@ -304,12 +304,20 @@ fn read_state_records(db: &DB, path: &Path) -> Result<Vec<StateInfo>> {
 }
 
 /// A state's record in the default column family (`docs/rocksdb-layout.md`): the codec's
-/// encoding of its info, which leaves out the time to live (records written before TTL are
-/// exactly this), then the TTL's 11 bytes if it has one.
+/// encoding of its info, which leaves out the time to live and schema version (records
+/// written before them are exactly this), then, for a state with either, a trailer: the TTL
+/// flag (0 or 1), the TTL's 11 bytes if 1, and the schema version (u32 little-endian).
 fn encode_state_record(info: &StateInfo) -> Result<Vec<u8>, CodecError> {
     let mut record = DefaultCodec::default().encode(info)?;
-    if let Some(ttl) = &info.ttl {
-        record.extend_from_slice(&ttl.to_bytes());
+    if info.ttl.is_some() || info.schema_version != 0 {
+        match &info.ttl {
+            Some(ttl) => {
+                record.push(1);
+                record.extend_from_slice(&ttl.to_bytes());
+            }
+            None => record.push(0),
+        }
+        record.extend_from_slice(&info.schema_version.to_le_bytes());
     }
     Ok(record)
 }
@@ -317,14 +325,24 @@ fn encode_state_record(info: &StateInfo) -> Result<Vec<u8>, CodecError> {
 fn decode_state_record(bytes: &[u8]) -> Result<StateInfo, CodecError> {
     let (mut info, used): (StateInfo, usize) = DefaultCodec::default().decode_prefix(bytes)?;
     let rest = &bytes[used..];
-    if !rest.is_empty() {
-        info.ttl = Some(StateTtlConfig::from_bytes(rest).ok_or_else(|| {
-            CodecError(format!(
-                "{} bytes after a state record are not a TTL",
-                rest.len()
-            ))
-        })?);
+    if rest.is_empty() {
+        return Ok(info);
     }
+    let bad = || CodecError(format!("the {} bytes after a state record", rest.len()));
+    let (ttl, version) = match rest.split_first() {
+        Some((0, version)) => (None, version),
+        Some((1, tail)) if tail.len() > StateTtlConfig::ENCODED_BYTES => {
+            let (ttl, version) = tail.split_at(StateTtlConfig::ENCODED_BYTES);
+            (
+                Some(StateTtlConfig::from_bytes(ttl).ok_or_else(bad)?),
+                version,
+            )
+        }
+        _ => return Err(bad()),
+    };
+    let version: [u8; 4] = version.try_into().map_err(|_| bad())?;
+    info.ttl = ttl;
+    info.schema_version = u32::from_le_bytes(version);
     Ok(info)
 }
 

@@ -245,7 +245,11 @@ impl<W: Write> DataFileWriter<W> {
             .u32(header.states.len() as u32);
         // Version 1 unless a state has a time to live: files without one stay byte for byte
         // what version 1 writers wrote.
-        let version = if any_ttl(header.states.iter()) { 2 } else { 1 };
+        let version = if any_extended(header.states.iter()) {
+            2
+        } else {
+            1
+        };
         for s in &header.states {
             write_state_info(&mut body, s, version >= 2);
         }
@@ -373,16 +377,17 @@ impl<W: Write> DataFileWriter<W> {
     }
 }
 
-/// Writes a StateInfo; `with_ttl` (data file version 2, metadata version 3) adds its time to
-/// live. A state with a TTL needs it: the caller picks the version from the states.
-pub(crate) fn write_state_info(w: &mut ByteWriter, s: &StateInfo, with_ttl: bool) {
+/// Writes a StateInfo; `extended` (data file version 2, metadata version 3) adds its time to
+/// live and schema version. A state with either needs it: the caller picks the version from
+/// the states ([`any_extended`]).
+pub(crate) fn write_state_info(w: &mut ByteWriter, s: &StateInfo, extended: bool) {
     w.str(&s.name)
         .u8(s.kind.code())
         .str(&s.key_type)
         .str(&s.namespace_type)
         .str(&s.user_key_type)
         .str(&s.value_type);
-    if with_ttl {
+    if extended {
         match &s.ttl {
             None => {
                 w.u8(0);
@@ -391,23 +396,32 @@ pub(crate) fn write_state_info(w: &mut ByteWriter, s: &StateInfo, with_ttl: bool
                 w.u8(1).raw(&ttl.to_bytes());
             }
         }
+        w.u32(s.schema_version);
     } else {
-        debug_assert!(s.ttl.is_none(), "a state with a TTL written without it");
+        debug_assert!(
+            !is_extended(s),
+            "a TTL or schema version written without them"
+        );
     }
 }
 
+/// Whether `state` needs the extended StateInfo: it has a time to live or a schema version.
+pub(crate) fn is_extended(state: &StateInfo) -> bool {
+    state.ttl.is_some() || state.schema_version != 0
+}
+
 /// The fewest bytes a StateInfo takes: a 1-byte name (4 + 1), its kind, four empty type names
-/// (4 × 4), and the TTL flag where the version has one.
-pub(crate) fn min_state_info_bytes(with_ttl: bool) -> usize {
-    22 + usize::from(with_ttl)
+/// (4 × 4), and in the extended form the TTL flag and the schema version (1 + 4).
+pub(crate) fn min_state_info_bytes(extended: bool) -> usize {
+    if extended { 27 } else { 22 }
 }
 
-/// Whether any of `states` has a time to live, so their StateInfos need the TTL field.
-pub(crate) fn any_ttl<'a>(mut states: impl Iterator<Item = &'a StateInfo>) -> bool {
-    states.any(|s| s.ttl.is_some())
+/// Whether any of `states` needs the extended StateInfo ([`is_extended`]).
+pub(crate) fn any_extended<'a>(mut states: impl Iterator<Item = &'a StateInfo>) -> bool {
+    states.any(is_extended)
 }
 
-pub(crate) fn read_state_info(r: &mut ByteReader<'_>, with_ttl: bool) -> Result<StateInfo> {
+pub(crate) fn read_state_info(r: &mut ByteReader<'_>, extended: bool) -> Result<StateInfo> {
     let name = r.str(255, "state name")?;
     if name.is_empty() {
         // Registration refuses empty names, so no writer of this crate produces one.
@@ -432,7 +446,12 @@ pub(crate) fn read_state_info(r: &mut ByteReader<'_>, with_ttl: bool) -> Result<
         namespace_type,
         user_key_type,
         value_type: r.str(MAX_NAME_BYTES, "value type")?,
-        ttl: if with_ttl { read_ttl(r)? } else { None },
+        ttl: if extended { read_ttl(r)? } else { None },
+        schema_version: if extended {
+            r.u32("schema version")?
+        } else {
+            0
+        },
     })
 }
 
@@ -840,8 +859,10 @@ fn parse_header(data: &[u8], name: &str, version: u16) -> Result<DataFileHeader>
         states.push(read_state_info(&mut r, version >= 2)?);
     }
     r.expect_end("the header")?;
-    if version >= 2 && !any_ttl(states.iter()) {
-        return Err(r.corrupt("version 2 without a state with a TTL (written as version 1)"));
+    if version >= 2 && !any_extended(states.iter()) {
+        return Err(r.corrupt(
+            "version 2 without a state with a TTL or a schema version (written as version 1)",
+        ));
     }
     if states.windows(2).any(|w| w[0].name >= w[1].name) {
         return Err(Error::corrupt(name, "states not sorted by name"));
@@ -908,7 +929,8 @@ mod tests {
         let mut w = ByteWriter::new();
         write_state_info(&mut w, &ttl, true);
         let good = w.into_inner();
-        let flag = good.len() - StateTtlConfig::ENCODED_BYTES - 1;
+        // The flag, 11 TTL bytes, then the 4-byte schema version.
+        let flag = good.len() - 4 - StateTtlConfig::ENCODED_BYTES - 1;
         // Another flag; a zero time to live; an unknown update type, visibility, time domain.
         for (at, byte) in [
             (flag, 2u8),

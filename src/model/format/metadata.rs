@@ -11,7 +11,7 @@ use std::fmt;
 use crate::model::codec::CodecId;
 use crate::model::error::{Error, Result};
 use crate::model::format::data_file::{
-    any_ttl, min_state_info_bytes, read_state_info, write_state_info,
+    any_extended, min_state_info_bytes, read_state_info, write_state_info,
 };
 use crate::model::format::path::StoragePath;
 use crate::model::format::{ByteReader, ByteWriter, check_declared_length, check_trailing_crc};
@@ -424,7 +424,7 @@ impl SnapshotMetadata {
 
     /// Serializes to the `_metadata` byte format.
     pub fn encode(&self) -> Vec<u8> {
-        let version = if any_ttl(self.instances.iter().flat_map(|i| i.states.iter())) {
+        let version = if any_extended(self.instances.iter().flat_map(|i| i.states.iter())) {
             3
         } else if self.engine.is_empty()
             && self
@@ -561,8 +561,10 @@ impl SnapshotMetadata {
                 ));
             }
         }
-        if version >= 3 && !any_ttl(instances.iter().flat_map(|i| i.states.iter())) {
-            return Err(r.corrupt("version 3 without a state with a TTL (written as version 2)"));
+        if version >= 3 && !any_extended(instances.iter().flat_map(|i| i.states.iter())) {
+            return Err(r.corrupt(
+                "version 3 without a state with a TTL or a schema version (written as version 2)",
+            ));
         }
         r.expect_end("the instances")?;
         Ok(SnapshotMetadata {
@@ -725,11 +727,11 @@ fn read_instance(r: &mut ByteReader<'_>, version: u16) -> Result<InstanceMetadat
         )));
     }
     let key_groups = KeyGroupRange::new(start, end)?;
-    let with_ttl = version >= 3;
-    let n_states = r.count(min_state_info_bytes(with_ttl), "states")?;
+    let extended = version >= 3;
+    let n_states = r.count(min_state_info_bytes(extended), "states")?;
     let mut states = r.vec_for(n_states);
     for _ in 0..n_states {
-        states.push(read_state_info(r, with_ttl)?);
+        states.push(read_state_info(r, extended)?);
     }
     let n_files = r.count(23, "files")?;
     let mut files = r.vec_for(n_files);

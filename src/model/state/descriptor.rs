@@ -84,6 +84,12 @@ pub struct StateInfo {
     /// state registry has stored since before TTL; it appends the TTL itself.
     #[serde(skip)]
     pub ttl: Option<StateTtlConfig>,
+    /// The version of the stored value's schema the descriptor declared
+    /// (`with_schema_version`); 0, the default, for a state that never declared one. A restore
+    /// into another version is `StateMismatch` naming both. Left out of the serde encoding as
+    /// the TTL is.
+    #[serde(skip)]
+    pub schema_version: u32,
 }
 
 impl StateInfo {
@@ -101,7 +107,15 @@ impl StateInfo {
             },
             value_type: type_name::<V>().to_owned(),
             ttl: None,
+            schema_version: 0,
         }
+    }
+
+    /// This info with schema version `version`.
+    #[must_use]
+    pub fn with_schema_version(mut self, version: u32) -> StateInfo {
+        self.schema_version = version;
+        self
     }
 
     /// This info with time to live `ttl`.
@@ -120,6 +134,7 @@ impl StateInfo {
             && self.namespace_type == other.namespace_type
             && self.user_key_type == other.user_key_type
             && self.value_type == other.value_type
+            && self.schema_version == other.schema_version
     }
 
     /// [`StateInfo::of`], with the type names `names` chose if any: what descriptors register.
@@ -145,7 +160,10 @@ impl StateInfo {
 
     /// The kind and types, as error messages show them.
     pub fn describe(&self) -> String {
-        let shape = self.describe_types();
+        let mut shape = self.describe_types();
+        if self.schema_version != 0 {
+            shape.push_str(&format!(" schema version {}", self.schema_version));
+        }
         match &self.ttl {
             Some(ttl) => format!("{shape} with {}", ttl.describe()),
             None => shape,
@@ -231,6 +249,7 @@ impl TypeNames {
 pub struct ValueStateDescriptor<K, N, V> {
     pub(crate) name: String,
     type_names: Option<TypeNames>,
+    schema_version: u32,
     _types: PhantomData<fn() -> (K, N, V)>,
 }
 
@@ -240,6 +259,7 @@ impl<K, N, V> ValueStateDescriptor<K, N, V> {
         Self {
             name: name.into(),
             type_names: None,
+            schema_version: 0,
             _types: PhantomData,
         }
     }
@@ -247,6 +267,7 @@ impl<K, N, V> ValueStateDescriptor<K, N, V> {
     /// The registration info.
     pub fn info(&self) -> StateInfo {
         StateInfo::named::<K, N, (), V>(&self.name, StateKind::Value, self.type_names.as_ref())
+            .with_schema_version(self.schema_version)
     }
 
     /// This descriptor with the type names `names` instead of Rust's type names
@@ -256,12 +277,22 @@ impl<K, N, V> ValueStateDescriptor<K, N, V> {
         self.type_names = Some(names);
         self
     }
+
+    /// This descriptor with schema version `version` (default 0): recorded with the state in
+    /// checkpoints and savepoints, and compared on restore, so that a restore into code that
+    /// reads the values differently fails by name instead of decoding them wrongly.
+    #[must_use]
+    pub fn with_schema_version(mut self, version: u32) -> Self {
+        self.schema_version = version;
+        self
+    }
 }
 
 /// Describes a list state: a `Vec<T>` per (key `K`, namespace `N`).
 pub struct ListStateDescriptor<K, N, T> {
     pub(crate) name: String,
     type_names: Option<TypeNames>,
+    schema_version: u32,
     _types: PhantomData<fn() -> (K, N, T)>,
 }
 
@@ -271,6 +302,7 @@ impl<K, N, T> ListStateDescriptor<K, N, T> {
         Self {
             name: name.into(),
             type_names: None,
+            schema_version: 0,
             _types: PhantomData,
         }
     }
@@ -278,6 +310,7 @@ impl<K, N, T> ListStateDescriptor<K, N, T> {
     /// The registration info.
     pub fn info(&self) -> StateInfo {
         StateInfo::named::<K, N, (), T>(&self.name, StateKind::List, self.type_names.as_ref())
+            .with_schema_version(self.schema_version)
     }
 
     /// This descriptor with the type names `names` instead of Rust's type names
@@ -287,12 +320,22 @@ impl<K, N, T> ListStateDescriptor<K, N, T> {
         self.type_names = Some(names);
         self
     }
+
+    /// This descriptor with schema version `version` (default 0): recorded with the state in
+    /// checkpoints and savepoints, and compared on restore, so that a restore into code that
+    /// reads the values differently fails by name instead of decoding them wrongly.
+    #[must_use]
+    pub fn with_schema_version(mut self, version: u32) -> Self {
+        self.schema_version = version;
+        self
+    }
 }
 
 /// Describes a map state: a map `UK → UV` per (key `K`, namespace `N`).
 pub struct MapStateDescriptor<K, N, UK, UV> {
     pub(crate) name: String,
     type_names: Option<TypeNames>,
+    schema_version: u32,
     _types: PhantomData<fn() -> (K, N, UK, UV)>,
 }
 
@@ -302,6 +345,7 @@ impl<K, N, UK, UV> MapStateDescriptor<K, N, UK, UV> {
         Self {
             name: name.into(),
             type_names: None,
+            schema_version: 0,
             _types: PhantomData,
         }
     }
@@ -309,6 +353,7 @@ impl<K, N, UK, UV> MapStateDescriptor<K, N, UK, UV> {
     /// The registration info.
     pub fn info(&self) -> StateInfo {
         StateInfo::named::<K, N, UK, UV>(&self.name, StateKind::Map, self.type_names.as_ref())
+            .with_schema_version(self.schema_version)
     }
 
     /// This descriptor with the type names `names` instead of Rust's type names
@@ -316,6 +361,15 @@ impl<K, N, UK, UV> MapStateDescriptor<K, N, UK, UV> {
     #[must_use]
     pub fn with_type_names(mut self, names: TypeNames) -> Self {
         self.type_names = Some(names);
+        self
+    }
+
+    /// This descriptor with schema version `version` (default 0): recorded with the state in
+    /// checkpoints and savepoints, and compared on restore, so that a restore into code that
+    /// reads the values differently fails by name instead of decoding them wrongly.
+    #[must_use]
+    pub fn with_schema_version(mut self, version: u32) -> Self {
+        self.schema_version = version;
         self
     }
 }
@@ -327,6 +381,7 @@ pub type ReduceFn<V> = Arc<dyn Fn(&V, &V) -> V + Send + Sync>;
 pub struct ReducingStateDescriptor<K, N, V> {
     pub(crate) name: String,
     type_names: Option<TypeNames>,
+    schema_version: u32,
     pub(crate) reduce: ReduceFn<V>,
     _types: PhantomData<fn() -> (K, N)>,
 }
@@ -340,6 +395,7 @@ impl<K, N, V> ReducingStateDescriptor<K, N, V> {
         Self {
             name: name.into(),
             type_names: None,
+            schema_version: 0,
             reduce: Arc::new(reduce),
             _types: PhantomData,
         }
@@ -348,6 +404,7 @@ impl<K, N, V> ReducingStateDescriptor<K, N, V> {
     /// The registration info.
     pub fn info(&self) -> StateInfo {
         StateInfo::named::<K, N, (), V>(&self.name, StateKind::Reducing, self.type_names.as_ref())
+            .with_schema_version(self.schema_version)
     }
 
     /// This descriptor with the type names `names` instead of Rust's type names
@@ -355,6 +412,15 @@ impl<K, N, V> ReducingStateDescriptor<K, N, V> {
     #[must_use]
     pub fn with_type_names(mut self, names: TypeNames) -> Self {
         self.type_names = Some(names);
+        self
+    }
+
+    /// This descriptor with schema version `version` (default 0): recorded with the state in
+    /// checkpoints and savepoints, and compared on restore, so that a restore into code that
+    /// reads the values differently fails by name instead of decoding them wrongly.
+    #[must_use]
+    pub fn with_schema_version(mut self, version: u32) -> Self {
+        self.schema_version = version;
         self
     }
 }
@@ -374,6 +440,7 @@ pub trait AggregateFunction<IN, ACC, OUT>: Send + Sync {
 pub struct AggregatingStateDescriptor<K, N, IN, ACC, OUT> {
     pub(crate) name: String,
     type_names: Option<TypeNames>,
+    schema_version: u32,
     pub(crate) function: Arc<dyn AggregateFunction<IN, ACC, OUT>>,
     _types: PhantomData<fn() -> (K, N)>,
 }
@@ -387,6 +454,7 @@ impl<K, N, IN, ACC, OUT> AggregatingStateDescriptor<K, N, IN, ACC, OUT> {
         Self {
             name: name.into(),
             type_names: None,
+            schema_version: 0,
             function: Arc::new(function),
             _types: PhantomData,
         }
@@ -399,6 +467,7 @@ impl<K, N, IN, ACC, OUT> AggregatingStateDescriptor<K, N, IN, ACC, OUT> {
             StateKind::Aggregating,
             self.type_names.as_ref(),
         )
+        .with_schema_version(self.schema_version)
     }
 
     /// This descriptor with the type names `names` instead of Rust's type names
@@ -406,6 +475,15 @@ impl<K, N, IN, ACC, OUT> AggregatingStateDescriptor<K, N, IN, ACC, OUT> {
     #[must_use]
     pub fn with_type_names(mut self, names: TypeNames) -> Self {
         self.type_names = Some(names);
+        self
+    }
+
+    /// This descriptor with schema version `version` (default 0): recorded with the state in
+    /// checkpoints and savepoints, and compared on restore, so that a restore into code that
+    /// reads the values differently fails by name instead of decoding them wrongly.
+    #[must_use]
+    pub fn with_schema_version(mut self, version: u32) -> Self {
+        self.schema_version = version;
         self
     }
 }
