@@ -1635,6 +1635,7 @@ fn a_source_with_offsets_resumes_exactly_at_another_worker_count() {
 /// a longer gap starts again, because the operator's frontier is the TTL's watermark.
 struct ExpiringCount {
     count: Option<statebackend::state::ttl::TtlValueState<u64, (), u64>>,
+    ttl: statebackend::state::ttl::StateTtlConfig,
 }
 
 impl KeyedLogic for ExpiringCount {
@@ -1648,10 +1649,8 @@ impl KeyedLogic for ExpiringCount {
     }
 
     fn open(&mut self, backend: &mut AnyBackend) -> Result<()> {
-        use statebackend::state::ttl::{StateTtlConfig, TtlTime};
-        let ttl =
-            StateTtlConfig::new(std::time::Duration::from_millis(3)).with_time(TtlTime::EventTime);
-        self.count = Some(backend.value_state_with_ttl(&ValueStateDescriptor::new("count"), ttl)?);
+        let descriptor = ValueStateDescriptor::new("count");
+        self.count = Some(backend.value_state_with_ttl(&descriptor, self.ttl)?);
         Ok(())
     }
 
@@ -1697,8 +1696,10 @@ fn event_time_ttl_follows_the_operators_frontier() {
         (7, vec![]),
         (8, vec![1]),
     ];
+    let ttl = statebackend::state::ttl::StateTtlConfig::new(std::time::Duration::from_millis(3))
+        .with_time(statebackend::state::ttl::TtlTime::EventTime);
     let outputs = run_one_worker(
-        ExpiringCount { count: None },
+        ExpiringCount { count: None, ttl },
         settings,
         epochs,
         Close::AfterLastEpoch,
@@ -1706,4 +1707,35 @@ fn event_time_ttl_follows_the_operators_frontier() {
     );
     let counts: Vec<(u64, u64)> = outputs.iter().map(|(t, (_, c, _))| (*t, *c)).collect();
     assert_eq!(counts, vec![(0, 1), (2, 2), (4, 3), (8, 1)]);
+}
+
+#[test]
+fn processing_time_ttl_follows_the_jobs_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let root: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(dir.path()).unwrap());
+    let now = Arc::new(std::sync::atomic::AtomicI64::new(1_000));
+    let mut settings = Checkpointing::new(root, 0, BackendKind::Heap);
+    let clock = Arc::clone(&now);
+    settings.clock = ProcessingClock::new(move || clock.load(std::sync::atomic::Ordering::SeqCst));
+    // A TTL of 100 ms on the job's clock: 1,000 at epochs 0 and 1, 1,050 at 2, 1,200 at 3.
+    let ttl = statebackend::state::ttl::StateTtlConfig::new(std::time::Duration::from_millis(100));
+    let epochs = vec![(0, vec![1]), (1, vec![1]), (2, vec![1]), (3, vec![1])];
+    let hands = Arc::clone(&now);
+    let outputs = run_one_worker(
+        ExpiringCount { count: None, ttl },
+        settings,
+        epochs,
+        Close::AfterLastEpoch,
+        move |epoch| {
+            let next = match epoch {
+                1 => 1_050,
+                2 => 1_200,
+                _ => return,
+            };
+            hands.store(next, std::sync::atomic::Ordering::SeqCst);
+        },
+    );
+    let counts: Vec<(u64, u64)> = outputs.iter().map(|(t, (_, c, _))| (*t, *c)).collect();
+    // Written at 1,050 (epoch 2), the count has expired by 1,200 (epoch 3): it starts again.
+    assert_eq!(counts, vec![(0, 1), (1, 2), (2, 3), (3, 1)]);
 }

@@ -466,6 +466,11 @@ impl<L: KeyedLogic> Instance<L> {
     /// side of each barrier).
     fn fire_processing_timers(&mut self, at: u64) {
         let now = self.settings.clock.now();
+        // Processing-time TTL reads the job's clock too, as of this activation: a job run on a
+        // clock of its own (tests, replays) expires state by that clock.
+        self.backend
+            .ttl_clock()
+            .set_processing_time(u64::try_from(now).unwrap_or(0));
         self.timers.advance_processing_time_to(now);
         loop {
             let timer = match self.timers.next_due_processing_time(&mut self.backend) {
