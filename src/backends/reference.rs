@@ -141,12 +141,7 @@ impl ReferenceBackend {
             if change != TtlChange::Keep {
                 for rows in &mut self.rows[index] {
                     for value in rows.values_mut() {
-                        *value = change
-                            .apply(info.kind, value)
-                            .ok_or_else(|| Error::Decode {
-                                state: info.name.clone(),
-                                message: "a row too short for its TTL timestamp".into(),
-                            })?;
+                        *value = change.apply_to_row(&info, value)?;
                     }
                 }
             }

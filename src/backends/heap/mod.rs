@@ -298,9 +298,7 @@ impl KeyedStateBackend for HeapBackend {
                     for (suffix, value) in rows.iter() {
                         let value = match change {
                             Some(change) if change != TtlChange::Keep => {
-                                Cow::Owned(change.apply(info.kind, value).ok_or_else(|| {
-                                    decode("a row too short for its TTL timestamp".into())
-                                })?)
+                                Cow::Owned(change.apply_to_row(&info, value)?)
                             }
                             _ => Cow::Borrowed(value.as_slice()),
                         };

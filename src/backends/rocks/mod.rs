@@ -713,12 +713,7 @@ impl RocksDbBackend {
         read.set_total_order_seek(true);
         for item in self.db.iterator_cf_opt(cf, read, IteratorMode::Start) {
             let (key, value) = item.map_err(self.rocks())?;
-            let changed = change
-                .apply(info.kind, &value)
-                .ok_or_else(|| Error::Decode {
-                    state: info.name.clone(),
-                    message: "a row too short for its TTL timestamp".into(),
-                })?;
+            let changed = change.apply_to_row(info, &value)?;
             batch.put_cf(cf, &key, changed);
             if batch.size_in_bytes() >= 4 << 20 {
                 self.db

@@ -9,8 +9,9 @@
 //! - list: its elements concatenated, each `u32 LE length ++ timestamp u64 LE ++
 //!   codec(element)`, the length counting the timestamp.
 
-use crate::model::state::StateKind;
+use crate::model::error::{Error, Result};
 use crate::model::state::ttl::StateTtlConfig;
+use crate::model::state::{StateInfo, StateKind};
 
 /// What happens to one row under its state's time to live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +115,18 @@ impl TtlChange {
             },
             (Some(_), None) => TtlChange::Strip,
         }
+    }
+
+    /// [`TtlChange::apply`] for a row of state `info`, as every backend's restore needs it: a
+    /// row that is not well formed is [`Error::Decode`] naming the state.
+    ///
+    /// # Errors
+    /// [`Error::Decode`].
+    pub fn apply_to_row(self, info: &StateInfo, value: &[u8]) -> Result<Vec<u8>> {
+        self.apply(info.kind, value).ok_or_else(|| Error::Decode {
+            state: info.name.clone(),
+            message: "a row too short for its TTL timestamp".into(),
+        })
     }
 
     /// Row `value` of a `kind` state after the change, or `None` if the row is not well formed
