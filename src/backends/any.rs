@@ -203,6 +203,10 @@ impl KeyedStateBackend for AnyBackend {
         dispatch!(self, b => b.states())
     }
 
+    fn migrate_rows(&mut self, migration: &crate::model::state::RowMigration) -> Result<()> {
+        dispatch!(self, b => b.migrate_rows(migration))
+    }
+
     fn register<K: StateKey, N: StateKey, S: StoredState>(
         &mut self,
         info: StateInfo,

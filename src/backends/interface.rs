@@ -187,6 +187,23 @@ pub struct PendingSavepoint {
 }
 
 impl PendingSavepoint {
+    /// A savepoint part written from `view`, recorded as instance `instance_id` of a `backend`
+    /// with operator state `operator_state`: how backends and the offline state processor
+    /// write savepoints through one writer, so that the same rows give the same bytes.
+    pub fn from_view(
+        view: Box<dyn RowView>,
+        instance_id: InstanceId,
+        backend: crate::model::state::BackendKind,
+        operator_state: OperatorState,
+    ) -> Self {
+        Self {
+            view,
+            instance_id,
+            backend,
+            operator_state,
+        }
+    }
+
     /// Writes the instance's canonical data file into the savepoint directory `storage` and
     /// returns the instance's metadata. Streams: memory stays bounded by one (key group, state).
     ///

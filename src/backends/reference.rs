@@ -26,6 +26,7 @@ use crate::model::state::backend::{
     BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered, ttl_change,
 };
 use crate::model::state::key::KeyRef;
+use crate::model::state::migration::RowMigration;
 use crate::model::state::operator::OperatorState;
 use crate::model::state::rows::{decode_list, encode_list_element};
 use crate::model::state::ttl::{TtlChange, TtlClock};
@@ -222,6 +223,22 @@ impl KeyedStateBackend for ReferenceBackend {
     ) -> Result<StateId> {
         let index = self.register_info(info)?;
         Ok(StateId::new(self.identity, index))
+    }
+
+    fn migrate_rows(&mut self, migration: &RowMigration) -> Result<()> {
+        let index = self
+            .states
+            .iter()
+            .position(|s| s.name == migration.state())
+            .filter(|&i| !self.registered[i])
+            .ok_or_else(|| migration.not_restored())?;
+        for rows in &mut self.rows[index] {
+            let mut migrated: Vec<_> = std::mem::take(rows).into_iter().collect();
+            migration.apply_sorted(&mut migrated)?;
+            *rows = migrated.into_iter().collect();
+        }
+        self.states[index] = migration.migrated_info().clone();
+        Ok(())
     }
 
     fn get_cell<K: StateKey, N: StateKey, V: StateValue>(

@@ -55,6 +55,44 @@ pub enum Error {
         /// How it was requested now.
         requested: String,
     },
+    /// A restored state's schema version has no chain of migrations to the registered one.
+    #[error(
+        "state '{state}' was written at schema version {from} and is registered at version \
+         {to}, but no migration leads on from version {stuck_at}"
+    )]
+    NoMigrationPath {
+        /// The state name.
+        state: String,
+        /// The restored state's schema version.
+        from: u32,
+        /// The registered schema version.
+        to: u32,
+        /// The version from which no declared migration starts.
+        stuck_at: u32,
+    },
+    /// A restored state cannot become the registered one by migrating its values: its kind,
+    /// key or namespace type changed, or its map user key type without a user key migration.
+    #[error("state '{state}' cannot migrate from schema version {from} to {to}: {reason}")]
+    IncompatibleMigration {
+        /// The state name.
+        state: String,
+        /// The restored state's schema version.
+        from: u32,
+        /// The registered schema version.
+        to: u32,
+        /// What changed.
+        reason: String,
+    },
+    /// A snapshot's operator has no state of that name.
+    #[error("operator {operator:?} has no state {state:?} (it has {found:?})")]
+    UnknownStateName {
+        /// The state name asked for.
+        state: String,
+        /// The operator.
+        operator: String,
+        /// The states it has.
+        found: Vec<String>,
+    },
     /// A state handle that this backend did not issue.
     #[error("state handle {id} does not belong to this backend")]
     UnknownState {

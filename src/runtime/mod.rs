@@ -7,5 +7,6 @@
 
 pub mod checkpoint;
 pub mod driver;
+pub mod processor;
 pub mod savepoint;
 pub mod timers;

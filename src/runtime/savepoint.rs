@@ -11,6 +11,7 @@
 //! groups overlap its own and reads only the key groups it owns from them.
 
 pub use crate::model::format::data_file;
+pub use crate::runtime::processor;
 
 use std::collections::BTreeMap;
 
@@ -60,7 +61,7 @@ pub fn complete_savepoint_with(
 }
 
 /// Writes `_metadata` for savepoint `id` (the source checkpoint's id, or 0).
-fn write_savepoint_metadata(
+pub(crate) fn write_savepoint_metadata(
     storage: &dyn CheckpointStorage,
     id: u64,
     mut instances: Vec<InstanceMetadata>,

@@ -22,6 +22,7 @@ use crate::model::state::backend::{
     BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered, ttl_change,
 };
 use crate::model::state::key::KeyRef;
+use crate::model::state::migration::RowMigration;
 use crate::model::state::operator::OperatorState;
 use crate::model::state::rows::{FastMap, KeyNs};
 use crate::model::state::ttl::{ExpiringState, TtlChange, TtlClock};
@@ -323,6 +324,22 @@ impl KeyedStateBackend for HeapBackend {
             cleanup: None,
         });
         Ok(id)
+    }
+
+    fn migrate_rows(&mut self, migration: &RowMigration) -> Result<()> {
+        let state = self
+            .states
+            .iter_mut()
+            .find(|s| s.info.name == migration.state())
+            .ok_or_else(|| migration.not_restored())?;
+        let raw = (state.table.as_mut() as &mut dyn Any)
+            .downcast_mut::<RawTable>()
+            .ok_or_else(|| migration.not_restored())?;
+        for rows in raw.groups.values_mut() {
+            migration.apply_sorted(Arc::make_mut(rows).as_mut_slice())?;
+        }
+        state.info = migration.migrated_info().clone();
+        Ok(())
     }
 
     fn register_expiring<K: StateKey, N: StateKey, S: ExpiringState>(

@@ -22,17 +22,20 @@ use rocksdb::{ColumnFamily, DB, Direction, IteratorMode, ReadOptions, WriteBatch
 use crate::model::codec::{Codec, CodecError, DefaultCodec};
 use crate::model::error::{Error, Result};
 use crate::model::key_group::check_range;
-use crate::model::key_group::{KeyGroupAssigner, KeyGroupRange};
+use crate::model::key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange};
 use crate::model::state::backend::{
     BackendKind, KeyedStateBackend, MapEntries, StateKeys, find_registered, ttl_change,
 };
 use crate::model::state::key::KeyRef;
+use crate::model::state::migration::RowMigration;
 use crate::model::state::rows::{decode_list, encode_list_element};
 use crate::model::state::ttl::rows::{RowExpiry, row_expiry};
 use crate::model::state::ttl::{StateTtlConfig, TtlChange, TtlClock};
 use crate::model::state::{
     StateId, StateInfo, StateKey, StateKind, StateValue, StoredState, next_backend_identity,
 };
+use layout::{KEY_GROUP_PREFIX_LEN, key_group_span};
+use std::collections::BTreeMap;
 
 pub use options::{CompactionStyle, Memtable, RocksDbOptions};
 pub(crate) use snapshot::RESTORE_MARKER;
@@ -702,8 +705,46 @@ impl RocksDbBackend {
 
     /// Rewrites every row of state `index` with `change` applied, in batches.
     fn change_rows(&mut self, index: usize, info: &StateInfo, change: TtlChange) -> Result<()> {
+        self.rewrite_rows(index, false, &mut |_, value| {
+            Ok((None, change.apply_to_row(info, value)?))
+        })
+    }
+
+    /// Migrates the rows of a restored state not registered since ([`RowMigration`]).
+    fn migrate_state(&mut self, migration: &RowMigration) -> Result<()> {
+        let index = self
+            .states
+            .iter()
+            .position(|s| s.info.name == migration.state())
+            .filter(|&i| !self.states[i].registered)
+            .ok_or_else(|| migration.not_restored())?;
+        // No compaction judges rows while they change: a migration may change their length.
+        let info = migration.migrated_info();
+        self.ttl.set(&self.states[index].cf_name, info.kind, None);
+        self.rewrite_rows(index, migration.moves_rows(), &mut |suffix, value| {
+            migration.apply(suffix, value)
+        })?;
+        self.states[index].info = info.clone();
+        self.ttl
+            .set(&self.states[index].cf_name, info.kind, info.ttl);
+        self.write_state_record(index)
+    }
+
+    /// Rewrites every row of state `index` through `rewrite(suffix, value)`, which gives the
+    /// new value and, if the row moves (`moves`), its new suffix. Each row is read once and
+    /// written once, in batches of 4 MiB. Moving rows are rewritten a key group at a time:
+    /// the group is read whole, range-deleted and written again, so that a row moved onto the
+    /// key of one not yet read is not deleted with it; two rows moved onto one key are
+    /// [`RowMigration::collision`]-like errors from `rewrite`'s caller.
+    fn rewrite_rows(
+        &mut self,
+        index: usize,
+        moves: bool,
+        rewrite: &mut dyn FnMut(&[u8], &[u8]) -> Result<(Option<Vec<u8>>, Vec<u8>)>,
+    ) -> Result<()> {
         // No cached row of the state may outlive its rewrite.
         self.drop_write_cache()?;
+        let name = self.states[index].info.name.clone();
         let cf = self
             .db
             .cf_handle(&self.states[index].cf_name)
@@ -711,15 +752,52 @@ impl RocksDbBackend {
         let mut batch = WriteBatch::default();
         let mut read = ReadOptions::default();
         read.set_total_order_seek(true);
+        // The key group being gathered, and its rows by new key (moving rows only).
+        let mut group: Option<KeyGroup> = None;
+        let mut moved: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let collision = || Error::Decode {
+            state: name.clone(),
+            message: "two rows migrate to one key; one of them would be lost".into(),
+        };
+        let flush_group =
+            |batch: &mut WriteBatch, group: KeyGroup, moved: &mut BTreeMap<Vec<u8>, Vec<u8>>| {
+                let (start, end) = key_group_span(u32::from(group), u32::from(group) + 1);
+                batch.delete_range_cf(cf, start, end);
+                for (key, value) in std::mem::take(moved) {
+                    batch.put_cf(cf, key, value);
+                }
+            };
         for item in self.db.iterator_cf_opt(cf, read, IteratorMode::Start) {
             let (key, value) = item.map_err(self.rocks())?;
-            let changed = change.apply_to_row(info, &value)?;
-            batch.put_cf(cf, &key, changed);
+            let Some(suffix) = key.get(KEY_GROUP_PREFIX_LEN..) else {
+                return Err(Error::Decode {
+                    state: name.clone(),
+                    message: "a row key shorter than its key-group prefix".into(),
+                });
+            };
+            let (new_suffix, new_value) = rewrite(suffix, &value)?;
+            if moves {
+                let row_group = u16::from_be_bytes([key[0], key[1]]);
+                if let Some(previous) = group.filter(|&g| g != row_group) {
+                    flush_group(&mut batch, previous, &mut moved);
+                }
+                group = Some(row_group);
+                let mut new_key = key[..KEY_GROUP_PREFIX_LEN].to_vec();
+                new_key.extend_from_slice(new_suffix.as_deref().unwrap_or(suffix));
+                if moved.insert(new_key, new_value).is_some() {
+                    return Err(collision());
+                }
+            } else {
+                batch.put_cf(cf, &key, new_value);
+            }
             if batch.size_in_bytes() >= 4 << 20 {
                 self.db
                     .write_opt(std::mem::take(&mut batch), &self.write_options)
                     .map_err(self.rocks())?;
             }
+        }
+        if let Some(last) = group {
+            flush_group(&mut batch, last, &mut moved);
         }
         self.db
             .write_opt(batch, &self.write_options)
@@ -1045,6 +1123,10 @@ impl KeyedStateBackend for RocksDbBackend {
 
     fn ttl_clock(&self) -> &TtlClock {
         self.ttl.clock()
+    }
+
+    fn migrate_rows(&mut self, migration: &RowMigration) -> Result<()> {
+        self.migrate_state(migration)
     }
 
     /// Compactions drop expired rows on disk; what the write-back cache holds is swept here,

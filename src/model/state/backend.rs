@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::model::error::{Error, Result};
 use crate::model::key_group::{KeyGroup, KeyGroupAssigner, KeyGroupRange};
 use crate::model::state::key::{KeyContext, KeyRef};
+use crate::model::state::migration::{Migrations, RowMigration};
 use crate::model::state::ttl::{
     ExpiringState, StateTtlConfig, TtlAggregatingState, TtlChange, TtlClock, TtlListState,
     TtlMapState, TtlReducingState, TtlValue, TtlValueState,
@@ -124,6 +125,33 @@ pub trait KeyedStateBackend {
         &mut self,
         info: StateInfo,
     ) -> Result<StateId>;
+
+    /// Migrates a restored state to the schema version `info` declares, if it was written at
+    /// another one ([`crate::state::migration`]), and returns `info` for registration. Every
+    /// `*_state` method calls it before [`KeyedStateBackend::register`]. A state that is not
+    /// restored, or restored at `info`'s version, is left alone.
+    ///
+    /// # Errors
+    /// [`Error::NoMigrationPath`] or [`Error::IncompatibleMigration`] (no row has changed);
+    /// [`Error::StateMismatch`] if the state was registered since it was restored;
+    /// [`Error::Decode`] for a row that does not decode as the old version (the backend's
+    /// copy of the state is then partly migrated: drop the backend).
+    fn migrate_restored(&mut self, info: StateInfo, migrations: &Migrations) -> Result<StateInfo> {
+        let restored = self.states().into_iter().find(|s| s.name == info.name);
+        if let Some(restored) = restored.filter(|s| s.schema_version != info.schema_version) {
+            let migration = RowMigration::plan(&restored, &info, migrations)?;
+            self.migrate_rows(&migration)?;
+        }
+        Ok(info)
+    }
+
+    /// Rewrites every row of the restored state `migration` names through it
+    /// ([`RowMigration::apply`]) and records the state as [`RowMigration::migrated_info`].
+    ///
+    /// # Errors
+    /// [`Error::StateMismatch`] if the state was registered since it was restored (handles read
+    /// the old layout); [`Error::Decode`] for a row that does not migrate.
+    fn migrate_rows(&mut self, migration: &RowMigration) -> Result<()>;
 
     /// The single value of `(key, ns)` in a value, reducing or aggregating state.
     ///
@@ -363,7 +391,8 @@ pub trait KeyedStateBackend {
     where
         Self: Sized,
     {
-        let id = self.register::<K, N, Cell<V>>(descriptor.info())?;
+        let info = self.migrate_restored(descriptor.info(), descriptor.migrations())?;
+        let id = self.register::<K, N, Cell<V>>(info)?;
         Ok(ValueState {
             id,
             _types: PhantomData,
@@ -381,7 +410,8 @@ pub trait KeyedStateBackend {
     where
         Self: Sized,
     {
-        let id = self.register::<K, N, ListCell<T>>(descriptor.info())?;
+        let info = self.migrate_restored(descriptor.info(), descriptor.migrations())?;
+        let id = self.register::<K, N, ListCell<T>>(info)?;
         Ok(ListState {
             id,
             _types: PhantomData,
@@ -399,7 +429,11 @@ pub trait KeyedStateBackend {
     where
         Self: Sized,
     {
-        let id = self.register::<K, N, MapCell<UK, UV>>(descriptor.info())?;
+        let info = self.migrate_restored(
+            descriptor.info(),
+            &descriptor.migrations().for_map::<K, N>(),
+        )?;
+        let id = self.register::<K, N, MapCell<UK, UV>>(info)?;
         Ok(MapState {
             id,
             _types: PhantomData,
@@ -417,7 +451,8 @@ pub trait KeyedStateBackend {
     where
         Self: Sized,
     {
-        let id = self.register::<K, N, Cell<V>>(descriptor.info())?;
+        let info = self.migrate_restored(descriptor.info(), descriptor.migrations())?;
+        let id = self.register::<K, N, Cell<V>>(info)?;
         Ok(ReducingState {
             id,
             reduce: Arc::clone(&descriptor.reduce),
@@ -436,7 +471,8 @@ pub trait KeyedStateBackend {
     where
         Self: Sized,
     {
-        let id = self.register::<K, N, Cell<ACC>>(descriptor.info())?;
+        let info = self.migrate_restored(descriptor.info(), descriptor.migrations())?;
+        let id = self.register::<K, N, Cell<ACC>>(info)?;
         Ok(AggregatingState {
             id,
             function: Arc::clone(&descriptor.function),
@@ -459,8 +495,8 @@ pub trait KeyedStateBackend {
     where
         Self: Sized,
     {
-        let id =
-            self.register_expiring::<K, N, Cell<TtlValue<V>>>(descriptor.info().with_ttl(ttl))?;
+        let info = self.migrate_restored(descriptor.info(), descriptor.migrations())?;
+        let id = self.register_expiring::<K, N, Cell<TtlValue<V>>>(info.with_ttl(ttl))?;
         Ok(TtlValueState {
             inner: ValueState {
                 id,
@@ -483,8 +519,8 @@ pub trait KeyedStateBackend {
     where
         Self: Sized,
     {
-        let id =
-            self.register_expiring::<K, N, ListCell<TtlValue<T>>>(descriptor.info().with_ttl(ttl))?;
+        let info = self.migrate_restored(descriptor.info(), descriptor.migrations())?;
+        let id = self.register_expiring::<K, N, ListCell<TtlValue<T>>>(info.with_ttl(ttl))?;
         Ok(TtlListState {
             inner: ListState {
                 id,
@@ -507,9 +543,11 @@ pub trait KeyedStateBackend {
     where
         Self: Sized,
     {
-        let id = self.register_expiring::<K, N, MapCell<UK, TtlValue<UV>>>(
-            descriptor.info().with_ttl(ttl),
+        let info = self.migrate_restored(
+            descriptor.info(),
+            &descriptor.migrations().for_map::<K, N>(),
         )?;
+        let id = self.register_expiring::<K, N, MapCell<UK, TtlValue<UV>>>(info.with_ttl(ttl))?;
         Ok(TtlMapState {
             inner: MapState {
                 id,
@@ -532,8 +570,8 @@ pub trait KeyedStateBackend {
     where
         Self: Sized,
     {
-        let id =
-            self.register_expiring::<K, N, Cell<TtlValue<V>>>(descriptor.info().with_ttl(ttl))?;
+        let info = self.migrate_restored(descriptor.info(), descriptor.migrations())?;
+        let id = self.register_expiring::<K, N, Cell<TtlValue<V>>>(info.with_ttl(ttl))?;
         Ok(TtlReducingState {
             id,
             reduce: Arc::clone(&descriptor.reduce),
@@ -555,8 +593,8 @@ pub trait KeyedStateBackend {
     where
         Self: Sized,
     {
-        let id =
-            self.register_expiring::<K, N, Cell<TtlValue<ACC>>>(descriptor.info().with_ttl(ttl))?;
+        let info = self.migrate_restored(descriptor.info(), descriptor.migrations())?;
+        let id = self.register_expiring::<K, N, Cell<TtlValue<ACC>>>(info.with_ttl(ttl))?;
         Ok(TtlAggregatingState {
             id,
             function: Arc::clone(&descriptor.function),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::state::migration::{Migration, Migrations};
 use crate::model::state::ttl::StateTtlConfig;
 
 /// The kind of a state. Stored as one byte in every format.
@@ -250,6 +251,7 @@ pub struct ValueStateDescriptor<K, N, V> {
     pub(crate) name: String,
     type_names: Option<TypeNames>,
     schema_version: u32,
+    migrations: Migrations,
     _types: PhantomData<fn() -> (K, N, V)>,
 }
 
@@ -260,6 +262,7 @@ impl<K, N, V> ValueStateDescriptor<K, N, V> {
             name: name.into(),
             type_names: None,
             schema_version: 0,
+            migrations: Migrations::default(),
             _types: PhantomData,
         }
     }
@@ -269,23 +272,6 @@ impl<K, N, V> ValueStateDescriptor<K, N, V> {
         StateInfo::named::<K, N, (), V>(&self.name, StateKind::Value, self.type_names.as_ref())
             .with_schema_version(self.schema_version)
     }
-
-    /// This descriptor with the type names `names` instead of Rust's type names
-    /// ([`TypeNames`]).
-    #[must_use]
-    pub fn with_type_names(mut self, names: TypeNames) -> Self {
-        self.type_names = Some(names);
-        self
-    }
-
-    /// This descriptor with schema version `version` (default 0): recorded with the state in
-    /// checkpoints and savepoints, and compared on restore, so that a restore into code that
-    /// reads the values differently fails by name instead of decoding them wrongly.
-    #[must_use]
-    pub fn with_schema_version(mut self, version: u32) -> Self {
-        self.schema_version = version;
-        self
-    }
 }
 
 /// Describes a list state: a `Vec<T>` per (key `K`, namespace `N`).
@@ -293,6 +279,7 @@ pub struct ListStateDescriptor<K, N, T> {
     pub(crate) name: String,
     type_names: Option<TypeNames>,
     schema_version: u32,
+    migrations: Migrations,
     _types: PhantomData<fn() -> (K, N, T)>,
 }
 
@@ -303,6 +290,7 @@ impl<K, N, T> ListStateDescriptor<K, N, T> {
             name: name.into(),
             type_names: None,
             schema_version: 0,
+            migrations: Migrations::default(),
             _types: PhantomData,
         }
     }
@@ -312,23 +300,6 @@ impl<K, N, T> ListStateDescriptor<K, N, T> {
         StateInfo::named::<K, N, (), T>(&self.name, StateKind::List, self.type_names.as_ref())
             .with_schema_version(self.schema_version)
     }
-
-    /// This descriptor with the type names `names` instead of Rust's type names
-    /// ([`TypeNames`]).
-    #[must_use]
-    pub fn with_type_names(mut self, names: TypeNames) -> Self {
-        self.type_names = Some(names);
-        self
-    }
-
-    /// This descriptor with schema version `version` (default 0): recorded with the state in
-    /// checkpoints and savepoints, and compared on restore, so that a restore into code that
-    /// reads the values differently fails by name instead of decoding them wrongly.
-    #[must_use]
-    pub fn with_schema_version(mut self, version: u32) -> Self {
-        self.schema_version = version;
-        self
-    }
 }
 
 /// Describes a map state: a map `UK → UV` per (key `K`, namespace `N`).
@@ -336,6 +307,7 @@ pub struct MapStateDescriptor<K, N, UK, UV> {
     pub(crate) name: String,
     type_names: Option<TypeNames>,
     schema_version: u32,
+    migrations: Migrations,
     _types: PhantomData<fn() -> (K, N, UK, UV)>,
 }
 
@@ -346,6 +318,7 @@ impl<K, N, UK, UV> MapStateDescriptor<K, N, UK, UV> {
             name: name.into(),
             type_names: None,
             schema_version: 0,
+            migrations: Migrations::default(),
             _types: PhantomData,
         }
     }
@@ -354,23 +327,6 @@ impl<K, N, UK, UV> MapStateDescriptor<K, N, UK, UV> {
     pub fn info(&self) -> StateInfo {
         StateInfo::named::<K, N, UK, UV>(&self.name, StateKind::Map, self.type_names.as_ref())
             .with_schema_version(self.schema_version)
-    }
-
-    /// This descriptor with the type names `names` instead of Rust's type names
-    /// ([`TypeNames`]).
-    #[must_use]
-    pub fn with_type_names(mut self, names: TypeNames) -> Self {
-        self.type_names = Some(names);
-        self
-    }
-
-    /// This descriptor with schema version `version` (default 0): recorded with the state in
-    /// checkpoints and savepoints, and compared on restore, so that a restore into code that
-    /// reads the values differently fails by name instead of decoding them wrongly.
-    #[must_use]
-    pub fn with_schema_version(mut self, version: u32) -> Self {
-        self.schema_version = version;
-        self
     }
 }
 
@@ -382,6 +338,7 @@ pub struct ReducingStateDescriptor<K, N, V> {
     pub(crate) name: String,
     type_names: Option<TypeNames>,
     schema_version: u32,
+    migrations: Migrations,
     pub(crate) reduce: ReduceFn<V>,
     _types: PhantomData<fn() -> (K, N)>,
 }
@@ -396,6 +353,7 @@ impl<K, N, V> ReducingStateDescriptor<K, N, V> {
             name: name.into(),
             type_names: None,
             schema_version: 0,
+            migrations: Migrations::default(),
             reduce: Arc::new(reduce),
             _types: PhantomData,
         }
@@ -405,23 +363,6 @@ impl<K, N, V> ReducingStateDescriptor<K, N, V> {
     pub fn info(&self) -> StateInfo {
         StateInfo::named::<K, N, (), V>(&self.name, StateKind::Reducing, self.type_names.as_ref())
             .with_schema_version(self.schema_version)
-    }
-
-    /// This descriptor with the type names `names` instead of Rust's type names
-    /// ([`TypeNames`]).
-    #[must_use]
-    pub fn with_type_names(mut self, names: TypeNames) -> Self {
-        self.type_names = Some(names);
-        self
-    }
-
-    /// This descriptor with schema version `version` (default 0): recorded with the state in
-    /// checkpoints and savepoints, and compared on restore, so that a restore into code that
-    /// reads the values differently fails by name instead of decoding them wrongly.
-    #[must_use]
-    pub fn with_schema_version(mut self, version: u32) -> Self {
-        self.schema_version = version;
-        self
     }
 }
 
@@ -441,6 +382,7 @@ pub struct AggregatingStateDescriptor<K, N, IN, ACC, OUT> {
     pub(crate) name: String,
     type_names: Option<TypeNames>,
     schema_version: u32,
+    migrations: Migrations,
     pub(crate) function: Arc<dyn AggregateFunction<IN, ACC, OUT>>,
     _types: PhantomData<fn() -> (K, N)>,
 }
@@ -455,6 +397,7 @@ impl<K, N, IN, ACC, OUT> AggregatingStateDescriptor<K, N, IN, ACC, OUT> {
             name: name.into(),
             type_names: None,
             schema_version: 0,
+            migrations: Migrations::default(),
             function: Arc::new(function),
             _types: PhantomData,
         }
@@ -469,21 +412,50 @@ impl<K, N, IN, ACC, OUT> AggregatingStateDescriptor<K, N, IN, ACC, OUT> {
         )
         .with_schema_version(self.schema_version)
     }
-
-    /// This descriptor with the type names `names` instead of Rust's type names
-    /// ([`TypeNames`]).
-    #[must_use]
-    pub fn with_type_names(mut self, names: TypeNames) -> Self {
-        self.type_names = Some(names);
-        self
-    }
-
-    /// This descriptor with schema version `version` (default 0): recorded with the state in
-    /// checkpoints and savepoints, and compared on restore, so that a restore into code that
-    /// reads the values differently fails by name instead of decoding them wrongly.
-    #[must_use]
-    pub fn with_schema_version(mut self, version: u32) -> Self {
-        self.schema_version = version;
-        self
-    }
 }
+
+/// The options every descriptor has: type names, schema version and migrations.
+macro_rules! descriptor_options {
+    ($descriptor:ident < $($param:ident),* >) => {
+        impl<$($param),*> $descriptor<$($param),*> {
+            /// This descriptor with the type names `names` instead of Rust's type names
+            /// ([`TypeNames`]).
+            #[must_use]
+            pub fn with_type_names(mut self, names: TypeNames) -> Self {
+                self.type_names = Some(names);
+                self
+            }
+
+            /// This descriptor with schema version `version` (default 0): recorded with the
+            /// state in checkpoints and savepoints, and compared on restore, so that a restore
+            /// into code that reads the values differently migrates them
+            /// ([`with_migration`](Self::with_migration)) or fails by name, instead of
+            /// decoding them wrongly.
+            #[must_use]
+            pub fn with_schema_version(mut self, version: u32) -> Self {
+                self.schema_version = version;
+                self
+            }
+
+            /// This descriptor with one more step of its schema history: a restored state of
+            /// an older schema version is migrated through a chain of such steps when it is
+            /// registered ([`crate::state::migration`]).
+            #[must_use]
+            pub fn with_migration(mut self, step: Migration) -> Self {
+                self.migrations.push(step);
+                self
+            }
+
+            /// The declared migration steps.
+            pub fn migrations(&self) -> &Migrations {
+                &self.migrations
+            }
+        }
+    };
+}
+
+descriptor_options!(ValueStateDescriptor<K, N, V>);
+descriptor_options!(ListStateDescriptor<K, N, T>);
+descriptor_options!(MapStateDescriptor<K, N, UK, UV>);
+descriptor_options!(ReducingStateDescriptor<K, N, V>);
+descriptor_options!(AggregatingStateDescriptor<K, N, IN, ACC, OUT>);

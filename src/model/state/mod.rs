@@ -10,6 +10,7 @@ pub mod backend;
 mod descriptor;
 mod handles;
 pub mod key;
+pub mod migration;
 pub mod operator;
 pub mod rows;
 pub mod ttl;
@@ -22,6 +23,7 @@ pub use descriptor::{
 pub use handles::next_backend_identity;
 pub use handles::{AggregatingState, ListState, MapState, ReducingState, StateId, ValueState};
 pub use key::{AsKey, KeyContext, KeyRef};
+pub use migration::{Migration, Migrations, RowMigration};
 pub use operator::{
     BroadcastState, OperatorListState, OperatorState, OperatorStateEntry, OperatorStateMode,
 };
