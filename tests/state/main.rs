@@ -26,5 +26,6 @@ mod rocksdb_disk_full;
 mod rocksdb_hash_memtable;
 mod rocksdb_resources;
 mod rocksdb_working_dir;
+mod schema_evolution;
 mod schema_versions;
 mod ttl;
