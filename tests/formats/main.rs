@@ -14,4 +14,5 @@ mod fuzz_corpus;
 mod savepoint_crash_sweep;
 mod savepoint_golden;
 mod savepoint_round_trip;
+mod state_processor;
 mod storage_local;

@@ -88,7 +88,8 @@ impl SavepointRewrite {
         self.operators.entry(operator.to_owned()).or_default()
     }
 
-    /// Drops state `state` of `operator`.
+    /// Drops state `state` of `operator`. Every state edit names the state as the source
+    /// savepoint does, whatever other edits do to it.
     #[must_use]
     pub fn drop_state(mut self, operator: &str, state: &str) -> Self {
         self.operator(operator)
@@ -269,11 +270,12 @@ fn state_plan(
         })
         .collect();
     for (state, edit) in edits {
-        let Some(at) = plan.iter().position(|s| &s.info.name == state) else {
+        // Edits name states as the source does, whatever edits came before.
+        let Some(at) = plan.iter().position(|s| &s.source == state) else {
             return Err(Error::UnknownStateName {
                 state: state.clone(),
                 operator: operator.to_owned(),
-                found: plan.iter().map(|s| s.info.name.clone()).collect(),
+                found: plan.iter().map(|s| s.source.clone()).collect(),
             });
         };
         match edit {
@@ -307,7 +309,7 @@ fn state_plan(
             StateEdit::Rows(rows, info) => {
                 if let Some(info) = info {
                     let mut info = info.clone();
-                    info.name.clone_from(state);
+                    info.name.clone_from(&plan[at].info.name);
                     plan[at].info = info;
                 }
                 plan[at].rows = Some(rows.clone());
