@@ -45,8 +45,8 @@ fn data_files(dir: &Path) -> Result<BTreeMap<u32, Vec<u8>>> {
 }
 
 #[test]
-fn a_bootstrapped_savepoint_is_what_a_backend_writes_and_restores_into_every_backend()
--> Result<()> {
+fn a_bootstrapped_savepoint_is_what_a_backend_writes_and_restores_into_every_backend() -> Result<()>
+{
     const ROWS: u64 = 1_000_000;
     let root = scratch();
     let built = root.path().join("built");
@@ -57,7 +57,10 @@ fn a_bootstrapped_savepoint_is_what_a_backend_writes_and_restores_into_every_bac
             &tags(),
             (0..1000u64).flat_map(|k| (0..k % 3).map(move |t| (k, (), format!("t{t}")))),
         )?
-        .map_state(&prices(), (0..1000u64).map(|k| (k % 100, (), k as u32, -(k as i64))))?;
+        .map_state(
+            &prices(),
+            (0..1000u64).map(|k| (k % 100, (), k as u32, -(k as i64))),
+        )?;
     let meta = builder.write(&LocalDirStorage::new(&built)?, "", 2)?;
     assert_eq!(meta.instances.len(), 2);
 
@@ -102,7 +105,8 @@ fn a_bootstrapped_savepoint_is_what_a_backend_writes_and_restores_into_every_bac
             let mut seen = 0u64;
             for i in 0..parallelism {
                 let range = KeyGroupRange::for_operator(128, parallelism, i)?;
-                let mut b = restore_savepoint(&storage, &meta, &config_in(kind, range, root.path()))?;
+                let mut b =
+                    restore_savepoint(&storage, &meta, &config_in(kind, range, root.path()))?;
                 let c = b.value_state(&counts())?;
                 for k in (0..ROWS).step_by(7) {
                     if let Ok(key) = b.key_context(k) {
@@ -189,16 +193,26 @@ fn a_rewrite_drops_renames_rescales_and_changes_rows() -> Result<()> {
         )
         .rescale("orders", 4)
         .rename_operator("audit", "audit-v2")
-        .write(&LocalDirStorage::new(&source)?, &LocalDirStorage::new(&target)?)?;
+        .write(
+            &LocalDirStorage::new(&source)?,
+            &LocalDirStorage::new(&target)?,
+        )?;
     assert_eq!(report.files_written, 4);
     assert_eq!(report.files_copied, 1);
     assert_eq!(report.changes.len(), 5, "{:?}", report.changes);
 
     let files = open(&target)?;
     assert_eq!(files.meta().operators(), vec!["audit-v2", "orders"]);
-    let names: Vec<String> = files.states("orders")?.into_iter().map(|s| s.name).collect();
+    let names: Vec<String> = files
+        .states("orders")?
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     assert_eq!(names, vec!["tags", "visits"]);
-    let expected: BTreeMap<u64, u64> = (0..500).filter(|k| k % 2 == 0).map(|k| (k, k + 1)).collect();
+    let expected: BTreeMap<u64, u64> = (0..500)
+        .filter(|k| k % 2 == 0)
+        .map(|k| (k, k + 1))
+        .collect();
     assert_eq!(read_counts(&files, "orders", "visits")?, expected);
     let all: BTreeMap<u64, u64> = (0..500).map(|k| (k, k)).collect();
     assert_eq!(read_counts(&files, "audit-v2", "counts")?, all);
@@ -240,9 +254,10 @@ fn a_rewrite_drops_renames_rescales_and_changes_rows() -> Result<()> {
 
     // Dropping an operator leaves only the other.
     let dropped = root.path().join("dropped");
-    SavepointRewrite::new()
-        .drop_operator("audit")
-        .write(&LocalDirStorage::new(&source)?, &LocalDirStorage::new(&dropped)?)?;
+    SavepointRewrite::new().drop_operator("audit").write(
+        &LocalDirStorage::new(&source)?,
+        &LocalDirStorage::new(&dropped)?,
+    )?;
     assert_eq!(open(&dropped)?.meta().operators(), vec!["orders"]);
 
     // diff: the rewrite in numbers.
@@ -307,11 +322,17 @@ fn a_bad_rewrite_fails_loudly_and_writes_nothing() -> Result<()> {
     let taken = SavepointRewrite::new()
         .rename_state("orders", "counts", "tags")
         .write(&src, &fresh()?);
-    assert!(matches!(taken, Err(Error::StateMismatch { .. })), "{taken:?}");
+    assert!(
+        matches!(taken, Err(Error::StateMismatch { .. })),
+        "{taken:?}"
+    );
     let clash = SavepointRewrite::new()
         .rename_operator("audit", "orders")
         .write(&src, &fresh()?);
-    assert!(matches!(clash, Err(Error::Incompatible { .. })), "{clash:?}");
+    assert!(
+        matches!(clash, Err(Error::Incompatible { .. })),
+        "{clash:?}"
+    );
     // A row function failing half way: the data files written so far are removed again.
     let failing = SavepointRewrite::new()
         .change_rows(
@@ -341,7 +362,10 @@ fn a_bad_rewrite_fails_loudly_and_writes_nothing() -> Result<()> {
     std::fs::create_dir_all(&occupied).unwrap();
     std::fs::write(occupied.join("keep"), b"x").unwrap();
     let refused = SavepointRewrite::new().write(&src, &LocalDirStorage::new(&occupied)?);
-    assert!(matches!(refused, Err(Error::AlreadyExists { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(Error::AlreadyExists { .. })),
+        "{refused:?}"
+    );
     assert_eq!(std::fs::read(occupied.join("keep")).unwrap(), b"x");
     // A type that does not match the stored one is a typed error on read.
     let files = open(&source)?;
@@ -350,7 +374,10 @@ fn a_bad_rewrite_fails_loudly_and_writes_nothing() -> Result<()> {
         &ValueStateDescriptor::<String, (), u64>::new("counts"),
         |_, _, (), _| Ok(()),
     );
-    assert!(matches!(wrong, Err(Error::StateMismatch { .. })), "{wrong:?}");
+    assert!(
+        matches!(wrong, Err(Error::StateMismatch { .. })),
+        "{wrong:?}"
+    );
     assert_eq!(digest(&source), before, "the source changed");
     Ok(())
 }

@@ -381,3 +381,161 @@ fn a_migration_keeps_ttl_timestamps_and_a_ttl_change_applies_after_it() -> Resul
     }
     Ok(())
 }
+
+/// A job's code through three versions, on a pair of backends: version 1 checkpoints; version
+/// 2 (a field added) restores the checkpoint and takes a savepoint; the savepoint is rewritten
+/// offline to rename the state; version 3 (the value changed by a function, in the other
+/// backend) restores it, checkpoints, and restores once more. Every restore equals the model.
+#[test]
+fn a_job_upgrades_through_three_code_versions_on_both_backends() -> Result<()> {
+    use statebackend::checkpoint::{CheckpointCoordinator, RestoreMode, restore_instance};
+    use statebackend::savepoint::processor::SavepointRewrite;
+    use statebackend::savepoint::{complete_savepoint, read_savepoint, restore_savepoint};
+    use statebackend::storage::{CheckpointStorage, LocalDirStorage};
+    use std::sync::Arc;
+
+    let v2_users = || -> ValueStateDescriptor<u64, (), UserV2> {
+        ValueStateDescriptor::new("users")
+            .with_schema_version(2)
+            .with_migration(Migration::new(1, 2, |u: UserV1| UserV2 {
+                name: u.name,
+                visits: u.visits,
+                country: "unknown".into(),
+            }))
+    };
+    let v3_profiles = || -> ValueStateDescriptor<u64, (), UserV3> {
+        ValueStateDescriptor::new("profiles")
+            .with_schema_version(3)
+            .with_migration(Migration::new(2, 3, |u: UserV2| UserV3 {
+                visits: u64::from(u.visits) * 10,
+                country: u.country,
+            }))
+    };
+    let kinds = kinds();
+    let root = scratch();
+    for (i, &first) in kinds.iter().enumerate() {
+        let second = kinds[(i + 1) % kinds.len()];
+        let ctx = format!("{first} then {second}");
+        let dir = root.path().join(&ctx);
+        // The model: visits and country per key, as version 3 sees them.
+        let mut model: BTreeMap<u64, UserV3> = BTreeMap::new();
+
+        // Version 1.
+        let mut b = AnyBackend::open(&config_in(first, all(), &dir))?;
+        let users = b.value_state(&v1_users())?;
+        for k in 0..300u64 {
+            let visits = (k % 17) as u32;
+            users.put(
+                &mut b,
+                &k,
+                &(),
+                UserV1 {
+                    name: format!("u{k}"),
+                    visits,
+                },
+            )?;
+            model.insert(
+                k,
+                UserV3 {
+                    visits: u64::from(visits) * 10,
+                    country: "unknown".into(),
+                },
+            );
+        }
+        // Version 2 restores version 1's checkpoint.
+        let mut b = restore(&mut b, &dir.join("chk-v1"), true)?;
+        let users = b.value_state(&v2_users())?;
+        for k in 0..300u64 {
+            let u = users.get(&b, &k, &())?.expect("restored");
+            assert_eq!(
+                u64::from(u.visits) * 10,
+                model[&k].visits,
+                "{ctx}: v2 key {k}"
+            );
+            assert_eq!(u.country, "unknown", "{ctx}");
+        }
+        for k in (0..400u64).step_by(3) {
+            let mut u = users.get(&b, &k, &())?.unwrap_or(UserV2 {
+                name: format!("u{k}"),
+                visits: 0,
+                country: String::new(),
+            });
+            u.visits += 1;
+            u.country = format!("c{}", k % 5);
+            model.insert(
+                k,
+                UserV3 {
+                    visits: u64::from(u.visits) * 10,
+                    country: u.country.clone(),
+                },
+            );
+            users.put(&mut b, &k, &(), u)?;
+        }
+        users.clear(&mut b, &7, &())?;
+        model.remove(&7);
+        // Version 2's savepoint, rewritten offline: `users` becomes `profiles`.
+        let sp = dir.join("sp-v2");
+        let storage = LocalDirStorage::new(&sp)?;
+        let part = b.savepoint()?.write(&storage)?;
+        complete_savepoint(&storage, vec![part])?;
+        let renamed = dir.join("sp-v2-renamed");
+        SavepointRewrite::new()
+            .rename_state("", "users", "profiles")
+            .write(&storage, &LocalDirStorage::new(&renamed)?)?;
+        // Version 3, on the other backend, at parallelism 2.
+        let renamed = LocalDirStorage::new(&renamed)?;
+        let meta = read_savepoint(&renamed)?;
+        let at_v3 = model.clone();
+        let mut seen = BTreeMap::new();
+        let mut halves = Vec::new();
+        for half in 0..2 {
+            let range = KeyGroupRange::for_operator(128, 2, half)?;
+            let mut b = restore_savepoint(&renamed, &meta, &config_in(second, range, &dir))?;
+            let profiles = b.value_state(&v3_profiles())?;
+            for k in 0..400u64 {
+                let Ok(key) = b.key_context(k) else { continue };
+                if let Some(p) = profiles.get(&b, &key, &())? {
+                    seen.insert(k, p.clone());
+                }
+                // Version 3 goes on.
+                if k % 10 == 0 {
+                    let mut p = profiles.get(&b, &key, &())?.unwrap_or(UserV3 {
+                        visits: 0,
+                        country: "new".into(),
+                    });
+                    p.visits += 5;
+                    model.insert(k, p.clone());
+                    profiles.put(&mut b, &key, &(), p)?;
+                }
+            }
+            halves.push(b);
+        }
+        assert_eq!(seen, at_v3, "{ctx}: the renamed, migrated savepoint");
+        // Version 3's checkpoint of both instances, restored instance by instance.
+        let chk = dir.join("chk-v3");
+        let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(&chk)?);
+        let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 1)?;
+        coordinator.begin(1)?;
+        let parts = halves
+            .iter_mut()
+            .map(|b| Ok(b.snapshot(1)?.upload(storage.as_ref())?.0))
+            .collect::<Result<Vec<_>>>()?;
+        let checkpoint = coordinator.complete(1, parts)?.clone();
+        let mut restored = BTreeMap::new();
+        for b in &halves {
+            let config = config_in(second, b.key_group_range(), &dir);
+            let mut again =
+                restore_instance(storage.as_ref(), &checkpoint, &config, RestoreMode::NoClaim)?;
+            let profiles = again.value_state(&v3_profiles())?;
+            for k in 0..400u64 {
+                if let Ok(key) = again.key_context(k) {
+                    if let Some(p) = profiles.get(&again, &key, &())? {
+                        restored.insert(k, p);
+                    }
+                }
+            }
+        }
+        assert_eq!(restored, model, "{ctx}: version 3's checkpoint");
+    }
+    Ok(())
+}

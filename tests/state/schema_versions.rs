@@ -26,7 +26,7 @@ pub(crate) fn restore(
     through_checkpoint: bool,
 ) -> Result<AnyBackend> {
     let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::new(dir)?);
-    let config = config_in(b.backend_kind(), all(), dir);
+    let config = config_in(b.backend_kind(), b.key_group_range(), dir);
     if through_checkpoint {
         let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 1)?;
         coordinator.begin(1)?;
