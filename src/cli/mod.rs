@@ -11,12 +11,15 @@
 //! - [`dump`]: a state's entries as JSON lines, decoded by their recorded type names;
 //! - [`convert`]: offline conversion of a checkpoint into a savepoint;
 //! - [`gc`]: deletion of the files no retained checkpoint references;
-//! - [`discard`]: setting an unusable checkpoint aside, so that `gc` can collect it.
+//! - [`discard`]: setting an unusable checkpoint aside, so that `gc` can collect it;
+//! - [`rewrite`]: a new savepoint with a state or operator renamed or dropped, or an operator
+//!   rescaled, through the state processor;
+//! - [`diff`]: two snapshots compared row by row.
 //!
 //! [`root`] holds what the commands that change a root check first: that it is a checkpoint
 //! root by its layout, and that no live coordinator holds it.
 //!
-//! Apart from `convert` (which writes the new savepoint), `gc` without `--dry-run` and
+//! Apart from `convert` and the rewrites (which write a new savepoint), `gc` without `--dry-run` and
 //! `discard`, the commands never write: in particular they do not open a
 //! [`CheckpointCoordinator`](crate::runtime::checkpoint::CheckpointCoordinator), which collects
 //! garbage when it opens a root.
@@ -26,13 +29,16 @@
 
 pub mod convert;
 pub mod decode;
+pub mod diff;
 pub mod discard;
 pub mod dump;
 pub mod gc;
 pub mod inspect;
 pub mod list;
 pub mod location;
+pub mod new_savepoint;
 pub mod progress;
+pub mod rewrite;
 pub mod root;
 pub mod snapshot;
 pub mod verify;

@@ -1,5 +1,5 @@
-//! `statectl`: inspect, verify, dump, convert, garbage-collect and discard the checkpoints and
-//! savepoints of `statebackend`.
+//! `statectl`: inspect, verify, dump, convert, garbage-collect, discard, rewrite and compare the
+//! checkpoints and savepoints of `statebackend`.
 //!
 //! Argument parsing only; the commands live in `statebackend::cli`. Exit status: 0 success,
 //! 1 failure (the message on stderr as `error: ...`), 2 usage error.
@@ -11,12 +11,14 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use statebackend::cli::CliError;
 use statebackend::cli::convert::convert;
+use statebackend::cli::diff::diff_snapshots;
 use statebackend::cli::discard::{DiscardOptions, discard, resolve};
 use statebackend::cli::dump::{DumpOptions, dump};
 use statebackend::cli::gc::{GcOptions, gc};
 use statebackend::cli::inspect::inspect;
 use statebackend::cli::list::list;
 use statebackend::cli::location::Location;
+use statebackend::cli::rewrite::{Edit, rewrite};
 use statebackend::cli::verify::{VerifyOptions, verify};
 use statebackend::key_group::KeyGroup;
 
@@ -27,8 +29,8 @@ const EXIT_STATUS: &str = "Exit status:\n  \
     on stderr as `error: ...`)\n  \
     2  usage error (unknown command or option, missing or invalid argument)";
 
-/// Inspect, verify, dump, convert, garbage-collect and discard statebackend checkpoints and
-/// savepoints.
+/// Inspect, verify, dump, convert, garbage-collect, discard, rewrite and compare statebackend
+/// checkpoints and savepoints.
 ///
 /// A checkpoint root holds `chk-<id>/_metadata` directories and a `shared/` area; a savepoint
 /// is a directory holding a `_metadata` and one `.sbdf` data file per backend instance. Every
@@ -118,6 +120,114 @@ enum Command {
     /// unless `--force`, a root a live coordinator holds unless `--ignore-lease`, and anything
     /// that is not a checkpoint root.
     Discard(DiscardArgs),
+    /// Write a new savepoint with a state renamed
+    ///
+    /// Reads the savepoint SAVEPOINT and writes a new one into `--to` (new or empty) in which
+    /// state FROM of the operator (`--operator`, default: the job's single operator) is called
+    /// NEW_NAME; verifies the new savepoint and prints what changed. The source is never written; a
+    /// failure leaves `--to` as it was.
+    RenameState(RenameStateArgs),
+    /// Write a new savepoint without one state
+    ///
+    /// As rename-state, dropping state STATE of the operator and all its rows.
+    DropState(DropStateArgs),
+    /// Write a new savepoint with an operator renamed
+    ///
+    /// As rename-state, giving operator FROM the id NEW_ID (its data files are copied unchanged).
+    RenameOperator(RenameOperatorArgs),
+    /// Write a new savepoint without one operator
+    ///
+    /// As rename-state, dropping operator OPERATOR and all its state.
+    DropOperator(DropOperatorArgs),
+    /// Write a new savepoint with an operator at another parallelism (rescale offline)
+    ///
+    /// As rename-state, handing the operator's key groups and operator state out to
+    /// `--parallelism` instances as a restore at that parallelism would.
+    Rescale(RescaleArgs),
+    /// Compare two savepoints (or heap checkpoints) row by row
+    ///
+    /// Prints per operator and state the rows added, removed, changed and unchanged from A to
+    /// B, and their bytes. Exits 0 whether or not they differ.
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+struct RewriteTarget {
+    /// The savepoint directory to read.
+    savepoint: Location,
+    /// The new savepoint directory to create (new or empty).
+    #[arg(long, value_name = "SAVEPOINT_DIR")]
+    to: Location,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct RenameStateArgs {
+    #[command(flatten)]
+    target: RewriteTarget,
+    /// The operator id (default: "", a single-operator job's).
+    #[arg(long, default_value = "")]
+    operator: String,
+    /// The state's name.
+    from: String,
+    /// Its new name.
+    #[arg(value_name = "NEW_NAME")]
+    to_name: String,
+}
+
+#[derive(Debug, Args)]
+struct DropStateArgs {
+    #[command(flatten)]
+    target: RewriteTarget,
+    /// The operator id (default: "", a single-operator job's).
+    #[arg(long, default_value = "")]
+    operator: String,
+    /// The state to drop.
+    state: String,
+}
+
+#[derive(Debug, Args)]
+struct RenameOperatorArgs {
+    #[command(flatten)]
+    target: RewriteTarget,
+    /// The operator's id.
+    from: String,
+    /// Its new id.
+    #[arg(value_name = "NEW_ID")]
+    to_name: String,
+}
+
+#[derive(Debug, Args)]
+struct DropOperatorArgs {
+    #[command(flatten)]
+    target: RewriteTarget,
+    /// The operator to drop.
+    operator: String,
+}
+
+#[derive(Debug, Args)]
+struct RescaleArgs {
+    #[command(flatten)]
+    target: RewriteTarget,
+    /// The operator id (default: "", a single-operator job's).
+    #[arg(long, default_value = "")]
+    operator: String,
+    /// The new number of instances.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    parallelism: u32,
+}
+
+#[derive(Debug, Args)]
+struct DiffArgs {
+    /// The first savepoint or heap checkpoint.
+    before: Location,
+    /// The second.
+    after: Location,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -314,6 +424,49 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
                 report.write_human(out)?;
             }
         }
+        Command::RenameState(a) => {
+            let edit = Edit::RenameState {
+                operator: a.operator,
+                from: a.from,
+                to: a.to_name,
+            };
+            run_rewrite(&a.target, &edit, out)?;
+        }
+        Command::DropState(a) => {
+            let edit = Edit::DropState {
+                operator: a.operator,
+                state: a.state,
+            };
+            run_rewrite(&a.target, &edit, out)?;
+        }
+        Command::RenameOperator(a) => {
+            let edit = Edit::RenameOperator {
+                from: a.from,
+                to: a.to_name,
+            };
+            run_rewrite(&a.target, &edit, out)?;
+        }
+        Command::DropOperator(a) => {
+            let edit = Edit::DropOperator {
+                operator: a.operator,
+            };
+            run_rewrite(&a.target, &edit, out)?;
+        }
+        Command::Rescale(a) => {
+            let edit = Edit::Rescale {
+                operator: a.operator,
+                parallelism: a.parallelism,
+            };
+            run_rewrite(&a.target, &edit, out)?;
+        }
+        Command::Diff(a) => {
+            let report = diff_snapshots(&a.before, &a.after)?;
+            if a.json {
+                print_json(out, &report)?;
+            } else {
+                report.write_human(out)?;
+            }
+        }
         Command::Discard(a) => {
             let (root, id) = resolve(&a.target, a.id)?;
             let options = DiscardOptions {
@@ -329,6 +482,17 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), Failure> {
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+/// Runs one of the rewrite commands and prints its report.
+fn run_rewrite(target: &RewriteTarget, edit: &Edit, out: &mut dyn Write) -> Result<(), Failure> {
+    let report = rewrite(&target.savepoint, &target.to, edit)?;
+    if target.json {
+        print_json(out, &report)?;
+    } else {
+        report.write_human(out)?;
+    }
     Ok(())
 }
 

@@ -1187,7 +1187,19 @@ fn every_subcommand_has_help() {
     let o = statectl(&["--help"]);
     expect_code(&o, 0);
     for sub in [
-        "list", "inspect", "verify", "dump", "convert", "gc", "discard",
+        "list",
+        "inspect",
+        "verify",
+        "dump",
+        "convert",
+        "gc",
+        "discard",
+        "rename-state",
+        "drop-state",
+        "rename-operator",
+        "drop-operator",
+        "rescale",
+        "diff",
     ] {
         assert!(stdout(&o).contains(sub), "{sub} not in the overview");
         for args in [vec![sub, "--help"], vec!["help", sub]] {
@@ -1645,5 +1657,240 @@ fn inspect_and_dump_show_ttl_settings_timestamps_and_expired_rows() -> TestResul
         row["value"],
         serde_json::json!([{"timestamp": 1000, "value": 2}, {"timestamp": 1050, "value": 102}])
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rewriting savepoints (the state processor) and comparing them
+
+/// crc32 of every file directly in `dir`, by name.
+fn digest(dir: &Path) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = std::fs::read_dir(dir)
+        .expect("readable")
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| {
+            let bytes = std::fs::read(e.path()).expect("readable");
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                crc32fast::hash(&bytes),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The dumped `(key, value)` lines of one state, sorted.
+fn dumped(dir: &Path, state: &str) -> Vec<(String, String)> {
+    let o = statectl(&["dump", p(dir), "--state", state]);
+    expect_code(&o, 0);
+    let mut rows: Vec<(String, String)> = dump_lines(&o)
+        .iter()
+        .map(|r| (r["key"].to_string(), r["value"].to_string()))
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn rewrite_commands_write_verified_savepoints_and_leave_the_source_alone() -> TestResult {
+    let f = HeapFixture::new()?;
+    let source = &f.savepoint_dir;
+    let before = digest(source);
+    let out = f
+        .root
+        .parent()
+        .expect("root has a parent")
+        .join("rewritten");
+    let counts = dumped(source, "counts");
+    assert_eq!(counts.len(), 100);
+
+    // rename-state: the rows move to the new name.
+    let renamed = out.join("renamed");
+    let o = statectl(&[
+        "rename-state",
+        p(source),
+        "--to",
+        p(&renamed),
+        "counts",
+        "visits",
+    ]);
+    expect_code(&o, 0);
+    assert!(
+        stdout(&o).contains("renamed state \"counts\" of operator \"\" to \"visits\""),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("verified"), "{}", stdout(&o));
+    assert_eq!(dumped(&renamed, "visits"), counts);
+    expect_code(&statectl(&["verify", p(&renamed)]), 0);
+
+    // drop-state: gone, the others intact.
+    let dropped = out.join("dropped");
+    let o = statectl(&[
+        "drop-state",
+        p(source),
+        "--to",
+        p(&dropped),
+        "pages",
+        "--json",
+    ]);
+    expect_code(&o, 0);
+    assert_eq!(json(&o)["files_written"], 2);
+    expect_code(&statectl(&["dump", p(&dropped), "--state", "pages"]), 1);
+    assert_eq!(dumped(&dropped, "counts"), counts);
+
+    // rescale: 2 → 4 instances, the same rows.
+    let rescaled = out.join("rescaled");
+    let o = statectl(&[
+        "rescale",
+        p(source),
+        "--to",
+        p(&rescaled),
+        "--parallelism",
+        "4",
+    ]);
+    expect_code(&o, 0);
+    let inspected = json(&statectl(&["inspect", p(&rescaled), "--json"]));
+    assert_eq!(inspected["instances"].as_array().map(Vec::len), Some(4));
+    assert_eq!(dumped(&rescaled, "counts"), counts);
+    assert_eq!(dumped(&rescaled, "events"), dumped(source, "events"));
+    expect_code(&statectl(&["verify", p(&rescaled)]), 0);
+
+    // rename-operator, then drop-operator of a two-operator savepoint.
+    let named = out.join("named");
+    let o = statectl(&[
+        "rename-operator",
+        p(source),
+        "--to",
+        p(&named),
+        "",
+        "clicks",
+    ]);
+    expect_code(&o, 0);
+    let inspected = json(&statectl(&["inspect", p(&named), "--json"]));
+    assert!(
+        inspected["instances"]
+            .as_array()
+            .expect("instances")
+            .iter()
+            .all(|i| i["operator"] == "clicks"),
+        "{inspected}"
+    );
+    let two = out.join("two-operators");
+    {
+        let storage = LocalDirStorage::new(&two)?;
+        let mut parts = Vec::new();
+        for operator in ["clicks", "views"] {
+            let mut job = heap_job(1)?;
+            fill(&mut job, 0, 30)?;
+            let mut part = job[0].backend.savepoint()?.write(&storage)?;
+            part.operator = operator.to_owned();
+            parts.push(part);
+        }
+        complete_savepoint(&storage, parts)?;
+    }
+    let one = out.join("one-operator");
+    let o = statectl(&["drop-operator", p(&two), "--to", p(&one), "views"]);
+    expect_code(&o, 0);
+    assert!(
+        stdout(&o).contains("dropped operator \"views\""),
+        "{}",
+        stdout(&o)
+    );
+    let inspected = json(&statectl(&["inspect", p(&one), "--json"]));
+    assert_eq!(inspected["instances"].as_array().map(Vec::len), Some(1));
+    assert_eq!(inspected["instances"][0]["operator"], "clicks");
+
+    // diff: what the rename did.
+    let o = statectl(&["diff", p(source), p(&renamed)]);
+    expect_code(&o, 0);
+    let text = stdout(&o);
+    assert!(
+        text.contains("counts: 0 added, 100 removed, 0 changed, 0 unchanged"),
+        "{text}"
+    );
+    assert!(
+        text.contains("visits: 100 added, 0 removed, 0 changed, 0 unchanged"),
+        "{text}"
+    );
+    assert!(
+        text.contains("events: 0 added, 0 removed, 0 changed, 100 unchanged"),
+        "{text}"
+    );
+    let o = statectl(&["diff", p(source), p(&rescaled), "--json"]);
+    expect_code(&o, 0);
+    assert!(
+        json(&o)["states"]
+            .as_array()
+            .expect("states")
+            .iter()
+            .all(|s| s["added"] == 0 && s["removed"] == 0 && s["changed"] == 0),
+        "{}",
+        stdout(&o)
+    );
+
+    // Mistakes cost nothing: exit 1, no target left behind, the source as it was.
+    let nowhere = out.join("nowhere");
+    for args in [
+        vec!["drop-state", p(source), "--to", p(&nowhere), "nope"],
+        vec![
+            "rename-state",
+            p(source),
+            "--to",
+            p(&nowhere),
+            "counts",
+            "events",
+        ],
+        vec!["drop-operator", p(source), "--to", p(&nowhere), "nobody"],
+        vec![
+            "rename-state",
+            p(&f.chk_dir(2)),
+            "--to",
+            p(&nowhere),
+            "counts",
+            "x",
+        ],
+        vec![
+            "rescale",
+            p(source),
+            "--to",
+            p(&renamed),
+            "--parallelism",
+            "3",
+        ],
+        vec![
+            "rescale",
+            p(source),
+            "--to",
+            p(&nowhere),
+            "--parallelism",
+            "1000",
+        ],
+    ] {
+        let o = statectl(&args);
+        expect_code(&o, 1);
+        assert!(
+            stderr(&o).starts_with("error: "),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        assert!(!nowhere.exists(), "{args:?} left {}", nowhere.display());
+    }
+    let o = statectl(&["drop-state", p(source), "--to", p(&nowhere), "nope"]);
+    assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
+    let o = statectl(&[
+        "rename-state",
+        p(&f.chk_dir(2)),
+        "--to",
+        p(&nowhere),
+        "counts",
+        "x",
+    ]);
+    assert!(stderr(&o).contains("convert"), "{}", stderr(&o));
+    // The occupied target was not touched either.
+    assert_eq!(dumped(&renamed, "visits"), counts);
+    assert_eq!(digest(source), before);
     Ok(())
 }
