@@ -2,18 +2,21 @@
 //! AWS tools are: list, inspect, verify (clean and with a damaged object; of the prefix above
 //! the root), dump, convert into a savepoint on the store, gc (refusing what is not a root,
 //! keeping the newest checkpoint that verifies, deleting nothing of a checkpoint a listing
-//! omits) and discard. One test in its own binary: it sets the process's
+//! omits), discard, the savepoint rewrites (rename and drop a state or an operator, rescale)
+//! and diff. One test in its own binary: it sets the process's
 //! environment.
 
 use std::sync::Arc;
 
 use statebackend::checkpoint::CheckpointCoordinator;
+use statebackend::cli::diff::diff_snapshots;
 use statebackend::cli::discard::{DiscardOptions, discard};
 use statebackend::cli::dump::{DumpOptions, dump};
 use statebackend::cli::gc::{GcOptions, gc};
 use statebackend::cli::inspect::inspect;
 use statebackend::cli::list::list;
 use statebackend::cli::location::Location;
+use statebackend::cli::rewrite::{Edit, rewrite};
 use statebackend::cli::verify::{VerifyOptions, verify};
 use statebackend::savepoint::complete_savepoint;
 use statebackend::storage::CheckpointStorage;
@@ -252,6 +255,132 @@ fn every_command_works_on_an_s3_url() -> Result<()> {
     let verified = verify(&root, VerifyOptions { all: true }).map_err(to_error)?;
     assert!(verified.ok, "{verified:?}");
     assert_eq!(verified.roots[0].restore.checkpoint, Some(2));
+
+    // The rewrite commands and diff, from and to the store.
+    let sp = root.join("savepoints/sp-1");
+    let counts = DumpOptions {
+        state: "counts".into(),
+        key_group: None,
+        limit: None,
+    };
+    let dump_of = |location: &Location, options: &DumpOptions| -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        dump(location, options, &mut out).map_err(to_error)?;
+        Ok(out)
+    };
+    let original = dump_of(&sp, &counts)?;
+    let renamed = root.join("rewritten/renamed");
+    let report = rewrite(
+        &sp,
+        &renamed,
+        &Edit::RenameState {
+            operator: String::new(),
+            from: "counts".into(),
+            to: "visits".into(),
+        },
+    )
+    .map_err(to_error)?;
+    assert_eq!(report.changes.len(), 1, "{report:?}");
+    let visits = DumpOptions {
+        state: "visits".into(),
+        ..counts.clone()
+    };
+    assert!(dump_of(&renamed, &visits)? == original);
+    let rescaled = root.join("rewritten/rescaled");
+    let report = rewrite(
+        &sp,
+        &rescaled,
+        &Edit::Rescale {
+            operator: String::new(),
+            parallelism: 3,
+        },
+    )
+    .map_err(to_error)?;
+    assert_eq!(report.instances, 3);
+    assert!(
+        verify(&rescaled, VerifyOptions { all: true })
+            .map_err(to_error)?
+            .ok
+    );
+    let rows = |location: &Location| -> Result<Vec<String>> {
+        let text = String::from_utf8(dump_of(location, &counts)?).expect("JSON lines");
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        lines.sort();
+        Ok(lines)
+    };
+    assert_eq!(rows(&rescaled)?, rows(&sp)?);
+    let dropped = root.join("rewritten/dropped");
+    rewrite(
+        &sp,
+        &dropped,
+        &Edit::DropState {
+            operator: String::new(),
+            state: "counts".into(),
+        },
+    )
+    .map_err(to_error)?;
+    assert!(dump(&dropped, &counts, &mut Vec::new()).is_err());
+    let named = root.join("rewritten/named");
+    rewrite(
+        &sp,
+        &named,
+        &Edit::RenameOperator {
+            from: String::new(),
+            to: "clicks".into(),
+        },
+    )
+    .map_err(to_error)?;
+    let inspected = inspect(&named, None).map_err(to_error)?;
+    assert!(inspected.instances.iter().all(|i| i.operator == "clicks"));
+    // A savepoint of two operators on the store loses one.
+    let two_storage = server.storage("jobs/clicks/rewritten/two")?;
+    let mut parts = Vec::new();
+    for operator in ["clicks", "views"] {
+        let mut job = AnyBackend::open(&BackendConfig::heap(128, all))?;
+        let counts_state: ValueState<String, (), u64> =
+            job.value_state(&ValueStateDescriptor::new("counts"))?;
+        counts_state.put(&mut job, &"user-1".to_owned(), &(), 1)?;
+        let mut part = job.savepoint()?.write(&two_storage)?;
+        part.operator = operator.to_owned();
+        parts.push(part);
+    }
+    complete_savepoint(&two_storage, parts)?;
+    let one = root.join("rewritten/one");
+    rewrite(
+        &root.join("rewritten/two"),
+        &one,
+        &Edit::DropOperator {
+            operator: "views".into(),
+        },
+    )
+    .map_err(to_error)?;
+    let inspected = inspect(&one, None).map_err(to_error)?;
+    assert_eq!(inspected.instances.len(), 1);
+    assert_eq!(inspected.instances[0].operator, "clicks");
+    // diff across the store.
+    let compared = diff_snapshots(&sp, &renamed).map_err(to_error)?;
+    let by_state: Vec<(&str, u64, u64)> = compared
+        .states
+        .iter()
+        .map(|s| (s.state.as_str(), s.added, s.removed))
+        .collect();
+    assert_eq!(by_state, [("counts", 0, 150), ("visits", 150, 0)]);
+    // A failed rewrite leaves no object at the target, and the source is intact.
+    let failed = root.join("rewritten/failed");
+    assert!(
+        rewrite(
+            &sp,
+            &failed,
+            &Edit::DropState {
+                operator: String::new(),
+                state: "nope".into(),
+            },
+        )
+        .is_err()
+    );
+    let failed_prefix = statebackend::storage::StoragePath::parse("rewritten/failed")?;
+    assert_eq!(storage.list(Some(&failed_prefix))?, []);
+    assert!(dump_of(&sp, &counts)? == original);
     Ok(())
 }
 
