@@ -13,8 +13,7 @@ use statebackend::savepoint::{read_savepoint, restore_savepoint};
 use statebackend::state::Migration;
 use statebackend::storage::LocalDirStorage;
 use statebackend::{
-    BackendConfig, BackendKind, KeyGroupRange, KeyedStateBackend, ValueState,
-    ValueStateDescriptor,
+    BackendConfig, BackendKind, KeyGroupRange, KeyedStateBackend, ValueState, ValueStateDescriptor,
 };
 use support::{scaled, w5_value};
 
