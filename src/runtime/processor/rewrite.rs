@@ -406,7 +406,7 @@ fn verify(target: &dyn CheckpointStorage) -> Result<()> {
         for entry in &instance.files {
             let local = dir.path().join(format!("{i}.sbdf"));
             fetch_verified(target, entry, &local)?;
-            crate::model::format::data_file::DataFileReader::open(&local, &entry.path.to_string())?
+            crate::model::format::data_file::DataFileReader::open(&local, entry.path.as_ref())?
                 .check_instance(instance)?;
             let _ = std::fs::remove_file(&local);
         }

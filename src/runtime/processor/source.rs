@@ -60,7 +60,7 @@ impl SnapshotFiles {
             }
             let path = dir.path().join(format!("{i}{DATA_FILE_SUFFIX}"));
             fetch_verified(storage, entry, &path)?;
-            DataFileReader::open(&path, &entry.path.to_string())?.check_instance(instance)?;
+            DataFileReader::open(&path, entry.path.as_ref())?.check_instance(instance)?;
             local.push(path);
         }
         Ok(Self {
@@ -101,7 +101,7 @@ impl SnapshotFiles {
     /// I/O and format errors.
     pub fn reader(&self, index: usize) -> Result<DataFileReader<File>> {
         let entry = &self.meta.instances[index].files[0];
-        DataFileReader::open(&self.local[index], &entry.path.to_string())
+        DataFileReader::open(&self.local[index], entry.path.as_ref())
     }
 
     /// The local copy of instance `index`'s data file.
