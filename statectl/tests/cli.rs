@@ -1892,5 +1892,36 @@ fn rewrite_commands_write_verified_savepoints_and_leave_the_source_alone() -> Te
     // The occupied target was not touched either.
     assert_eq!(dumped(&renamed, "visits"), counts);
     assert_eq!(digest(source), before);
+
+    // A savepoint of a format version this build does not know: refused by name, nothing
+    // written.
+    let future = out.join("future");
+    std::fs::create_dir_all(&future)?;
+    for entry in std::fs::read_dir(source)?.flatten() {
+        std::fs::copy(entry.path(), future.join(entry.file_name()))?;
+    }
+    let mut metadata = std::fs::read(future.join("_metadata"))?;
+    metadata[4..6].copy_from_slice(&99u16.to_le_bytes());
+    std::fs::write(future.join("_metadata"), metadata)?;
+    for args in [
+        vec![
+            "rescale",
+            p(&future),
+            "--to",
+            p(&nowhere),
+            "--parallelism",
+            "2",
+        ],
+        vec!["diff", p(source), p(&future)],
+    ] {
+        let o = statectl(&args);
+        expect_code(&o, 1);
+        assert!(
+            stderr(&o).contains("metadata version 99"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        assert!(!nowhere.exists());
+    }
     Ok(())
 }
