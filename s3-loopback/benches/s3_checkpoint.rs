@@ -6,6 +6,10 @@
 //! what concurrent transfers buy; `STATEBACKEND_BENCH_S3_LATENCY_MS` adds a per-request delay
 //! (a remote store's round trip) to the server.
 //!
+//! Every run also keeps a local copy of each checkpoint (local recovery) and restores the last
+//! checkpoint a second time from it, downloading only what the copy lacks: the two restore
+//! times side by side.
+//!
 //! Backends: heap (full checkpoints, one file per instance), and RocksDB (incremental, many
 //! files) when built with `--features rocksdb`. `STATEBACKEND_BENCH_SCALE` scales the key
 //! count, `STATEBACKEND_BENCH_ROUNDS` the rounds (default 5).
@@ -16,6 +20,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use statebackend::checkpoint::local_recovery::{LocalRecovery, RecoveryStats};
 use statebackend::checkpoint::{CheckpointCoordinator, RestoreMode, restore_instance};
 use statebackend::storage::{CheckpointStorage, LocalDirStorage};
 use statebackend::{
@@ -37,6 +42,8 @@ struct Outcome {
     restore_time: Duration,
     restored_bytes: u64,
     requests: Option<(RequestCounts, RequestCounts)>,
+    local_restore_time: Duration,
+    local: RecoveryStats,
 }
 
 fn run(kind: BackendKind, target: &Target, keys: u64, rounds: u64, latency: Duration) -> Outcome {
@@ -63,6 +70,7 @@ fn run(kind: BackendKind, target: &Target, keys: u64, rounds: u64, latency: Dura
     config.kind = kind;
     config.working_dir = Some(tmp.path().join("work"));
     let mut coordinator = CheckpointCoordinator::open(Arc::clone(&storage), 1).unwrap();
+    let local = LocalRecovery::new(tmp.path().join("local-recovery")).unwrap();
     let mut b = AnyBackend::open(&config).unwrap();
     let s: ValueState<i64, (), Vec<u8>> =
         b.value_state(&ValueStateDescriptor::new("values")).unwrap();
@@ -87,11 +95,12 @@ fn run(kind: BackendKind, target: &Target, keys: u64, rounds: u64, latency: Dura
         coordinator.begin(id).unwrap();
         let pending = b.snapshot(id).unwrap();
         let t = Instant::now();
-        let (part, stats) = pending.upload(storage.as_ref()).unwrap();
+        let (part, stats) = pending.upload(&local.keeping(&storage)).unwrap();
         let meta = coordinator.complete(id, vec![part]).unwrap().clone();
         upload_time += t.elapsed();
         uploaded += stats.bytes_uploaded;
         b.notify_checkpoint_complete(&meta.instances[0]).unwrap();
+        local.retain(&meta.instances[0]).unwrap();
     }
     let counts_uploaded = server.as_ref().map(LoopbackS3::counts);
     let latest = coordinator.latest().unwrap().clone();
@@ -113,24 +122,46 @@ fn run(kind: BackendKind, target: &Target, keys: u64, rounds: u64, latency: Dura
         }
         _ => None,
     };
-    let s: ValueState<i64, (), Vec<u8>> = restored
-        .value_state(&ValueStateDescriptor::new("values"))
+    check(&mut restored, keys, rounds, &last_round);
+    drop(restored);
+    // The same restore from the local copy.
+    restore_config.working_dir = Some(tmp.path().join("restored-locally"));
+    let t = Instant::now();
+    let (mut restored, local_stats) = local
+        .restore_instance(
+            storage.as_ref(),
+            &latest,
+            &restore_config,
+            RestoreMode::NoClaim,
+        )
         .unwrap();
-    let mut sum = 0u64;
-    for k in 0..keys {
-        let v = s.get(&restored, &(k as i64), &()).unwrap().unwrap();
-        assert_eq!(v, w5_value(k, last_round[k as usize]), "key {k}");
-        sum += v.iter().map(|b| u64::from(*b)).sum::<u64>();
-    }
-    if support::full_scale() && rounds == 5 {
-        assert_eq!(sum, 12_750_798_814, "W5 check value");
-    }
+    let local_restore_time = t.elapsed();
+    assert_eq!(local_stats.files_downloaded, 0, "{local_stats:?}");
+    check(&mut restored, keys, rounds, &last_round);
     Outcome {
         uploaded,
         upload_time,
         restore_time,
         restored_bytes: latest.total_bytes(),
         requests,
+        local_restore_time,
+        local: local_stats,
+    }
+}
+
+/// Checks every key of a restored W5 state.
+fn check(restored: &mut AnyBackend, keys: u64, rounds: u64, last_round: &[u64]) {
+    let s: ValueState<i64, (), Vec<u8>> = restored
+        .value_state(&ValueStateDescriptor::new("values"))
+        .unwrap();
+    let mut sum = 0u64;
+    for k in 0..keys {
+        let v = s.get(restored, &(k as i64), &()).unwrap().unwrap();
+        assert_eq!(v, w5_value(k, last_round[k as usize]), "key {k}");
+        sum += v.iter().map(|b| u64::from(*b)).sum::<u64>();
+    }
+    if support::full_scale() && rounds == 5 {
+        assert_eq!(sum, 12_750_798_814, "W5 check value");
     }
 }
 
@@ -177,6 +208,13 @@ fn main() {
                 o.restored_bytes,
                 o.restore_time.as_secs_f64() * 1e3,
                 mb_per_s(o.restored_bytes, o.restore_time),
+            );
+            println!(
+                "    restore from the local copy: {:.0} ms ({} files, {} B local, {} downloaded); every key verified",
+                o.local_restore_time.as_secs_f64() * 1e3,
+                o.local.files_local,
+                o.local.bytes_local,
+                o.local.files_downloaded
             );
             if let Some((up, down)) = &o.requests {
                 println!(

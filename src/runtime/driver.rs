@@ -20,6 +20,7 @@ use crate::backends::interface::{CheckpointedBackend, PendingSnapshot, UploadSta
 use crate::model::error::{Error, Result};
 use crate::model::format::metadata::{InstanceMetadata, SnapshotMetadata};
 use crate::runtime::checkpoint::coordinator::CheckpointCoordinator;
+use crate::runtime::checkpoint::local_recovery::LocalRecovery;
 use crate::storage::CheckpointStorage;
 
 /// How the driver runs uploads.
@@ -34,6 +35,9 @@ pub struct DriverOptions {
     /// RocksDB instances flush at once instead of one after another. 1 takes them on the
     /// calling thread.
     pub snapshot_threads: usize,
+    /// Keep a local copy of each instance's last completed checkpoint here, for restores on
+    /// this machine that download only what it lacks ([`LocalRecovery`]); `None` keeps none.
+    pub local_recovery: Option<LocalRecovery>,
 }
 
 impl Default for DriverOptions {
@@ -42,6 +46,7 @@ impl Default for DriverOptions {
             upload_threads: 4,
             upload_timeout: None,
             snapshot_threads: 4,
+            local_recovery: None,
         }
     }
 }
@@ -201,11 +206,11 @@ impl CheckpointDriver {
         }
         let sync_pause = started.elapsed();
         let uploads_started = Instant::now();
-        let results = spawn_uploads(
-            pending,
-            Arc::clone(self.coordinator.storage()),
-            self.options.upload_threads,
-        );
+        let storage: Arc<dyn CheckpointStorage> = match &self.options.local_recovery {
+            Some(local) => Arc::new(local.keeping(self.coordinator.storage())),
+            None => Arc::clone(self.coordinator.storage()),
+        };
+        let results = spawn_uploads(pending, storage, self.options.upload_threads);
         tracing::debug!(
             checkpoint = id,
             instances = count,
@@ -374,6 +379,15 @@ impl CheckpointDriver {
             }
         };
         notify_by_identity(operators, &meta)?;
+        if let Some(local) = &self.options.local_recovery {
+            // The local copies of the instances' older checkpoints go; a failure only leaves
+            // files that a restore would check before using.
+            for part in &meta.instances {
+                if let Err(e) = local.retain(part) {
+                    tracing::warn!(checkpoint = meta.id, error = %e, "local recovery cleanup failed");
+                }
+            }
+        }
         let report = CheckpointReport {
             id: meta.id,
             instances: meta.instances.len(),

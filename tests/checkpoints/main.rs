@@ -37,6 +37,7 @@ mod checkpoint_safety;
 mod claim_other_root;
 mod driver;
 mod heap_snapshot_leftovers;
+mod local_recovery;
 mod object_storage;
 mod operator_state;
 mod operators;

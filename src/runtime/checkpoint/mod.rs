@@ -6,6 +6,8 @@
 //! - [`lease`]: the record by which a live coordinator tells tools that delete to wait.
 //! - [`restore`]: restoring an instance into any [`CheckpointedBackend`], with file
 //!   verification and key-group coverage checks.
+//! - [`local_recovery`]: a local copy of each instance's last completed checkpoint, and
+//!   restores that download only what it lacks.
 //! - [`metadata`] (the `_metadata` format) and [`layout`] (names in a checkpoint root) live in
 //!   the model and are re-exported here.
 //!
@@ -21,6 +23,7 @@
 pub mod coordinator;
 pub mod fence;
 pub mod lease;
+pub mod local_recovery;
 pub mod restore;
 
 pub use crate::backends::interface::{PendingSnapshot, UploadStats};
@@ -29,6 +32,7 @@ pub use coordinator::{
     CheckpointCoordinator, DEFAULT_RETAINED_CHECKPOINTS, GcReport, latest_restorable,
     latest_restorable_skipping, verify_files, verify_files_stable,
 };
+pub use local_recovery::{LocalRecovery, RecoveryStats};
 pub use metadata::{
     FileEntry, InstanceId, InstanceMetadata, SnapshotKind, SnapshotMetadata, check_partition,
 };

@@ -4,7 +4,7 @@ use crate::backends::any::AnyBackend;
 use crate::backends::config::BackendConfig;
 use crate::backends::interface::CheckpointedBackend;
 use crate::model::error::{Error, Result};
-use crate::model::format::metadata::SnapshotMetadata;
+use crate::model::format::metadata::{FetchFile, SnapshotMetadata};
 use crate::storage::{CheckpointStorage, verified_fetcher};
 
 /// Who owns the restored checkpoint's files afterwards (as Flink's restore modes).
@@ -55,6 +55,17 @@ pub fn restore_instance_into<B: CheckpointedBackend>(
     config: &BackendConfig,
     mode: RestoreMode,
 ) -> Result<B> {
+    restore_with_fetch(meta, config, mode, &verified_fetcher(storage))
+}
+
+/// [`restore_instance_into`], receiving files through `fetch` (which verifies them): the
+/// storage's verified fetch, or local recovery's.
+pub(crate) fn restore_with_fetch<B: CheckpointedBackend>(
+    meta: &SnapshotMetadata,
+    config: &BackendConfig,
+    mode: RestoreMode,
+    fetch: &FetchFile<'_>,
+) -> Result<B> {
     meta.check_single_operator()?;
     meta.check_max_parallelism(config.max_parallelism)?;
     let sources = meta.instances_covering(config.key_groups)?;
@@ -66,12 +77,7 @@ pub fn restore_instance_into<B: CheckpointedBackend>(
             ),
         });
     }
-    let mut backend = B::restore_checkpoint(
-        config,
-        &sources,
-        &verified_fetcher(storage),
-        mode == RestoreMode::Claim,
-    )?;
+    let mut backend = B::restore_checkpoint(config, &sources, fetch, mode == RestoreMode::Claim)?;
     *backend.operator_state_mut() =
         meta.operator_state_for_instance(config.key_groups, config.parallelism);
     Ok(backend)
