@@ -100,7 +100,7 @@ fn run(kind: BackendKind, target: &Target, keys: u64, rounds: u64, latency: Dura
         upload_time += t.elapsed();
         uploaded += stats.bytes_uploaded;
         b.notify_checkpoint_complete(&meta.instances[0]).unwrap();
-        local.retain(&meta.instances[0]).unwrap();
+        local.retain(&meta).unwrap();
     }
     let counts_uploaded = server.as_ref().map(LoopbackS3::counts);
     let latest = coordinator.latest().unwrap().clone();

@@ -24,7 +24,9 @@ use statebackend::{
     AnyBackend, BackendConfig, KeyGroupRange, KeyedStateBackend, Result, ValueState,
     ValueStateDescriptor,
 };
-use statebackend_s3_loopback::{ACCESS_KEY, BUCKET, Fault, FaultRule, LoopbackS3, SECRET_KEY};
+use statebackend_s3_loopback::{
+    ACCESS_KEY, BUCKET, Fault, FaultRule, LoopbackS3, RequestKind, SECRET_KEY,
+};
 
 #[test]
 fn every_command_works_on_an_s3_url() -> Result<()> {
@@ -380,6 +382,37 @@ fn every_command_works_on_an_s3_url() -> Result<()> {
     );
     let failed_prefix = statebackend::storage::StoragePath::parse("rewritten/failed")?;
     assert_eq!(storage.list(Some(&failed_prefix))?, []);
+    // A rewrite failing after it wrote data files (a row function refusing the 120th of the
+    // 150 rows, in the last of 3 instances) removes them from the store again.
+    let midway = server.storage("jobs/clicks/rewritten/midway")?;
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let puts_before = server.counts().of(RequestKind::Put);
+    let refused = statebackend::savepoint::processor::SavepointRewrite::new()
+        .rescale("", 3)
+        .change_rows(
+            "",
+            "counts",
+            Arc::new(move |_: &[u8], value: &[u8]| {
+                if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 119 {
+                    Err(statebackend::Error::Decode {
+                        state: "counts".into(),
+                        message: "refused".into(),
+                    })
+                } else {
+                    Ok(Some(value.to_vec()))
+                }
+            }),
+            None,
+        )
+        .write(&server.storage("jobs/clicks/savepoints/sp-1")?, &midway);
+    assert!(refused.is_err());
+    assert!(
+        server.counts().of(RequestKind::Put) > puts_before,
+        "data files were written before the failure"
+    );
+    let midway_prefix = statebackend::storage::StoragePath::parse("rewritten/midway")?;
+    assert_eq!(storage.list(Some(&midway_prefix))?, []);
     assert!(dump_of(&sp, &counts)? == original);
     Ok(())
 }

@@ -232,11 +232,14 @@ impl KeyedStateBackend for ReferenceBackend {
             .position(|s| s.name == migration.state())
             .filter(|&i| !self.registered[i])
             .ok_or_else(|| migration.not_restored())?;
-        for rows in &mut self.rows[index] {
-            let mut migrated: Vec<_> = std::mem::take(rows).into_iter().collect();
-            migration.apply_sorted(&mut migrated)?;
-            *rows = migrated.into_iter().collect();
+        // Into a copy, swapped in once every row migrated: a failure changes nothing.
+        let mut migrated = Vec::with_capacity(self.rows[index].len());
+        for rows in &self.rows[index] {
+            let mut group: Vec<_> = rows.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            migration.apply_sorted(&mut group)?;
+            migrated.push(group.into_iter().collect());
         }
+        self.rows[index] = migrated;
         self.states[index] = migration.migrated_info().clone();
         Ok(())
     }

@@ -18,12 +18,14 @@ pub struct DiffReport {
     pub after: String,
     /// One entry per (operator, state) of either.
     pub states: Vec<StateDiff>,
+    /// The operators whose operator state differs.
+    pub operator_states_differ: Vec<String>,
 }
 
 impl DiffReport {
-    /// Whether the two hold the same rows.
+    /// Whether the two hold the same state.
     pub fn same(&self) -> bool {
-        self.states.iter().all(StateDiff::is_same)
+        self.operator_states_differ.is_empty() && self.states.iter().all(StateDiff::is_same)
     }
 }
 
@@ -40,11 +42,12 @@ pub fn diff_snapshots(before: &Location, after: &Location) -> CliResult<DiffRepo
             snapshot.meta.clone(),
         )?)
     };
-    let states = diff(&open(before)?, &open(after)?)?;
+    let found = diff(&open(before)?, &open(after)?)?;
     Ok(DiffReport {
         before: before.display(),
         after: after.display(),
-        states,
+        states: found.states,
+        operator_states_differ: found.operator_states_differ,
     })
 }
 
@@ -72,14 +75,26 @@ impl DiffReport {
                 human_bytes(s.bytes_before),
                 human_bytes(s.bytes_after)
             )?;
+            if s.info_before != s.info_after {
+                let show = |i: &Option<String>| i.clone().unwrap_or_else(|| "absent".into());
+                writeln!(
+                    out,
+                    "  recorded as {} -> {}",
+                    show(&s.info_before),
+                    show(&s.info_after)
+                )?;
+            }
+        }
+        for operator in &self.operator_states_differ {
+            writeln!(out, "operator state of {operator:?} differs")?;
         }
         writeln!(
             out,
             "{}",
             if self.same() {
-                "the same rows"
+                "the same state"
             } else {
-                "the rows differ"
+                "the state differs"
             }
         )
     }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use crate::cli::location::Location;
 use crate::cli::{CliError, CliResult};
 use crate::model::error::Error;
-use crate::model::format::layout::{CHECKPOINT_DIR_PREFIX, SHARED_DIR};
+use crate::model::format::layout::{
+    CHECKPOINT_DIR_PREFIX, COORDINATOR_DIR, SHARED_DIR, parse_checkpoint_dir,
+};
 use crate::storage::CheckpointStorage;
 
 /// A new savepoint's directory, opened for writing.
@@ -28,7 +30,7 @@ impl NewSavepointDir {
     /// [`CliError::Failed`] if `target` holds anything or lies in the `chk-*`/`shared` area of
     /// `source_root`; storage errors.
     pub fn open(target: &Location, source_root: &Location, command: &str) -> CliResult<Self> {
-        if in_managed_area(source_root, target) {
+        if in_managed_area(source_root, target) || in_some_roots_managed_area(target) {
             return Err(CliError::Failed(format!(
                 "{} lies in the chk-*/shared area of the checkpoint root, where garbage \
                  collection would delete the savepoint: choose another directory",
@@ -82,6 +84,45 @@ impl NewSavepointDir {
             let _ = std::fs::remove_dir(dir);
         }
     }
+}
+
+/// Whether `target` lies below a `chk-<id>` or `shared` directory of what looks like a
+/// checkpoint root (for a URL: below a `chk-<id>` or `shared` segment), whatever root the
+/// source came from: garbage collection there would delete the savepoint.
+fn in_some_roots_managed_area(target: &Location) -> bool {
+    let managed = |name: &str| name == SHARED_DIR || parse_checkpoint_dir(name).is_some();
+    match target {
+        Location::Dir(dir) => {
+            let Ok(dir) = std::path::absolute(dir) else {
+                return false;
+            };
+            dir.ancestors().any(|a| {
+                let (Some(name), Some(parent)) =
+                    (a.file_name().and_then(|n| n.to_str()), a.parent())
+                else {
+                    return false;
+                };
+                managed(name) && looks_like_root(parent)
+            })
+        }
+        Location::Url(url) => url
+            .split('/')
+            .skip(3) // scheme, empty, bucket
+            .any(managed),
+    }
+}
+
+/// Whether a local directory has a checkpoint root's marks: a coordinator directory or a
+/// checkpoint directory.
+fn looks_like_root(dir: &std::path::Path) -> bool {
+    dir.join(COORDINATOR_DIR).is_dir()
+        || std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| parse_checkpoint_dir(n).is_some())
+            })
+        })
 }
 
 /// Whether `target` lies in an area of `root` that garbage collection manages (a `chk-*`

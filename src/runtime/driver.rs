@@ -380,12 +380,10 @@ impl CheckpointDriver {
         };
         notify_by_identity(operators, &meta)?;
         if let Some(local) = &self.options.local_recovery {
-            // The local copies of the instances' older checkpoints go; a failure only leaves
-            // files that a restore would check before using.
-            for part in &meta.instances {
-                if let Err(e) = local.retain(part) {
-                    tracing::warn!(checkpoint = meta.id, error = %e, "local recovery cleanup failed");
-                }
+            // The local copies of older checkpoints go; a failure only leaves files that a
+            // restore would check before using.
+            if let Err(e) = local.retain(&meta) {
+                tracing::warn!(checkpoint = meta.id, error = %e, "local recovery cleanup failed");
             }
         }
         let report = CheckpointReport {

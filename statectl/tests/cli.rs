@@ -1819,6 +1819,7 @@ fn rewrite_commands_write_verified_savepoints_and_leave_the_source_alone() -> Te
         text.contains("events: 0 added, 0 removed, 0 changed, 100 unchanged"),
         "{text}"
     );
+    assert!(text.contains("the state differs"), "{text}");
     let o = statectl(&["diff", p(source), p(&rescaled), "--json"]);
     expect_code(&o, 0);
     assert!(
@@ -1880,6 +1881,19 @@ fn rewrite_commands_write_verified_savepoints_and_leave_the_source_alone() -> Te
     }
     let o = statectl(&["drop-state", p(source), "--to", p(&nowhere), "nope"]);
     assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
+    // Into a checkpoint directory of a root, where gc would delete it: refused.
+    let in_root = f.chk_dir(2).join("sp");
+    let o = statectl(&[
+        "rescale",
+        p(source),
+        "--to",
+        p(&in_root),
+        "--parallelism",
+        "2",
+    ]);
+    expect_code(&o, 1);
+    assert!(stderr(&o).contains("chk-*/shared area"), "{}", stderr(&o));
+    assert!(!in_root.exists());
     let o = statectl(&[
         "rename-state",
         p(&f.chk_dir(2)),

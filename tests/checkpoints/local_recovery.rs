@@ -55,9 +55,9 @@ fn checkpoint(
 ) -> Result<InstanceMetadata> {
     coordinator.begin(id)?;
     let (part, _) = b.snapshot(id)?.upload(&local.keeping(storage))?;
-    coordinator.complete(id, vec![part.clone()])?;
+    let meta = coordinator.complete(id, vec![part.clone()])?.clone();
     b.notify_checkpoint_complete(&part)?;
-    local.retain(&part)?;
+    local.retain(&meta)?;
     Ok(part)
 }
 
@@ -245,11 +245,11 @@ fn retention_keeps_one_checkpoint_per_instance_and_a_rescaled_restore_uses_it() 
                 .iter_mut()
                 .map(|b| Ok(b.snapshot(round)?.upload(&local.keeping(&storage))?.0))
                 .collect::<Result<Vec<_>>>()?;
-            coordinator.complete(round, parts.clone())?;
+            let meta = coordinator.complete(round, parts.clone())?.clone();
             for (b, part) in backends.iter_mut().zip(&parts) {
                 b.notify_checkpoint_complete(part)?;
-                local.retain(part)?;
             }
+            local.retain(&meta)?;
             // Only the last completed checkpoint's files of both instances are kept locally.
             let mut expected: Vec<String> = parts
                 .iter()
@@ -312,6 +312,7 @@ fn the_driver_keeps_local_copies_and_a_restart_downloads_nothing() -> Result<()>
             .collect();
         expected.sort();
         assert_eq!(local_files(local.dir()), expected, "{kind}");
+        let old_instance = meta.instances[0].instance_id;
         drop(backends);
         drop(driver);
         let (mut restored, stats) = local.restore_instance(
@@ -322,6 +323,28 @@ fn the_driver_keeps_local_copies_and_a_restart_downloads_nothing() -> Result<()>
         )?;
         assert_state(&mut restored, &model, &format!("{kind}, restart"))?;
         assert_eq!(stats.files_downloaded, 0, "{kind}: {stats:?}");
+        // The restarted job (a new instance id) checkpoints on: the local copy becomes its
+        // checkpoint's files, nothing of the earlier run stays behind.
+        let options = DriverOptions {
+            local_recovery: Some(local.clone()),
+            ..DriverOptions::default()
+        };
+        let mut driver = CheckpointDriver::new(
+            CheckpointCoordinator::open(Arc::clone(&storage), 2)?,
+            options,
+        );
+        let mut backends = vec![restored];
+        write(&mut backends[0], &mut model, 0..50, 9)?;
+        driver.checkpoint(&mut backends)?;
+        let meta = driver.coordinator().latest_verified()?.clone();
+        assert_ne!(meta.instances[0].instance_id, old_instance, "{kind}");
+        let mut expected: Vec<String> = meta.files().map(|f| f.path.to_string()).collect();
+        expected.sort();
+        assert_eq!(
+            local_files(local.dir()),
+            expected,
+            "{kind}: after the restart"
+        );
     }
     Ok(())
 }

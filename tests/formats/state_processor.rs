@@ -22,6 +22,10 @@ fn counts() -> ValueStateDescriptor<u64, (), u64> {
     ValueStateDescriptor::new("counts")
 }
 
+fn counts_info() -> statebackend::state::StateInfo {
+    counts().info()
+}
+
 fn tags() -> ListStateDescriptor<u64, (), String> {
     ListStateDescriptor::new("tags")
 }
@@ -262,7 +266,9 @@ fn a_rewrite_drops_renames_rescales_and_changes_rows() -> Result<()> {
 
     // diff: the rewrite in numbers.
     let d = diff(&open(&source)?, &open(&target)?)?;
+    assert!(!d.is_same());
     let by: BTreeMap<(String, String), _> = d
+        .states
         .iter()
         .map(|s| ((s.operator.clone(), s.state.clone()), s))
         .collect();
@@ -276,6 +282,64 @@ fn a_rewrite_drops_renames_rescales_and_changes_rows() -> Result<()> {
     assert_eq!(prices.removed, 500);
     assert!(by[&("audit".to_owned(), "counts".to_owned())].removed == 500);
     assert!(by[&("audit-v2".to_owned(), "counts".to_owned())].added == 500);
+    assert_eq!(counts.info_after, None);
+    assert_eq!(visits.info_before, None);
+    assert_eq!(tags.info_before, tags.info_after);
+    // A rescale alone changes no row and no operator state.
+    let rescaled = root.path().join("rescaled-only");
+    SavepointRewrite::new().rescale("orders", 3).write(
+        &LocalDirStorage::new(&source)?,
+        &LocalDirStorage::new(&rescaled)?,
+    )?;
+    let same = diff(&open(&source)?, &open(&rescaled)?)?;
+    assert!(same.is_same(), "{same:?}");
+    // A schema version recorded differently is a difference, with the same rows.
+    let bumped = root.path().join("bumped");
+    SavepointRewrite::new()
+        .change_rows(
+            "audit",
+            "counts",
+            std::sync::Arc::new(|_: &[u8], v: &[u8]| Ok(Some(v.to_vec()))),
+            Some(counts_info().with_schema_version(2)),
+        )
+        .write(
+            &LocalDirStorage::new(&source)?,
+            &LocalDirStorage::new(&bumped)?,
+        )?;
+    let d = diff(&open(&source)?, &open(&bumped)?)?;
+    let audit = d
+        .states
+        .iter()
+        .find(|s| s.operator == "audit" && s.state == "counts")
+        .expect("audit counts");
+    assert_eq!((audit.changed, audit.unchanged), (0, 500));
+    assert!(
+        !audit.is_same()
+            && audit
+                .info_after
+                .as_deref()
+                .is_some_and(|i| i.contains("schema version 2"))
+    );
+    // A new info that changes how rows are laid out is refused.
+    let refused = SavepointRewrite::new()
+        .change_rows(
+            "audit",
+            "counts",
+            std::sync::Arc::new(|_: &[u8], v: &[u8]| Ok(Some(v.to_vec()))),
+            Some(
+                counts_info().with_ttl(statebackend::state::ttl::StateTtlConfig::new(
+                    std::time::Duration::from_secs(1),
+                )),
+            ),
+        )
+        .write(
+            &LocalDirStorage::new(&source)?,
+            &LocalDirStorage::new(root.path().join("refused"))?,
+        );
+    assert!(
+        matches!(refused, Err(Error::StateMismatch { .. })),
+        "{refused:?}"
+    );
     Ok(())
 }
 

@@ -539,3 +539,54 @@ fn a_job_upgrades_through_three_code_versions_on_both_backends() -> Result<()> {
     }
     Ok(())
 }
+
+/// A migration that fails half way (two user keys of one map migrate onto one key, in a key
+/// group somewhere in the middle) changes nothing: the same state then migrates correctly.
+#[test]
+fn a_migration_failing_half_way_changes_nothing() -> Result<()> {
+    let root = scratch();
+    let old = || MapStateDescriptor::<u64, (), u32, u64>::new("m").with_schema_version(1);
+    // Key 250's map holds user keys 0 and 1; every other key's map one key, 2 × key.
+    let clash = 250u64;
+    for kind in kinds() {
+        let dir = root.path().join(kind.to_string());
+        let mut b = AnyBackend::open(&config_in(kind, all(), &dir))?;
+        let m = b.map_state(&old())?;
+        for k in 0..500u64 {
+            if k == clash {
+                m.put(&mut b, &k, &(), 0, 1)?;
+                m.put(&mut b, &k, &(), 1, 2)?;
+            } else {
+                m.put(&mut b, &k, &(), 2 * k as u32, k)?;
+            }
+        }
+        let mut restored = restore(&mut b, &dir.join("sp"), false)?;
+        let halving = MapStateDescriptor::<u64, (), u32, u64>::new("m")
+            .with_schema_version(2)
+            .with_migration(Migration::same_encoding(1, 2).with_user_keys(|k: u32| k / 2));
+        match restored.map_state(&halving).err() {
+            Some(Error::Decode { state, message }) => {
+                assert_eq!(state, "m", "{kind}");
+                assert!(message.contains("one"), "{kind}: {message}");
+            }
+            other => panic!("{kind}: {other:?}"),
+        }
+        // Untouched: a migration that keeps the keys finds every row as written.
+        let keeping = MapStateDescriptor::<u64, (), u32, u64>::new("m")
+            .with_schema_version(2)
+            .with_migration(Migration::same_encoding(1, 2));
+        let m = restored.map_state(&keeping)?;
+        for k in 0..500u64 {
+            let mut entries: Vec<(u32, u64)> =
+                m.entries(&restored, &k, &())?.collect::<Result<_>>()?;
+            entries.sort_unstable();
+            let expected = if k == clash {
+                vec![(0, 1), (1, 2)]
+            } else {
+                vec![(2 * k as u32, k)]
+            };
+            assert_eq!(entries, expected, "{kind}: key {k}");
+        }
+    }
+    Ok(())
+}

@@ -13,6 +13,7 @@ mod view;
 
 use std::any::{Any, type_name};
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::model::error::{Error, Result};
@@ -335,9 +336,14 @@ impl KeyedStateBackend for HeapBackend {
         let raw = (state.table.as_mut() as &mut dyn Any)
             .downcast_mut::<RawTable>()
             .ok_or_else(|| migration.not_restored())?;
-        for rows in raw.groups.values_mut() {
-            migration.apply_sorted(Arc::make_mut(rows).as_mut_slice())?;
+        // Into a copy, swapped in once every row migrated: a failure changes nothing.
+        let mut migrated = BTreeMap::new();
+        for (&group, rows) in &raw.groups {
+            let mut rows = rows.as_ref().clone();
+            migration.apply_sorted(&mut rows)?;
+            migrated.insert(group, Arc::new(rows));
         }
+        raw.groups = migrated;
         state.info = migration.migrated_info().clone();
         Ok(())
     }

@@ -54,6 +54,7 @@ impl CheckpointedBackend for RocksDbBackend {
 
     /// A native checkpoint opened read-only.
     fn row_view(&mut self) -> Result<Box<dyn RowView>> {
+        self.check_not_poisoned()?;
         Ok(Box::new(self.view()?))
     }
 

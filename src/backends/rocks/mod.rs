@@ -225,6 +225,8 @@ pub struct RocksDbBackend {
     pub(crate) operator_state: crate::model::state::operator::OperatorState,
     /// The TTL clock and what each column family's compaction filter drops.
     ttl: Arc<TtlFilters>,
+    /// Why the backend may not be used any more: a migration failed after it began writing.
+    poisoned: Option<String>,
 }
 
 impl Drop for RocksDbBackend {
@@ -233,7 +235,8 @@ impl Drop for RocksDbBackend {
     /// clean close, nor is a failed flush: the marker stays and the directory must be restored.
     fn drop(&mut self) {
         let marked = matches!(&self.dir, WorkingDir::Explicit(e) if e.marked);
-        if marked && !std::thread::panicking() && self.flush().is_ok() {
+        // A poisoned backend holds rows of two versions: its directory must not reopen.
+        if marked && self.poisoned.is_none() && !std::thread::panicking() && self.flush().is_ok() {
             if let Some(explicit) = self.dir.explicit() {
                 explicit.closed_cleanly = true;
             }
@@ -468,6 +471,7 @@ impl RocksDbBackend {
             write_cache,
             dir,
             ttl,
+            poisoned: None,
         };
         backend.check_instance_record()?;
         backend.load_state_records()?;
@@ -650,6 +654,7 @@ impl RocksDbBackend {
     /// # Errors
     /// [`Error::StateMismatch`] if the name is registered with another kind or types.
     pub(crate) fn ensure_state(&mut self, info: &StateInfo) -> Result<StateId> {
+        self.check_not_poisoned()?;
         let existing = self.states();
         if let Some(index) = find_registered(&existing, info)? {
             return Ok(StateId::new(self.identity, index));
@@ -705,34 +710,69 @@ impl RocksDbBackend {
 
     /// Rewrites every row of state `index` with `change` applied, in batches.
     fn change_rows(&mut self, index: usize, info: &StateInfo, change: TtlChange) -> Result<()> {
-        self.rewrite_rows(index, false, &mut |_, value| {
+        self.rewrite_rows(index, false, true, &mut |_, value| {
             Ok((None, change.apply_to_row(info, value)?))
         })
     }
 
-    /// Migrates the rows of a restored state not registered since ([`RowMigration`]).
+    /// Migrates the rows of a restored state not registered since ([`RowMigration`]), in two
+    /// passes: the first migrates every row without writing (a row that does not decode, a
+    /// user function that fails, two user keys migrating onto one: the state is left as it
+    /// was), the second writes. A write that fails in the second pass leaves rows of both
+    /// versions: the backend is then poisoned (every later registration and snapshot refuses,
+    /// and a drop is no clean close, so its working directory must be restored again).
     fn migrate_state(&mut self, migration: &RowMigration) -> Result<()> {
+        self.check_not_poisoned()?;
         let index = self
             .states
             .iter()
             .position(|s| s.info.name == migration.state())
             .filter(|&i| !self.states[i].registered)
             .ok_or_else(|| migration.not_restored())?;
+        let moves = migration.moves_rows();
+        let mut apply = |suffix: &[u8], value: &[u8]| migration.apply(suffix, value);
+        self.rewrite_rows(index, moves, false, &mut apply)?;
         // No compaction judges rows while they change: a migration may change their length.
         let info = migration.migrated_info();
+        let before = self.states[index].info.ttl;
         self.ttl.set(&self.states[index].cf_name, info.kind, None);
-        self.rewrite_rows(index, migration.moves_rows(), &mut |suffix, value| {
-            migration.apply(suffix, value)
-        })?;
-        self.states[index].info = info.clone();
-        self.ttl
-            .set(&self.states[index].cf_name, info.kind, info.ttl);
-        self.write_state_record(index)
+        let written = self
+            .rewrite_rows(index, moves, true, &mut apply)
+            .and_then(|()| {
+                self.states[index].info = info.clone();
+                self.write_state_record(index)
+            });
+        match written {
+            Ok(()) => {
+                self.ttl
+                    .set(&self.states[index].cf_name, info.kind, info.ttl);
+                Ok(())
+            }
+            Err(e) => {
+                self.ttl.set(&self.states[index].cf_name, info.kind, before);
+                self.poisoned = Some(format!(
+                    "the migration of state '{}' failed half way ({e}): restore the backend again",
+                    migration.state()
+                ));
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Error::Incompatible`] if a failed migration poisoned the backend.
+    pub(crate) fn check_not_poisoned(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(reason) => Err(Error::Incompatible {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Rewrites every row of state `index` through `rewrite(suffix, value)`, which gives the
-    /// new value and, if the row moves (`moves`), its new suffix. Each row is read once and
-    /// written once, in batches of 4 MiB. Moving rows are rewritten a key group at a time:
+    /// new value and, if the row moves (`moves`), its new suffix; with `write` false, only runs
+    /// `rewrite` over every row (and checks moved rows for collisions). Each row is read once
+    /// and written once, in batches of 4 MiB. Moving rows are rewritten a key group at a time:
     /// the group is read whole, range-deleted and written again, so that a row moved onto the
     /// key of one not yet read is not deleted with it; two rows moved onto one key are
     /// [`RowMigration::collision`]-like errors from `rewrite`'s caller.
@@ -740,6 +780,7 @@ impl RocksDbBackend {
         &mut self,
         index: usize,
         moves: bool,
+        write: bool,
         rewrite: &mut dyn FnMut(&[u8], &[u8]) -> Result<(Option<Vec<u8>>, Vec<u8>)>,
     ) -> Result<()> {
         // No cached row of the state may outlive its rewrite.
@@ -790,7 +831,9 @@ impl RocksDbBackend {
             } else {
                 batch.put_cf(cf, &key, new_value);
             }
-            if batch.size_in_bytes() >= 4 << 20 {
+            if !write {
+                batch.clear();
+            } else if batch.size_in_bytes() >= 4 << 20 {
                 self.db
                     .write_opt(std::mem::take(&mut batch), &self.write_options)
                     .map_err(self.rocks())?;
@@ -798,6 +841,9 @@ impl RocksDbBackend {
         }
         if let Some(last) = group {
             flush_group(&mut batch, last, &mut moved);
+        }
+        if !write {
+            return Ok(());
         }
         self.db
             .write_opt(batch, &self.write_options)

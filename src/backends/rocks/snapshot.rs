@@ -65,6 +65,7 @@ impl RocksDbBackend {
     /// [`Error::CheckpointState`] if `checkpoint_id` is not larger than every earlier one;
     /// RocksDB and I/O errors.
     pub fn snapshot(&mut self, checkpoint_id: u64) -> Result<RocksDbSnapshot> {
+        self.check_not_poisoned()?;
         if self
             .incremental
             .last_snapshot

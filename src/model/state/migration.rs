@@ -175,6 +175,56 @@ impl Migrations {
     }
 }
 
+/// The fewest steps leading from version `from` to `to` (breadth first over the declared
+/// steps), if any.
+fn shortest_path(steps: &[Migration], from: u32, to: u32) -> Option<Vec<Migration>> {
+    use std::collections::{HashMap, VecDeque};
+    // Version reached → the step that reached it first.
+    let mut reached: HashMap<u32, Option<usize>> = HashMap::from([(from, None)]);
+    let mut queue = VecDeque::from([from]);
+    while let Some(at) = queue.pop_front() {
+        if at == to {
+            let mut path = Vec::new();
+            let mut version = to;
+            while let Some(Some(step)) = reached.get(&version) {
+                path.push(steps[*step].clone());
+                version = steps[*step].from;
+            }
+            path.reverse();
+            return Some(path);
+        }
+        for (i, step) in steps.iter().enumerate() {
+            if step.from == at && !reached.contains_key(&step.to) {
+                reached.insert(step.to, Some(i));
+                queue.push_back(step.to);
+            }
+        }
+    }
+    None
+}
+
+/// Where a chain from `from` gets stuck on its way to `to`, for the error message: the
+/// reachable version closest below `to` (or the highest reachable one).
+fn furthest_reachable(steps: &[Migration], from: u32, to: u32) -> u32 {
+    let mut reached = vec![from];
+    let mut i = 0;
+    while i < reached.len() {
+        let at = reached[i];
+        for step in steps.iter().filter(|s| s.from == at) {
+            if !reached.contains(&step.to) {
+                reached.push(step.to);
+            }
+        }
+        i += 1;
+    }
+    reached
+        .iter()
+        .copied()
+        .filter(|&v| v <= to)
+        .max()
+        .unwrap_or_else(|| reached.iter().copied().max().unwrap_or(from))
+}
+
 /// The planned migration of one restored state, from its recorded schema to the registered
 /// one: the steps in order, checked before any row changes.
 pub struct RowMigration {
@@ -217,23 +267,17 @@ impl RowMigration {
                 )));
             }
         }
-        let mut steps = Vec::new();
-        let mut at = from.schema_version;
-        while at != to.schema_version {
-            let step = migrations
-                .steps
-                .iter()
-                .find(|s| s.from == at && s.to != at)
-                .filter(|_| steps.len() < migrations.steps.len())
-                .ok_or_else(|| Error::NoMigrationPath {
-                    state: to.name.clone(),
-                    from: from.schema_version,
-                    to: to.schema_version,
-                    stuck_at: at,
-                })?;
-            steps.push(step.clone());
-            at = step.to;
-        }
+        let steps = shortest_path(&migrations.steps, from.schema_version, to.schema_version)
+            .ok_or_else(|| Error::NoMigrationPath {
+                state: to.name.clone(),
+                from: from.schema_version,
+                to: to.schema_version,
+                stuck_at: furthest_reachable(
+                    &migrations.steps,
+                    from.schema_version,
+                    to.schema_version,
+                ),
+            })?;
         let moves_keys = steps.iter().any(|s| s.user_key.is_some());
         if from.user_key_type != to.user_key_type && !moves_keys {
             return Err(refuse(format!(
@@ -473,6 +517,21 @@ mod tests {
         assert!(
             RowMigration::plan(&info(StateKind::Value, 1), &info(StateKind::Value, 3), &m).is_err()
         );
+    }
+
+    #[test]
+    fn the_shortest_declared_path_is_taken() {
+        // 1 → 2 has no way on; 1 → 3 does.
+        let m = steps(vec![
+            Migration::new(1, 2, |v: V1| v.a),
+            Migration::same_encoding(1, 3),
+            Migration::same_encoding(3, 4),
+        ]);
+        let plan =
+            RowMigration::plan(&info(StateKind::Value, 1), &info(StateKind::Value, 4), &m).unwrap();
+        let codec = DefaultCodec::default();
+        let bytes = codec.encode(&V1 { a: 9 }).unwrap();
+        assert_eq!(plan.apply(b"k", &bytes).unwrap().1, bytes);
     }
 
     #[test]

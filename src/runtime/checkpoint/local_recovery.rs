@@ -8,9 +8,9 @@
 //! be made, to `<dir>/<its storage path>`), so it costs no extra read of the state. The
 //! [`crate::CheckpointDriver`] does all of it given [`crate::DriverOptions::local_recovery`]. RocksDB's
 //! SST files are hard links of its own files; the heap backend's data file is linked from the
-//! file it just wrote. Once a checkpoint completes, [`LocalRecovery::retain`] deletes the
-//! instance's local files the completed checkpoint does not list: a copy of one checkpoint per
-//! instance remains (and the files of checkpoints in flight, until the next completion).
+//! file it just wrote. Once a checkpoint completes, [`LocalRecovery::retain`] deletes every
+//! local file the completed checkpoint does not list: the copy of one checkpoint remains. One
+//! directory serves the instances of one job (one checkpoint root) in a process.
 //!
 //! A restore ([`LocalRecovery::restore_instance`]) trusts nothing local without checking it
 //! against the metadata: a local file of the right name whose size or crc32 differs (truncated,
@@ -30,8 +30,7 @@
 //! let mut backend = AnyBackend::open(&config)?;
 //! coordinator.begin(1)?;
 //! let (part, _) = backend.snapshot(1)?.upload(&local.keeping(&storage))?;
-//! coordinator.complete(1, vec![part.clone()])?;
-//! local.retain(&part)?;
+//! local.retain(&coordinator.complete(1, vec![part])?.clone())?;
 //! // ... the process restarts on the same machine:
 //! let meta = latest_restorable(storage.as_ref())?;
 //! let (restored, stats) = local.restore_instance(storage.as_ref(), &meta, &config, RestoreMode::Claim)?;
@@ -39,6 +38,7 @@
 //! # Ok::<(), statebackend::Error>(())
 //! ```
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -49,9 +49,7 @@ use crate::backends::interface::CheckpointedBackend;
 use crate::model::error::{Error, Result};
 use crate::model::format::file_size_and_crc32;
 use crate::model::format::layout::{SHARED_DIR, parse_checkpoint_dir};
-use crate::model::format::metadata::{
-    FetchFile, FileEntry, InstanceMetadata, RandomAccess, SnapshotMetadata,
-};
+use crate::model::format::metadata::{FetchFile, FileEntry, RandomAccess, SnapshotMetadata};
 use crate::runtime::checkpoint::restore::{RestoreMode, restore_with_fetch};
 use crate::storage::{CheckpointStorage, ObjectMeta, RangedReader, StoragePath, fetch_verified};
 
@@ -108,33 +106,27 @@ impl LocalRecovery {
         }
     }
 
-    /// Keeps the local copy of `part` (an instance's part of a completed checkpoint): deletes
-    /// every local file of that instance that `part` does not list. Call it when the
-    /// checkpoint completes, as `notify_checkpoint_complete`.
+    /// Keeps the local copy of `completed` (a completed checkpoint of the job whose root this
+    /// directory mirrors): deletes every local file it does not list, whichever instance wrote
+    /// it (instances of an earlier run of the job have other ids), and the directories that
+    /// empties. Call it when a checkpoint completes, before the next one begins: a checkpoint
+    /// in flight would lose its local copy (it is then downloaded on a restore).
     ///
     /// # Errors
     /// [`Error::Io`] if a file cannot be listed or deleted.
-    pub fn retain(&self, part: &InstanceMetadata) -> Result<()> {
-        let instance = part.instance_id.hex();
-        let keep: Vec<PathBuf> = part
-            .files
-            .iter()
+    pub fn retain(&self, completed: &SnapshotMetadata) -> Result<()> {
+        let keep: HashSet<PathBuf> = completed
+            .files()
             .map(|f| self.local_path(&f.path))
             .collect();
-        // The instance's files: chk-<id>/<instance>/... and shared/<instance>/...
         for top in read_dir_names(&self.dir)? {
+            // Only what uploads write: chk-<id>/… and shared/…
             if top != SHARED_DIR && parse_checkpoint_dir(&top).is_none() {
                 continue;
             }
-            let instance_dir = self.dir.join(&top).join(&instance);
-            if !instance_dir.is_dir() {
-                continue;
-            }
-            remove_unlisted(&instance_dir, &keep)?;
-            // An emptied checkpoint directory goes too (best effort: another instance's may
-            // remain in it).
-            let _ = std::fs::remove_dir(&instance_dir);
-            let _ = std::fs::remove_dir(self.dir.join(&top));
+            let dir = self.dir.join(&top);
+            remove_unlisted(&dir, &keep)?;
+            let _ = std::fs::remove_dir(&dir);
         }
         Ok(())
     }
@@ -246,7 +238,7 @@ fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// Deletes every file below `dir` that is not in `keep`, and the directories it empties.
-fn remove_unlisted(dir: &Path, keep: &[PathBuf]) -> Result<()> {
+fn remove_unlisted(dir: &Path, keep: &HashSet<PathBuf>) -> Result<()> {
     for entry in std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .flatten()

@@ -244,12 +244,35 @@ impl SavepointBuilder {
     }
 
     /// Writes the savepoint of operator `operator` (`""` for a single-operator job) into
-    /// `target` as `parallelism` instances over the key groups, `_metadata` last.
+    /// `target`, which must hold no files, as `parallelism` instances over the key groups,
+    /// `_metadata` last. On failure the files written are removed again.
     ///
     /// # Errors
-    /// [`Error::InvalidOperator`] for a parallelism of 0 or above the max parallelism; write
-    /// and storage errors.
+    /// [`Error::AlreadyExists`] if `target` holds files; [`Error::InvalidOperator`] for a
+    /// parallelism of 0 or above the max parallelism; write and storage errors.
     pub fn write(
+        self,
+        target: &dyn CheckpointStorage,
+        operator: &str,
+        parallelism: u32,
+    ) -> Result<SnapshotMetadata> {
+        if let Some(existing) = target.list(None)?.first() {
+            return Err(Error::AlreadyExists {
+                path: format!("{} (the target must hold no files)", existing.path),
+            });
+        }
+        let result = self.write_into(target, operator, parallelism);
+        if result.is_err() {
+            if let Ok(objects) = target.list(None) {
+                for o in objects {
+                    let _ = target.delete(&o.path);
+                }
+            }
+        }
+        result
+    }
+
+    fn write_into(
         self,
         target: &dyn CheckpointStorage,
         operator: &str,

@@ -30,12 +30,37 @@ pub struct StateDiff {
     pub bytes_before: u64,
     /// Bytes of its rows in the second.
     pub bytes_after: u64,
+    /// The state as the first snapshot records it (kind, types, schema version, time to
+    /// live), if it has it.
+    pub info_before: Option<String>,
+    /// As the second records it.
+    pub info_after: Option<String>,
 }
 
 impl StateDiff {
-    /// Whether the state is the same in both.
+    /// Whether the state is the same in both: the same rows, recorded the same way.
     pub fn is_same(&self) -> bool {
-        self.added == 0 && self.removed == 0 && self.changed == 0
+        self.added == 0
+            && self.removed == 0
+            && self.changed == 0
+            && self.info_before == self.info_after
+    }
+}
+
+/// How two snapshots differ: per state, and per operator in its operator state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SnapshotDiff {
+    /// One entry per (operator, state) of either snapshot, in (operator, state) order.
+    pub states: Vec<StateDiff>,
+    /// The operators of either snapshot whose operator state differs (all instances' parts
+    /// together, as one instance restores them), in order.
+    pub operator_states_differ: Vec<String>,
+}
+
+impl SnapshotDiff {
+    /// Whether the two hold the same state.
+    pub fn is_same(&self) -> bool {
+        self.operator_states_differ.is_empty() && self.states.iter().all(StateDiff::is_same)
     }
 }
 
@@ -81,19 +106,20 @@ impl Side {
 }
 
 /// Compares every state of every operator of `before` and `after`, key group by key group
-/// (memory: one key group of each), and returns one entry per (operator, state) of either,
-/// in (operator, state) order. Both snapshots must be savepoints or full-snapshot
-/// checkpoints ([`SnapshotFiles`]).
+/// (memory: one key group of each), and each operator's operator state. Both snapshots must be
+/// savepoints or full-snapshot checkpoints ([`SnapshotFiles`]).
 ///
 /// # Errors
-/// [`Error::Incompatible`] for an operator with another max parallelism in each; format
-/// errors naming the file.
-pub fn diff(before: &SnapshotFiles, after: &SnapshotFiles) -> Result<Vec<StateDiff>> {
+/// [`Error::Incompatible`] for an operator with another max parallelism in each;
+/// [`Error::StateMismatch`] for a snapshot whose instances record one state differently;
+/// format errors naming the file.
+pub fn diff(before: &SnapshotFiles, after: &SnapshotFiles) -> Result<SnapshotDiff> {
     let mut operators: Vec<&str> = before.meta().operators();
     operators.extend(after.meta().operators());
     operators.sort_unstable();
     operators.dedup();
     let mut out: BTreeMap<(String, String), StateDiff> = BTreeMap::new();
+    let mut operator_states_differ = Vec::new();
     for operator in operators {
         let a = Side::open(before, operator)?;
         let b = Side::open(after, operator)?;
@@ -109,17 +135,34 @@ pub fn diff(before: &SnapshotFiles, after: &SnapshotFiles) -> Result<Vec<StateDi
             (Some((_, m)), _) | (None, Some((_, m))) => *m,
             (None, None) => continue,
         };
-        for side in [before, after] {
-            if let Ok(states) = side.states(operator) {
-                for s in states {
-                    out.entry((operator.to_owned(), s.name.clone()))
-                        .or_insert_with(|| StateDiff {
-                            operator: operator.to_owned(),
-                            state: s.name,
-                            ..StateDiff::default()
-                        });
+        for (first, side) in [(true, before), (false, after)] {
+            if !side.meta().operators().contains(&operator) {
+                continue;
+            }
+            for s in side.states(operator)? {
+                let entry = out
+                    .entry((operator.to_owned(), s.name.clone()))
+                    .or_insert_with(|| StateDiff {
+                        operator: operator.to_owned(),
+                        state: s.name.clone(),
+                        ..StateDiff::default()
+                    });
+                if first {
+                    entry.info_before = Some(s.describe());
+                } else {
+                    entry.info_after = Some(s.describe());
                 }
             }
+        }
+        let operator_state = |side: &SnapshotFiles| -> Result<Option<_>> {
+            if side.meta().operators().contains(&operator) {
+                Ok(Some(side.operator_state(operator)?))
+            } else {
+                Ok(None)
+            }
+        };
+        if operator_state(before)? != operator_state(after)? {
+            operator_states_differ.push(operator.to_owned());
         }
         let (mut a, mut b) = (a.map(|s| s.0), b.map(|s| s.0));
         for group in KeyGroupRange::all(max_parallelism)?.iter() {
@@ -134,7 +177,10 @@ pub fn diff(before: &SnapshotFiles, after: &SnapshotFiles) -> Result<Vec<StateDi
             compare(operator, rows_a, rows_b, &mut out);
         }
     }
-    Ok(out.into_values().collect())
+    Ok(SnapshotDiff {
+        states: out.into_values().collect(),
+        operator_states_differ,
+    })
 }
 
 /// Merges two key groups' sorted rows into the counts.

@@ -11,7 +11,8 @@
 //! - **Rewrite** ([`SavepointRewrite`]): a new savepoint from an old one (never in place):
 //!   drop or rename a state or an operator, change an operator's instance count, change a
 //!   state's rows with a function ([`typed`]); verified, or removed again on failure.
-//! - **Compare** ([`diff`]): rows added, removed and changed per operator and state.
+//! - **Compare** ([`diff`]): rows added, removed and changed per operator and state, states
+//!   recorded differently, operator state that differs.
 //!
 //! Everything is written through the writer the backends' savepoints use
 //! ([`crate::PendingSavepoint`]), so there is one canonical encoding.
@@ -23,7 +24,7 @@ mod rewrite;
 mod source;
 
 pub use bootstrap::SavepointBuilder;
-pub use diff::{StateDiff, diff};
+pub use diff::{SnapshotDiff, StateDiff, diff};
 pub use read::typed;
 pub use rewrite::{RewriteReport, SavepointRewrite};
 pub use source::{RowFn, SnapshotFiles};

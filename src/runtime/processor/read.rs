@@ -76,24 +76,29 @@ impl SnapshotFiles {
             else {
                 continue;
             };
-            reader.for_each_row(&mut |group, state, suffix, value| {
-                if state as usize != wanted {
-                    return Ok(());
-                }
-                let (suffix, value) = match &migration {
-                    Some(m) => {
-                        let (moved, value) = m.apply(suffix, value)?;
-                        (moved.unwrap_or_else(|| suffix.to_vec()), value)
+            let groups: Vec<KeyGroup> = reader.index().iter().map(|e| e.key_group).collect();
+            for group in groups {
+                // A key group at a time: a migration that moves map rows re-sorts them and
+                // refuses two rows migrating onto one key, as a backend's does.
+                let mut rows = Vec::new();
+                reader.read_key_group(group, &mut |state, suffix, value| {
+                    if state as usize == wanted {
+                        rows.push((suffix.to_vec(), value.to_vec()));
                     }
-                    None => (suffix.to_vec(), value.to_vec()),
-                };
-                let value = match strip {
-                    Some(strip) => strip.apply_to_row(stored, &value)?,
-                    None => value,
-                };
-                count += 1;
-                f(group, &suffix, &value)
-            })?;
+                    Ok(())
+                })?;
+                if let Some(m) = &migration {
+                    m.apply_sorted(&mut rows)?;
+                }
+                for (suffix, value) in rows {
+                    let value = match strip {
+                        Some(strip) => strip.apply_to_row(stored, &value)?,
+                        None => value,
+                    };
+                    count += 1;
+                    f(group, &suffix, &value)?;
+                }
+            }
         }
         Ok(count)
     }

@@ -109,8 +109,11 @@ impl SavepointRewrite {
 
     /// Passes every row of state `state` of `operator` through `rows` (row key suffix and
     /// value in, new value or `None` to drop the row out), recording the state as `info` if
-    /// given (another schema version or type names). [`crate::savepoint::processor::typed`]
-    /// builds such functions from typed closures.
+    /// given: another schema version or value type name; its kind, key, namespace and user key
+    /// types and its time to live must be the source's ([`Error::StateMismatch`] otherwise).
+    /// [`crate::savepoint::processor::typed`] builds such functions from typed closures; the
+    /// rows of a state with a time to live carry their timestamps (`savepoint-format.md` §3),
+    /// which typed functions refuse to decode.
     #[must_use]
     pub fn change_rows(
         mut self,
@@ -310,6 +313,21 @@ fn state_plan(
                 if let Some(info) = info {
                     let mut info = info.clone();
                     info.name.clone_from(&plan[at].info.name);
+                    let source = &plan[at].info;
+                    // Another schema version or type names, nothing that changes how rows
+                    // are laid out: the kind, keys, namespaces and time to live stay.
+                    if info.kind != source.kind
+                        || info.key_type != source.key_type
+                        || info.namespace_type != source.namespace_type
+                        || info.user_key_type != source.user_key_type
+                        || info.ttl != source.ttl
+                    {
+                        return Err(Error::StateMismatch {
+                            name: state.clone(),
+                            registered: source.describe(),
+                            requested: info.describe(),
+                        });
+                    }
                     plan[at].info = info;
                 }
                 plan[at].rows = Some(rows.clone());
