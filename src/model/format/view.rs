@@ -217,6 +217,31 @@ pub trait RowSource {
     fn emit_rows(&mut self, emit: &mut RowEmit<'_>) -> Result<()>;
 }
 
+/// The states of several instances united by name, sorted by name.
+///
+/// # Errors
+/// [`Error::StateMismatch`] if two of them record one state name differently.
+pub fn unite_states<'a>(parts: impl Iterator<Item = &'a [StateInfo]>) -> Result<Vec<StateInfo>> {
+    let mut states: Vec<StateInfo> = Vec::new();
+    for part in parts {
+        for info in part {
+            match states.iter().find(|s| s.name == info.name) {
+                Some(existing) if existing != info => {
+                    return Err(Error::StateMismatch {
+                        name: info.name.clone(),
+                        registered: existing.describe(),
+                        requested: info.describe(),
+                    });
+                }
+                Some(_) => {}
+                None => states.push(info.clone()),
+            }
+        }
+    }
+    states.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(states)
+}
+
 /// The rows of some key groups in data files of disjoint key groups (the instances of one
 /// savepoint or checkpoint): their states united by name, the key groups outside `range`
 /// skipped without being read.
@@ -234,23 +259,7 @@ impl<R: Read + Seek> DataFileRows<R> {
     /// # Errors
     /// [`Error::StateMismatch`] if two files declare one state name with different infos.
     pub fn new(mut readers: Vec<DataFileReader<R>>, range: KeyGroupRange) -> Result<Self> {
-        let mut states: Vec<StateInfo> = Vec::new();
-        for reader in &readers {
-            for info in &reader.header().states {
-                match states.iter().find(|s| s.name == info.name) {
-                    Some(existing) if existing != info => {
-                        return Err(Error::StateMismatch {
-                            name: info.name.clone(),
-                            registered: existing.describe(),
-                            requested: info.describe(),
-                        });
-                    }
-                    Some(_) => {}
-                    None => states.push(info.clone()),
-                }
-            }
-        }
-        states.sort_by(|a, b| a.name.cmp(&b.name));
+        let states = unite_states(readers.iter().map(|r| r.header().states.as_slice()))?;
         // Files cover disjoint key groups: reading them in key-group order keeps every state's
         // rows ascending.
         readers.sort_by_key(|r| r.header().key_groups.start());

@@ -138,6 +138,21 @@ impl SavepointBuilder {
         Ok(())
     }
 
+    /// Adds the rows of a state holding one encoded value per (key, namespace).
+    fn cells<K: StateKey, N: StateKey, V: StateValue>(
+        &mut self,
+        info: StateInfo,
+        rows: impl IntoIterator<Item = (K, N, V)>,
+    ) -> Result<&mut Self> {
+        let name = info.name.clone();
+        self.add(
+            info,
+            rows.into_iter()
+                .map(|(k, n, v)| Ok((k, n, Vec::new(), encode(&name, &v)?))),
+        )?;
+        Ok(self)
+    }
+
     /// Adds a value state: one `(key, namespace, value)` per row; a key given twice keeps its
     /// last value.
     ///
@@ -148,14 +163,7 @@ impl SavepointBuilder {
         descriptor: &ValueStateDescriptor<K, N, V>,
         rows: impl IntoIterator<Item = (K, N, V)>,
     ) -> Result<&mut Self> {
-        let info = descriptor.info();
-        let name = info.name.clone();
-        self.add(
-            info,
-            rows.into_iter()
-                .map(|(k, n, v)| Ok((k, n, Vec::new(), encode(&name, &v)?))),
-        )?;
-        Ok(self)
+        self.cells(descriptor.info(), rows)
     }
 
     /// Adds a reducing state: one `(key, namespace, reduced value)` per row.
@@ -167,14 +175,7 @@ impl SavepointBuilder {
         descriptor: &ReducingStateDescriptor<K, N, V>,
         rows: impl IntoIterator<Item = (K, N, V)>,
     ) -> Result<&mut Self> {
-        let info = descriptor.info();
-        let name = info.name.clone();
-        self.add(
-            info,
-            rows.into_iter()
-                .map(|(k, n, v)| Ok((k, n, Vec::new(), encode(&name, &v)?))),
-        )?;
-        Ok(self)
+        self.cells(descriptor.info(), rows)
     }
 
     /// Adds an aggregating state: one `(key, namespace, accumulator)` per row.
@@ -186,14 +187,7 @@ impl SavepointBuilder {
         descriptor: &AggregatingStateDescriptor<K, N, IN, ACC, OUT>,
         rows: impl IntoIterator<Item = (K, N, ACC)>,
     ) -> Result<&mut Self> {
-        let info = descriptor.info();
-        let name = info.name.clone();
-        self.add(
-            info,
-            rows.into_iter()
-                .map(|(k, n, v)| Ok((k, n, Vec::new(), encode(&name, &v)?))),
-        )?;
-        Ok(self)
+        self.cells(descriptor.info(), rows)
     }
 
     /// Adds a list state: one `(key, namespace, element)` per element, appended in the order

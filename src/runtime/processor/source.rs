@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use crate::model::error::{Error, Result};
 use crate::model::format::data_file::DataFileReader;
 use crate::model::format::metadata::{InstanceMetadata, SnapshotMetadata};
-use crate::model::format::view::{RowSink, RowView};
+use crate::model::format::view::{RowSink, RowView, unite_states};
 use crate::model::key_group::{KeyGroup, KeyGroupRange};
 use crate::model::state::StateInfo;
 use crate::model::state::ttl::TtlInstant;
@@ -115,24 +115,8 @@ impl SnapshotFiles {
     /// [`Error::OperatorNotFound`]; [`Error::StateMismatch`] if two instances record one state
     /// differently.
     pub fn states(&self, operator: &str) -> Result<Vec<StateInfo>> {
-        let mut states: Vec<StateInfo> = Vec::new();
-        for (_, instance) in self.instances(operator)? {
-            for info in &instance.states {
-                match states.iter().find(|s| s.name == info.name) {
-                    Some(existing) if existing != info => {
-                        return Err(Error::StateMismatch {
-                            name: info.name.clone(),
-                            registered: existing.describe(),
-                            requested: info.describe(),
-                        });
-                    }
-                    Some(_) => {}
-                    None => states.push(info.clone()),
-                }
-            }
-        }
-        states.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(states)
+        let instances = self.instances(operator)?;
+        unite_states(instances.iter().map(|(_, i)| i.states.as_slice()))
     }
 
     /// The rows of `operator`'s state `state` in `key_group` (empty if none), in row-key order.
