@@ -1,5 +1,7 @@
-//! The state processor: savepoints (and full-snapshot checkpoints) as data, offline, with no
-//! backend and no job running, as Flink's State Processor API offers them.
+//! The state processor: savepoints and checkpoints as data, offline, with no job running, as
+//! Flink's State Processor API offers them. Savepoints and heap checkpoints are read from
+//! their canonical data files directly; a RocksDB checkpoint's instances go through a
+//! temporary backend into such files first.
 //!
 //! - **Read** ([`SnapshotFiles`]): open a snapshot on any storage, iterate any state of any
 //!   operator as typed values per key group (`read_values`, `read_lists`, `read_maps`, ...,

@@ -7,13 +7,16 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::backends::config::BackendConfig;
+use crate::backends::interface::CheckpointedBackend;
 use crate::model::error::{Error, Result};
 use crate::model::format::data_file::DataFileReader;
 use crate::model::format::metadata::{InstanceMetadata, SnapshotMetadata};
-use crate::model::format::view::{RowSink, RowView, unite_states};
+use crate::model::format::view::{RowSink, RowView, unite_states, write_data_file};
 use crate::model::key_group::{KeyGroup, KeyGroupRange};
 use crate::model::state::StateInfo;
 use crate::model::state::ttl::TtlInstant;
+use crate::runtime::checkpoint::restore::{RestoreMode, restore_instance};
 use crate::storage::{CheckpointStorage, fetch_verified};
 
 /// Suffix of canonical data files.
@@ -39,12 +42,15 @@ impl std::fmt::Debug for SnapshotFiles {
 
 impl SnapshotFiles {
     /// Fetches and verifies every data file `meta` lists from `storage` (where its paths are
-    /// relative to).
+    /// relative to). An instance of a checkpoint without a canonical data file (RocksDB's
+    /// incremental checkpoints: SST files) is restored into a temporary backend of its kind,
+    /// its files verified as every restore verifies them, and written as the canonical data
+    /// file its savepoint would hold: every snapshot then reads the same way.
     ///
     /// # Errors
-    /// [`Error::Incompatible`] for an instance without one canonical data file (a RocksDB
-    /// checkpoint: convert it into a savepoint first); storage errors; size and checksum
-    /// errors naming the file; [`Error::KeyGroupsMismatch`] for a file of another instance.
+    /// Storage errors; size and checksum errors naming the file; [`Error::KeyGroupsMismatch`]
+    /// for a file of another instance; [`Error::Incompatible`] for a RocksDB checkpoint in a
+    /// build without the `rocksdb` feature.
     pub fn open(storage: &dyn CheckpointStorage, meta: SnapshotMetadata) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("statebackend-processor-")
@@ -52,15 +58,14 @@ impl SnapshotFiles {
             .map_err(|e| Error::io(std::env::temp_dir(), e))?;
         let mut local = Vec::with_capacity(meta.instances.len());
         for (i, instance) in meta.instances.iter().enumerate() {
-            let [entry] = instance.files.as_slice() else {
-                return Err(not_canonical(instance));
-            };
-            if !entry.local_name.ends_with(DATA_FILE_SUFFIX) {
-                return Err(not_canonical(instance));
-            }
             let path = dir.path().join(format!("{i}{DATA_FILE_SUFFIX}"));
-            fetch_verified(storage, entry, &path)?;
-            DataFileReader::open(&path, entry.path.as_ref())?.check_instance(instance)?;
+            match instance.files.as_slice() {
+                [entry] if entry.local_name.ends_with(DATA_FILE_SUFFIX) => {
+                    fetch_verified(storage, entry, &path)?;
+                    DataFileReader::open(&path, entry.path.as_ref())?.check_instance(instance)?;
+                }
+                _ => write_canonical(storage, &meta, instance, &path)?,
+            }
             local.push(path);
         }
         Ok(Self {
@@ -149,15 +154,24 @@ impl SnapshotFiles {
     }
 }
 
-fn not_canonical(instance: &InstanceMetadata) -> Error {
-    Error::Incompatible {
-        reason: format!(
-            "instance {} is a {} checkpoint without a canonical data file: convert it into a \
-             savepoint first (`statectl convert`, or `savepoint::convert_checkpoint`)",
-            instance.instance_id.hex(),
-            instance.backend
-        ),
-    }
+/// Restores checkpoint instance `instance` of `meta` into a temporary backend of its kind and
+/// writes its state as a canonical data file at `path`.
+fn write_canonical(
+    storage: &dyn CheckpointStorage,
+    meta: &SnapshotMetadata,
+    instance: &InstanceMetadata,
+    path: &std::path::Path,
+) -> Result<()> {
+    let mut config = BackendConfig::heap(instance.max_parallelism, instance.key_groups);
+    config.kind = instance.backend;
+    let mut backend = restore_instance(
+        storage,
+        &meta.for_operator(&instance.operator)?,
+        &config,
+        RestoreMode::NoClaim,
+    )?;
+    write_data_file(backend.row_view()?.as_ref(), path)?;
+    Ok(())
 }
 
 /// Turns a row of a source state into the row written, or drops it (`None`).
