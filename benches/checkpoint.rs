@@ -162,6 +162,12 @@ fn main() {
     let percent = env_u64("STATEBACKEND_BENCH_UPDATE_PERCENT", 1);
     let all = KeyGroupRange::all(128).unwrap();
     let compaction = std::env::var("STATEBACKEND_BENCH_COMPACTION").ok();
+    // STATEBACKEND_BENCH_ONLY=heap: the heap backend's two ways alone.
+    let heap_only = std::env::var("STATEBACKEND_BENCH_ONLY").as_deref() == Ok("heap");
+    if heap_only {
+        heap_full_and_chains(all, rounds, percent);
+        return;
+    }
     if compaction.as_deref() != Some("only") {
         default_and_heap(all, rounds, percent);
     }
@@ -234,10 +240,19 @@ fn default_and_heap(all: KeyGroupRange, rounds: u64, percent: u64) {
     println!("\n== W5 checkpoints, RocksDB backend without the write-back cache");
     rocksdb.rocksdb.write_cache_bytes = 0;
     w5("rocksdb", &rocksdb, rounds, percent);
+    heap_full_and_chains(all, rounds, percent);
+}
+
+/// W5 on the heap backend: full snapshots (3 rounds at most: each uploads the whole state),
+/// then incremental checkpoints (chains of a base and deltas).
+fn heap_full_and_chains(all: KeyGroupRange, rounds: u64, percent: u64) {
     println!("\n== W5 checkpoints, heap backend (full snapshots)");
     let mut heap = BackendConfig::heap(128, all);
     heap.kind = BackendKind::Heap;
     w5("heap", &heap, rounds.min(3), percent);
+    println!("\n== W5 checkpoints, heap backend (incremental: a base and deltas)");
+    heap.heap_chains = Some(statebackend::backends::incremental_snapshot::ChainPolicy::default());
+    w5("heap chains", &heap, rounds, percent);
 }
 
 /// W5 under other compaction settings, to choose the default from.

@@ -35,6 +35,11 @@ pub struct BackendConfig {
     /// groups alone decide, which they can only at some counts (1 to 12 of max parallelism
     /// 128), and the lists are otherwise split evenly ([`crate::state::OperatorState`]).
     pub parallelism: Option<u32>,
+    /// Incremental checkpoints of the heap backend (`None`, the default: full snapshots): each
+    /// checkpoint uploads the rows changed since the last completed one, as a chain of data
+    /// files materialized by this policy ([`crate::backends::incremental_snapshot`]). Ignored
+    /// by the other backends.
+    pub heap_chains: Option<crate::backends::incremental_snapshot::ChainPolicy>,
 }
 
 impl BackendConfig {
@@ -49,6 +54,7 @@ impl BackendConfig {
             rocksdb: RocksDbOptions::default(),
             replace_existing: false,
             parallelism: None,
+            heap_chains: None,
         }
     }
 

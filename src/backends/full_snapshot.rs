@@ -5,10 +5,11 @@
 //! then all it takes ([`snapshot`], [`restore`]).
 
 use crate::backends::config::BackendConfig;
+use crate::backends::incremental_snapshot::{ChainFile, ChainRows, chain_roles};
 use crate::backends::interface::{CheckpointedBackend, SnapshotUpload, UploadStats};
 use crate::model::codec::{Codec, DefaultCodec};
 use crate::model::error::{Error, Result};
-use crate::model::format::data_file::open_instance_data_file;
+use crate::model::format::data_file::{DataFileReader, open_instance_data_file};
 use crate::model::format::layout::private_path;
 use crate::model::format::metadata::{FetchFile, FileEntry, InstanceMetadata};
 use crate::model::format::view::{DataFileRows, RowView, write_data_file};
@@ -107,10 +108,39 @@ pub fn restore<B: CheckpointedBackend>(
         .map_err(|e| Error::io(std::env::temp_dir(), e))?;
     // The instances' files are fetched `fetch.concurrency()` at a time (a rescaled restore
     // reads several).
-    let readers = for_each_concurrently(sources, fetch.concurrency(), |instance| {
-        open_instance_data_file(instance, dir.path(), fetch, config.key_groups)
-    })?;
-    let backend = B::restore_rows(config, &mut DataFileRows::new(readers, config.key_groups)?)?;
+    let chained = sources.iter().any(|i| {
+        i.files
+            .first()
+            .is_some_and(|f| ChainFile::of(&f.local_name).is_some())
+    });
+    let backend = if chained {
+        // Incremental checkpoints: each instance's chain, whole files fetched and verified.
+        let chains = for_each_concurrently(sources, fetch.concurrency(), |instance| {
+            let roles = chain_roles(instance)?;
+            let files = instance
+                .files
+                .iter()
+                .zip(roles)
+                .enumerate()
+                .map(|(j, (entry, role))| {
+                    let local = dir
+                        .path()
+                        .join(format!("{}-{j}.sbdf", instance.instance_id.hex()));
+                    fetch.fetch(entry, &local)?;
+                    let reader = DataFileReader::open(&local, entry.path.as_ref())?;
+                    reader.check_instance(instance)?;
+                    Ok((role, reader))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((instance.key_groups, files))
+        })?;
+        B::restore_rows(config, &mut ChainRows::new(chains, config.key_groups))?
+    } else {
+        let readers = for_each_concurrently(sources, fetch.concurrency(), |instance| {
+            open_instance_data_file(instance, dir.path(), fetch, config.key_groups)
+        })?;
+        B::restore_rows(config, &mut DataFileRows::new(readers, config.key_groups)?)?
+    };
     let exact = match sources {
         [only] if only.key_groups == config.key_groups => Some(*only),
         _ => None,
@@ -138,7 +168,7 @@ const SNAPSHOT_DIR_PREFIX: &str = "statebackend-heap-snapshot-";
 /// A new temporary directory for one full snapshot's data file, removed when dropped. A process
 /// that dies during an upload leaves its directory behind, so the first call in each process
 /// also removes the directories whose owner process is gone.
-fn snapshot_dir() -> Result<tempfile::TempDir> {
+pub(crate) fn snapshot_dir() -> Result<tempfile::TempDir> {
     static SWEPT: std::sync::Once = std::sync::Once::new();
     let owner = process_owner_tag();
     SWEPT.call_once(|| {

@@ -5,7 +5,8 @@
 //! - [`interface`]: [`CheckpointedBackend`], the upload task of a checkpoint, the pending
 //!   savepoint.
 //! - [`full_snapshot`]: checkpoints as one canonical data file, for backends without files of
-//!   their own.
+//!   their own; [`incremental_snapshot`]: checkpoints as chains of such files holding what
+//!   changed (the heap backend's, if configured).
 //! - [`heap`]: typed values in copy-on-write maps.
 //! - `rocks`: rows in an embedded RocksDB, incremental checkpoints (feature `rocksdb`).
 //! - [`reference`](mod@reference): canonical rows in ordered maps, the specification the others are tested
@@ -21,6 +22,7 @@ pub mod any;
 pub mod config;
 pub mod full_snapshot;
 pub mod heap;
+pub mod incremental_snapshot;
 pub mod interface;
 pub mod reference;
 #[cfg(feature = "rocksdb")]

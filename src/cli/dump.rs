@@ -5,11 +5,13 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use crate::cli::decode::decode_row;
-use crate::cli::snapshot::{Location, is_data_file, load};
+use crate::cli::snapshot::{Location, chain_rows, is_data_file, load};
 use crate::cli::{CliError, CliResult};
 use crate::model::error::Error;
 use crate::model::format::data_file::DataFileReader;
+use crate::model::format::view::RowSource;
 use crate::model::key_group::KeyGroup;
+use crate::model::key_group::KeyGroupRange;
 
 /// What to dump.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +97,33 @@ pub fn dump(path: &Location, options: &DumpOptions, out: &mut dyn Write) -> CliR
         {
             continue;
         }
+        let range = match options.key_group {
+            Some(kg) => KeyGroupRange::new(u32::from(kg), u32::from(kg) + 1)?,
+            None => instance.key_groups,
+        };
+        if let Some(mut chain) = chain_rows(&snapshot, instance, range)? {
+            // An incremental chain: the rows a restore would hold, base and deltas merged.
+            let Some(index) = chain.states().iter().position(|s| s.name == options.state) else {
+                continue;
+            };
+            let info = chain.states()[index].clone();
+            let result = chain.emit_rows(&mut |group, state, row_key, value| {
+                if state != index || written >= limit {
+                    return Ok(());
+                }
+                write_row(out, &info, group, row_key, value, &mut write_error)?;
+                written += 1;
+                Ok(())
+            });
+            if let Some(e) = write_error.take() {
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    return Ok(written);
+                }
+                return Err(stdout_error(e).into());
+            }
+            result?;
+            continue;
+        }
         for entry in &instance.files {
             if written >= limit {
                 return Ok(written);
@@ -124,20 +153,7 @@ pub fn dump(path: &Location, options: &DumpOptions, out: &mut dyn Write) -> CliR
                     if state as usize != index || written >= limit {
                         return Ok(());
                     }
-                    let row = decode_row(&info, group, row_key, value);
-                    let mut line = serde_json::to_string(&row).map_err(|e| Error::Io {
-                        path: PathBuf::from("<stdout>"),
-                        source: io::Error::other(e),
-                    })?;
-                    line.push('\n');
-                    if let Err(e) = out.write_all(line.as_bytes()) {
-                        let error = Error::Io {
-                            path: PathBuf::from("<stdout>"),
-                            source: io::Error::new(e.kind(), e.to_string()),
-                        };
-                        write_error = Some(e);
-                        return Err(error);
-                    }
+                    write_row(out, &info, group, row_key, value, &mut write_error)?;
                     written += 1;
                     Ok(())
                 });
@@ -145,11 +161,7 @@ pub fn dump(path: &Location, options: &DumpOptions, out: &mut dyn Write) -> CliR
                     if e.kind() == io::ErrorKind::BrokenPipe {
                         return Ok(written);
                     }
-                    return Err(Error::Io {
-                        path: PathBuf::from("<stdout>"),
-                        source: e,
-                    }
-                    .into());
+                    return Err(stdout_error(e).into());
                 }
                 result?;
             }
@@ -162,5 +174,33 @@ pub fn dump(path: &Location, options: &DumpOptions, out: &mut dyn Write) -> CliR
         }
         .into()),
         _ => Ok(written),
+    }
+}
+
+/// Writes one row as a JSON line; a failed write is kept in `write_error` (a closed pipe ends
+/// the dump quietly) and returned as an error to stop the reading.
+fn write_row(
+    out: &mut dyn Write,
+    info: &crate::model::state::StateInfo,
+    group: KeyGroup,
+    row_key: &[u8],
+    value: &[u8],
+    write_error: &mut Option<io::Error>,
+) -> Result<(), Error> {
+    let row = decode_row(info, group, row_key, value);
+    let mut line = serde_json::to_string(&row).map_err(|e| stdout_error(io::Error::other(e)))?;
+    line.push('\n');
+    if let Err(e) = out.write_all(line.as_bytes()) {
+        let error = stdout_error(io::Error::new(e.kind(), e.to_string()));
+        *write_error = Some(e);
+        return Err(error);
+    }
+    Ok(())
+}
+
+fn stdout_error(source: io::Error) -> Error {
+    Error::Io {
+        path: PathBuf::from("<stdout>"),
+        source,
     }
 }

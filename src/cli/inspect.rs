@@ -5,10 +5,11 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use crate::cli::snapshot::{LoadedSnapshot, Location, is_data_file, load};
+use crate::cli::snapshot::{LoadedSnapshot, Location, chain_rows, is_data_file, load};
 use crate::cli::{CliResult, format_time_ms, human_bytes};
 use crate::model::error::Result;
 use crate::model::format::data_file::DataFileReader;
+use crate::model::format::view::RowSource;
 use crate::model::state::ttl::StateTtlConfig;
 use crate::model::state::ttl::rows::{RowExpiry, row_expiry};
 use crate::model::state::{OperatorStateMode, StateKind};
@@ -150,6 +151,30 @@ fn count_rows(
 ) -> Result<Option<Counts>> {
     if instance.files.is_empty() || !instance.files.iter().all(is_data_file) {
         return Ok(None);
+    }
+    if let Some(mut chain) = chain_rows(snapshot, instance, instance.key_groups)? {
+        // An incremental chain: the rows a restore would hold.
+        let states = chain.states().to_vec();
+        let mut per_state = vec![(0u64, 0u64); states.len()];
+        chain.emit_rows(&mut |_, state, _, value| {
+            let info = &states[state];
+            let counted = &mut per_state[state];
+            counted.0 += 1;
+            if let (Some(ttl), Some(at)) = (&info.ttl, expired_at) {
+                counted.1 += expired_in(info.kind, ttl, at, value);
+            }
+            Ok(())
+        })?;
+        return Ok(Some(
+            states
+                .iter()
+                .zip(per_state)
+                .map(|(info, (rows, expired))| {
+                    let expired = (info.ttl.is_some() && expired_at.is_some()).then_some(expired);
+                    (info.name.clone(), (rows, expired))
+                })
+                .collect(),
+        ));
     }
     let mut counts = BTreeMap::new();
     for entry in &instance.files {

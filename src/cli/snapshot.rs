@@ -11,15 +11,50 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::backends::incremental_snapshot::{ChainFile, ChainRows, chain_roles};
 pub use crate::cli::location::{Location, require_dir};
 use crate::cli::root::is_layout_area;
 use crate::model::error::{Error, Result};
+use crate::model::format::data_file::DataFileReader;
 use crate::model::format::layout::{
     COORDINATOR_DIR, checkpoint_dir_name, parse_checkpoint_dir, parse_epoch_file,
 };
+use crate::model::format::metadata::InstanceMetadata;
 use crate::model::format::metadata::{MAX_METADATA_BYTES, METADATA_FILE};
 use crate::runtime::checkpoint::{FileEntry, SnapshotKind, SnapshotMetadata};
 use crate::storage::{CheckpointStorage, StoragePath};
+
+/// The rows of `instance`'s key groups in `range` if its files are an incremental chain
+/// (`backends::incremental_snapshot`): the base with every delta applied, as a restore reads
+/// them. `Ok(None)` for any other instance.
+///
+/// # Errors
+/// [`Error::Corrupt`] for files out of chain order; I/O and format errors naming the file.
+pub(crate) fn chain_rows(
+    snapshot: &LoadedSnapshot,
+    instance: &InstanceMetadata,
+    range: crate::model::key_group::KeyGroupRange,
+) -> Result<Option<ChainRows<File>>> {
+    let chained = instance
+        .files
+        .first()
+        .is_some_and(|f| ChainFile::of(&f.local_name) == Some(ChainFile::Base));
+    if !chained {
+        return Ok(None);
+    }
+    let roles = chain_roles(instance)?;
+    let mut files = Vec::with_capacity(roles.len());
+    for (entry, role) in instance.files.iter().zip(roles) {
+        let (file, _) = snapshot.open_file(entry)?;
+        let reader = DataFileReader::new(file, &snapshot.file_name(entry))?;
+        reader.check_instance(instance)?;
+        files.push((role, reader));
+    }
+    Ok(Some(ChainRows::new(
+        vec![(instance.key_groups, files)],
+        range,
+    )))
+}
 
 /// Suffix of canonical data files (heap checkpoints, savepoints).
 pub const DATA_FILE_SUFFIX: &str = ".sbdf";

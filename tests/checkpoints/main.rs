@@ -36,6 +36,7 @@ mod checkpoint_retention_property;
 mod checkpoint_safety;
 mod claim_other_root;
 mod driver;
+mod heap_chains;
 mod heap_snapshot_leftovers;
 mod local_recovery;
 mod object_storage;

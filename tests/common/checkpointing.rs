@@ -27,6 +27,12 @@ pub fn kinds() -> Vec<BackendKind> {
 pub fn config(kind: BackendKind, range: KeyGroupRange) -> BackendConfig {
     let mut c = BackendConfig::heap(128, range);
     c.kind = kind;
+    // The heap backend checkpoints incrementally in every suite (the reference backend keeps
+    // full snapshots), materializing often so that chains of every length are crossed.
+    c.heap_chains = Some(statebackend::backends::incremental_snapshot::ChainPolicy {
+        max_deltas: 3,
+        max_delta_ratio: 0.5,
+    });
     c
 }
 

@@ -5,6 +5,7 @@ use crate::backends::config::BackendConfig;
 use crate::backends::full_snapshot;
 use crate::backends::heap::HeapBackend;
 use crate::backends::heap::view::HeapView;
+use crate::backends::incremental_snapshot::Chains;
 use crate::backends::interface::{CheckpointedBackend, SnapshotUpload};
 use crate::model::error::Result;
 use crate::model::format::metadata::{FetchFile, InstanceId, InstanceMetadata};
@@ -14,7 +15,9 @@ use crate::model::state::{BackendKind, KeyedStateBackend};
 
 impl CheckpointedBackend for HeapBackend {
     fn open(config: &BackendConfig) -> Result<Self> {
-        HeapBackend::new(config.max_parallelism, config.key_groups)
+        let mut backend = HeapBackend::new(config.max_parallelism, config.key_groups)?;
+        backend.chains = config.heap_chains.map(Chains::new);
+        Ok(backend)
     }
 
     fn instance_id(&self) -> InstanceId {
@@ -29,19 +32,28 @@ impl CheckpointedBackend for HeapBackend {
         &mut self.operator_state
     }
 
+    /// A full snapshot, or with incremental checkpoints configured the next link of the
+    /// instance's chain.
     fn snapshot_state(&mut self, checkpoint_id: u64) -> Result<Box<dyn SnapshotUpload>> {
-        full_snapshot::snapshot(self, checkpoint_id)
+        match self.chains.clone() {
+            Some(chains) => chains.snapshot(self, checkpoint_id),
+            None => full_snapshot::snapshot(self, checkpoint_id),
+        }
     }
 
-    /// Full snapshots reference nothing of earlier checkpoints: only checks that the part is
-    /// this instance's.
+    /// Checks that the part is this instance's; with incremental checkpoints, its chain
+    /// becomes the one the next checkpoint extends.
     fn notify_checkpoint_complete(&mut self, part: &InstanceMetadata) -> Result<()> {
         part.check_belongs_to(
             HeapBackend::instance_id(self),
             BackendKind::Heap,
             self.assigner().max_parallelism(),
             self.key_group_range(),
-        )
+        )?;
+        if let Some(chains) = &self.chains {
+            chains.confirm(part);
+        }
+        Ok(())
     }
 
     /// Freezes the maps: one `Arc` clone per key group and state, no entry copied.
@@ -60,7 +72,7 @@ impl CheckpointedBackend for HeapBackend {
     }
 
     fn restore_rows(config: &BackendConfig, rows: &mut dyn RowSource) -> Result<Self> {
-        let mut backend = HeapBackend::new(config.max_parallelism, config.key_groups)?;
+        let mut backend = <HeapBackend as CheckpointedBackend>::open(config)?;
         let ids = rows
             .states()
             .iter()

@@ -68,6 +68,8 @@ pub struct HeapBackend {
     ttl_clock: TtlClock,
     /// Checks an access to a TTL state earns for its incremental cleanup (`ttl_cleanup.rs`).
     ttl_cleanup_entries: usize,
+    /// Incremental checkpoints, if configured (`BackendConfig::heap_chains`).
+    pub(crate) chains: Option<crate::backends::incremental_snapshot::Chains>,
 }
 
 impl HeapBackend {
@@ -88,6 +90,7 @@ impl HeapBackend {
             operator_state: OperatorState::default(),
             ttl_clock: TtlClock::default(),
             ttl_cleanup_entries: DEFAULT_CLEANUP_ENTRIES,
+            chains: None,
         })
     }
 

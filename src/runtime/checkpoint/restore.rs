@@ -2,9 +2,11 @@
 
 use crate::backends::any::AnyBackend;
 use crate::backends::config::BackendConfig;
+use crate::backends::full_snapshot;
+use crate::backends::incremental_snapshot::ChainFile;
 use crate::backends::interface::CheckpointedBackend;
 use crate::model::error::{Error, Result};
-use crate::model::format::metadata::{FetchFile, SnapshotMetadata};
+use crate::model::format::metadata::{FetchFile, InstanceMetadata, SnapshotMetadata};
 use crate::storage::{CheckpointStorage, verified_fetcher};
 
 /// Who owns the restored checkpoint's files afterwards (as Flink's restore modes).
@@ -19,9 +21,10 @@ pub enum RestoreMode {
     NoClaim,
 }
 
-/// Restores the key groups `config` owns from checkpoint `meta`, into the backend that wrote
-/// it (switching backends goes through savepoints): [`restore_instance_into`] for the backend
-/// `config.kind` names.
+/// Restores the key groups `config` owns from checkpoint `meta`: [`restore_instance_into`] for
+/// the backend `config.kind` names. A checkpoint of canonical rows (the heap and reference
+/// backends': full snapshots and incremental chains) restores into any backend; a RocksDB
+/// checkpoint only into RocksDB (switching goes through savepoints).
 ///
 /// # Errors
 /// As [`restore_instance_into`].
@@ -69,16 +72,31 @@ pub(crate) fn restore_with_fetch<B: CheckpointedBackend>(
     meta.check_single_operator()?;
     meta.check_max_parallelism(config.max_parallelism)?;
     let sources = meta.instances_covering(config.key_groups)?;
-    if let Some(other) = sources.iter().find(|i| i.backend != config.kind) {
-        return Err(Error::Incompatible {
-            reason: format!(
-                "the checkpoint was written by the {} backend; restore it into {} through a savepoint",
-                other.backend, config.kind
-            ),
-        });
-    }
-    let mut backend = B::restore_checkpoint(config, &sources, fetch, mode == RestoreMode::Claim)?;
+    let mut backend = if let Some(other) = sources.iter().find(|i| i.backend != config.kind) {
+        // Checkpoints of canonical rows (a full snapshot's data file, or a chain of them)
+        // restore into any backend; native files (RocksDB's) only into their own.
+        if !sources.iter().all(|i| holds_canonical_rows(i)) {
+            return Err(Error::Incompatible {
+                reason: format!(
+                    "the checkpoint was written by the {} backend; restore it into {} through a savepoint",
+                    other.backend, config.kind
+                ),
+            });
+        }
+        full_snapshot::restore::<B>(config, &sources, fetch)?
+    } else {
+        B::restore_checkpoint(config, &sources, fetch, mode == RestoreMode::Claim)?
+    };
     *backend.operator_state_mut() =
         meta.operator_state_for_instance(config.key_groups, config.parallelism);
     Ok(backend)
+}
+
+/// Whether an instance's checkpoint files are canonical rows: one data file (a full snapshot)
+/// or a chain of them (`incremental_snapshot`).
+fn holds_canonical_rows(instance: &InstanceMetadata) -> bool {
+    match instance.files.as_slice() {
+        [only] => only.local_name.ends_with(".sbdf"),
+        files => files.iter().all(|f| ChainFile::of(&f.local_name).is_some()) && !files.is_empty(),
+    }
 }
