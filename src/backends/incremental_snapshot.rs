@@ -32,12 +32,13 @@ use crate::model::format::data_file::DataFileReader;
 use crate::model::format::layout::shared_path;
 use crate::model::format::metadata::{FileEntry, InstanceMetadata};
 use crate::model::format::path::StoragePath;
-use crate::model::format::view::{RowEmit, RowSink, RowSource, RowView, write_data_file};
+use crate::model::format::view::{
+    RowEmit, RowSink, RowSource, RowView, live_rows, write_data_file,
+};
 use crate::model::key_group::{KeyGroup, KeyGroupRange};
 use crate::model::state::StateInfo;
 use crate::model::state::operator::OperatorState;
 use crate::model::state::ttl::TtlInstant;
-use crate::model::state::ttl::rows::{RowExpiry, row_expiry};
 use crate::storage::CheckpointStorage;
 
 /// Prefix of a chain's base file.
@@ -206,20 +207,17 @@ impl DiffView<'_> {
     /// The live rows of `(key_group, state)`, as written from the view: expired ones left
     /// out, lists trimmed (what `write_data_file` does).
     fn live_rows(&self, key_group: KeyGroup, state: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let info = &self.inner.states()[state];
-        let instant = self.inner.ttl_instant();
         let mut rows = Vec::new();
-        self.inner.rows(key_group, state, &mut |key, value| {
-            match &info.ttl {
-                None => rows.push((key.to_vec(), value.to_vec())),
-                Some(ttl) => match row_expiry(info.kind, ttl, instant.now(ttl.time), value) {
-                    RowExpiry::Live => rows.push((key.to_vec(), value.to_vec())),
-                    RowExpiry::Trimmed(live) => rows.push((key.to_vec(), live)),
-                    RowExpiry::Expired => {}
-                },
-            }
-            Ok(())
-        })?;
+        live_rows(
+            self.inner,
+            self.inner.ttl_instant(),
+            key_group,
+            state,
+            &mut |key, value| {
+                rows.push((key.to_vec(), value.to_vec()));
+                Ok(())
+            },
+        )?;
         Ok(rows)
     }
 }

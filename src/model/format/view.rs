@@ -68,24 +68,11 @@ pub(crate) fn write_data_file_on(
     let instant = view.ttl_instant();
     let encode = |key_group: KeyGroup| -> Result<EncodedBlocks> {
         let mut encoder = BlockEncoder::new(header.key_groups, header.states.len());
-        for (state, info) in header.states.iter().enumerate() {
+        for state in 0..header.states.len() {
             let index = state as u32;
-            match &info.ttl {
-                None => view.rows(key_group, state, &mut |key, value| {
-                    encoder.add_row(key_group, index, key, value)
-                })?,
-                Some(ttl) => {
-                    // Expired rows (list elements) stay out of checkpoints and savepoints.
-                    let now = instant.now(ttl.time);
-                    view.rows(key_group, state, &mut |key, value| match row_expiry(
-                        info.kind, ttl, now, value,
-                    ) {
-                        RowExpiry::Live => encoder.add_row(key_group, index, key, value),
-                        RowExpiry::Trimmed(live) => encoder.add_row(key_group, index, key, &live),
-                        RowExpiry::Expired => Ok(()),
-                    })?
-                }
-            }
+            live_rows(view, instant, key_group, state, &mut |key, value| {
+                encoder.add_row(key_group, index, key, value)
+            })?;
         }
         encoder.finish()
     };
@@ -103,6 +90,35 @@ pub(crate) fn write_data_file_on(
     }
     let (_, summary) = writer.finish()?;
     Ok(summary)
+}
+
+/// Emits the rows of `view.states()[state]` in `key_group` that are live at `instant`:
+/// expired rows (list elements) of states with a time to live stay out of checkpoints and
+/// savepoints, and lists are trimmed to their live elements.
+///
+/// # Errors
+/// What the view or `sink` returns.
+pub(crate) fn live_rows(
+    view: &dyn RowView,
+    instant: TtlInstant,
+    key_group: KeyGroup,
+    state: usize,
+    sink: &mut RowSink<'_>,
+) -> Result<()> {
+    let info = &view.states()[state];
+    match &info.ttl {
+        None => view.rows(key_group, state, sink),
+        Some(ttl) => {
+            let now = instant.now(ttl.time);
+            view.rows(key_group, state, &mut |key, value| match row_expiry(
+                info.kind, ttl, now, value,
+            ) {
+                RowExpiry::Live => sink(key, value),
+                RowExpiry::Trimmed(live) => sink(key, &live),
+                RowExpiry::Expired => Ok(()),
+            })
+        }
+    }
 }
 
 /// Runs `work(0..count)` on `threads` threads and hands the results to `consume` in index

@@ -47,9 +47,9 @@ use crate::backends::any::AnyBackend;
 use crate::backends::config::BackendConfig;
 use crate::backends::interface::CheckpointedBackend;
 use crate::model::error::{Error, Result};
-use crate::model::format::file_size_and_crc32;
 use crate::model::format::layout::{SHARED_DIR, parse_checkpoint_dir};
 use crate::model::format::metadata::{FetchFile, FileEntry, RandomAccess, SnapshotMetadata};
+use crate::model::format::verify_local_file;
 use crate::runtime::checkpoint::restore::{RestoreMode, restore_with_fetch};
 use crate::storage::{CheckpointStorage, ObjectMeta, RangedReader, StoragePath, fetch_verified};
 
@@ -136,10 +136,8 @@ impl LocalRecovery {
     fn verified_local(&self, entry: &FileEntry, stats: &Mutex<RecoveryStats>) -> Option<PathBuf> {
         let path = self.local_path(&entry.path);
         let meta = std::fs::symlink_metadata(&path).ok()?;
-        let matches = meta.is_file()
-            && meta.len() == entry.size
-            && file_size_and_crc32(&path)
-                .is_ok_and(|(size, crc)| size == entry.size && crc == entry.crc32);
+        let matches =
+            meta.is_file() && meta.len() == entry.size && verify_local_file(&path, entry).is_ok();
         if !matches {
             lock(stats).files_rejected += 1;
             return None;
